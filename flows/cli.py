@@ -1,0 +1,238 @@
+"""The `personaloom` command. Each Makefile target is one subcommand; Prefect is imported only where used."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from flows.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic life-long persona datasets.")
+
+OutOpt = Annotated[Path, typer.Option("--out", help="output root holding datasets")]
+OUT_DEFAULT = Path("output")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _validation_line(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    return f"{source}: {where}: {err['msg']}"
+
+
+def _prefect_env() -> None:
+    """Quiet, offline-friendly Prefect defaults (each can be overridden from the environment)."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    name, _, version = spec.partition("@")
+    return name, version or None
+
+
+# ---------------------------------------------------------------- build
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text.decode())
+        return orjson.loads(text)
+    except (tomllib.TOMLDecodeError, orjson.JSONDecodeError, UnicodeDecodeError) as e:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise UserError(f"config file {path} is not valid {kind}: {str(e).splitlines()[0]}") from None
+
+
+def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dict[str, Any]) -> Any:
+    from schemas.config import BuildConfig
+
+    data = load_config_file(file) if file else {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {file} must hold an object of settings")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    llm = dict(data.get("llm") or {})
+    llm.update({k: v for k, v in llm_overrides.items() if v is not None})
+    data["llm"] = llm
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_validation_line(e, str(file) if file else "option")) from None
+
+
+@app.command()
+def build(
+    dataset: Annotated[str | None, typer.Option(help="dataset name [default: personas]")] = None,
+    personas: Annotated[int | None, typer.Option(help="number of personas [default: 200]")] = None,
+    scenes_per_persona: Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")] = None,
+    model: Annotated[str | None, typer.Option(help="model name at the endpoint")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
+    rpm: Annotated[int | None, typer.Option(help="requests per minute limit")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute limit")] = None,
+    seed: Annotated[int | None, typer.Option(help="sampler seed")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
+    expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
+    answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
+    out: OutOpt = OUT_DEFAULT,
+    cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
+    progress: Annotated[bool, typer.Option(help="live progress display")] = True,
+) -> None:
+    """Build a new dataset version through the five stages."""
+    cfg = make_config(
+        config,
+        dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona, seed=seed,
+             shard_size=shard_size, expand_hints=expand_hints, answerability=answerability),
+        dict(model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm),
+    )  # fmt: skip
+    from flows.catalogue import load_catalogue
+
+    load_catalogue()  # bad seed tables fail here, in one line, before Prefect starts
+    _prefect_env()
+    from flows.build import build_dataset
+    from flows.display import live_progress
+
+    with live_progress(enabled=progress and sys.stderr.isatty()):
+        version = asyncio.run(build_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
+    _print_summary(out, cfg.dataset, version)
+
+
+def _print_summary(out: Path, dataset: str, version: str) -> None:
+    from flows.store import DatasetStore
+
+    m = DatasetStore(out, dataset).manifest(version)
+    calls = sum(u.calls for u in m.usage.values())
+    hits = sum(u.cache_hits for u in m.usage.values())
+    tokens = sum(u.prompt_tokens + u.completion_tokens for u in m.usage.values())
+    typer.echo(
+        f"{dataset}@{version}: {m.counts['filter'].rows_out} rows, {sum(m.rejection_reasons.values())} rejected; "
+        f"{calls} LLM calls, {hits} cache hits, {tokens} tokens → {out / dataset / version}"
+    )
+
+
+# ---------------------------------------------------------------- reading datasets
+
+
+@app.command()
+def versions(dataset: str, out: OutOpt = OUT_DEFAULT) -> None:
+    """List the versions of a dataset."""
+    from flows.store import DatasetStore
+
+    store = DatasetStore(out, dataset)
+    if not store.versions():
+        raise UserError(f"dataset {dataset!r} has no versions under {out}")
+    latest = store.latest()
+    for v in store.versions():
+        m = store.manifest(v)
+        mark = " (latest)" if v == latest else ""
+        typer.echo(f"{v}{mark}  {m.created_at:%Y-%m-%d %H:%M}  rows={m.counts['filter'].rows_out}  model={m.model}  parent={m.parent or '-'}")
+
+
+@app.command()
+def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT) -> None:
+    """Summarize one version: counts per stage, LLM usage, rejection reasons."""
+    from flows.store import DatasetStore
+
+    name, version = _split_spec(spec)
+    store = DatasetStore(out, name)
+    path = store.resolve(version)
+    m = store.manifest(path.name)
+    typer.echo(f"{name}@{m.version}  {path}\ncreated {m.created_at:%Y-%m-%d %H:%M} UTC  model {m.model} at {m.endpoint}  "
+               f"seed {m.seed}  parent {m.parent or '-'}  code {m.code_version}")  # fmt: skip
+    typer.echo(f"{'stage':<10}{'in':>8}{'out':>8}{'rejected':>10}{'fallback':>10}{'calls':>8}{'cached':>8}{'tokens':>10}{'sec':>8}")
+    for s, c in m.counts.items():
+        u = m.usage[s]
+        typer.echo(f"{s:<10}{c.rows_in:>8}{c.rows_out:>8}{c.rejected:>10}{c.fallback_rows:>10}{u.calls:>8}"
+                   f"{u.cache_hits:>8}{u.prompt_tokens + u.completion_tokens:>10}{m.stage_seconds.get(s, 0):>8.1f}")  # fmt: skip
+    if m.rejection_reasons:
+        typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
+
+
+# ---------------------------------------------------------------- filter any Parquet
+
+
+@app.command(name="filter")
+def filter_cmd(
+    input: Annotated[Path, typer.Argument(metavar="IN.parquet", help="Parquet file with a text column")],
+    column: Annotated[str, typer.Option(help="the text column")] = "text",
+    out: Annotated[Path, typer.Option("--out", help="folder for kept.parquet and rejections.parquet")] = Path("filtered"),
+    threshold: Annotated[float | None, typer.Option(help="near-duplicate similarity (0–1) verified by rapidfuzz")] = None,
+    min_words: Annotated[int | None, typer.Option(help="drop texts with fewer words")] = None,
+    max_words: Annotated[int | None, typer.Option(help="drop texts with more words")] = None,
+    id_column: Annotated[str | None, typer.Option(help="column naming rows in dup_of (default: row number)")] = None,
+    lang: Annotated[str | None, typer.Option(help="keep only these languages, e.g. en,de (enables language ID)")] = None,
+) -> None:
+    """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts."""
+    from flows.filter_file import filter_parquet
+
+    filter_parquet(input, column=column, out=out, threshold=threshold, min_words=min_words,
+                   max_words=max_words, id_column=id_column, lang=lang)  # fmt: skip
+
+
+# ---------------------------------------------------------------- the embedded model
+
+
+@app.command(name="local-llm")
+def local_llm() -> None:
+    """Serve the embedded model on loopback; prints its base URL and model name, stops on Ctrl-C."""
+    from flows.llm.local import LocalServer
+
+    stop = threading.Event()
+    with LocalServer() as server:
+        typer.echo(f"OPENAI_BASE_URL={server.base_url}\nMODEL={server.model}", color=False)
+        sys.stdout.flush()
+        try:
+            while not stop.wait(1.0) and server.proc is not None and server.proc.poll() is None:
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        raise SystemExit(fail(str(e)).exit_code) from None
+    except _llm_error() as e:
+        raise SystemExit(fail(str(e)).exit_code) from None
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("interrupted: finished shards and LLM answers are kept; run the same command to resume", err=True)
+        raise SystemExit(130) from None
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            raise SystemExit(e.exit_code) from None
+        raise
+
+
+def _llm_error() -> type[Exception]:
+    from flows.llm.client import LLMError
+
+    return LLMError

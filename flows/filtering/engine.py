@@ -1,0 +1,218 @@
+"""filter_texts: rules -> exact dedup -> near-dup -> (optional) language ID.
+
+Cheap checks run first so the expensive ones see fewer rows. Every input row ends up in exactly
+one of `kept` / `rejected`; a rejected row carries why (drop_reason) and, for duplicates, which
+kept row it duplicates (dup_of) and how sure we are (dup_score, dup_method).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from flows.filtering.normalize import normalize_expr, text_hash_expr
+from flows.filtering.rules import build_rules
+from schemas.filtering import FilterConfig
+
+Progress = Callable[[str, int, int], None]
+
+EXACT = "exact_duplicate"
+NEAR = "near_duplicate"
+LANGUAGE = "language"
+
+
+@dataclass
+class FilterOutcome:
+    kept: pl.DataFrame
+    rejected: pl.DataFrame
+    counts: dict[str, int]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def drop_reasons(config: FilterConfig) -> list[str]:
+    """Every drop reason this config can produce, in check order."""
+    reasons = [rule.name for rule in build_rules(config.rules)]
+    if config.exact_dedup:
+        reasons.append(EXACT)
+    if config.near_dup.enabled:
+        reasons.append(NEAR)
+    if config.lang_id.enabled:
+        reasons.append(LANGUAGE)
+    return reasons
+
+
+def evaluate_rules(df: pl.DataFrame, column: str, config: FilterConfig) -> pl.DataFrame:
+    """One row per input row: drop_reason (first failing rule), rule_score, normalized text, hash."""
+    text = pl.col(column).cast(pl.String)
+    rules = build_rules(config.rules)
+    scores = [rule.score(text).cast(pl.Float64).alias(f"__s{i}") for i, rule in enumerate(rules)]
+    frame = (
+        df.lazy()
+        .select(*scores, normalize_expr(text).alias("norm"))
+        .with_columns(text_hash_expr(pl.col("norm")).alias("hash"))
+        # common subexpressions (word counts, lowercasing) are computed once across rules
+        .collect()
+    )
+    fails = [~rule.keep(pl.col(f"__s{i}")).fill_null(True) for i, rule in enumerate(rules)]
+    reason: pl.Expr = pl.lit(None, dtype=pl.String)
+    score: pl.Expr = pl.lit(None, dtype=pl.Float64)
+    # Built back to front so the first failing rule wins.
+    for i in reversed(range(len(rules))):
+        reason = pl.when(fails[i]).then(pl.lit(rules[i].name)).otherwise(reason)
+        score = pl.when(fails[i]).then(pl.col(f"__s{i}")).otherwise(score)
+    return frame.select(reason.alias("drop_reason"), score.alias("rule_score"), "norm", "hash")
+
+
+def exact_duplicates(hashes: np.ndarray, norm: pl.Series, candidates: np.ndarray) -> np.ndarray:
+    """For rows in `candidates` (ascending indices): index of the first row with the same
+    normalized text, or -1. A hash match is confirmed on the text, so a 64-bit collision
+    can never drop a row."""
+    sub = pl.DataFrame({"i": candidates, "h": hashes[candidates], "t": norm.gather(candidates)})
+    first = sub.select(
+        pl.col("i").first().over("h").alias("f"),
+        (pl.col("t") == pl.col("t").first().over("h")).alias("same"),
+    )
+    f = first["f"].to_numpy()
+    same = first["same"].to_numpy()
+    out = np.full(candidates.shape[0], -1, dtype=np.int64)
+    hit = (f != candidates) & same
+    out[hit] = f[hit]
+    return out
+
+
+def filter_texts(
+    df: pl.DataFrame,
+    column: str,
+    config: FilterConfig,
+    id_column: str | None = None,
+    progress: Progress | None = None,
+) -> FilterOutcome:
+    """Filter the texts of `df[column]`. Returns kept rows (original columns and order) and
+    rejected rows with drop_reason, rule_score, dup_of, dup_score, dup_method (+ lang, lang_score
+    when language ID is enabled)."""
+    report = progress or (lambda stage, done, total: None)
+    n = df.height
+    stats: dict[str, float] = {"rows": n}
+    t_all = time.perf_counter()
+
+    report("rules", 0, n)
+    t = time.perf_counter()
+    evaluated = evaluate_rules(df, column, config)
+    reason = evaluated["drop_reason"].to_numpy().astype(object)
+    rule_score = evaluated["rule_score"].to_numpy().astype(np.float64)
+    norm = evaluated["norm"]
+    hashes = evaluated["hash"].fill_null(0).to_numpy()
+    stats["rules_s"] = time.perf_counter() - t
+    report("rules", n, n)
+
+    dup_of = np.full(n, -1, dtype=np.int64)
+    dup_score = np.full(n, np.nan, dtype=np.float64)
+    dup_method = np.full(n, None, dtype=object)
+    alive = np.flatnonzero(is_none(reason))
+
+    if config.exact_dedup and alive.shape[0]:
+        report("exact_dedup", 0, alive.shape[0])
+        t = time.perf_counter()
+        first = exact_duplicates(hashes, norm, alive)
+        hit = first >= 0
+        rows = alive[hit]
+        reason[rows] = EXACT
+        dup_of[rows] = first[hit]
+        dup_score[rows] = 100.0
+        dup_method[rows] = "exact"
+        alive = alive[~hit]
+        stats["exact_s"] = time.perf_counter() - t
+        report("exact_dedup", alive.shape[0], alive.shape[0])
+
+    if config.near_dup.enabled and alive.shape[0] > 1:
+        from flows.filtering.neardup import find_near_duplicates
+
+        report("near_dup", 0, alive.shape[0])
+        t = time.perf_counter()
+        near = find_near_duplicates(norm.gather(alive), config.near_dup, normalized=True)
+        hit = near.dup_of >= 0
+        rows = alive[hit]
+        reason[rows] = NEAR
+        dup_of[rows] = alive[near.dup_of[hit]]
+        dup_score[rows] = near.dup_score[hit]
+        dup_method[rows] = "near"
+        # An exact copy of a row that turned out to be a near-duplicate points at the kept row
+        # of that group, so every dup_of names a kept row.
+        exact_rows = np.flatnonzero(dup_method == "exact")
+        moved = exact_rows[dup_method[dup_of[exact_rows]] == "near"]
+        target = dup_of[moved]
+        reason[moved] = NEAR
+        dup_score[moved] = dup_score[target]
+        dup_method[moved] = "near"
+        dup_of[moved] = dup_of[target]
+        alive = alive[~hit]
+        stats["near_s"] = time.perf_counter() - t
+        stats.update({f"near_{k}": v for k, v in near.stats.items()})
+        report("near_dup", alive.shape[0], alive.shape[0])
+
+    langs = scores = None
+    if config.lang_id.enabled and alive.shape[0]:
+        from flows.filtering.langid import detect_languages
+
+        report("lang_id", 0, alive.shape[0])
+        t = time.perf_counter()
+        texts = df[column].cast(pl.String).gather(alive)
+        found_lang, found_score = detect_languages(texts)
+        langs = np.full(n, None, dtype=object)
+        scores = np.full(n, np.nan, dtype=np.float64)
+        langs[alive] = found_lang
+        scores[alive] = found_score
+        allowed = set(config.lang_id.allowed)
+        bad = np.array(
+            [lang not in allowed for lang in found_lang], dtype=bool
+        ) | ~(found_score >= config.lang_id.min_score)
+        # A dropped group representative takes its duplicates' dup_of along: they stay
+        # pointing at it (in `rejected`, reason "language"), as their text is the same language.
+        reason[alive[bad]] = LANGUAGE
+        alive = alive[~bad]
+        stats["langid_s"] = time.perf_counter() - t
+        stats["langid_rows_per_s"] = found_lang.shape[0] / max(stats["langid_s"], 1e-9)
+        report("lang_id", alive.shape[0], alive.shape[0])
+
+    keep_mask = is_none(reason)
+    rejected_idx = np.flatnonzero(~keep_mask)
+    ids = (
+        df[id_column].cast(pl.String)
+        if id_column is not None
+        else pl.Series(np.arange(n)).cast(pl.String)
+    )
+    rejected_dup = dup_of[rejected_idx]
+    has_dup = rejected_dup >= 0
+    dup_ids = np.full(rejected_idx.shape[0], None, dtype=object)
+    dup_ids[has_dup] = ids.gather(rejected_dup[has_dup]).to_numpy()
+    extra = [
+        pl.Series("drop_reason", reason[rejected_idx].tolist(), dtype=pl.String),
+        pl.Series("rule_score", rule_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
+        pl.Series("dup_of", dup_ids.tolist(), dtype=pl.String),
+        pl.Series("dup_score", dup_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
+        pl.Series("dup_method", dup_method[rejected_idx].tolist(), dtype=pl.String),
+    ]
+    if langs is not None and scores is not None:
+        extra += [
+            pl.Series("lang", langs[rejected_idx].tolist(), dtype=pl.String),
+            pl.Series("lang_score", scores[rejected_idx], dtype=pl.Float64).fill_nan(None),
+        ]
+    kept = df.filter(pl.Series(keep_mask))
+    rejected = df.gather(rejected_idx).with_columns(extra)
+
+    counts = {name: 0 for name in drop_reasons(config)}
+    for name, count in zip(*np.unique(reason[rejected_idx].astype(str), return_counts=True), strict=True):
+        counts[str(name)] = int(count)
+    counts["kept"] = kept.height
+    stats["total_s"] = time.perf_counter() - t_all
+    stats["rows_per_s"] = n / max(stats["total_s"], 1e-9)
+    return FilterOutcome(kept=kept, rejected=rejected, counts=counts, stats=stats)
+
+
+def is_none(values: np.ndarray) -> np.ndarray:
+    """True where an object array holds None."""
+    return np.fromiter((v is None for v in values), dtype=bool, count=values.shape[0])

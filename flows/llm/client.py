@@ -1,0 +1,264 @@
+"""One async LLM client for every OpenAI-compatible backend: structured output, cache, limits, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import openai
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from flows.llm.cache import ResponseCache, cache_key
+from flows.llm.limits import RateLimiter
+from flows.llm.prompts import PromptLibrary, RenderedPrompt
+from schemas.config import LLMConfig
+from schemas.manifest import StageUsage
+
+T = TypeVar("T", bound=BaseModel)
+
+REPAIR_MESSAGE = (
+    "Your previous answer was not valid: {error}. Answer again with only the JSON object that matches the schema."
+)
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+
+
+class LLMError(Exception):
+    """A fatal endpoint problem (bad key, unknown model, bad request): one line, no secret."""
+
+
+@dataclass
+class LLMResult(Generic[T]):
+    value: T | None
+    raw: str
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+@dataclass
+class _Reply:
+    content: str
+    finish_reason: str | None
+    cached: bool
+
+
+def endpoint_label(base_url: str) -> str:
+    """scheme://host[:port]/path with any user:password@ or query string removed."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds the server asked us to wait (Retry-After seconds or HTTP date, or retry-after-ms)."""
+    headers = getattr(response, "headers", None) or {}
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * (0.5 + random.random())
+
+
+class LLM:
+    """Structured and plain calls through `openai.AsyncOpenAI`, shared by every stage of a run."""
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        *,
+        base_url: str,
+        api_key: str,
+        cache: ResponseCache | None,
+        prompts: PromptLibrary | None = None,
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint_label(base_url)
+        self._api_key = api_key
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout)
+        self.cache = cache
+        self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
+        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.usage: dict[str, StageUsage] = defaultdict(StageUsage)
+        self._sem: asyncio.Semaphore | None = None
+        self._schemas: dict[type[BaseModel], dict[str, Any]] = {}
+
+    @property
+    def sem(self) -> asyncio.Semaphore:
+        # Created lazily so it binds to the loop that runs the calls.
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.config.concurrency)
+        return self._sem
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------ public calls
+
+    async def structured(
+        self, prompt: str, schema: type[T], *, stage: str, max_tokens: int = 512, **variables: Any
+    ) -> LLMResult[T]:
+        """Render `prompt`, ask for JSON matching `schema`, validate; one repair turn; raw kept on failure."""
+        rendered = self.prompts.render(prompt, **variables)
+        messages = list(rendered.messages)
+        fmt = self._response_format(schema)
+        reply = await self._complete(rendered, messages, stage=stage, max_tokens=max_tokens, response_format=fmt)
+        if reply is None:
+            return LLMResult(None, "", error="endpoint failed after retries")
+        value, error = self._validate(reply, schema)
+        if value is not None:
+            return LLMResult(value, reply.content, cached=reply.cached)
+        self.usage[stage].repairs += 1
+        messages += [
+            {"role": "assistant", "content": reply.content},
+            {"role": "user", "content": REPAIR_MESSAGE.format(error=error)},
+        ]
+        second = await self._complete(rendered, messages, stage=stage, max_tokens=max_tokens, response_format=fmt)
+        if second is not None:
+            value, error2 = self._validate(second, schema)
+            if value is not None:
+                return LLMResult(value, second.content, cached=second.cached)
+            error = error2
+        self.usage[stage].failures += 1
+        raw = second.content if second is not None else reply.content
+        return LLMResult(None, raw, error=error)
+
+    async def text(self, prompt: str, *, stage: str, max_tokens: int = 512, **variables: Any) -> LLMResult[Any]:
+        """Plain text answer (chatbot turns, tool simulation)."""
+        rendered = self.prompts.render(prompt, **variables)
+        reply = await self._complete(rendered, list(rendered.messages), stage=stage, max_tokens=max_tokens)
+        if reply is None:
+            self.usage[stage].failures += 1
+            return LLMResult(None, "", error="endpoint failed after retries")
+        return LLMResult(reply.content, reply.content, cached=reply.cached)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ internals
+
+    def _response_format(self, schema: type[BaseModel]) -> dict[str, Any]:
+        js = self._schemas.get(schema)
+        if js is None:
+            js = self._schemas[schema] = schema.model_json_schema()
+        if self.config.structured_output == "json_object":
+            return {"type": "json_object", "schema": js}
+        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": js, "strict": False}}
+
+    @staticmethod
+    def _validate(reply: _Reply, schema: type[T]) -> tuple[T | None, str | None]:
+        if reply.finish_reason == "length":
+            return None, "the answer was cut off at the token limit; keep every field shorter"
+        try:
+            return schema.model_validate_json(_json_object(reply.content)), None
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "root"
+            return None, f"{where}: {first['msg']}"
+
+    async def _complete(
+        self,
+        rendered: RenderedPrompt,
+        messages: list[dict[str, str]],
+        *,
+        stage: str,
+        max_tokens: int,
+        response_format: dict[str, Any] | None = None,
+    ) -> _Reply | None:
+        params: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": max_tokens,
+        }
+        if response_format is not None:
+            params["response_format"] = response_format
+        key = cache_key({"template": rendered.name, "template_hash": rendered.template_hash, **params})
+        usage = self.usage[stage]
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            usage.cache_hits += 1
+            return _Reply(hit["content"], hit.get("finish_reason"), cached=True)
+        body = await self._post(params, usage)
+        if body is None:
+            return None
+        choice = body["choices"][0]
+        content = (choice.get("message") or {}).get("content") or choice.get("text") or ""
+        tokens = body.get("usage") or {}
+        usage.prompt_tokens += int(tokens.get("prompt_tokens") or 0)
+        usage.completion_tokens += int(tokens.get("completion_tokens") or 0)
+        reply = _Reply(content, choice.get("finish_reason"), cached=False)
+        if self.cache is not None:
+            self.cache.put(key, {"content": content, "finish_reason": reply.finish_reason, "usage": tokens})
+        return reply
+
+    async def _post(self, params: dict[str, Any], usage: StageUsage) -> dict[str, Any] | None:
+        """One request with retries; returns the parsed body, None when retries ran out."""
+        estimate = sum(len(m["content"]) for m in params["messages"]) // 4 + params["max_tokens"]
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                usage.retries += 1
+            await self.limiter.acquire(estimate)
+            delay: float | None = None
+            started = time.perf_counter()
+            try:
+                async with self.sem:
+                    raw = await self.client.chat.completions.with_raw_response.create(**params)
+                body = orjson.loads(raw.http_response.content)
+                usage.calls += 1
+                usage.seconds += time.perf_counter() - started
+                spent = int((body.get("usage") or {}).get("total_tokens") or estimate)
+                self.limiter.settle(estimate, spent)
+                if body.get("choices"):
+                    return body
+                delay = _backoff(attempt)  # 200 with no choices: treat as a transient server fault
+            except openai.RateLimitError as e:
+                delay = _retry_after(e.response) or _backoff(attempt)
+            except openai.APIStatusError as e:
+                if e.status_code >= 500 or e.status_code in (408, 409):
+                    delay = _retry_after(e.response) or _backoff(attempt)
+                else:
+                    raise LLMError(self._fatal_message(e)) from None
+            except (openai.APITimeoutError, openai.APIConnectionError):
+                delay = _backoff(attempt)
+            except orjson.JSONDecodeError:
+                delay = _backoff(attempt)
+            if attempt < self.config.max_retries:
+                await asyncio.sleep(delay)
+        return None
+
+    def _fatal_message(self, e: openai.APIStatusError) -> str:
+        status = e.status_code
+        if status == 401:
+            return f"{self.endpoint} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint"
+        if status == 403:
+            return f"{self.endpoint} refused access (403): check the key's permissions for model {self.config.model!r}"
+        if status == 404:
+            return f"model {self.config.model!r} not found at {self.endpoint} (404): check --model or --base-url"
+        detail = str(getattr(e, "message", "") or "").replace(self._api_key, "***") if self._api_key else ""
+        return f"{self.endpoint} answered {status}: {detail[:200]}".rstrip(": ")
+
+
+def _json_object(text: str) -> str:
+    """The JSON object inside a reply: models sometimes wrap it in prose or ``` fences."""
+    start, end = text.find("{"), text.rfind("}")
+    return text[start : end + 1] if start != -1 and end > start else text

@@ -1,0 +1,75 @@
+"""Which endpoint a run talks to: flag, then OPENAI_BASE_URL, then the embedded local model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flows.errors import UserError
+from flows.llm.client import endpoint_label
+from flows.llm.local import LocalServer
+from schemas.config import LLMConfig
+
+OPENAI_URL = "https://api.openai.com/v1"
+NO_KEY = "sk-no-key"  # local servers ignore the key but the client needs a non-empty one
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    api_key: str
+    config: LLMConfig  # the LLM settings actually used (the embedded model changes a few)
+    embedded: bool = False
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Endpoint({endpoint_label(self.base_url)}, model={self.config.model!r}, embedded={self.embedded})"
+
+
+def api_key_from_env(key_file: Path | None = None) -> str | None:
+    """The key comes only from the environment or a file, never from a flag or a config file."""
+    if key_file is not None:
+        try:
+            return key_file.read_text().strip() or None
+        except OSError as e:
+            raise UserError(f"cannot read the API key file {key_file}: {e.strerror}") from None
+    return os.environ.get("OPENAI_API_KEY") or None
+
+
+def preflight(base_url: str, api_key: str) -> None:
+    """Find an unreachable endpoint or a rejected key in seconds, before any work starts."""
+    label = endpoint_label(base_url)
+    try:
+        r = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5)
+    except httpx.HTTPError as e:
+        raise UserError(f"cannot reach {label} ({type(e).__name__}): check --base-url / OPENAI_BASE_URL and that the server runs") from None
+    if r.status_code == 401:
+        raise UserError(f"{label} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint")
+
+
+@contextmanager
+def open_endpoint(config: LLMConfig, *, key_file: Path | None = None, check: bool = True) -> Iterator[Endpoint]:
+    base = config.base_url or os.environ.get("OPENAI_BASE_URL")
+    key = api_key_from_env(key_file)
+    if base or key:
+        base = base or OPENAI_URL
+        if check:
+            preflight(base, key or NO_KEY)
+        yield Endpoint(base, key or NO_KEY, config.model_copy(update={"base_url": base}))
+        return
+    with LocalServer() as server:
+        small = config.model_copy(
+            update={
+                "model": server.model,
+                "base_url": None,  # recorded as embedded, the port is ephemeral
+                "structured_output": "json_object",  # llama.cpp's form of schema-constrained output
+                "prompt_set": "small",
+                "concurrency": 1,  # one llama.cpp slot: parallel requests only queue
+                "timeout": max(config.timeout, 300.0),
+            }
+        )
+        yield Endpoint(server.base_url, NO_KEY, small, embedded=True)

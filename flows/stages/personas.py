@@ -1,0 +1,130 @@
+"""Stage 2 — persona synthesis: the LLM writes the narrative fields; the skeleton fixes the rest."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, time, timedelta
+
+from flows.catalogue import Catalogue
+from flows.llm.client import LLM
+from flows.stages.base import Progress, StageOutcome, map_async
+from schemas.drafts import PersonaDraft
+from schemas.records import (
+    CommunicationStyle,
+    Demographics,
+    Pattern,
+    Persona,
+    PersonaRecord,
+    Personality,
+    Preference,
+    PreferenceChange,
+    SeedRow,
+)
+
+STAGE = "personas"
+MBTI_WORDS = (
+    {"E": "Extraversion", "I": "Introversion"},
+    {"S": "Sensing", "N": "Intuition"},
+    {"T": "Thinking", "F": "Feeling"},
+    {"J": "Judging", "P": "Perceiving"},
+)
+# Draft field → (persona section, seed attribute pool used when the LLM gives nothing usable)
+NARRATIVE = {
+    "Behavior_Engagement_Pattern": ("Pattern", "behavior_engagement"),
+    "Usage_Pattern": ("Pattern", "usage"),
+    "Emotion_Pattern": ("Pattern", "emotion"),
+    "Purchase_Pattern": ("Pattern", "purchase"),
+    "Preferred_Styles": ("Preference", "preferred_styles"),
+    "Preferred_Formats": ("Preference", "preferred_formats"),
+    "Preferred_Workflows": ("Preference", "preferred_workflows"),
+}
+
+
+def session_times(seed: SeedRow) -> list[datetime]:
+    """When each session happens: the skeleton's start date plus its gaps, at a per-persona hour."""
+    rng = random.Random(seed.seed ^ 0x5E55)
+    day = datetime.combine(seed.start_date, time(0), tzinfo=UTC)
+    out = []
+    for gap in seed.session_gaps_days:
+        day += timedelta(days=gap)
+        out.append(day + timedelta(hours=rng.randint(7, 22), minutes=rng.choice((0, 15, 30, 45))))
+    return out
+
+
+def fallback_draft(seed: SeedRow, cat: Catalogue) -> dict[str, object]:
+    """Every narrative field filled from the seed tables, deterministic per persona."""
+    rng = random.Random(seed.seed ^ 0xFA11)
+    draft: dict[str, object] = {f: rng.choice(cat.attributes[pool]) for f, (_, pool) in NARRATIVE.items()}
+    draft["Career_Information"] = f"Works as {seed.occupation} ({seed.sector})."
+    draft["Values_and_Interests"] = list(seed.values_interests)
+    draft["domain_vocabulary"] = list(seed.domain_vocabulary)
+    return draft
+
+
+def merge_persona(seed: SeedRow, draft: PersonaDraft | None, cat: Catalogue, raw: str | None = None) -> PersonaRecord:
+    """The full persona: fixed attributes from the skeleton, narrative from the draft, fallbacks recorded."""
+    base = fallback_draft(seed, cat)
+    written = draft.model_dump() if draft is not None else {}
+    fields = {k: written.get(k) or v for k, v in base.items()}
+    fallback = sorted(k for k in base if not written.get(k))
+    times = session_times(seed)
+    changes = []
+    for i, plan in enumerate(seed.planned_changes):
+        text = draft.changes[i] if draft is not None and i < len(draft.changes) else None
+        if text is None:
+            fallback.append(f"Changes[{i}]")
+        changes.append(
+            PreferenceChange(
+                date=times[plan.at_session].date(),
+                effective_session=plan.at_session,
+                field=plan.field,
+                before=text.before if text else plan.from_hint,
+                after=text.after if text else plan.to_hint,
+                reason=text.reason if text else plan.reason,
+            )
+        )
+    letters = [MBTI_WORDS[i][c] for i, c in enumerate(seed.mbti)]
+    persona = Persona(
+        Demographics=Demographics(
+            Name=seed.name,
+            Age=seed.age,
+            Gender=seed.gender,
+            Nationality=seed.nationality,
+            Language=seed.languages,
+            Career_Information=str(fields["Career_Information"]),
+        ),
+        Personality=Personality(
+            Extraversion_or_Introversion=letters[0],
+            Sensing_or_Intuition=letters[1],
+            Thinking_or_Feeling=letters[2],
+            Judging_or_Perceiving=letters[3],
+            Values_and_Interests=list(fields["Values_and_Interests"]),  # type: ignore[call-overload]
+        ),
+        Pattern=Pattern(**{k: str(fields[k]) for k, (sec, _) in NARRATIVE.items() if sec == "Pattern"}),
+        Preference=Preference(**{k: str(fields[k]) for k, (sec, _) in NARRATIVE.items() if sec == "Preference"}),
+        Communication=CommunicationStyle(
+            formality=seed.formality,
+            verbosity=seed.verbosity,
+            proactivity=seed.proactivity,
+            domain_vocabulary=list(fields["domain_vocabulary"]),  # type: ignore[call-overload]
+            emotional_tone=seed.emotional_tone,
+        ),
+        Changes=changes,
+    )
+    return PersonaRecord(
+        persona_id=seed.persona_id,
+        seed=seed.seed,
+        persona=persona,
+        fallback_fields=fallback,
+        raw_output=raw if fallback else None,
+    )
+
+
+async def synthesize_personas(
+    seeds: list[SeedRow], llm: LLM, cat: Catalogue, progress: Progress | None = None
+) -> StageOutcome[PersonaRecord]:
+    async def one(seed: SeedRow) -> PersonaRecord:
+        res = await llm.structured("personas/synthesize", PersonaDraft, stage=STAGE, max_tokens=900, seed=seed)
+        return merge_persona(seed, res.value, cat, raw=res.raw if res.value is None else None)
+
+    return StageOutcome(records=await map_async(seeds, one, progress))

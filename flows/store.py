@@ -1,0 +1,146 @@
+"""Versioned dataset layout: staging folders, Parquet shards, manifest, atomic publish."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from flows.errors import UserError
+from schemas.arrow import arrow_schema, to_table
+from schemas.manifest import Manifest, ShardInfo
+
+VERSION = re.compile(r"^v(\d{4,})$")
+TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """zstd Parquet, written to a temp name and renamed: a kill never leaves half a shard."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_records(path: Path, model: type[BaseModel], records: Iterable[BaseModel]) -> int:
+    table = to_table(model, records)
+    write_parquet(path, table)
+    return table.num_rows
+
+
+def read_table(path: Path, model: type[BaseModel] | None = None) -> pa.Table:
+    """One shard file, or all shards of a table folder (zero rows, with the schema, when there are none)."""
+    parts = [path] if path.is_file() else sorted(path.glob("part-*.parquet"))
+    if not parts:
+        if model is None:
+            raise FileNotFoundError(path)
+        return arrow_schema(model).empty_table()
+    return pa.concat_tables([pq.read_table(p) for p in parts])
+
+
+def read_records(path: Path, model: type[BaseModel]) -> list:
+    return [model.model_validate(r) for r in read_table(path, model).to_pylist()]
+
+
+def shard_infos(root: Path) -> list[ShardInfo]:
+    return [
+        ShardInfo(path=str(p.relative_to(root)), rows=pq.ParquetFile(p).metadata.num_rows, bytes=p.stat().st_size,
+                  sha256=sha256_file(p))  # fmt: skip
+        for p in sorted(root.glob("*/part-*.parquet"))
+    ]
+
+
+class DatasetStore:
+    """output/<dataset>/v<NNNN>/ folders, `latest` link, and the staging area builds resume from."""
+
+    def __init__(self, out: Path, dataset: str) -> None:
+        self.out = Path(out)
+        self.dataset = dataset
+        self.root = self.out / dataset
+
+    # -------------------------------------------------------------- reading
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = [p.name for p in self.root.iterdir() if VERSION.match(p.name) and p.is_dir()]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def latest(self) -> str | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def resolve(self, version: str | None) -> Path:
+        """The folder of `version` (v3, v0003, 3 or latest/None); a one-line UserError if it does not exist."""
+        versions = self.versions()
+        if not versions:
+            raise UserError(f"dataset {self.dataset!r} has no versions under {self.out}: run `personaloom build --dataset {self.dataset}`")
+        if version in (None, "", "latest"):
+            return self.root / versions[-1]
+        digits = str(version).lstrip("v")
+        name = f"v{int(digits):04d}" if digits.isdigit() else str(version)
+        if name not in versions:
+            raise UserError(f"dataset {self.dataset!r} has no version {version}: it has {', '.join(versions[-5:])}")
+        return self.root / name
+
+    def manifest(self, version: str | None = None) -> Manifest:
+        return Manifest.model_validate_json((self.resolve(version) / "manifest.json").read_text())
+
+    # -------------------------------------------------------------- writing
+
+    def staging(self, run_key: str) -> Path:
+        """Where a build with this identity writes; a re-run of the same build resumes here."""
+        path = self.root / ".staging" / run_key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serializes version numbering between concurrent builds of one dataset."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def next_version(self) -> tuple[str, str | None]:
+        """(new version name, parent); call under `lock()`."""
+        latest = self.latest()
+        n = int(latest[1:]) + 1 if latest else 1
+        return f"v{n:04d}", latest
+
+    def publish(self, staging: Path, version: str) -> Path:
+        """Rename the finished staging folder into place and point `latest` at it (under `lock()`)."""
+        target = self.root / version
+        if target.exists():
+            raise UserError(f"{target} already exists: versions are never overwritten")
+        os.rename(staging, target)
+        link = self.root / "latest"
+        tmp = self.root / f".latest.{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(version)
+        os.replace(tmp, link)  # atomic: readers see the old or the new latest, never none
+        return target
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)

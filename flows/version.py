@@ -1,0 +1,29 @@
+"""The code version recorded in manifests: package version plus git commit when run from a checkout."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import cache
+from importlib import metadata
+
+from flows.paths import PROJECT_ROOT
+
+
+@cache
+def code_version() -> str:
+    try:
+        version = metadata.version("personaloom")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no", "--", "flows", "schemas", "prompts", "seeds"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+        return f"{version}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return version

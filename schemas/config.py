@@ -1,0 +1,73 @@
+"""Build configuration. Holds no secret: the API key comes from the environment only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.filtering import FilterConfig
+
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class LLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("gpt-4o-mini", description="model name sent to the endpoint")
+    base_url: str | None = Field(None, description="OpenAI-compatible URL; default $OPENAI_BASE_URL, else the embedded model")
+    concurrency: int = Field(32, ge=1, le=1024, description="LLM calls in flight at once")
+    rpm: int | None = Field(None, ge=1, description="requests per minute limit")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute limit")
+    timeout: float = Field(60.0, gt=0, description="seconds per request before it is retried")
+    max_retries: int = Field(6, ge=0, le=20)
+    temperature: float = Field(0.8, ge=0, le=2)
+    structured_output: Literal["json_schema", "json_object"] = Field(
+        "json_schema", description="json_schema: OpenAI form; json_object: llama.cpp form with a 'schema' key"
+    )
+    prompt_set: Literal["default", "small"] = Field(
+        "default", description="'small' uses the short, completion-friendly prompts for small local models"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL such as http://localhost:8000/v1")
+        return v
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field("personas", description="dataset name: letters, digits, '.', '_', '-'")
+    personas: int = Field(200, ge=1, le=1_000_000)
+    scenes_per_persona: int = Field(20, ge=1, le=200)
+    revisit_share: float = Field(0.2, ge=0, le=0.5, description="share of sessions that revisit an earlier topic")
+    changes_per_persona: int = Field(2, ge=0, le=10, description="dated preference changes over the sessions")
+    seed: int = 0
+    shard_size: int = Field(50, ge=1, description="personas per shard (one Prefect task per stage and shard)")
+    expand_hints: bool = Field(True, description="let the LLM expand seed hints self-instruct style (stage 1)")
+    answerability: bool = Field(True, description="stage 5 LLM answerability check")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not DATASET_NAME.match(v) or v in {".", ".."}:
+            raise ValueError("use letters, digits, '.', '_' or '-' (no path characters), at most 64")
+        return v
+
+
+class RunPaths(BaseModel):
+    """Where a build reads and writes; not part of the dataset's identity."""
+
+    out: Path = Path("output")
+    cache_dir: Path | None = None
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.out / ".cache"

@@ -1,0 +1,250 @@
+"""Every record the pipeline reads or writes. The Parquet schemas derive from these (schemas.arrow)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Dotted persona paths a query may reveal; the replay scores learning against them.
+PERSONA_PATHS: tuple[str, ...] = (
+    "Demographics.Age",
+    "Demographics.Gender",
+    "Demographics.Nationality",
+    "Demographics.Language",
+    "Demographics.Career_Information",
+    "Personality.Extraversion_or_Introversion",
+    "Personality.Sensing_or_Intuition",
+    "Personality.Thinking_or_Feeling",
+    "Personality.Judging_or_Perceiving",
+    "Personality.Values_and_Interests",
+    "Pattern.Behavior_Engagement_Pattern",
+    "Pattern.Usage_Pattern",
+    "Pattern.Emotion_Pattern",
+    "Pattern.Purchase_Pattern",
+    "Preference.Preferred_Styles",
+    "Preference.Preferred_Formats",
+    "Preference.Preferred_Workflows",
+    "Communication.formality",
+    "Communication.verbosity",
+    "Communication.proactivity",
+    "Communication.domain_vocabulary",
+    "Communication.emotional_tone",
+)
+PersonaPath = Literal[PERSONA_PATHS]  # type: ignore[valid-type]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- stage 1: seeds
+
+
+class PlannedChange(Record):
+    """A life-long drift event planned by the sampler; persona synthesis writes its content."""
+
+    field: PersonaPath
+    at_session: int = Field(ge=0)
+    from_hint: str
+    to_hint: str
+    reason: str
+
+
+class SeedRow(Record):
+    persona_id: str
+    index: int
+    seed: int = Field(description="per-row sampler seed: regenerates this skeleton alone")
+    locale: str
+    country: str
+    nationality: str
+    languages: list[str]
+    name: str
+    gender: str
+    age: int
+    occupation: str
+    sector: str
+    domain_vocabulary: list[str]
+    mbti: str = Field(pattern=r"^[EI][SN][TF][JP]$")
+    values_interests: list[str]
+    formality: str
+    verbosity: str
+    proactivity: str
+    emotional_tone: str
+    hint: str
+    expanded_hint: str | None = None
+    start_date: date
+    session_gaps_days: list[int]
+    planned_changes: list[PlannedChange]
+    fallback_fields: list[str] = Field(default_factory=list)
+    raw_output: str | None = None
+
+
+# ---------------------------------------------------------------- stage 2: personas
+
+
+class Demographics(Record):
+    Name: str
+    Age: int
+    Gender: str
+    Nationality: str
+    Language: list[str]
+    Career_Information: str
+
+
+class Personality(Record):
+    Extraversion_or_Introversion: Literal["Extraversion", "Introversion"]
+    Sensing_or_Intuition: Literal["Sensing", "Intuition"]
+    Thinking_or_Feeling: Literal["Thinking", "Feeling"]
+    Judging_or_Perceiving: Literal["Judging", "Perceiving"]
+    Values_and_Interests: list[str]
+
+
+class Pattern(Record):
+    Behavior_Engagement_Pattern: str
+    Usage_Pattern: str
+    Emotion_Pattern: str
+    Purchase_Pattern: str
+
+
+class Preference(Record):
+    Preferred_Styles: str
+    Preferred_Formats: str
+    Preferred_Workflows: str
+
+
+class CommunicationStyle(Record):
+    formality: str
+    verbosity: str
+    proactivity: str
+    domain_vocabulary: list[str]
+    emotional_tone: str
+
+
+class PreferenceChange(Record):
+    """The user changes over the sessions: from `effective_session` on, `field` reads `after`."""
+
+    date: date
+    effective_session: int
+    field: PersonaPath
+    before: str
+    after: str
+    reason: str
+
+
+class Persona(Record):
+    Demographics: Demographics
+    Personality: Personality
+    Pattern: Pattern
+    Preference: Preference
+    Communication: CommunicationStyle
+    Changes: list[PreferenceChange]
+
+
+class PersonaRecord(Record):
+    persona_id: str
+    seed: int
+    persona: Persona
+    fallback_fields: list[str] = Field(
+        default_factory=list, description="fields filled from seed attributes because the LLM output was empty or invalid"
+    )
+    raw_output: str | None = Field(default=None, description="raw LLM text when it failed validation")
+
+
+# ---------------------------------------------------------------- stage 3: scenes
+
+
+class ApiArgument(Record):
+    name: str
+    type: Literal["string", "integer", "number", "boolean"]
+    description: str
+    required: bool
+
+
+class ApiSpec(Record):
+    name: str
+    description: str
+    arguments: list[ApiArgument]
+
+
+class CatalogueScene(Record):
+    scene_id: str
+    category: str
+    title: str
+    description: str
+    apis: list[str]
+
+
+SceneKind = Literal["common", "specific", "revisit"]
+
+
+class Scene(Record):
+    scene_id: str
+    persona_id: str
+    session_index: int
+    timestamp: datetime
+    kind: SceneKind
+    title: str
+    description: str
+    expected_response: str
+    context: str
+    apis: list[ApiSpec]
+    catalogue_id: str | None = None
+    revisits: str | None = Field(default=None, description="scene_id of the earlier session this one revisits")
+    fallback_fields: list[str] = Field(default_factory=list)
+    raw_output: str | None = None
+
+
+# ---------------------------------------------------------------- stage 4: queries
+
+
+class Query(Record):
+    query_id: str
+    scene_id: str
+    persona_id: str
+    session_index: int
+    personalized_query: str
+    neutralized_query: str
+    revealed_fields: list[PersonaPath]
+    fallback_fields: list[str] = Field(default_factory=list)
+    raw_output: str | None = None
+
+
+# ---------------------------------------------------------------- stage 5 and output
+
+
+class Rejection(Record):
+    stage: str
+    row_id: str
+    persona_id: str | None = None
+    reason: str
+    detail: str | None = None
+    score: float | None = None
+    dup_of: str | None = None
+    dup_score: float | None = None
+    dup_method: str | None = None
+    raw_output: str | None = None
+
+
+class DatasetRow(Record):
+    """What users load: one session of one persona, persona + scene + query joined."""
+
+    persona_id: str
+    session_index: int
+    timestamp: datetime
+    scene_id: str
+    query_id: str
+    kind: SceneKind
+    title: str
+    description: str
+    expected_response: str
+    context: str
+    apis: list[ApiSpec]
+    revisits: str | None
+    personalized_query: str
+    neutralized_query: str
+    revealed_fields: list[str]
+    persona: Persona
+    active_changes: list[PreferenceChange] = Field(description="preference changes in force at this session")
+    fallback_fields: list[str]

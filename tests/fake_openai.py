@@ -1,0 +1,1007 @@
+"""A fake OpenAI-compatible HTTP server for tests and benchmarks.
+
+It listens on a real loopback socket (stdlib ``ThreadingHTTPServer``, HTTP/1.1
+keep-alive, one daemon thread per connection) so the real ``openai`` client,
+its connection pool, timeouts and retries are exercised end to end.
+
+Replies are deterministic functions of the request: a ``random.Random`` seeded
+from sha256 of (model, messages, schema, request seed) drives every choice, so
+the same request always gets the same answer and different requests get
+visibly different answers. With a JSON schema in ``response_format`` the reply
+validates against it (pydantic v2 ``model_json_schema()`` output).
+
+Usage::
+
+    with FakeOpenAI(latency=0.01) as fake:
+        client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-test")
+
+Standalone (for benchmarks in another process)::
+
+    python -m tests.fake_openai --host 127.0.0.1 --port 0 --latency 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import datetime as dt
+import hashlib
+import json
+import math
+import random
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+__all__ = ["DEFAULT_FAULTS", "FakeOpenAI", "FakeStats", "SchemaFaker", "main"]
+
+DEFAULT_FAULTS: tuple[str, ...] = ("429", "500", "hang", "malformed", "length")
+DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "fake-model")
+EMBEDDING_DIM = 64
+MAX_RECORDED_REQUESTS = 10_000
+MAX_DEPTH = 6  # deeper than this we pick the smallest valid value (recursive models)
+
+def _words(text: str) -> list[str]:
+    """Whitespace-split word list (keeps the vocabulary readable in source)."""
+    return text.split()
+
+
+# --------------------------------------------------------------------------- #
+# Vocabulary: a few hundred everyday words arranged by part of speech so the
+# generated phrases read like (odd but plausible) English rather than word salad.
+# --------------------------------------------------------------------------- #
+_ADJECTIVES = _words("""
+quiet bright small large warm cold early late gentle busy calm careful clever
+cheerful simple honest friendly patient curious steady modest practical local
+rural urban sunny rainy windy narrow wide heavy light fresh old new young
+familiar ordinary pleasant rough smooth soft loud distant nearby crowded empty
+green blue golden wooden painted broken tidy messy quick slow lucky humble
+generous serious playful thoughtful bold shy silver spare cozy faded sturdy
+tiny spacious shiny dusty famous favorite weekly daily seasonal handmade
+""")
+_NOUNS = _words("""
+kitchen garden library market station bakery river village neighbor teacher
+nurse farmer driver student friend sister brother cousin grandmother child
+bicycle window table chair notebook letter morning evening weekend holiday
+breakfast dinner coffee bread apple orange basket bridge street corner park
+school office workshop harbor beach forest hill valley city town house
+apartment balcony train bus ticket umbrella jacket garden recipe song story
+photograph camera map journey meeting project budget schedule habit hobby
+festival concert museum painting lantern candle blanket pillow kettle mirror
+ladder bucket shovel tomato onion sandwich soup cake pie cookie tea juice milk
+cheese rice garage attic porch fence gate roof yard lawn pond lake island
+mountain road highway airport hotel restaurant cafe pharmacy clinic hospital
+bank shop bookstore playground stadium theater gallery newspaper magazine radio
+phone laptop keyboard clock calendar wallet backpack suitcase sweater scarf
+""")
+_VERBS = _words("""
+visits repairs paints cleans watches carries shares finds keeps builds bakes
+plans reads writes remembers organizes follows crosses opens closes fixes
+waters collects sorts describes explores studies checks prepares delivers
+borrows returns decorates arranges measures records teaches counts
+admires answers bookmarks carves chooses compares cooks draws feeds folds
+gathers greets hangs lifts mends moves packs polishes recommends shelters
+""")
+_ADVERBS = _words("""
+slowly quietly often rarely carefully happily early usually gently always
+sometimes patiently eagerly calmly nearly
+""")
+_PREPOSITIONS = _words("near behind beside across under above around through before after")
+_DETERMINERS = _words("the a every one another our their")
+_CONNECTORS = _words("and while because although so after before")
+_FIRST_NAMES = _words("""
+Maya Daniel Priya Tomas Elena Samuel Aisha Lucas Hana Oliver Nora Mateo Leila
+Jonas Ruth Felix Amara Victor Ingrid Kofi Clara Diego Mei Arthur
+""")
+_LAST_NAMES = _words("""
+Thornton Okafor Lindqvist Moreau Castillo Nakamura Brennan Haddad Kowalski
+Ferreira Novak Adeyemi Larsen Duarte Whitfield Osei Bauer Romano
+""")
+_CITIES = _words("Lisbon Denver Osaka Leeds Porto Austin Lyon Gdansk Accra Hobart Bergen Cusco")
+# Words a phrase should not end on after a maxLength cut.
+_DANGLING = {"the", "about", *_DETERMINERS, *_PREPOSITIONS, *_CONNECTORS, *_ADJECTIVES,
+             *_ADVERBS}
+_STOPWORDS = set(
+    _words("""
+about above after again against also among because been before being below between
+both but could does doing down during each from further have having here hers
+herself himself into itself just more most myself once only other ought ours over
+same should some such than that their theirs them themselves then there these they
+this those through under until very were what when where which while whom with
+would your yours yourself please write give make tell return json using must
+""")
+)
+
+
+def _sha256_seed(*parts: Any) -> int:
+    """Stable 64-bit seed from JSON-able parts (hash() is salted per process)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:8], "big")
+
+
+def _message_text(content: Any) -> str:
+    """Text of a message content, which may be a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
+        )
+    return "" if content is None else str(content)
+
+
+def _request_words(text: str) -> list[str]:
+    """Content words of the user's text, to echo into replies."""
+    words = re.findall(r"[A-Za-z][A-Za-z'-]{3,}", text)
+    seen: dict[str, None] = {}
+    for w in words:
+        lw = w.lower().strip("'-")
+        if lw not in _STOPWORDS and len(lw) <= 20:
+            seen.setdefault(lw, None)
+    return list(seen)
+
+
+def _word_count(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+# --------------------------------------------------------------------------- #
+# Text generation
+# --------------------------------------------------------------------------- #
+class TextGen:
+    """Phrase generator driven by an injected RNG (deterministic per request)."""
+
+    def __init__(self, rng: random.Random, topic_words: list[str]) -> None:
+        self.rng = rng
+        self.topic = topic_words
+
+    def _noun(self) -> str:
+        # Echo request words now and then so replies visibly depend on the prompt.
+        if self.topic and self.rng.random() < 0.3:
+            return self.rng.choice(self.topic)
+        return self.rng.choice(_NOUNS)
+
+    def _clause(self) -> list[tuple[str, bool]]:
+        """Subject-verb-object clause as (word, may_end_here) pairs."""
+        r = self.rng
+        words = [(r.choice(_DETERMINERS), False)]
+        if r.random() < 0.7:
+            words.append((r.choice(_ADJECTIVES), False))
+        words.append((self._noun(), False))
+        if r.random() < 0.35:
+            words.append((r.choice(_ADVERBS), False))
+        words += [(r.choice(_VERBS), False), ("the", False)]
+        if r.random() < 0.5:
+            words.append((r.choice(_ADJECTIVES), False))
+        words.append((self._noun(), True))
+        if r.random() < 0.6:
+            words += [(r.choice(_PREPOSITIONS), False), ("the", False), (self._noun(), True)]
+        return words
+
+    def phrase(self, lo: int = 6, hi: int = 16) -> str:
+        """An English-looking phrase of about lo..hi words, no final period."""
+        target = self.rng.randint(lo, hi)
+        marked = self._clause()
+        while len(marked) < target:
+            marked += [(self.rng.choice(_CONNECTORS), False), *self._clause()]
+        # Cut at the last clean ending (after an object noun) within the target,
+        # so phrases never end on "the" or "although".
+        ends = [i for i, (_, ok) in enumerate(marked) if ok and i < target]
+        words = [w for w, _ in marked[: (ends[-1] if ends else len(marked) - 1) + 1]]
+        if self.topic and not any(w in self.topic for w in words) and self.rng.random() < 0.5:
+            words += ["about", self.rng.choice(self.topic)]
+        # Fix the article before a vowel ("a airport" -> "an airport").
+        words = ["an" if w == "a" and nxt[:1] in "aeiou" else w
+                 for w, nxt in zip(words, [*words[1:], ""], strict=True)]
+        text = " ".join(words)
+        return text[0].upper() + text[1:]
+
+    def sentences(self, n: int) -> str:
+        return " ".join(self.phrase(7, 16) + "." for _ in range(n))
+
+    def person_name(self) -> str:
+        return f"{self.rng.choice(_FIRST_NAMES)} {self.rng.choice(_LAST_NAMES)}"
+
+
+# --------------------------------------------------------------------------- #
+# JSON-schema driven value generation
+# --------------------------------------------------------------------------- #
+class SchemaFaker:
+    """Generates a value that validates against a (pydantic v2 style) JSON schema."""
+
+    def __init__(self, root: dict[str, Any], gen: TextGen) -> None:
+        self.root = root
+        self.gen = gen
+        self.rng = gen.rng
+        self._ref_stack: list[str] = []
+
+    def generate(self) -> Any:
+        return self.value(self.root, depth=0, key="")
+
+    # -- schema plumbing -------------------------------------------------- #
+    def _resolve(self, schema: Any) -> dict[str, Any]:
+        """Follow local $refs and flatten allOf so callers see one plain dict."""
+        if not isinstance(schema, dict):
+            return {}  # `true` / `false` schemas: anything goes
+        for _ in range(32):  # bounded: protects against ref cycles
+            ref = schema.get("$ref")
+            if not isinstance(ref, str) or not ref.startswith("#"):
+                break
+            target: Any = self.root
+            for part in ref.lstrip("#/").split("/"):
+                if part:
+                    target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
+            # Sibling keywords next to $ref (e.g. description/default) still apply.
+            schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        if "allOf" in schema:
+            merged = {k: v for k, v in schema.items() if k != "allOf"}
+            for sub in schema["allOf"]:
+                sub = self._resolve(sub)
+                for k, v in sub.items():
+                    if k == "properties":
+                        merged["properties"] = {**merged.get("properties", {}), **v}
+                    elif k == "required":
+                        merged["required"] = list({*merged.get("required", []), *v})
+                    else:
+                        merged.setdefault(k, v)
+            schema = merged
+        return schema
+
+    @staticmethod
+    def _is_null(schema: dict[str, Any]) -> bool:
+        return schema.get("type") == "null" or ("const" in schema and schema["const"] is None)
+
+    def value(self, schema: Any, depth: int, key: str) -> Any:
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if ref is None:
+            return self._value(schema, depth, key)
+        if ref in self._ref_stack:
+            depth = MAX_DEPTH  # recursive model: emit the smallest valid instance
+        self._ref_stack.append(ref)
+        try:
+            return self._value(schema, depth, key)
+        finally:
+            self._ref_stack.pop()
+
+    def _value(self, schema: Any, depth: int, key: str) -> Any:
+        s = self._resolve(schema)
+        if "const" in s:
+            return s["const"]
+        if s.get("enum"):
+            return self.rng.choice(s["enum"])
+        for combo in ("anyOf", "oneOf"):
+            if combo in s:
+                return self._union(s, combo, depth, key)
+        kind = s.get("type")
+        if isinstance(kind, list):
+            non_null = [t for t in kind if t != "null"] or ["null"]
+            kind = self.rng.choice(non_null)
+        if kind is None:
+            kind = self._infer_type(s)
+        handler = getattr(self, f"_gen_{kind}", None)
+        if handler is None:
+            return self.gen.phrase()
+        return handler(s, depth, key)
+
+    def _union(self, s: dict[str, Any], combo: str, depth: int, key: str) -> Any:
+        options = [self._resolve(o) for o in s[combo]]
+        non_null = [o for o in options if not self._is_null(o)]
+        # Optional[...] fields get a real value (more useful to test) unless we
+        # are deep inside a recursive structure, where null ends the recursion.
+        if not non_null or (depth >= MAX_DEPTH and len(non_null) < len(options)):
+            return None
+        # Keep sibling keywords (e.g. a `default`) out; pick one branch.
+        return self.value(self.rng.choice(non_null), depth, key)
+
+    @staticmethod
+    def _infer_type(s: dict[str, Any]) -> str:
+        if "properties" in s or "additionalProperties" in s:
+            return "object"
+        if "items" in s or "prefixItems" in s:
+            return "array"
+        if "default" in s and s["default"] is not None:
+            return {bool: "boolean", int: "integer", float: "number", list: "array",
+                    dict: "object"}.get(type(s["default"]), "string")
+        if any(k in s for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
+            return "number"
+        return "string"
+
+    # -- per-type generators ---------------------------------------------- #
+    def _gen_null(self, s: dict[str, Any], depth: int, key: str) -> None:
+        return None
+
+    def _gen_boolean(self, s: dict[str, Any], depth: int, key: str) -> bool:
+        return self.rng.random() < 0.5
+
+    def _gen_object(self, s: dict[str, Any], depth: int, key: str) -> dict[str, Any]:
+        props: dict[str, Any] = s.get("properties") or {}
+        required = set(s.get("required") or [])
+        out: dict[str, Any] = {}
+        for name, sub in props.items():
+            if depth >= MAX_DEPTH and name not in required:
+                continue  # keep recursive structures finite
+            out[name] = self.value(sub, depth + 1, name)
+        extra = s.get("additionalProperties")
+        if not props and isinstance(extra, dict):
+            # dict[str, X]: invent a couple of word keys.
+            lo = int(s.get("minProperties", 1 if depth < MAX_DEPTH else 0))
+            hi = max(lo, min(int(s.get("maxProperties", 2)), 3))
+            for _ in range(self.rng.randint(lo, hi) if depth < MAX_DEPTH else lo):
+                k = self.rng.choice(_NOUNS)
+                while k in out:
+                    k += "_" + self.rng.choice(_ADJECTIVES)
+                out[k] = self.value(extra, depth + 1, k)
+        return out
+
+    def _gen_array(self, s: dict[str, Any], depth: int, key: str) -> list[Any]:
+        prefix = s.get("prefixItems")
+        if isinstance(prefix, list):  # tuple[...] fields
+            return [self.value(p, depth + 1, key) for p in prefix]
+        lo = int(s.get("minItems", 0))
+        hi = int(s.get("maxItems", max(lo, 3)))
+        if depth >= MAX_DEPTH:
+            n = lo
+        else:
+            n = self.rng.randint(max(lo, min(1, hi)), max(lo, min(hi, max(lo, 3))))
+        items = s.get("items", {})
+        out: list[Any] = []
+        for _ in range(n * 5):  # retries only matter for uniqueItems
+            if len(out) >= n:
+                break
+            v = self.value(items, depth + 1, key)
+            if s.get("uniqueItems") and v in out:
+                continue
+            out.append(v)
+        return out
+
+    def _bounds(self, s: dict[str, Any]) -> tuple[float | None, float | None, bool, bool]:
+        """(lo, hi, lo_exclusive, hi_exclusive), accepting draft-4 boolean exclusives."""
+        lo, hi = s.get("minimum"), s.get("maximum")
+        lo_ex = hi_ex = False
+        emin, emax = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
+        if isinstance(emin, bool):
+            lo_ex = emin
+        elif isinstance(emin, (int, float)) and (lo is None or emin >= lo):
+            lo, lo_ex = emin, True
+        if isinstance(emax, bool):
+            hi_ex = emax
+        elif isinstance(emax, (int, float)) and (hi is None or emax <= hi):
+            hi, hi_ex = emax, True
+        return lo, hi, lo_ex, hi_ex
+
+    def _gen_integer(self, s: dict[str, Any], depth: int, key: str) -> int:
+        lo_f, hi_f, lo_ex, hi_ex = self._bounds(s)
+        lo = None if lo_f is None else (math.floor(lo_f) + 1 if lo_ex else math.ceil(lo_f))
+        hi = None if hi_f is None else (math.ceil(hi_f) - 1 if hi_ex else math.floor(hi_f))
+        if lo is None and hi is None:
+            lo, hi = (18, 80) if "age" in key.lower() else (0, 100)
+        elif lo is None:
+            lo = hi - 100
+        elif hi is None:
+            hi = lo + 100
+        if hi < lo:
+            return lo
+        mult = s.get("multipleOf")
+        if isinstance(mult, int) and mult > 0:
+            first = math.ceil(lo / mult) * mult
+            if first <= hi:
+                return first + mult * self.rng.randint(0, (hi - first) // mult)
+        return self.rng.randint(lo, hi)
+
+    def _gen_number(self, s: dict[str, Any], depth: int, key: str) -> float:
+        lo, hi, lo_ex, hi_ex = self._bounds(s)
+        if lo is None and hi is None:
+            lo, hi = 0.0, 100.0
+        elif lo is None:
+            lo = hi - 100.0
+        elif hi is None:
+            hi = lo + 100.0
+        # Stay off exclusive edges by sampling from the inner 90%.
+        u = self.rng.uniform(0.05, 0.95) if (lo_ex or hi_ex) else self.rng.random()
+        v = lo + (hi - lo) * u
+        rounded = round(v, 2)
+        ok = (rounded > lo if lo_ex else rounded >= lo) and (rounded < hi if hi_ex else rounded <= hi)
+        return rounded if ok else v
+
+    def _gen_string(self, s: dict[str, Any], depth: int, key: str) -> str:
+        text = self._formatted(s.get("format"), key) or self._keyed(key) or self.gen.phrase()
+        return self._fit_length(text, s)
+
+    def _formatted(self, fmt: Any, key: str) -> str | None:
+        r = self.rng
+        day = dt.date(1950, 1, 1) + dt.timedelta(days=r.randint(0, 80 * 365))
+        if fmt == "date":
+            return day.isoformat()
+        if fmt == "date-time":
+            moment = dt.datetime(day.year, day.month, day.day, r.randint(0, 23),
+                                 r.randint(0, 59), r.randint(0, 59), tzinfo=dt.UTC)
+            return moment.isoformat().replace("+00:00", "Z")
+        if fmt == "time":
+            return f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}"
+        if fmt == "duration":
+            return f"PT{r.randint(1, 9)}H{r.randint(0, 59)}M"
+        if fmt == "email":
+            return f"{r.choice(_FIRST_NAMES).lower()}.{r.choice(_LAST_NAMES).lower()}@example.com"
+        if fmt in ("uri", "url", "iri"):
+            return f"https://example.com/{r.choice(_NOUNS)}/{r.randint(1, 999)}"
+        if fmt == "uuid":
+            return str(uuid.UUID(int=r.getrandbits(128), version=4))
+        if fmt == "ipv4":
+            return ".".join(str(r.randint(1, 254)) for _ in range(4))
+        return None
+
+    def _keyed(self, key: str) -> str | None:
+        """Field-name hints so persona-like records look plausible."""
+        k = key.lower()
+        if k in ("name", "full_name", "fullname", "person_name", "author"):
+            return self.gen.person_name()
+        if k in ("first_name", "given_name"):
+            return self.rng.choice(_FIRST_NAMES)
+        if k in ("last_name", "surname", "family_name"):
+            return self.rng.choice(_LAST_NAMES)
+        if k in ("city", "hometown", "location"):
+            return self.rng.choice(_CITIES)
+        if k == "email":
+            return self._formatted("email", key)
+        return None
+
+    def _fit_length(self, text: str, s: dict[str, Any]) -> str:
+        lo = int(s.get("minLength", 0))
+        hi = s.get("maxLength")
+        while len(text) < lo:
+            text += " " + self.rng.choice(_NOUNS)
+        if isinstance(hi, int) and len(text) > hi:
+            cut = text[:hi]
+            space = cut.rfind(" ")
+            # Prefer a word boundary when it still satisfies minLength.
+            if space >= max(lo, 1) and not text[hi:hi + 1].isspace():
+                cut = cut[:space]
+            text = cut.rstrip() if len(cut.rstrip()) >= lo else cut
+            text = self._drop_dangling(text, lo)
+        return text
+
+    @staticmethod
+    def _drop_dangling(text: str, lo: int) -> str:
+        """Remove trailing "the"/adjectives left by a cut, keeping minLength."""
+        words = text.split(" ")
+        while len(words) > 1 and words[-1].lower() in _DANGLING:
+            shorter = " ".join(words[:-1])
+            if len(shorter) < lo:
+                break
+            words.pop()
+        return " ".join(words)
+
+
+# --------------------------------------------------------------------------- #
+# Request interpretation
+# --------------------------------------------------------------------------- #
+def extract_schema(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """(json_mode, schema) from an OpenAI or llama.cpp style request."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict):
+        if rf.get("type") == "json_schema":
+            js = rf.get("json_schema") or {}
+            return True, js.get("schema") if isinstance(js.get("schema"), dict) else {}
+        if rf.get("type") == "json_object":
+            schema = rf.get("schema")
+            return True, schema if isinstance(schema, dict) else None
+    if isinstance(body.get("json_schema"), dict):  # llama.cpp top-level field
+        return True, body["json_schema"]
+    return False, None
+
+
+def _check_faults(kinds: list[str]) -> None:
+    """Typos in a fault name would silently mean "no fault"; fail loudly instead."""
+    unknown = set(kinds) - {*DEFAULT_FAULTS, "ok"}
+    if unknown:
+        raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
+
+
+def _error_body(message: str, etype: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": etype, "param": param, "code": code}}
+
+
+@dataclass
+class FakeStats:
+    """Counters; `fake.stats` returns a snapshot copy (safe to read without locks)."""
+
+    total: int = 0
+    by_path: dict[str, int] = field(default_factory=dict)
+    by_status: dict[int, int] = field(default_factory=dict)
+    by_fault: dict[str, int] = field(default_factory=dict)
+    chat_ok: int = 0  # chat completions answered 200 with no fault injected
+
+    def __getitem__(self, key: str) -> Any:  # dict-style access for convenience
+        return getattr(self, key)
+
+
+@dataclass
+class Reply:
+    status: int
+    payload: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    """Outcome of the shared completion flow."""
+
+    fault: str | None
+    error: Reply | None = None
+    dropped: bool = False  # hang interrupted by stop(): close without replying
+    content: str = ""
+    finish: str = "stop"
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that remembers live connections so stop() can cut them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256  # default 5 drops SYNs under 32+ concurrent connects
+
+    def __init__(self, addr: tuple[str, int], fake: FakeOpenAI) -> None:
+        self.fake = fake
+        self.conns: set[socket.socket] = set()
+        self.conns_lock = threading.Lock()
+        super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.conns_lock:
+            self.conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.conns_lock:
+            self.conns.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # broken pipes from timed-out clients are expected; stay quiet
+
+    def close_all_connections(self) -> None:
+        with self.conns_lock:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # header and body go out in separate writes
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: no per-request logging
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self, method: str) -> None:
+        raw = self._read_body()
+        path = self.path.split("?", 1)[0].rstrip("/")
+        # Lower-case names: HTTP headers are case-insensitive and httpx sends them so.
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.server.fake.handle(method, path, headers, raw)
+        if reply is None:  # server is stopping: drop the connection
+            self.close_connection = True
+            return
+        self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        if isinstance(reply.payload, (bytes, str)):
+            data = reply.payload.encode() if isinstance(reply.payload, str) else reply.payload
+        else:
+            data = json.dumps(reply.payload).encode("utf-8")
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+# --------------------------------------------------------------------------- #
+# The fake server
+# --------------------------------------------------------------------------- #
+class FakeOpenAI:
+    """Fake OpenAI API server on a real loopback socket. See module docstring."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        fault_rate: float = 0.0,
+        faults: tuple[str, ...] = DEFAULT_FAULTS,
+        fault_schedule: list[str] | None = None,
+        retry_after: float = 0.05,
+        hang_seconds: float = 30.0,
+        responder: Callable[[dict[str, Any]], str | None] | None = None,
+        known_models: set[str] | None = None,
+        api_key: str | None = None,
+        seed: int = 0,
+        embedding_dim: int = EMBEDDING_DIM,
+    ) -> None:
+        """Configure; nothing listens until start() / ``with``.
+
+        faults: kinds drawn (seeded RNG) with probability fault_rate per chat or
+        legacy-completion request. fault_schedule: exact faults ("ok" = none) for
+        the first chat requests, before fault_rate applies. responder(body) may
+        return the reply content; None falls through to the generated reply.
+        """
+        _check_faults([*faults, *(fault_schedule or [])])
+        self.host, self.port = host, port
+        self.latency = latency
+        self.fault_rate = fault_rate
+        self.faults = tuple(faults)
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self.responder = responder
+        self.known_models = set(known_models) if known_models is not None else None
+        self.api_key = api_key
+        self.seed = seed
+        self.embedding_dim = embedding_dim
+        self._initial_schedule = list(fault_schedule or [])
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._reset_state()
+
+    # -- lifecycle --------------------------------------------------------- #
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _Server((self.host, self.port), self)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"fake-openai-{self.port}", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop promptly: wake hanging handlers, cut live connections, free the port."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # hang faults wait on this event, so they return now
+        server.shutdown()
+        server.close_all_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeOpenAI is not running; call start() or use `with`")
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- introspection ----------------------------------------------------- #
+    def _reset_state(self) -> None:
+        self._stats = FakeStats()
+        self._requests: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_REQUESTS)
+        self._schedule = deque(self._initial_schedule)
+        self._fault_rng = random.Random(self.seed)
+        self._models_seen: set[str] = set()
+
+    def reset(self, fault_schedule: list[str] | None = None) -> None:
+        """Clear stats/requests and restart the fault RNG and schedule."""
+        with self._lock:
+            if fault_schedule is not None:
+                _check_faults(fault_schedule)
+                self._initial_schedule = list(fault_schedule)
+            self._reset_state()
+
+    @property
+    def stats(self) -> FakeStats:
+        with self._lock:
+            return copy.deepcopy(self._stats)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Recorded requests, oldest first: {"method","path","headers","body","time"}.
+
+        Header names are lower-cased; ``body`` is the parsed JSON (None if invalid).
+        """
+        with self._lock:
+            return list(self._requests)
+
+    def _count(self, bucket: dict[Any, int], key: Any) -> None:
+        bucket[key] = bucket.get(key, 0) + 1
+
+    # -- request handling --------------------------------------------------- #
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply | None:
+        """Entry point from the HTTP handler thread; returns None to drop the connection."""
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        with self._lock:
+            self._stats.total += 1
+            self._count(self._stats.by_path, path)
+            self._requests.append({"method": method, "path": path, "headers": headers,
+                                   "body": body, "time": time.time()})
+        if self.latency > 0:
+            time.sleep(self.latency)
+        reply, fault = self._route(method, path, headers, body)
+        if reply is None:
+            return None
+        with self._lock:
+            self._count(self._stats.by_status, reply.status)
+            if fault is not None:
+                self._count(self._stats.by_fault, fault)
+            elif reply.status == 200 and path.endswith("/chat/completions"):
+                self._stats.chat_ok += 1
+        return reply
+
+    def _route(self, method: str, path: str, headers: dict[str, str],
+               body: Any) -> tuple[Reply | None, str | None]:
+        if self.api_key is not None and not self._authorized(headers):
+            return Reply(401, _error_body(
+                "Incorrect API key provided. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_request_error", "invalid_api_key")), None
+        path = path.removeprefix("/v1")
+        if method == "GET" and path == "/models":
+            return Reply(200, self._models_payload()), None
+        routes = {"/chat/completions": self._chat, "/completions": self._completion,
+                  "/embeddings": self._embeddings}
+        if path not in routes:
+            return Reply(404, _error_body(f"Unknown path {path}", "invalid_request_error",
+                                          "unknown_url")), None
+        if method != "POST":
+            return Reply(405, _error_body("Method not allowed", "invalid_request_error", None)), None
+        if not isinstance(body, dict):
+            return Reply(400, _error_body("We could not parse the JSON body of your request.",
+                                          "invalid_request_error", None)), None
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return Reply(400, _error_body("you must provide a model parameter",
+                                          "invalid_request_error", None, "model")), None
+        if self.known_models is not None and model not in self.known_models:
+            return Reply(404, _error_body(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error", "model_not_found")), None
+        with self._lock:
+            self._models_seen.add(model)
+        return routes[path](body)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        return headers.get("authorization", "") == f"Bearer {self.api_key}"
+
+    def _models_payload(self) -> dict[str, Any]:
+        with self._lock:
+            names = sorted(self.known_models if self.known_models is not None
+                           else set(DEFAULT_MODELS) | self._models_seen)
+        return {"object": "list", "data": [
+            {"id": n, "object": "model", "created": 1_700_000_000, "owned_by": "fake-openai"}
+            for n in names]}
+
+    # -- faults ------------------------------------------------------------ #
+    def _pick_fault(self, chat: bool) -> str | None:
+        with self._lock:
+            if chat and self._schedule:
+                kind = self._schedule.popleft()
+                return None if kind == "ok" else kind
+            if self.fault_rate > 0 and self.faults and self._fault_rng.random() < self.fault_rate:
+                return self._fault_rng.choice(self.faults)
+        return None
+
+    def _error_fault(self, fault: str | None) -> Reply | None:
+        """Faults that replace the answer entirely (429/500); None otherwise."""
+        if fault == "429":
+            ms = int(self.retry_after * 1000)
+            return Reply(429, _error_body(
+                "Rate limit reached for requests. Please try again shortly.",
+                "requests", "rate_limit_exceeded"),
+                {"Retry-After": f"{self.retry_after:g}", "retry-after-ms": str(ms)})
+        if fault == "500":
+            return Reply(500, _error_body(
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error", None))
+        return None
+
+    def _wait_hang(self) -> bool:
+        """Sleep hang_seconds; False if the server is stopping (drop the request)."""
+        return not self._stopping.wait(self.hang_seconds)
+
+    @staticmethod
+    def _mangle(content: str, fault: str | None) -> tuple[str, str]:
+        """Apply a content-level fault; returns (content, finish_reason)."""
+        if fault == "length":
+            return content[: len(content) // 2], "length"
+        if fault == "malformed":
+            broken = content[: max(1, (len(content) * 3) // 5)]
+            try:
+                json.loads(broken)
+                broken += '{"'  # still parseable by chance: force invalid JSON
+            except ValueError:
+                pass
+            return broken, "stop"  # claims success: the nasty case for clients
+        return content, "stop"
+
+    # -- content ------------------------------------------------------------ #
+    def generate_content(self, body: dict[str, Any], user_text: str,
+                         context: Any) -> tuple[str, str]:
+        """Deterministic (content, finish_reason): responder first, then fakes."""
+        if self.responder is not None:
+            scripted = self.responder(body)
+            if scripted is not None:
+                return scripted, "stop"
+        json_mode, schema = extract_schema(body)
+        seed = _sha256_seed(self.seed, body.get("model"), context, schema, body.get("seed"))
+        gen = TextGen(random.Random(seed), _request_words(user_text))
+        if schema:
+            return json.dumps(SchemaFaker(schema, gen).generate(), ensure_ascii=False), "stop"
+        if json_mode:
+            return json.dumps({"answer": gen.phrase()}, ensure_ascii=False), "stop"
+        words = gen.sentences(gen.rng.randint(1, 2)).split()
+        # Honour max_tokens (tokens ~ words) for plain text only: cutting JSON
+        # here would turn an ordinary request into a surprise fault.
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(words):
+            return " ".join(words[:limit]), "length"
+        return " ".join(words), "stop"
+
+    def _answer(self, body: dict[str, Any], chat: bool, user_text: str,
+                context: Any) -> Answer:
+        """Shared chat/legacy flow: pick a fault, then produce (maybe mangled) content."""
+        fault = self._pick_fault(chat)
+        err = self._error_fault(fault)
+        if err is not None:
+            return Answer(fault, error=err)
+        if fault == "hang" and not self._wait_hang():
+            return Answer(fault, dropped=True)
+        content, finish = self.generate_content(body, user_text, context)
+        if fault in ("length", "malformed"):
+            content, finish = self._mangle(content, fault)
+        return Answer(fault, content=content, finish=finish)
+
+    def _chat(self, body: dict[str, Any]) -> tuple[Reply | None, str | None]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return Reply(400, _error_body("'messages' is a required property",
+                                          "invalid_request_error", None, "messages")), None
+        user_text = next((_message_text(m.get("content")) for m in reversed(messages)
+                          if isinstance(m, dict) and m.get("role") == "user"), "")
+        ans = self._answer(body, True, user_text, messages)
+        if ans.error is not None or ans.dropped:
+            return ans.error, ans.fault
+        content = ans.content
+        prompt_tokens = sum(_word_count(_message_text(m.get("content")))
+                            for m in messages if isinstance(m, dict))
+        rid = hashlib.sha256(f"{time.time_ns()}{content}".encode()).hexdigest()[:24]
+        payload = {
+            "id": f"chatcmpl-{rid}", "object": "chat.completion",
+            "created": int(time.time()), "model": body["model"],
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": ans.finish,
+                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+            "usage": self._usage(prompt_tokens, content),
+        }
+        return Reply(200, payload), ans.fault
+
+    def _completion(self, body: dict[str, Any]) -> tuple[Reply | None, str | None]:
+        prompt = body.get("prompt", "")
+        text_in = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+        ans = self._answer(body, False, text_in, prompt)
+        if ans.error is not None or ans.dropped:
+            return ans.error, ans.fault
+        content = ans.content
+        rid = hashlib.sha256(f"{time.time_ns()}{content}".encode()).hexdigest()[:24]
+        payload = {
+            "id": f"cmpl-{rid}", "object": "text_completion",
+            "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "text": content, "logprobs": None, "finish_reason": ans.finish}],
+            "usage": self._usage(_word_count(text_in), content),
+        }
+        return Reply(200, payload), ans.fault
+
+    @staticmethod
+    def _usage(prompt_tokens: int, content: str) -> dict[str, int]:
+        completion = _word_count(content)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+    def _embeddings(self, body: dict[str, Any]) -> tuple[Reply, None]:
+        raw = body.get("input", "")
+        inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
+        dim = body.get("dimensions") or self.embedding_dim
+        as_b64 = body.get("encoding_format") == "base64"
+        data = []
+        for i, item in enumerate(inputs):
+            vec = embed(str(item), int(dim))
+            emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() \
+                if as_b64 else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(_word_count(str(x)) for x in inputs)
+        return Reply(200, {"object": "list", "data": data, "model": body["model"],
+                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}), None
+
+
+def embed(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """Deterministic unit vector for a string (independent of server state)."""
+    rng = random.Random(_sha256_seed("embed", text))
+    vec = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
+# --------------------------------------------------------------------------- #
+# Standalone mode
+# --------------------------------------------------------------------------- #
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Fake OpenAI-compatible server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
+                   help="comma-separated subset of " + ",".join(DEFAULT_FAULTS))
+    p.add_argument("--retry-after", type=float, default=0.05)
+    p.add_argument("--hang-seconds", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--known-models", default=None, help="comma-separated model names")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    stop = threading.Event()
+    # Handle SIGINT like SIGTERM so Ctrl-C exits cleanly without a traceback.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    fake = FakeOpenAI(
+        host=args.host, port=args.port, latency=args.latency, fault_rate=args.fault_rate,
+        faults=tuple(f for f in args.faults.split(",") if f), retry_after=args.retry_after,
+        hang_seconds=args.hang_seconds, seed=args.seed, api_key=args.api_key,
+        known_models=set(args.known_models.split(",")) if args.known_models else None,
+    )
+    with fake:
+        print(f"BASE_URL={fake.base_url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
