@@ -27,6 +27,10 @@ class LLMConfig(BaseModel):
     structured_output: Literal["json_schema", "json_object"] = Field(
         "json_schema", description="json_schema: OpenAI form; json_object: llama.cpp form with a 'schema' key"
     )
+    max_field_chars: int | None = Field(
+        None, ge=8, description="cap every string in the requested JSON schema (grammar-constrained small models)"
+    )
+    max_list_items: int = Field(4, ge=1, description="cap every list in the requested schema when max_field_chars is set")
     prompt_set: Literal["default", "small"] = Field(
         "default", description="'small' uses the short, completion-friendly prompts for small local models"
     )

