@@ -51,7 +51,8 @@ class BuildContext:
     llm: LLM
     store: DatasetStore
     staging: Path
-    stage_seconds: Counter[str] = field(default_factory=Counter)
+    stage_seconds: Counter[str] = field(default_factory=Counter)  # summed over shards (they overlap)
+    timings: dict[str, float] = field(default_factory=dict)  # wall clock of the run's phases
 
     def part(self, table: str, shard: int, prefix: str = "") -> Path:
         return self.staging / table / f"part-{prefix}{shard:05d}.parquet"
@@ -227,6 +228,7 @@ def publish(ctx: BuildContext, endpoint: Endpoint) -> str:
             usage={s: ctx.llm.usage[s] for s in STAGES},
             rejection_reasons=dict(sorted(reasons.items())),
             stage_seconds={s: round(ctx.stage_seconds[s], 3) for s in STAGES},
+            timings={k: round(v, 3) for k, v in ctx.timings.items()},
             shards=shard_infos(staging),
         )
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
@@ -250,6 +252,7 @@ def _run_name() -> str:
 async def build_dataset(config: BuildConfig, out: str = "output", cache_dir: str | None = None) -> str:
     """Build a new version of `config.dataset` under `out`; returns the version name (e.g. v0003)."""
     logger = get_run_logger()
+    entered = time.perf_counter()
     paths = RunPaths(out=Path(out), cache_dir=Path(cache_dir) if cache_dir else None)
     catalogue = load_catalogue()
     with open_endpoint(config.llm) as endpoint:
@@ -263,11 +266,14 @@ async def build_dataset(config: BuildConfig, out: str = "output", cache_dir: str
         logger.info("building %s with %s into %s", config.dataset, endpoint, staging)
         n_shards = -(-config.personas // config.shard_size)
         progress_sink.plan(config.personas, config.scenes_per_persona)
+        started = time.perf_counter()
+        ctx.timings["endpoint_start"] = started - entered
         try:
             await asyncio.gather(*(_shard_chain(ctx, s) for s in range(n_shards)))
             await filter_task(quote(ctx), n_shards)
         finally:
             await llm.aclose()
+        ctx.timings["generate"] = time.perf_counter() - started
         version = publish(ctx, endpoint)
     logger.info("published %s/%s", config.dataset, version)
     return version

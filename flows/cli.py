@@ -27,10 +27,30 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _validation_line(e: ValidationError, source: str) -> str:
+def _validation_line(e: ValidationError, source: str | None) -> str:
+    """`--personas: ...` for an option, `FILE: llm.rpm: ...` for a config file; pydantic's prefixes dropped."""
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "value"
-    return f"{source}: {where}: {err['msg']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if source is None:
+        return f"--{where.split('.')[-1].replace('_', '-')}: {msg}"
+    return f"{source}: {where}: {msg}"
+
+
+def _quiet_prefect_tracebacks() -> None:
+    """Our own errors already print one line; Prefect would log them again with a traceback."""
+    import logging
+
+    from flows.llm.client import LLMError
+
+    def one_line(record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UserError | LLMError):
+            return False
+        return not (record.levelno >= logging.ERROR and ("UserError" in str(record.msg) or "LLMError" in str(record.msg)))
+
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:  # console sits on root
+        handler.addFilter(one_line)
 
 
 def _prefect_env() -> None:
@@ -79,7 +99,7 @@ def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dic
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_validation_line(e, str(file) if file else "option")) from None
+        raise UserError(_validation_line(e, str(file) if file and overrides.get(e.errors()[0]["loc"][0]) is None else None)) from None
 
 
 @app.command()
@@ -109,11 +129,15 @@ def build(
         dict(model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm),
     )  # fmt: skip
     from flows.catalogue import load_catalogue
+    from flows.llm.endpoint import check_endpoint
 
-    load_catalogue()  # bad seed tables fail here, in one line, before Prefect starts
+    load_catalogue()  # bad seed tables and endpoints fail here, in one line, before Prefect starts
+    check_endpoint(cfg.llm)
     _prefect_env()
     from flows.build import build_dataset
     from flows.display import live_progress
+
+    _quiet_prefect_tracebacks()
 
     with live_progress(enabled=progress and sys.stderr.isatty()):
         version = asyncio.run(build_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))

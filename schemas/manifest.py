@@ -52,5 +52,6 @@ class Manifest(BaseModel):
     counts: dict[str, StageCount]
     usage: dict[str, StageUsage]
     rejection_reasons: dict[str, int]
-    stage_seconds: dict[str, float]
+    stage_seconds: dict[str, float] = Field(description="seconds per stage, summed over shards (shards overlap)")
+    timings: dict[str, float] = Field(default_factory=dict, description="wall seconds: endpoint_start, generate")
     shards: list[ShardInfo]

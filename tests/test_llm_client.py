@@ -202,3 +202,9 @@ def test_clamped_schema_tightens_bounds_only() -> None:
 
 def test_endpoint_label_strips_credentials() -> None:
     assert endpoint_label("https://user:pw@api.example.com:8443/v1?key=abc") == "https://api.example.com:8443/v1"
+
+
+def test_raw_newlines_inside_strings_are_accepted() -> None:
+    with FakeOpenAI(responder=lambda body: '{"verdict": true, "reason": "two\nlines"}') as fake:
+        (res,) = ask(make(fake))
+    assert res.ok and res.value.reason == "two\nlines"

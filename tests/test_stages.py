@@ -96,7 +96,7 @@ def test_persona_merges_draft_and_fixed_attributes(fake: FakeOpenAI) -> None:
     cat = catalogue()
     seeds = sample_skeletons(cat, 4, 2, n_sessions=6, n_changes=2)
     out = drive(llm := make_llm(fake), synthesize_personas(seeds, llm, cat))
-    for seed, rec in zip(seeds, out.records):
+    for seed, rec in zip(seeds, out.records, strict=True):
         d = rec.persona.Demographics
         assert (d.Name, d.Age, d.Nationality, d.Language) == (seed.name, seed.age, seed.nationality, seed.languages)
         assert rec.persona.Personality.Extraversion_or_Introversion[0] == seed.mbti[0]
@@ -137,7 +137,7 @@ def test_scenes_are_ordered_sessions_with_revisits(fake: FakeOpenAI) -> None:
     for pid in {s.persona_id for s in seeds}:
         mine = [s for s in out.records if s.persona_id == pid]
         assert [s.session_index for s in mine] == list(range(10))
-        assert all(a.timestamp < b.timestamp for a, b in zip(mine, mine[1:]))
+        assert all(a.timestamp < b.timestamp for a, b in zip(mine, mine[1:], strict=False))
         kinds = [s.kind for s in mine]
         # the fake proposes 1-3 persona-specific ideas; catalogue scenes stand in for the rest, marked
         stand_ins = sum("kind" in s.fallback_fields for s in mine)
@@ -245,7 +245,7 @@ def test_answerability_rejects_only_unanswerable() -> None:
     with FakeOpenAI() as fake:
         scenes = drive(llm := make_llm(fake), generate_scenes(seeds, [p], llm, cat, revisit_share=0)).records
     qs = [_q(i, f"question number {i} about the plan") for i in range(2)]
-    qs = [q.model_copy(update={"scene_id": s.scene_id}) for q, s in zip(qs, scenes)]
+    qs = [q.model_copy(update={"scene_id": s.scene_id}) for q, s in zip(qs, scenes, strict=False)]
     verdicts = iter(['{"answerable": true, "reason": "fine"}', '{"answerable": false, "reason": "needs private data"}'])
     with FakeOpenAI(responder=lambda body: next(verdicts)) as fake:
         out = drive(llm := make_llm(fake, concurrency=1), filter_stage.answerability(qs, scenes, llm))

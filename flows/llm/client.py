@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from collections import defaultdict
@@ -172,12 +173,22 @@ class LLM:
     def _validate(reply: _Reply, schema: type[T]) -> tuple[T | None, str | None]:
         if reply.finish_reason == "length":
             return None, "the answer was cut off at the token limit; keep every field shorter"
+        text = _json_object(reply.content)
         try:
-            return schema.model_validate_json(_json_object(reply.content)), None
+            return schema.model_validate_json(text), None
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "root"
-            return None, f"{where}: {first['msg']}"
+            err = e
+        if err.errors()[0]["type"] == "json_invalid":
+            # small models put raw newlines inside strings; that much JSON leniency loses nothing
+            try:
+                return schema.model_validate(json.loads(text, strict=False)), None
+            except ValueError:
+                pass
+            except ValidationError as e:
+                err = e
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "root"
+        return None, f"{where}: {first['msg']}"
 
     async def _complete(
         self,

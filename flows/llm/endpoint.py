@@ -51,6 +51,14 @@ def preflight(base_url: str, api_key: str) -> None:
         raise UserError(f"{label} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint")
 
 
+def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
+    """Pre-flight for a configured endpoint (the embedded one is checked when it starts)."""
+    base = config.base_url or os.environ.get("OPENAI_BASE_URL")
+    key = api_key_from_env(key_file)
+    if base or key:
+        preflight(base or OPENAI_URL, key or NO_KEY)
+
+
 @contextmanager
 def open_endpoint(config: LLMConfig, *, key_file: Path | None = None, check: bool = True) -> Iterator[Endpoint]:
     base = config.base_url or os.environ.get("OPENAI_BASE_URL")
@@ -68,7 +76,7 @@ def open_endpoint(config: LLMConfig, *, key_file: Path | None = None, check: boo
                 "base_url": None,  # recorded as embedded, the port is ephemeral
                 "structured_output": "json_object",  # llama.cpp's form of schema-constrained output
                 "prompt_set": "small",
-                "max_field_chars": 110,  # ~25 tokens a field at ~10 tokens/s under the grammar
+                "max_field_chars": 160,  # ~35 tokens a field: short, yet room to finish a sentence
                 "concurrency": 1,  # one llama.cpp slot: parallel requests only queue
                 "timeout": max(config.timeout, 300.0),
             }

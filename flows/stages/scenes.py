@@ -87,7 +87,7 @@ async def generate_scenes(
         return order_topics(rng, topics, n_revisit)
 
     plans = await map_async(seeds, plan)
-    jobs = [(seed, i, topic, plans_i) for seed, plans_i in zip(seeds, plans) for i, topic in enumerate(plans_i)]
+    jobs = [(seed, i, topic, plans_i) for seed, plans_i in zip(seeds, plans, strict=True) for i, topic in enumerate(plans_i)]
 
     async def enrich(job: tuple[SeedRow, int, Topic, list[Topic]]) -> Scene:
         seed, index, topic, seq = job

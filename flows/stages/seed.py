@@ -33,7 +33,7 @@ def plan_changes(rng: random.Random, cat: Catalogue, n_changes: int, n_sessions:
     at = sorted(rng.sample(slots, n))
     return [
         PlannedChange(field=k["field"], at_session=s, from_hint=k["from_hint"], to_hint=k["to_hint"], reason=k["reason"])
-        for k, s in zip(kinds, at)
+        for k, s in zip(kinds, at, strict=True)
     ]
 
 

@@ -1,0 +1,105 @@
+"""Build throughput against the fake OpenAI server (in its own process) at a fixed latency.
+
+Reports, from one run:
+  - client level: N structured calls through the LLM client (render, schema, HTTP, validate, cache write)
+    as a ratio to the limit concurrency / latency, and client CPU milliseconds per call;
+  - build level: a whole `build_dataset` flow run: calls/s while the stages generate, as a ratio to the
+    same limit, and the fixed start-up + publish cost apart from it.
+
+Reproduce: .venv/bin/python bench/throughput.py [--calls 3000] [--personas 100] [--latency 0.2] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def start_fake(latency: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", str(latency)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    return proc, line.removeprefix("BASE_URL=")
+
+
+async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: Path) -> tuple[float, float]:
+    from flows.catalogue import load_catalogue
+    from flows.llm.cache import ResponseCache
+    from flows.llm.client import LLM
+    from flows.stages.seed import sample_skeletons
+    from schemas.config import LLMConfig
+    from schemas.drafts import HintExpansion
+
+    seeds = sample_skeletons(load_catalogue(), calls, 123, n_sessions=2, n_changes=0)
+    llm = LLM(LLMConfig(model="bench", concurrency=concurrency), base_url=base_url, api_key="sk-bench",
+              cache=ResponseCache(cache_dir))  # fmt: skip
+    # warm the connection pool so the figure is the steady state
+    await asyncio.gather(*(llm.structured("seed/expand_hint", HintExpansion, stage="warm", seed=s) for s in seeds[:concurrency]))
+    rest = seeds[concurrency:]
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(llm.structured("seed/expand_hint", HintExpansion, stage="bench", seed=s) for s in rest))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    await llm.aclose()
+    return len(rest) / wall, cpu / len(rest) * 1000
+
+
+def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, float]:
+    from flows.build import build_dataset
+    from flows.store import DatasetStore
+    from schemas.config import BuildConfig, LLMConfig
+
+    cfg = BuildConfig(dataset="bench", personas=personas, scenes_per_persona=10, shard_size=25,
+                      llm=LLMConfig(model="bench", base_url=base_url, concurrency=concurrency))  # fmt: skip
+    t0 = time.perf_counter()
+    version = asyncio.run(build_dataset(cfg, out=str(out)))
+    wall = time.perf_counter() - t0
+    m = DatasetStore(out, "bench").manifest(version)
+    calls = sum(u.calls for u in m.usage.values())
+    return {"wall": wall, "calls": calls, "generate": m.timings["generate"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--personas", type=int, default=100)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    limit = args.concurrency / args.latency
+    proc, base_url = start_fake(args.latency)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rate, cpu_ms = asyncio.run(client_level(base_url, args.calls, args.concurrency, Path(tmp) / "cache"))
+            print(f"client: {rate:.1f} calls/s = {rate / limit:.3f} of the limit {limit:.0f}/s; "
+                  f"client CPU {cpu_ms:.3f} ms per call")  # fmt: skip
+            os.environ.setdefault("PREFECT_HOME", str(Path(tmp) / "prefect"))
+            b = build_level(base_url, args.personas, args.concurrency, Path(tmp) / "out")
+            gen_rate = b["calls"] / b["generate"]
+            print(f"build: {b['calls']:.0f} calls in {b['generate']:.1f} s generating = {gen_rate:.1f} calls/s "
+                  f"= {gen_rate / limit:.3f} of the limit; whole run {b['wall']:.1f} s, so start-up (Prefect) + publish "
+                  f"{b['wall'] - b['generate']:.1f} s")  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(f"reproduce: .venv/bin/python bench/throughput.py --calls {args.calls} --personas {args.personas} "
+          f"--latency {args.latency} --concurrency {args.concurrency}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
