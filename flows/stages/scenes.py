@@ -86,8 +86,6 @@ async def generate_scenes(
             topics.append(Topic("common", s.title, s.description, s.scene_id, tuple(s.apis), fallback=("kind",)))
         return order_topics(rng, topics, n_revisit)
 
-    plans = await map_async(seeds, plan)
-    jobs = [(seed, i, topic, plans_i) for seed, plans_i in zip(seeds, plans, strict=True) for i, topic in enumerate(plans_i)]
 
     async def enrich(job: tuple[SeedRow, int, Topic, list[Topic]]) -> Scene:
         seed, index, topic, seq = job
@@ -121,4 +119,9 @@ async def generate_scenes(
             raw_output=res.raw if d is None else None,
         )
 
-    return StageOutcome(records=await map_async(jobs, enrich, progress))
+    async def persona_scenes(seed: SeedRow) -> list[Scene]:
+        # plan then enrich per persona, with no barrier across personas: the endpoint stays busy
+        seq = await plan(seed)
+        return await map_async([(seed, i, topic, seq) for i, topic in enumerate(seq)], enrich, progress)
+
+    return StageOutcome(records=[s for scenes in await map_async(seeds, persona_scenes) for s in scenes])
