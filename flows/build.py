@@ -33,6 +33,7 @@ from flows.stages.personas import synthesize_personas
 from flows.stages.queries import active_changes, generate_queries
 from flows.stages.scenes import generate_scenes
 from flows.stages.seed import expand_hints, sample_skeletons
+from flows.stages.base import StageOutcome
 from flows.store import DatasetStore, read_records, read_table, shard_infos, write_records
 from flows.version import code_version
 from schemas.config import BuildConfig, RunPaths
@@ -150,7 +151,9 @@ async def filter_task(ctx: BuildContext, n_shards: int) -> None:
     scenes = [x for s in range(n_shards) for x in read_records(ctx.part("scenes", s), Scene)]
     personas = [p for s in range(n_shards) for p in read_records(ctx.part("personas", s), PersonaRecord)]
     started = time.perf_counter()
-    cheap = filter_stage.cheap_filter(queries, ctx.config.filter)
+    levels = filter_stage.level_dedup(queries, scenes, personas, ctx.config.dedup)
+    cheap = filter_stage.cheap_filter(levels.records, ctx.config.filter)
+    cheap.rejections = levels.rejections + cheap.rejections
     progress_sink.advance("filter", len(queries) - len(cheap.records))
     kept = cheap
     if ctx.config.answerability:
@@ -158,6 +161,9 @@ async def filter_task(ctx: BuildContext, n_shards: int) -> None:
         kept.rejections = cheap.rejections + kept.rejections
     else:
         progress_sink.advance("filter", len(cheap.records))
+    if ctx.config.quality_min is not None:
+        scored = await filter_stage.quality(kept.records, scenes, ctx.llm, ctx.config.quality_min)
+        kept = StageOutcome(records=scored.records, rejections=kept.rejections + scored.rejections)
     ctx.stage_seconds["filter"] += time.perf_counter() - started
     write_records(rej, Rejection, kept.rejections)
     write_records(out, DatasetRow, join_dataset(kept.records, scenes, personas))

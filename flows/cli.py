@@ -116,6 +116,7 @@ def build(
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
     answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
+    quality_min: Annotated[int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
@@ -125,7 +126,7 @@ def build(
     cfg = make_config(
         config,
         dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona, seed=seed,
-             shard_size=shard_size, expand_hints=expand_hints, answerability=answerability),
+             shard_size=shard_size, expand_hints=expand_hints, answerability=answerability, quality_min=quality_min),
         dict(model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm),
     )  # fmt: skip
     from flows.catalogue import load_catalogue
@@ -203,7 +204,7 @@ def filter_cmd(
     input: Annotated[Path, typer.Argument(metavar="IN.parquet", help="Parquet file with a text column")],
     column: Annotated[str, typer.Option(help="the text column")] = "text",
     out: Annotated[Path, typer.Option("--out", help="folder for kept.parquet and rejections.parquet")] = Path("filtered"),
-    threshold: Annotated[float | None, typer.Option(help="near-duplicate similarity (0–1) verified by rapidfuzz")] = None,
+    threshold: Annotated[float | None, typer.Option(help="near-duplicate similarity (rapidfuzz ratio 0–100) [default: 85]")] = None,
     min_words: Annotated[int | None, typer.Option(help="drop texts with fewer words")] = None,
     max_words: Annotated[int | None, typer.Option(help="drop texts with more words")] = None,
     id_column: Annotated[str | None, typer.Option(help="column naming rows in dup_of (default: row number)")] = None,

@@ -35,8 +35,8 @@ def read_input(path: Path, column: str) -> pl.DataFrame:
 def filter_config(threshold: float | None, min_words: int | None, max_words: int | None, lang: str | None) -> FilterConfig:
     cfg = FilterConfig()
     if threshold is not None:
-        if not 0 < threshold <= 1:
-            raise UserError(f"--threshold {threshold} is outside (0, 1]: e.g. 0.9 keeps pairs under 90% similar")
+        if not 0 < threshold <= 100:
+            raise UserError(f"--threshold {threshold} is outside (0, 100]: e.g. 90 drops pairs at least 90% alike")
         cfg.near_dup.threshold = threshold
     if min_words is not None:
         cfg.rules.min_words = min_words

@@ -43,6 +43,15 @@ class LLMConfig(BaseModel):
         return v
 
 
+class DedupLevels(BaseModel):
+    """Persona-aware dedup thresholds (rapidfuzz ratio, 0-100); queries use `filter.near_dup.threshold`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    persona_threshold: float = Field(90.0, ge=0, le=100, description="name + occupation + locale + values")
+    scene_threshold: float = Field(85.0, ge=0, le=100, description="title + description, within one persona")
+
+
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -55,8 +64,10 @@ class BuildConfig(BaseModel):
     shard_size: int = Field(50, ge=1, description="personas per shard (one Prefect task per stage and shard)")
     expand_hints: bool = Field(True, description="let the LLM expand seed hints self-instruct style (stage 1)")
     answerability: bool = Field(True, description="stage 5 LLM answerability check")
+    quality_min: int | None = Field(None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)")
     llm: LLMConfig = Field(default_factory=LLMConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    dedup: DedupLevels = Field(default_factory=DedupLevels)
 
     @field_validator("dataset")
     @classmethod

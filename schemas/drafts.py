@@ -76,3 +76,8 @@ class NeutralDraft(Draft):
 class Answerability(Draft):
     answerable: bool
     reason: str = Field(max_length=300)
+
+
+class QualityScore(Draft):
+    score: int = Field(ge=1, le=10)
+    reason: str = Field(max_length=300)

@@ -135,4 +135,4 @@ def test_filter_bad_inputs(tmp_path: Path) -> None:
     pl.DataFrame({"text": []}, schema={"text": pl.String}).write_parquet(empty)
     assert_one_line_error(run("filter", str(empty)), "no rows")
     assert_one_line_error(run("filter", str(tmp_path / "missing.parquet")), "does not exist")
-    assert_one_line_error(run("filter", str(good), "--threshold", "3"), "--threshold")
+    assert_one_line_error(run("filter", str(good), "--threshold", "300"), "--threshold")

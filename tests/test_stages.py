@@ -252,3 +252,52 @@ def test_answerability_rejects_only_unanswerable() -> None:
     assert [q.query_id for q in out.records] == ["q0"]
     (rej,) = out.rejections
     assert rej.reason == "unanswerable" and rej.detail == "needs private data"
+
+
+def test_persona_aware_dedup_levels() -> None:
+    from schemas.config import DedupLevels
+
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 3, 11, n_sessions=4, n_changes=0)
+    p0, p1, p2 = (merge_persona(s, None, cat) for s in seeds)
+    twin = p0.model_copy(update={"persona_id": "p-twin"})  # same user under another id
+    with FakeOpenAI() as fake:
+        scenes = drive(llm := make_llm(fake), generate_scenes(seeds[:2], [p0, p1], llm, cat, revisit_share=0.25)).records
+    a, b = [s for s in scenes if s.persona_id == p0.persona_id and s.kind != "revisit"][:2]
+    scenes = [s if s.scene_id != b.scene_id else s.model_copy(update={"title": a.title, "description": a.description})
+              for s in scenes]  # fmt: skip
+    # a scene of another persona that equals one of p0's is NOT a duplicate: it is another user's session
+    other = next(s for s in scenes if s.persona_id == p1.persona_id)
+    scenes = [s if s.scene_id != other.scene_id else s.model_copy(update={"title": a.title, "description": a.description})
+              for s in scenes]  # fmt: skip
+    qs = [_q(i, f"query text number {i}").model_copy(update={"scene_id": s.scene_id, "persona_id": s.persona_id})
+          for i, s in enumerate(scenes)]  # fmt: skip
+    qs.append(_q(99, "twin query").model_copy(update={"scene_id": "p-twin-s000", "persona_id": "p-twin"}))
+    out = filter_stage.level_dedup(qs, scenes, [p0, p1, p2, twin], DedupLevels())
+    why = {r.row_id: (r.reason, r.dup_of) for r in out.rejections}
+    assert why["q99"] == ("persona_duplicate", p0.persona_id)
+    b_query = next(q.query_id for q in qs if q.scene_id == b.scene_id)
+    assert why[b_query] == ("scene_duplicate", a.scene_id)
+    assert len(out.rejections) == 2 and len(out.records) == len(qs) - 2
+
+
+def test_quality_score_rejects_below_the_bar() -> None:
+    cat = catalogue()
+    seeds = sample_skeletons(cat, 1, 1, n_sessions=3, n_changes=0)
+    p = merge_persona(seeds[0], None, cat)
+    with FakeOpenAI() as fake:
+        scenes = drive(llm := make_llm(fake), generate_scenes(seeds, [p], llm, cat, revisit_share=0)).records
+    qs = [_q(i, f"question {i}").model_copy(update={"scene_id": s.scene_id}) for i, s in enumerate(scenes)]
+    scores = {"question 0": 9, "question 1": 3, "question 2": "garbage"}
+
+    def responder(body: dict) -> str:
+        text = body["messages"][-1]["content"]
+        score = next(v for k, v in scores.items() if k in text)
+        return '{"score": "x"}' if score == "garbage" else f'{{"score": {score}, "reason": "r"}}'
+
+    with FakeOpenAI(responder=responder) as fake:
+        out = drive(llm := make_llm(fake), filter_stage.quality(qs, scenes, llm, min_score=6))
+    assert [q.query_id for q in out.records] == ["q0", "q2"]
+    assert out.records[1].fallback_fields == ["quality"]  # the judge failed: kept, and marked
+    (rej,) = out.rejections
+    assert (rej.row_id, rej.reason, rej.score) == ("q1", "low_quality", 3.0)

@@ -8,14 +8,69 @@ from __future__ import annotations
 
 import polars as pl
 
-from flows.filtering import filter_texts
+from flows.filtering import filter_texts, find_near_duplicates
 from flows.llm.client import LLM
 from flows.stages.base import Progress, StageOutcome, map_async
-from schemas.drafts import Answerability
-from schemas.filtering import FilterConfig
-from schemas.records import Query, Rejection, Scene
+from schemas.config import DedupLevels
+from schemas.drafts import Answerability, QualityScore
+from schemas.filtering import FilterConfig, NearDupConfig
+from schemas.records import PersonaRecord, Query, Rejection, Scene
 
 STAGE = "filter"
+
+
+def persona_key(p: PersonaRecord) -> str:
+    """What makes two personas the same user: name, occupation, locale and values."""
+    d = p.persona.Demographics
+    values = ", ".join(sorted(v.lower() for v in p.persona.Personality.Values_and_Interests))
+    return f"{d.Name} | {d.Career_Information} | {d.Nationality} | {', '.join(d.Language)} | {values}"
+
+
+def _groups(keys: list[str], ids: list[str], threshold: float) -> dict[str, tuple[str, float]]:
+    """id → (id of the kept twin, similarity) for every near-duplicate in `keys` (earliest kept)."""
+    if len(keys) < 2:
+        return {}
+    res = find_near_duplicates(keys, NearDupConfig(threshold=threshold, min_df=1))
+    return {ids[i]: (ids[int(j)], float(res.dup_score[i])) for i, j in enumerate(res.dup_of) if j >= 0}
+
+
+def duplicate_personas(personas: list[PersonaRecord], threshold: float) -> dict[str, tuple[str, float]]:
+    return _groups([persona_key(p) for p in personas], [p.persona_id for p in personas], threshold)
+
+
+def duplicate_scenes(scenes: list[Scene], threshold: float) -> dict[str, tuple[str, float]]:
+    """Near-duplicate scenes within one persona; revisits repeat a topic on purpose and are exempt."""
+    found: dict[str, tuple[str, float]] = {}
+    by_persona: dict[str, list[Scene]] = {}
+    for s in scenes:
+        if s.kind != "revisit":
+            by_persona.setdefault(s.persona_id, []).append(s)
+    for mine in by_persona.values():
+        mine.sort(key=lambda s: s.session_index)
+        found |= _groups([f"{s.title}. {s.description}" for s in mine], [s.scene_id for s in mine], threshold)
+    return found
+
+
+def level_dedup(
+    queries: list[Query], scenes: list[Scene], personas: list[PersonaRecord], levels: DedupLevels
+) -> StageOutcome[Query]:
+    """Persona-aware dedup: drop every session of a duplicate persona, and duplicate scenes of one persona."""
+    twin_persona = duplicate_personas(personas, levels.persona_threshold)
+    twin_scene = duplicate_scenes(scenes, levels.scene_threshold)
+    out: StageOutcome[Query] = StageOutcome()
+    for q in queries:
+        if q.persona_id in twin_persona:
+            kept, score = twin_persona[q.persona_id]
+            reason = "persona_duplicate"
+        elif q.scene_id in twin_scene:
+            kept, score = twin_scene[q.scene_id]
+            reason = "scene_duplicate"
+        else:
+            out.records.append(q)
+            continue
+        out.rejections.append(Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason=reason,
+                                        dup_of=kept, dup_score=score, dup_method="near", raw_output=q.personalized_query))  # fmt: skip
+    return out
 
 
 def cheap_filter(queries: list[Query], config: FilterConfig) -> StageOutcome[Query]:
@@ -64,6 +119,28 @@ async def answerability(
         if not res.value.answerable:
             return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="unanswerable",
                              detail=res.value.reason, raw_output=res.raw)  # fmt: skip
+        return q
+
+    out: StageOutcome[Query] = StageOutcome()
+    for item in await map_async(queries, one, progress):
+        (out.rejections if isinstance(item, Rejection) else out.records).append(item)  # type: ignore[arg-type]
+    return out
+
+
+async def quality(
+    queries: list[Query], scenes: list[Scene], llm: LLM, min_score: int, progress: Progress | None = None
+) -> StageOutcome[Query]:
+    """Optional LLM quality score (rubric in prompts/default/filter/quality.j2); below `min_score` is rejected."""
+    scene_of = {s.scene_id: s for s in scenes}
+
+    async def one(q: Query) -> Query | Rejection:
+        res = await llm.structured("filter/quality", QualityScore, stage=STAGE, max_tokens=120,
+                                   query=q, scene=scene_of[q.scene_id])  # fmt: skip
+        if res.value is None:
+            return q.model_copy(update={"fallback_fields": [*q.fallback_fields, "quality"]})
+        if res.value.score < min_score:
+            return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="low_quality",
+                             score=float(res.value.score), detail=res.value.reason, raw_output=res.raw)  # fmt: skip
         return q
 
     out: StageOutcome[Query] = StageOutcome()
