@@ -29,11 +29,11 @@ from flows.llm.endpoint import Endpoint, open_endpoint
 from flows.llm.prompts import PromptLibrary
 from flows.progress import progress_sink
 from flows.stages import filter as filter_stage
+from flows.stages.base import StageOutcome
 from flows.stages.personas import synthesize_personas
 from flows.stages.queries import active_changes, generate_queries
 from flows.stages.scenes import generate_scenes
 from flows.stages.seed import expand_hints, sample_skeletons
-from flows.stages.base import StageOutcome
 from flows.store import DatasetStore, read_records, read_table, shard_infos, write_records
 from flows.version import code_version
 from schemas.config import BuildConfig, RunPaths
