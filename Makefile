@@ -26,12 +26,14 @@ $(VENV)/.local: $(VENV)/.core
 build: $(VENV)/.local
 	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --scenes-per-persona $(SCENES) --out $(OUT)
 
+replay: $(VENV)/.local
+	$(BIN)/personaloom replay $(DATASET) --agents none,golden,learned,rag,persona-agent,vars --k 3 --out $(OUT)
+
 test: $(VENV)/.core
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.core
 	$(BIN)/ruff check flows schemas tests bench
-	$(BIN)/ruff format --check flows schemas tests bench
 
 bench: $(VENV)/.core
 	$(BIN)/python bench/throughput.py

@@ -236,6 +236,57 @@ def local_llm() -> None:
             pass
 
 
+# ---------------------------------------------------------------- replay through the reference agents
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{option}: expected integers separated by commas, got {text!r}") from None
+
+
+@app.command()
+def replay(
+    spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
+    agents: Annotated[str, typer.Option(help="comma list of none, golden, learned, rag, persona-agent, vars")] = "none,golden,learned",
+    k: Annotated[str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")] = "3",
+    personas: Annotated[int | None, typer.Option(help="replay only the first N personas")] = None,
+    model: Annotated[str | None, typer.Option(help="model name at the endpoint")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
+    judge: Annotated[bool, typer.Option(help="LLM judge ratings and persona similarity")] = True,
+    run: Annotated[str | None, typer.Option("--run", help="run folder name [default: derived from the settings]")] = None,
+    out: OutOpt = OUT_DEFAULT,
+    cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
+) -> None:
+    """Replay a dataset version through the reference agents; results go to DATASET/vN/replay/RUN/."""
+    from schemas.config import LLMConfig
+    from schemas.replay import ReplayConfig
+
+    name, version = _split_spec(spec)
+    llm = {k_: v for k_, v in dict(model=model, base_url=base_url, concurrency=concurrency).items() if v is not None}
+    fields = dict(dataset=name, version=version, agents=[a.strip() for a in agents.split(",") if a.strip()], ks=_int_list(k, "--k"),
+                  personas=personas, shard_size=shard_size, judge=judge, run=run)  # fmt: skip
+    try:
+        cfg = ReplayConfig.model_validate({**{f: v for f, v in fields.items() if v is not None}, "llm": LLMConfig(**llm)})
+    except ValidationError as e:
+        raise UserError(_validation_line(e, None)) from None
+    from flows.llm.endpoint import check_endpoint
+    from flows.store import DatasetStore
+
+    DatasetStore(out, name).resolve(version)  # a missing dataset fails here, in one line, before Prefect starts
+    check_endpoint(cfg.llm)
+    _prefect_env()
+    from flows.replay import replay_dataset
+
+    _quiet_prefect_tracebacks()
+    run_dir = asyncio.run(replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
+    typer.echo((Path(run_dir) / "summary.md").read_text())
+    typer.echo(f"→ {run_dir}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -87,8 +87,8 @@ class NearDupConfig(BaseModel):
 
     enabled: bool = True
     shingle_size: int = Field(2, ge=1, le=8, description="words per shingle")
-    num_perm: int = Field(32, ge=1, le=256, description="MinHash permutations (= bands * rows)")
-    bands: int = Field(16, ge=1)
+    num_perm: int = Field(40, ge=1, le=256, description="MinHash permutations (= bands * rows)")
+    bands: int = Field(20, ge=1)
     rows: int = Field(2, ge=1, description="signature values per band")
     # Document-frequency pruning: a shingle in one row cannot link two rows; a shingle in many
     # rows is template boilerplate that makes every sibling of a template look alike.
@@ -103,7 +103,7 @@ class NearDupConfig(BaseModel):
         "or on characters of the normalized text",
     )
     threshold: float = Field(
-        85.0, ge=0, le=100, description="rapidfuzz fuzz.ratio (0-100) at or above which a pair is a duplicate"
+        86.0, ge=0, le=100, description="rapidfuzz fuzz.ratio (0-100) at or above which a pair is a duplicate"
     )
     keep: Literal["first"] = Field("first", description="the earliest row of each group is kept")
     seed: int = Field(0x5EED, description="MinHash permutation seed (results are deterministic)")

@@ -1,0 +1,174 @@
+"""The six agent kinds. Each holds one user's state across sessions and supplies the chatbot's context.
+
+none          no persona, no memory
+golden        the ground-truth persona of each session (changes applied): the upper bound
+learned-kK    AI Persona: persona learned by the updater every K sessions, plus retrieved sessions
+rag           retrieved similar past sessions, no persona
+persona-agent PersonaAgent: episodic memory (retrieval) + semantic memory (a summary) + a persona
+              rewritten at test time from textual feedback on simulated vs actual interactions
+vars          VARS: a preference memory whose items enter the prompt by base + <z_eff, v_m>,
+              with long- and short-term user vectors learned from the satisfaction reward
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import numpy as np
+
+from flows.agent.calls import Caller
+from flows.agent.chatbot import AgentContext, Chatbot, transcript
+from flows.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
+from flows.agent.persona import FlatPersona, golden_at, initial_persona
+from flows.agent.sessions import SessionLog, SessionManager
+from flows.agent.updater import PersonaUpdate, PersonaUpdater, apply_update, editable, session_views, update_due
+from schemas.records import DatasetRow
+from schemas.replay import ReplayConfig
+
+LEARNED = re.compile(r"^learned-k(\d+)$")
+
+
+class Agent:
+    """Base: stores sessions (Historical Session Manager), no persona, no memory in the prompt."""
+
+    def __init__(
+        self, name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: HashingEmbedder, k: int = 1
+    ) -> None:
+        self.name, self.caller, self.cfg, self.total, self.k = name, caller, cfg, total, k
+        self.embedder = embedder
+        self.sessions = SessionManager(embedder)
+        self.start: FlatPersona = initial_persona(first)  # reference point of "revealed fields held"
+
+    @property
+    def persona(self) -> FlatPersona | None:
+        return None
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        return AgentContext()
+
+    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
+        """Learn from a finished session; the changed paths when the persona was revised, else None."""
+        self.sessions.add(log)
+        return None
+
+
+class GoldenAgent(Agent):
+    _current: FlatPersona | None = None
+
+    @property
+    def persona(self) -> FlatPersona | None:
+        return self._current
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        self._current = golden_at(row)
+        return AgentContext(persona=self._current)
+
+
+class RagAgent(Agent):
+    async def context(self, row: DatasetRow) -> AgentContext:
+        return AgentContext(memory=self.sessions.similar(row.neutralized_query, self.cfg.retrieve))
+
+
+class LearnedAgent(Agent):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._persona = dict(self.start)
+        self.updater = PersonaUpdater(self.caller)
+
+    @property
+    def persona(self) -> FlatPersona | None:
+        return self._persona
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        return AgentContext(persona=self._persona, memory=self.sessions.similar(row.neutralized_query, self.cfg.retrieve))
+
+    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
+        self.sessions.add(log)
+        if not update_due(position, self.k, self.total):
+            return None
+        self._persona, changed = await self.updater.update(self._persona, self.sessions.last(self.k))
+        return changed
+
+
+class PersonaAgent(LearnedAgent):
+    """Aligns on the learned agent's cadence (the smallest k) so both spend updates alike."""
+
+    summary: str | None = None
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.chatbot = Chatbot(self.caller, max_tool_rounds=0)
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        ctx = await super().context(row)
+        ctx.summary = self.summary
+        return ctx
+
+    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
+        self.sessions.add(log)
+        if not update_due(position, self.k, self.total):
+            return None
+        recent = self.sessions.last(self.cfg.align_n)
+        feedback = await asyncio.gather(*(self._feedback(s) for s in recent))
+        res = await self.caller.structured(
+            "align", "agent/persona_agent_rewrite", PersonaUpdate, max_tokens=700, persona=editable(self._persona), feedback=feedback
+        )
+        changed: list[str] = []
+        if res.value is not None:
+            self._persona, changed = apply_update(self._persona, res.value.updates)
+        await self._summarize()
+        return changed
+
+    async def _feedback(self, s: SessionLog) -> dict[str, object]:
+        """Simulate the answer the current persona gives, and let the LLM say how it differs from what the user wanted."""
+        simulated = await self.chatbot.draft(AgentContext(persona=self._persona), s.query, role="align")
+        res = await self.caller.text(
+            "align", "agent/persona_agent_feedback", max_tokens=300,
+            query=s.query, simulated=simulated, transcript=transcript(s.dialogue()), satisfied=s.satisfied,
+        )  # fmt: skip
+        return {"index": s.session_index, "title": s.title, "feedback": (res.value or "").strip()}
+
+    async def _summarize(self) -> None:
+        res = await self.caller.text(
+            "memory", "agent/memory_summary", max_tokens=300, previous=self.summary, sessions=session_views(self.sessions.last(self.k))
+        )
+        if res.value:
+            self.summary = res.value.strip()
+
+
+class VarsAgent(Agent):
+    """Memory items are the user's follow-ups: corrections carry the preferences a first answer missed."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.state = VarsState(self.cfg.vars, self.embedder.dim)
+        self.items: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self._selected: list[int] = []
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        self._selected = self.state.select(self.embedder.embed(row.neutralized_query), self.vectors)
+        return AgentContext(memory=[self.items[i] for i in self._selected])
+
+    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
+        self.sessions.add(log)
+        reward = satisfaction_reward(log.satisfied, log.user_turns, self.cfg.max_user_turns)
+        self.state.update([self.vectors[i] for i in self._selected], reward)
+        for text in log.follow_ups:
+            self.items.append(text)
+            self.vectors.append(self.embedder.embed(text))
+        return None
+
+
+def make_agent(name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: HashingEmbedder) -> Agent:
+    args = (name, caller, cfg, first, total, embedder)
+    if m := LEARNED.match(name):
+        return LearnedAgent(*args, k=int(m.group(1)))
+    if name == "persona-agent":
+        return PersonaAgent(*args, k=min(cfg.ks))
+    kinds: dict[str, type[Agent]] = {"none": Agent, "golden": GoldenAgent, "rag": RagAgent, "vars": VarsAgent}
+    if name not in kinds:
+        raise ValueError(f"unknown agent {name!r}")
+    return kinds[name](*args)

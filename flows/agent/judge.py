@@ -1,0 +1,90 @@
+"""The LLM judge: helpfulness and personalization of a first answer, and persona similarity.
+
+Ratings use the paper's format `<analysis>…</analysis><rating>solution_score; persona_score</rating>`
+(0–10). Judges drift from any format, so parsing is lenient and never raises: what cannot be read
+becomes a null score with the raw text kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from flows.agent.calls import Caller
+from flows.agent.persona import FlatPersona, golden_at, persona_lines
+from schemas.records import DatasetRow
+
+RATING = re.compile(r"<\s*rating\s*>(.*?)(?:<\s*/\s*rating\s*>|\Z)", re.DOTALL | re.IGNORECASE)
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+OUT_OF_TEN = re.compile(r"/\s*10(?:\.0+)?\b")
+
+
+@dataclass
+class Rating:
+    solution: float | None
+    persona: float | None
+    raw: str
+
+    @property
+    def ok(self) -> bool:
+        return self.solution is not None and self.persona is not None
+
+
+def _score(text: str) -> float | None:
+    m = NUMBER.search(text)
+    if m is None:
+        return None
+    value = float(m.group())
+    return value if 0 <= value <= 10 else None
+
+
+def parse_rating(text: str) -> Rating:
+    """`<rating>7; 8</rating>` → (7, 8). Tolerates "7/10; 8/10", labels, a missing closing tag, ',' or '|' separators."""
+    matches = RATING.findall(text)
+    if not matches:
+        return Rating(None, None, text)
+    inner = OUT_OF_TEN.sub("", matches[-1])  # the last rating block: judges sometimes quote the format first
+    parts = [p for p in re.split(r"[;,|\n]", inner) if NUMBER.search(p)]
+    if len(parts) < 2:
+        nums = NUMBER.findall(inner)
+        parts = nums if len(nums) >= 2 else []
+    if len(parts) < 2:
+        return Rating(None, None, text)
+    return Rating(_score(parts[0]), _score(parts[1]), text)
+
+
+class SimilarityJudgement(BaseModel):
+    analysis: str = Field(description="one or two sentences")
+    consistency: int = Field(ge=0, le=10, description="no contradiction with the reference persona (10 = none)")
+    detail: int = Field(ge=0, le=10, description="how much of the reference's detail is restored (10 = all)")
+
+
+@dataclass
+class Similarity:
+    consistency: float | None
+    detail: float | None
+    raw: str | None  # kept only when the judge's answer could not be used
+
+
+class Judge:
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+
+    async def rate(self, row: DatasetRow, answer: str) -> Rating:
+        res = await self.caller.text(
+            "judge", "agent/judge_rating", max_tokens=400,
+            persona=persona_lines(golden_at(row)), scene=row.model_dump(include={"title", "description", "expected_response"}),
+            query=row.neutralized_query, answer=answer,
+        )  # fmt: skip
+        return parse_rating(res.value or "")
+
+    async def similarity(self, learned: FlatPersona, row: DatasetRow) -> Similarity:
+        res = await self.caller.structured(
+            "judge", "agent/judge_similarity", SimilarityJudgement, max_tokens=300,
+            learned=persona_lines(learned), golden=persona_lines(golden_at(row)),
+        )  # fmt: skip
+        if res.value is None:
+            return Similarity(None, None, res.raw or res.error)
+        return Similarity(float(res.value.consistency), float(res.value.detail), None)

@@ -1,0 +1,133 @@
+"""Deterministic replay metrics (no judge) and the Table-1-style summary.
+
+Definitions (all against the golden persona *at that session*, dated changes applied):
+- field similarity: rapidfuzz token_sort_ratio/100 per field (both empty = 1, one empty = 0), averaged
+  per section; the overall score averages the sections other than Demographics, which learning agents
+  are given at the start and never update.
+- revealed fields held: of the non-Demographics fields revealed by the queries of sessions up to this
+  one, those whose learned value is closer to the golden value than the starting value was
+  (sim(learned, golden) > sim(start, golden)): the agent changed the field, toward the truth.
+- change tracking: of the dated changes in force (the newest per field, Demographics excluded), those
+  whose learned value is closer to the new value than to the old one (sim(learned, after) > sim(learned, before)).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import fmean
+
+from rapidfuzz import fuzz
+from rapidfuzz.utils import default_process
+
+from flows.agent.persona import SECTIONS, FlatPersona, is_protected
+from schemas.records import PreferenceChange
+from schemas.replay import MetricRow, SectionScore, SummaryRow
+
+
+def text_similarity(a: str, b: str) -> float:
+    a, b = a.strip(), b.strip()
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    return fuzz.token_sort_ratio(a, b, processor=default_process) / 100.0
+
+
+def field_similarity(learned: FlatPersona, golden: FlatPersona) -> tuple[float, list[SectionScore]]:
+    per_section: dict[str, list[float]] = defaultdict(list)
+    for path, truth in golden.items():
+        per_section[path.split(".")[0]].append(text_similarity(learned.get(path, ""), truth))
+    sections = [SectionScore(section=s, score=round(fmean(per_section[s]), 4)) for s in SECTIONS if per_section[s]]
+    scored = [s.score for s in sections if s.section != "Demographics"]
+    return round(fmean(scored), 4) if scored else 0.0, sections
+
+
+def revealed_held(start: FlatPersona, learned: FlatPersona, golden: FlatPersona, revealed: set[str]) -> tuple[int, int]:
+    """(revealed fields seen, of those held); see the module docstring."""
+    seen = sorted(p for p in revealed if p in golden and not is_protected(p))
+    held = sum(1 for p in seen if text_similarity(learned.get(p, ""), golden[p]) > text_similarity(start.get(p, ""), golden[p]))
+    return len(seen), held
+
+
+def newest_changes(changes: list[PreferenceChange]) -> list[PreferenceChange]:
+    """The change in force per field: a later change supersedes an earlier one."""
+    latest: dict[str, PreferenceChange] = {}
+    for c in sorted(changes, key=lambda c: (c.effective_session, c.date)):
+        latest[c.field] = c
+    return [c for c in latest.values() if not is_protected(c.field)]
+
+
+def changes_tracked(learned: FlatPersona, changes: list[PreferenceChange]) -> tuple[int, int]:
+    """(changes due, of those tracked); see the module docstring."""
+    due = newest_changes(changes)
+    tracked = sum(1 for c in due if text_similarity(learned.get(c.field, ""), c.after) > text_similarity(learned.get(c.field, ""), c.before))
+    return len(due), tracked
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(fmean(present), 3) if present else None
+
+
+def _pair_mean(a: float | None, b: float | None) -> float | None:
+    return (a + b) / 2 if a is not None and b is not None else None
+
+
+def _share(num: list[int | None], den: list[int]) -> float | None:
+    pairs = [(n, d) for n, d in zip(num, den, strict=True) if n is not None]
+    total = sum(d for _, d in pairs)
+    return round(sum(n for n, _ in pairs) / total, 3) if total else None
+
+
+def summarize(metrics: list[MetricRow], agents: list[str]) -> list[SummaryRow]:
+    """One row per agent, in the order agents were asked for."""
+    rows = []
+    for agent in agents:
+        ms = [m for m in metrics if m.agent == agent]
+        if not ms:
+            continue
+        judge_sim = [_pair_mean(m.judge_consistency, m.judge_detail) for m in ms]
+        rows.append(
+            SummaryRow(
+                agent=agent, sessions=len(ms),
+                helpfulness=_mean([m.helpfulness for m in ms]), personalization=_mean([m.personalization for m in ms]),
+                similarity_judge=_mean(judge_sim), similarity_fields=_mean([m.field_similarity for m in ms]),
+                utterances=round(fmean(m.utterances for m in ms), 3), satisfied=round(fmean(float(m.satisfied) for m in ms), 3),
+                revealed_held=_share([m.revealed_held for m in ms], [m.revealed_seen for m in ms]),
+                changes_tracked=_share([m.changes_tracked for m in ms], [m.changes_due for m in ms]),
+                tokens_per_session=round(fmean(m.tokens for m in ms), 1),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def summary_markdown(title: str, rows: list[SummaryRow]) -> str:
+    """Like the paper's Table 1: Helpfulness, Personalization (judge, 0–10), Similarity, Utterances (lower is better)."""
+    lines = [
+        f"# {title}",
+        "",
+        "| Agent | Helpfulness | Personalization | Similarity (judge, 0–10) | Similarity (fields, 0–1) | Utterances ↓ "
+        "| Satisfied | Revealed held | Changes tracked | Tokens/session | Sessions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.agent} | {_cell(r.helpfulness)} | {_cell(r.personalization)} | {_cell(r.similarity_judge)} | {_cell(r.similarity_fields)} "
+            f"| {r.utterances:.2f} | {r.satisfied:.2f} | {_cell(r.revealed_held)} | {_cell(r.changes_tracked)} "
+            f"| {r.tokens_per_session:.0f} | {r.sessions} |"
+        )
+    lines += [
+        "",
+        "Helpfulness and Personalization: judge scores of each session's first answer. Similarity: learned persona vs the golden "
+        "persona with the changes in force (judge: mean of consistency and detail; fields: rapidfuzz per field, Demographics "
+        "excluded). Utterances: user turns per session (3 also when never satisfied). – : the agent holds no persona, or no "
+        "judge score could be parsed.",
+    ]
+    return "\n".join(lines) + "\n"

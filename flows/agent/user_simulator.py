@@ -1,0 +1,56 @@
+"""The simulated user: role-plays the GOLDEN persona (changes in force), judges each answer, follows up.
+
+The opening message is the dataset's neutralized query (no LLM call): the persona must be inferred,
+not read off the request. After each answer the simulator writes `<Satisfied>` or `<Continue>` and,
+when continuing, its next message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from flows.agent.calls import Caller
+from flows.agent.chatbot import transcript
+from flows.agent.persona import golden_at, persona_lines
+from flows.agent.sessions import SessionLog
+from schemas.records import DatasetRow
+
+VERDICT = re.compile(r"<\s*(satisfied|continue)\s*>", re.IGNORECASE)
+CLOSING = re.compile(r"</\s*(satisfied|continue)\s*>", re.IGNORECASE)
+# Used when the simulator continues but writes no message: the session still needs a user turn.
+FALLBACK_FOLLOW_UP = "That does not fully answer what I need yet. Please try again."
+
+
+@dataclass
+class Verdict:
+    satisfied: bool
+    follow_up: str
+    malformed: bool  # neither tag, or <Continue> with nothing after it
+    raw: str
+
+
+def parse_verdict(text: str) -> Verdict:
+    """The first tag decides; text after <Continue> is the follow-up. No tag: not satisfied, text kept as follow-up."""
+    m = VERDICT.search(text)
+    if m is None:
+        body = CLOSING.sub("", text).strip()
+        return Verdict(False, body or FALLBACK_FOLLOW_UP, True, text)
+    if m.group(1).lower() == "satisfied":
+        return Verdict(True, "", False, text)
+    body = CLOSING.sub("", VERDICT.sub("", text[m.end() :])).strip()
+    return Verdict(False, body or FALLBACK_FOLLOW_UP, not body, text)
+
+
+class UserSimulator:
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+
+    async def judge(self, row: DatasetRow, log: SessionLog, turns_left: int) -> Verdict:
+        res = await self.caller.text(
+            "user", "agent/user_judge", max_tokens=300,
+            persona=persona_lines(golden_at(row)), user_name=row.persona.Demographics.Name, changes=[c.model_dump() for c in row.active_changes],
+            scene=row.model_dump(include={"title", "description", "context", "expected_response"}),
+            transcript=transcript(log.dialogue()), turns_left=turns_left,
+        )  # fmt: skip
+        return parse_verdict(res.value or "")

@@ -1,0 +1,174 @@
+"""Prefect flow `replay_dataset`: a dataset version through the reference agents, results beside it.
+
+Output: output/<dataset>/v<NNNN>/replay/<run>/{sessions,turns,snapshots,metrics}/part-<shard>.parquet,
+summary.md (also a Prefect markdown artifact) and manifest.json. One Prefect task per shard of
+personas runs every agent for those personas; a shard whose four parts exist is skipped, so a re-run
+of the same command resumes, and the response cache answers every LLM call that had completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from flows.agent.calls import usage_by
+from flows.agent.loop import ReplayOutputs, replay_user
+from flows.agent.memory import HashingEmbedder
+from flows.agent.metrics import summarize, summary_markdown
+from flows.errors import UserError
+from flows.llm.cache import ResponseCache
+from flows.llm.client import LLM, endpoint_label
+from flows.llm.endpoint import Endpoint, open_endpoint
+from flows.llm.prompts import PromptLibrary
+from flows.store import DatasetStore, read_records, shard_infos, write_records
+from flows.version import code_version
+from schemas.records import DatasetRow
+from schemas.replay import MetricRow, ReplayConfig, ReplayManifest, SessionRow, SnapshotRow, TurnRow
+
+# Written in this order; `metrics` last, so its part existing means the shard is complete.
+TABLES = {"sessions": SessionRow, "turns": TurnRow, "snapshots": SnapshotRow, "metrics": MetricRow}
+# Settings that change throughput, not results: left out of a run's identity so they can change on resume.
+NOT_IDENTITY = {"run": True, "shard_size": True, "llm": {"concurrency", "rpm", "tpm", "timeout", "max_retries", "base_url"}}
+
+
+@dataclass
+class ReplayContext:
+    config: ReplayConfig
+    llm: LLM
+    users: dict[str, list[DatasetRow]]  # persona_id → rows, in replay order of personas
+    run_dir: Path
+    embedder: HashingEmbedder
+
+    def part(self, table: str, shard: int) -> Path:
+        return self.run_dir / table / f"part-{shard:05d}.parquet"
+
+    def shard_users(self, shard: int) -> list[str]:
+        size = self.config.shard_size
+        return list(self.users)[shard * size : (shard + 1) * size]
+
+
+def load_users(path: Path, limit: int | None) -> dict[str, list[DatasetRow]]:
+    """persona_id → its rows in session order; the first `limit` personas by id."""
+    users: dict[str, list[DatasetRow]] = defaultdict(list)
+    for row in read_records(path / "dataset", DatasetRow):
+        users[row.persona_id].append(row)
+    if not users:
+        raise UserError(f"{path} has no dataset rows to replay")
+    ids = sorted(users)[:limit]
+    return {pid: sorted(users[pid], key=lambda r: r.session_index) for pid in ids}
+
+
+def run_key(config: ReplayConfig, version_dir: Path, prompts: PromptLibrary) -> str:
+    """A replay's identity: same dataset version, settings and prompts → same run folder → resume."""
+    ident = {
+        "version": str(version_dir.resolve()),
+        "config": config.model_dump(mode="json", exclude=NOT_IDENTITY),
+        "prompts": {k: v for k, v in prompts.hashes.items() if k.startswith("agent/")},
+        "code": code_version(),
+    }
+    return hashlib.sha256(orjson.dumps(ident, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def claim_run_dir(run_dir: Path, key: str) -> None:
+    """A named run folder belongs to one identity: resuming it with other settings would mix results."""
+    marker = run_dir / "run.key"
+    if marker.exists() and marker.read_text().strip() != key:
+        raise UserError(f"replay run {run_dir.name!r} exists with other settings: pick another --run or delete {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+
+
+# ---------------------------------------------------------------- the shard task
+
+
+@task(name="replay-shard", cache_policy=NO_CACHE)
+async def replay_shard(ctx: ReplayContext, shard: int) -> None:
+    if all(ctx.part(t, shard).exists() for t in TABLES):
+        return
+    agents = ctx.config.agent_names()
+    jobs = [replay_user(ctx.users[pid], agent, ctx.llm, ctx.config, ctx.embedder) for pid in ctx.shard_users(shard) for agent in agents]
+    merged = ReplayOutputs()
+    for result in await asyncio.gather(*jobs):
+        merged.extend(result)
+    for table, model in TABLES.items():
+        write_records(ctx.part(table, shard), model, getattr(merged, table))
+
+
+# ---------------------------------------------------------------- publishing
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+def publish(ctx: ReplayContext, endpoint: Endpoint, version: str, seconds: float) -> tuple[ReplayManifest, str]:
+    cfg, agents = ctx.config, ctx.config.agent_names()
+    metrics = read_records(ctx.run_dir / "metrics", MetricRow)
+    summary = summarize(metrics, agents)
+    markdown = summary_markdown(f"Replay {cfg.dataset}@{version} — run {ctx.run_dir.name}", summary)
+    (ctx.run_dir / "summary.md").write_text(markdown)
+    manifest = ReplayManifest(
+        dataset=cfg.dataset, version=version, run=ctx.run_dir.name, created_at=datetime.now(UTC), code_version=code_version(),
+        model=endpoint.config.model, endpoint="embedded" if endpoint.embedded else endpoint_label(endpoint.base_url),
+        config=cfg.model_copy(update={"llm": endpoint.config}), agents=agents, personas=len(ctx.users), sessions=len(metrics),
+        prompt_hashes={k: v for k, v in ctx.llm.prompts.hashes.items() if k.startswith("agent/")},
+        usage_by_role=usage_by(ctx.llm.usage, 0), usage_by_agent=usage_by(ctx.llm.usage, 1),
+        seconds=round(seconds, 3), summary=summary, shards=shard_infos(ctx.run_dir),
+    )  # fmt: skip
+    (ctx.run_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return manifest, markdown
+
+
+# ---------------------------------------------------------------- the flow
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    cfg = flow_run.parameters.get("config")
+    name = cfg.dataset if isinstance(cfg, ReplayConfig) else (cfg or {}).get("dataset", "dataset")
+    return f"replay-{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@flow(name="replay_dataset", flow_run_name=_flow_run_name, validate_parameters=True)
+async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: str | None = None) -> str:
+    """Replay `config.dataset`@`config.version` through `config.agents`; returns the run folder."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = DatasetStore(Path(out), config.dataset)
+    version_dir = store.resolve(config.version)
+    users = load_users(version_dir, config.personas)
+    with open_endpoint(config.llm) as endpoint:
+        prompts = PromptLibrary(prompt_set=endpoint.config.prompt_set)
+        llm = LLM(endpoint.config, base_url=endpoint.base_url, api_key=endpoint.api_key,
+                  cache=ResponseCache(Path(cache_dir) if cache_dir else Path(out) / ".cache"), prompts=prompts)  # fmt: skip
+        key = run_key(config, version_dir, prompts)
+        run_dir = version_dir / "replay" / (config.run or f"r-{key}")
+        claim_run_dir(run_dir, key)
+        ctx = ReplayContext(config, llm, users, run_dir, HashingEmbedder())
+        logger.info("replaying %s (%d personas, agents %s) with %s into %s", version_dir, len(users), config.agent_names(), endpoint, run_dir)
+        n_shards = -(-len(users) // config.shard_size)
+        try:
+            await asyncio.gather(*(replay_shard(quote(ctx), s) for s in range(n_shards)))
+        finally:
+            await llm.aclose()
+        manifest, markdown = publish(ctx, endpoint, version_dir.name, time.perf_counter() - started)
+    await acreate_markdown_artifact(
+        markdown=markdown, key=artifact_key("replay", config.dataset, version_dir.name, run_dir.name), description="replay summary"
+    )
+    logger.info("replay %s: %d sessions → %s", manifest.run, manifest.sessions, run_dir)
+    return str(run_dir)

@@ -1,0 +1,196 @@
+"""Replay records: the reference agent's sessions, turns, persona snapshots and metrics (Parquet via schemas.arrow)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.config import LLMConfig
+from schemas.manifest import ShardInfo, StageUsage
+from schemas.records import Record
+
+AGENT_KINDS: tuple[str, ...] = ("none", "golden", "learned", "rag", "persona-agent", "vars")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class VarsParams(BaseModel):
+    """VARS: score = base + <β_L·z_L + β_S·z_S, v_m>; z_L learns slowly, z_S fast and decays each session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta_long: float = 1.0
+    beta_short: float = 1.0
+    eta_long: float = Field(0.1, ge=0)
+    eta_short: float = Field(0.5, ge=0)
+    decay: float = Field(0.5, ge=0, le=1, description="short-term vector kept per session (z_S ← decay·z_S + …)")
+    top_m: int = Field(3, ge=1, description="memory items that enter the prompt")
+
+
+class ReplayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    version: str | None = Field(None, description="v3, v0003, 3 or latest")
+    agents: list[str] = Field(default_factory=lambda: ["none", "golden", "learned"])
+    ks: list[int] = Field(default_factory=lambda: [3], description="update cadence of `learned` (a list sweeps)")
+    personas: int | None = Field(None, ge=1, description="replay only the first N personas")
+    run: str | None = Field(None, description="run folder name [default: derived from the settings, so a re-run resumes]")
+    shard_size: int = Field(5, ge=1, description="personas per Prefect task")
+    max_user_turns: int = Field(3, ge=1, le=3, description="user utterances per session (the paper's cap is 3)")
+    max_tool_rounds: int = Field(2, ge=0, le=4, description="tool call → result → answer rounds per assistant turn")
+    retrieve: int = Field(2, ge=0, description="past sessions retrieved into the prompt (rag, learned, persona-agent)")
+    align_n: int = Field(2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment")
+    judge: bool = Field(True, description="LLM judge ratings and persona similarity")
+    vars: VarsParams = Field(default_factory=VarsParams)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in AGENT_KINDS]
+        if bad or not v:
+            raise ValueError(f"unknown agent {', '.join(bad) or '(none given)'}: choose from {', '.join(AGENT_KINDS)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("k must be a positive integer (or a comma list such as 1,3,5)")
+        return sorted(set(v))
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, v: str | None) -> str | None:
+        if v is not None and not RUN_NAME.match(v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (no path characters), at most 64")
+        return v
+
+    def agent_names(self) -> list[str]:
+        """`learned` expands to one agent per k: learned-k1, learned-k3, …"""
+        names: list[str] = []
+        for a in self.agents:
+            names += [f"learned-k{k}" for k in self.ks] if a == "learned" else [a]
+        return names
+
+
+# ---------------------------------------------------------------- Parquet rows
+
+
+class PersonaField(Record):
+    path: str
+    value: str
+
+
+class SectionScore(Record):
+    section: str
+    score: float
+
+
+class TurnRow(Record):
+    persona_id: str
+    agent: str
+    session_index: int
+    user_turn: int = Field(description="1-based user turn this message belongs to")
+    seq: int = Field(description="order of the message in the session")
+    role: Literal["user", "assistant", "tool_call", "tool_result"]
+    content: str
+    tool_name: str | None = None
+
+
+class SessionRow(Record):
+    persona_id: str
+    agent: str
+    session_index: int
+    position: int = Field(description="1-based place of the session in the persona's replay")
+    scene_id: str
+    kind: str
+    user_turns: int
+    satisfied: bool
+    malformed_verdicts: int = Field(description="user-simulator answers with neither <Satisfied> nor <Continue>")
+    tool_calls: int
+    tool_errors: int
+    first_answer: str
+    final_answer: str
+    persona_updated: bool
+    agent_calls: int
+    agent_prompt_tokens: int
+    agent_completion_tokens: int
+    eval_prompt_tokens: int
+    eval_completion_tokens: int
+    agent_llm_seconds: float
+    wall_seconds: float
+
+
+class SnapshotRow(Record):
+    persona_id: str
+    agent: str
+    after_session: int = Field(description="session_index after which the persona holds (-1: the starting persona)")
+    position: int
+    fields: list[PersonaField]
+    changed: list[str] = Field(description="paths changed by the update that produced this snapshot")
+
+
+class MetricRow(Record):
+    persona_id: str
+    agent: str
+    session_index: int
+    position: int
+    utterances: int = Field(description="user utterances in the session (3 = the cap, also when never satisfied)")
+    satisfied: bool
+    helpfulness: float | None = Field(description="judge solution score 0-10 of the first answer; null when unparsable")
+    personalization: float | None
+    rating_raw: str | None = Field(description="judge text when its rating could not be parsed")
+    field_similarity: float | None = Field(description="mean over sections of mean rapidfuzz per field, 0-1; null without persona")
+    section_similarity: list[SectionScore]
+    judge_consistency: float | None
+    judge_detail: float | None
+    similarity_raw: str | None
+    revealed_seen: int = Field(description="distinct non-Demographics fields revealed in sessions up to this one")
+    revealed_held: int | None
+    changes_due: int = Field(description="dated preference changes in force at this session")
+    changes_tracked: int | None
+    tokens: int = Field(description="agent-side tokens in this session (chatbot, tools, updates)")
+    wall_seconds: float
+
+
+# ---------------------------------------------------------------- run outputs
+
+
+class SummaryRow(BaseModel):
+    agent: str
+    sessions: int
+    helpfulness: float | None
+    personalization: float | None
+    similarity_judge: float | None
+    similarity_fields: float | None
+    utterances: float
+    satisfied: float
+    revealed_held: float | None
+    changes_tracked: float | None
+    tokens_per_session: float
+
+
+class ReplayManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    version: str
+    run: str
+    created_at: datetime
+    code_version: str
+    model: str
+    endpoint: str
+    config: ReplayConfig
+    agents: list[str]
+    personas: int
+    sessions: int
+    prompt_hashes: dict[str, str]
+    usage_by_role: dict[str, StageUsage]
+    usage_by_agent: dict[str, StageUsage]
+    seconds: float
+    summary: list[SummaryRow]
+    shards: list[ShardInfo]
