@@ -8,7 +8,7 @@ PERSONAS ?= 3
 SCENES  ?= 4
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: build test lint bench clean local-llm
+.PHONY: build test lint bench clean local-llm replay serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -255,34 +256,59 @@ def _run_name() -> str:
 
 
 @flow(name="build_dataset", flow_run_name=_run_name, validate_parameters=True)
-async def build_dataset(config: BuildConfig, out: str = "output", cache_dir: str | None = None) -> str:
+async def build_dataset(config: BuildConfig, out: str = "output", cache_dir: str | None = None, seeds_dir: str | None = None) -> str:
     """Build a new version of `config.dataset` under `out`; returns the version name (e.g. v0003)."""
     logger = get_run_logger()
     entered = time.perf_counter()
     paths = RunPaths(out=Path(out), cache_dir=Path(cache_dir) if cache_dir else None)
-    catalogue = load_catalogue()
+    catalogue = load_catalogue(Path(seeds_dir)) if seeds_dir else load_catalogue()
     with open_endpoint(config.llm) as endpoint:
         prompts = PromptLibrary(prompt_set=endpoint.config.prompt_set)
         llm = LLM(endpoint.config, base_url=endpoint.base_url, api_key=endpoint.api_key,
                   cache=ResponseCache(paths.cache), prompts=prompts)  # fmt: skip
         store = DatasetStore(paths.out, config.dataset)
         staging = store.staging(run_key(config.model_copy(update={"llm": endpoint.config}), catalogue, prompts))
-        ctx = BuildContext(config, catalogue, llm, store, staging)
-        progress_sink.usage = lambda: dict(llm.usage)
-        logger.info("building %s with %s into %s", config.dataset, endpoint, staging)
-        n_shards = -(-config.personas // config.shard_size)
-        progress_sink.plan(config.personas, config.scenes_per_persona)
-        started = time.perf_counter()
-        ctx.timings["endpoint_start"] = started - entered
-        try:
-            await asyncio.gather(*(_shard_chain(ctx, s) for s in range(n_shards)))
-            await filter_task(quote(ctx), n_shards)
-        finally:
-            await llm.aclose()
-        ctx.timings["generate"] = time.perf_counter() - started
-        version = publish(ctx, endpoint)
+        with store.claim(staging):
+            ctx = BuildContext(config, catalogue, llm, store, staging)
+            ctx.timings["endpoint_start"] = time.perf_counter() - entered
+            logger.info("building %s with %s into %s", config.dataset, endpoint, staging)
+            await _generate(ctx)
+            version = publish(ctx, endpoint)
+    await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version
+
+
+async def publish_artifacts(store: DatasetStore, version: str) -> None:
+    """The version's card and per-stage table in Prefect's UI, keyed by dataset (artifact history = versions)."""
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+    m = store.manifest(version)
+    key = re.sub(r"[^a-z0-9-]", "-", f"personaloom-{m.dataset}".lower())
+    card = (store.resolve(version) / "README.md").read_text().split("---", 2)[-1]
+    await acreate_markdown_artifact(key=key, markdown=card, description=f"{m.dataset}@{version}")
+    rows = [
+        {"stage": s, "rows_in": c.rows_in, "rows_out": c.rows_out, "rejected": c.rejected, "fallback_rows": c.fallback_rows,
+         "llm_calls": m.usage[s].calls, "cache_hits": m.usage[s].cache_hits, "cost_usd": round(m.usage[s].cost_usd, 6),
+         "tokens": m.usage[s].prompt_tokens + m.usage[s].completion_tokens, "stage_seconds": m.stage_seconds.get(s, 0.0)}
+        for s, c in m.counts.items()
+    ]  # fmt: skip
+    await acreate_table_artifact(key=f"{key}-stages", table=rows, description=f"{m.dataset}@{version} per stage")
+
+
+async def _generate(ctx: BuildContext) -> None:
+    """Stages 1–5 into the staging folder (finished shards are skipped: a re-run resumes)."""
+    config, llm = ctx.config, ctx.llm
+    progress_sink.usage = lambda: dict(llm.usage)
+    progress_sink.plan(config.personas, config.scenes_per_persona)
+    n_shards = -(-config.personas // config.shard_size)
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(_shard_chain(ctx, s) for s in range(n_shards)))
+        await filter_task(quote(ctx), n_shards)
+    finally:
+        await llm.aclose()
+    ctx.timings["generate"] = time.perf_counter() - started
 
 
 async def _shard_chain(ctx: BuildContext, shard: int) -> None:

@@ -117,7 +117,10 @@ def build(
     expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
     answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
     quality_min: Annotated[int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="stop cleanly once this run spent this many tokens")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="stop cleanly once this run spent this many USD")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
+    seeds: Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
     progress: Annotated[bool, typer.Option(help="live progress display")] = True,
@@ -127,13 +130,15 @@ def build(
         config,
         dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona, seed=seed,
              shard_size=shard_size, expand_hints=expand_hints, answerability=answerability, quality_min=quality_min),
-        dict(model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm),
+        dict(model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, max_tokens=max_tokens, max_cost=max_cost),
     )  # fmt: skip
     from flows.catalogue import load_catalogue
+    from flows.llm.budget import Budget
     from flows.llm.endpoint import check_endpoint
 
-    load_catalogue()  # bad seed tables and endpoints fail here, in one line, before Prefect starts
+    load_catalogue(seeds) if seeds else load_catalogue()  # bad seed tables and endpoints fail here, before Prefect starts
     check_endpoint(cfg.llm)
+    Budget.for_model(cfg.llm.model, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
     _prefect_env()
     from flows.build import build_dataset
     from flows.display import live_progress
@@ -141,7 +146,9 @@ def build(
     _quiet_prefect_tracebacks()
 
     with live_progress(enabled=progress and sys.stderr.isatty()):
-        version = asyncio.run(build_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
+        version = asyncio.run(
+            build_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None, seeds_dir=str(seeds) if seeds else None)
+        )
     _print_summary(out, cfg.dataset, version)
 
 
@@ -194,6 +201,23 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
                    f"{u.cache_hits:>8}{u.prompt_tokens + u.completion_tokens:>10}{m.stage_seconds.get(s, 0):>8.1f}")  # fmt: skip
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
+
+
+@app.command()
+def verify(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT) -> None:
+    """Recheck a version's shard checksums and row counts against its manifest."""
+    from flows.store import DatasetStore
+    from flows.verify import verify_version
+
+    name, version = _split_spec(spec)
+    store = DatasetStore(out, name)
+    folder = store.resolve(version)
+    problems = verify_version(folder, store.manifest(folder.name))
+    for p in problems:
+        typer.echo(f"{name}@{folder.name}: {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{name}@{folder.name}: {len(store.manifest(folder.name).shards)} shards intact")
 
 
 # ---------------------------------------------------------------- filter any Parquet
@@ -289,7 +313,9 @@ def replay(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except UserError as e:
         raise SystemExit(fail(str(e)).exit_code) from None
     except _llm_error() as e:

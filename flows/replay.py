@@ -1,7 +1,8 @@
 """Prefect flow `replay_dataset`: a dataset version through the reference agents, results beside it.
 
 Output: output/<dataset>/v<NNNN>/replay/<run>/{sessions,turns,snapshots,metrics}/part-<shard>.parquet,
-summary.md (also a Prefect markdown artifact) and manifest.json. One Prefect task per shard of
+summary.md (also a Prefect markdown artifact) and manifest.json (its usage counts the calls of the
+invocation that finished the run; per-session tokens are in `sessions`). One Prefect task per shard of
 personas runs every agent for those personas; a shard whose four parts exist is skipped, so a re-run
 of the same command resumes, and the response cache answers every LLM call that had completed.
 """
@@ -159,6 +160,10 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
         key = run_key(config, version_dir, prompts)
         run_dir = version_dir / "replay" / (config.run or f"r-{key}")
         claim_run_dir(run_dir, key)
+        if (run_dir / "manifest.json").exists():  # written last: the run is complete, and a finished run is never rewritten
+            await llm.aclose()
+            logger.info("replay %s is already complete", run_dir)
+            return str(run_dir)
         ctx = ReplayContext(config, llm, users, run_dir, HashingEmbedder())
         logger.info("replaying %s (%d personas, agents %s) with %s into %s", version_dir, len(users), config.agent_names(), endpoint, run_dir)
         n_shards = -(-len(users) // config.shard_size)

@@ -112,6 +112,27 @@ class DatasetStore:
         return path
 
     @contextmanager
+    def claim(self, staging: Path) -> Iterator[None]:
+        """One build per staging folder: a second identical build started meanwhile stops at once.
+
+        The kernel drops the lock when its holder dies, so a killed build never blocks the re-run.
+        """
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with (locks / f"{staging.name}.lock").open("a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"an identical build of {self.dataset!r} is running now (staging {staging}): wait for it, "
+                    "or change --seed or another setting to build a different version"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextmanager
     def lock(self) -> Iterator[None]:
         """Serializes version numbering between concurrent builds of one dataset."""
         self.root.mkdir(parents=True, exist_ok=True)

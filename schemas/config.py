@@ -31,6 +31,11 @@ class LLMConfig(BaseModel):
         None, ge=8, description="cap every string in the requested JSON schema (grammar-constrained small models)"
     )
     max_list_items: int = Field(4, ge=1, description="cap every list in the requested schema when max_field_chars is set")
+    max_tokens: int | None = Field(None, ge=1, description="stop the run once this many tokens were spent (this run)")
+    max_cost: float | None = Field(None, gt=0, description="stop the run once this many USD were spent (this run)")
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="extra or overriding USD per 1M tokens (input, output) by model"
+    )
     prompt_set: Literal["default", "small"] = Field(
         "default", description="'small' uses the short, completion-friendly prompts for small local models"
     )

@@ -19,6 +19,7 @@ class StageUsage(BaseModel):
     repairs: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     seconds: float = 0.0
 
 

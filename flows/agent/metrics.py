@@ -5,8 +5,9 @@ Definitions (all against the golden persona *at that session*, dated changes app
   per section; the overall score averages the sections other than Demographics, which learning agents
   are given at the start and never update.
 - revealed fields held: of the non-Demographics fields revealed by the queries of sessions up to this
-  one, those whose learned value is closer to the golden value than the starting value was
-  (sim(learned, golden) > sim(start, golden)): the agent changed the field, toward the truth.
+  one, those whose learned value is closer to the golden value than the starting value was AND at least
+  HELD_MIN similar to it (sim(learned, golden) > sim(start, golden) and ≥ 0.5): the agent changed the
+  field, toward the truth, and not merely to any text (any text beats an empty start a little).
 - change tracking: of the dated changes in force (the newest per field, Demographics excluded), those
   whose learned value is closer to the new value than to the old one (sim(learned, after) > sim(learned, before)).
 """
@@ -22,6 +23,8 @@ from rapidfuzz.utils import default_process
 from flows.agent.persona import SECTIONS, FlatPersona, is_protected
 from schemas.records import PreferenceChange
 from schemas.replay import MetricRow, SectionScore, SummaryRow
+
+HELD_MIN = 0.5
 
 
 def text_similarity(a: str, b: str) -> float:
@@ -45,7 +48,10 @@ def field_similarity(learned: FlatPersona, golden: FlatPersona) -> tuple[float, 
 def revealed_held(start: FlatPersona, learned: FlatPersona, golden: FlatPersona, revealed: set[str]) -> tuple[int, int]:
     """(revealed fields seen, of those held); see the module docstring."""
     seen = sorted(p for p in revealed if p in golden and not is_protected(p))
-    held = sum(1 for p in seen if text_similarity(learned.get(p, ""), golden[p]) > text_similarity(start.get(p, ""), golden[p]))
+    held = 0
+    for p in seen:
+        now = text_similarity(learned.get(p, ""), golden[p])
+        held += now >= HELD_MIN and now > text_similarity(start.get(p, ""), golden[p])
     return len(seen), held
 
 

@@ -16,6 +16,7 @@ import openai
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from flows.llm.budget import Budget
 from flows.llm.cache import ResponseCache, cache_key
 from flows.llm.limits import RateLimiter
 from flows.llm.prompts import PromptLibrary, RenderedPrompt
@@ -113,6 +114,7 @@ class LLM:
         self.cache = cache
         self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
         self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.budget = Budget.for_model(config.model, config.max_tokens, config.max_cost, config.prices)
         self.usage: dict[str, StageUsage] = defaultdict(StageUsage)
         self._sem: asyncio.Semaphore | None = None
         self._schemas: dict[type[BaseModel], dict[str, Any]] = {}
@@ -230,8 +232,10 @@ class LLM:
         choice = body["choices"][0]
         content = (choice.get("message") or {}).get("content") or choice.get("text") or ""
         tokens = body.get("usage") or {}
-        usage.prompt_tokens += int(tokens.get("prompt_tokens") or 0)
-        usage.completion_tokens += int(tokens.get("completion_tokens") or 0)
+        prompt_t, completion_t = int(tokens.get("prompt_tokens") or 0), int(tokens.get("completion_tokens") or 0)
+        usage.prompt_tokens += prompt_t
+        usage.completion_tokens += completion_t
+        usage.cost_usd += self.budget.spend(prompt_t, completion_t)
         reply = _Reply(content, choice.get("finish_reason"), cached=False)
         if self.cache is not None:
             self.cache.put(key, {"content": content, "finish_reason": reply.finish_reason, "usage": tokens})
@@ -243,6 +247,7 @@ class LLM:
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 usage.retries += 1
+            self.budget.check()
             await self.limiter.acquire(estimate)
             delay: float | None = None
             started = time.perf_counter()

@@ -1,0 +1,94 @@
+"""Replay overhead and throughput against the fake OpenAI server in its own process.
+
+Reports:
+  - overhead: a whole `replay_dataset` run with every agent at latency 0: wall seconds per session and
+    per LLM call spent outside the model (prompt rendering, HTTP client, cache, agents, metrics, Parquet);
+  - throughput: the same replay at --latency (default 0.2 s) as calls/s, and as a ratio to the endpoint
+    limit concurrency / latency. Replay chains are sequential per (persona, agent), so the ratio is
+    bounded by how many chains run at once (personas × agents) against --concurrency.
+
+Reproduce: .venv/bin/python bench/replay_bench.py [--personas 12] [--sessions 4] [--latency 0.2] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+AGENTS = ["none", "golden", "learned", "rag", "persona-agent", "vars"]
+
+
+def start_fake(latency: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", str(latency)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip().removeprefix("BASE_URL=")
+
+
+def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurrency: int) -> dict[str, float]:
+    from flows.build import build_dataset
+    from flows.replay import replay_dataset
+    from schemas.config import BuildConfig, LLMConfig
+    from schemas.replay import ReplayConfig
+
+    llm = LLMConfig(model="fake-model", base_url=base_url, concurrency=concurrency)
+    build = BuildConfig(dataset="bench", personas=personas, scenes_per_persona=sessions, expand_hints=False, answerability=False, llm=llm)
+    asyncio.run(build_dataset(build, out=str(out)))
+    cfg = ReplayConfig(dataset="bench", agents=AGENTS, ks=[2], shard_size=max(1, personas // 4), llm=llm)
+    started = time.perf_counter()
+    run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
+    wall = time.perf_counter() - started
+    m = json.loads((run_dir / "manifest.json").read_text())
+    calls = sum(u["calls"] for u in m["usage_by_role"].values())
+    return {"wall": wall, "flow": m["seconds"], "sessions": m["sessions"], "calls": calls}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--personas", type=int, default=12)
+    ap.add_argument("--sessions", type=int, default=4)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    from prefect.testing.utilities import prefect_test_harness
+
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
+        results = {}
+        for label, latency in (("overhead", 0.0), ("throughput", args.latency)):
+            proc, base = start_fake(latency)
+            try:
+                results[label] = replay_once(base, Path(tmp) / label, args.personas, args.sessions, args.concurrency)
+            finally:
+                proc.terminate()
+                proc.wait()
+    o, t = results["overhead"], results["throughput"]
+    limit = args.concurrency / args.latency
+    rate = t["calls"] / t["flow"]
+    print(f"replay of {o['sessions']:.0f} sessions ({args.personas} personas × {args.sessions} sessions × {len(AGENTS)} agent kinds, learned k=2)")
+    print(f"overhead (latency 0): {o['calls']:.0f} LLM calls in {o['flow']:.2f} s inside the flow "
+          f"(+{o['wall'] - o['flow']:.2f} s Prefect start/finish) → {1000 * o['flow'] / o['sessions']:.1f} ms/session, "
+          f"{1000 * o['flow'] / o['calls']:.2f} ms/call")  # fmt: skip
+    print(f"throughput (latency {args.latency}s, concurrency {args.concurrency}): {t['calls']:.0f} calls in {t['flow']:.2f} s "
+          f"= {rate:.1f} calls/s = {rate / limit:.2f} × the limit {limit:.0f} calls/s; {t['sessions'] / t['flow']:.1f} sessions/s")  # fmt: skip
+    print(f"reproduce: .venv/bin/python bench/replay_bench.py --personas {args.personas} --sessions {args.sessions} "
+          f"--latency {args.latency} --concurrency {args.concurrency}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Integrity of a published version: every shard the manifest lists is there, unchanged, with its rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from flows.store import sha256_file
+from schemas.manifest import Manifest
+
+
+def verify_version(folder: Path, manifest: Manifest) -> list[str]:
+    """Problems found (empty when the version is intact), one line each."""
+    problems = []
+    listed = {s.path for s in manifest.shards}
+    for shard in manifest.shards:
+        path = folder / shard.path
+        if not path.is_file():
+            problems.append(f"{shard.path}: missing")
+            continue
+        if sha256_file(path) != shard.sha256:
+            problems.append(f"{shard.path}: checksum differs from the manifest (the file was changed)")
+            continue
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if rows != shard.rows:
+            problems.append(f"{shard.path}: {rows} rows, the manifest says {shard.rows}")
+    for path in sorted(folder.glob("*/part-*.parquet")):
+        rel = str(path.relative_to(folder))
+        if rel not in listed:
+            problems.append(f"{rel}: not in the manifest (added after publishing)")
+    rows_out = sum(s.rows for s in manifest.shards if s.path.startswith("dataset/"))
+    if rows_out != manifest.counts["filter"].rows_out:
+        problems.append(f"dataset/: {rows_out} rows, the manifest counts {manifest.counts['filter'].rows_out}")
+    return problems

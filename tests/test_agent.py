@@ -1,0 +1,406 @@
+"""Reference agent pieces without Prefect: turn cap, cadence, protected Demographics, tools, parsers, metrics, VARS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flows.agent.agents import LearnedAgent, make_agent
+from flows.agent.calls import Caller
+from flows.agent.chatbot import AgentContext, Chatbot
+from flows.agent.judge import Judge, parse_rating
+from flows.agent.loop import World, run_session
+from flows.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
+from flows.agent.metrics import changes_tracked, field_similarity, revealed_held, text_similarity
+from flows.agent.persona import flatten, golden_at, initial_persona
+from flows.agent.sessions import Message, SessionLog
+from flows.agent.tools import parse_tool_calls, strip_tool_calls
+from flows.agent.updater import FieldUpdate, PersonaUpdater, apply_update, update_due
+from flows.agent.user_simulator import FALLBACK_FOLLOW_UP, UserSimulator, parse_verdict
+from flows.llm.client import LLM
+from schemas.config import LLMConfig
+from schemas.records import ApiArgument, ApiSpec, DatasetRow, Persona, PreferenceChange
+from schemas.replay import ReplayConfig, VarsParams
+from tests.fake_openai import FakeOpenAI
+
+
+def persona() -> Persona:
+    return Persona.model_validate(
+        {
+            "Demographics": {"Name": "Ana", "Age": 34, "Gender": "female", "Nationality": "Portuguese", "Language": ["Portuguese", "English"],
+                             "Career_Information": "nurse in Lisbon"},
+            "Personality": {"Extraversion_or_Introversion": "Introversion", "Sensing_or_Intuition": "Sensing",
+                            "Thinking_or_Feeling": "Feeling", "Judging_or_Perceiving": "Judging", "Values_and_Interests": ["gardening", "jazz"]},
+            "Pattern": {"Behavior_Engagement_Pattern": "evening sessions", "Usage_Pattern": "weekly planning",
+                        "Emotion_Pattern": "calm", "Purchase_Pattern": "budget conscious"},
+            "Preference": {"Preferred_Styles": "warm and direct", "Preferred_Formats": "short bullet lists",
+                           "Preferred_Workflows": "plan first then act"},
+            "Communication": {"formality": "casual", "verbosity": "brief", "proactivity": "asks before acting",
+                              "domain_vocabulary": ["triage", "shift"], "emotional_tone": "friendly"},
+            "Changes": [
+                {"date": "2024-03-01", "effective_session": 2, "field": "Preference.Preferred_Formats",
+                 "before": "short bullet lists", "after": "detailed tables", "reason": "new job"},
+            ],
+        }
+    )  # fmt: skip
+
+
+API = ApiSpec(name="find_recipe", description="search recipes",
+              arguments=[ApiArgument(name="query", type="string", description="what to cook", required=True)])  # fmt: skip
+
+
+def row(index: int = 0, revealed: list[str] | None = None) -> DatasetRow:
+    p = persona()
+    return DatasetRow(
+        persona_id="p1", session_index=index, timestamp=datetime(2024, 1, 1 + index, tzinfo=UTC), scene_id=f"s{index}", query_id=f"q{index}",
+        kind="common", title="Dinner plan", description="plan a dinner", expected_response="a recipe list", context="weeknight",
+        apis=[API], revisits=None, personalized_query="q", neutralized_query="Suggest a dinner recipe.",
+        revealed_fields=revealed or [], persona=p, active_changes=[c for c in p.Changes if c.effective_session <= index], fallback_fields=[],
+    )  # fmt: skip
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _system(body: dict) -> str:
+    return body["messages"][0]["content"]
+
+
+def _user(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+async def with_llm(fake: FakeOpenAI, fn: Any) -> Any:
+    llm = LLM(LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=4, max_retries=0), base_url=fake.base_url,
+              api_key="sk-test", cache=None)  # fmt: skip
+    try:
+        return await fn(llm)
+    finally:
+        await llm.aclose()
+
+
+# ---------------------------------------------------------------- the session loop
+
+
+def test_never_more_than_three_user_turns() -> None:
+    """A user who is never satisfied still gets exactly 3 utterances; the third follow-up is not sent."""
+
+    def responder(body: dict) -> str | None:
+        return "<Continue> Shorter please." if "role-play" in _system(body) else None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> tuple[SessionLog, int]:
+            caller = Caller(llm, "none", "p1")
+            world = World(caller, Chatbot(caller, 2), UserSimulator(caller), Judge(caller))
+            return await run_session(AgentContext(), row(), world, max_user_turns=3)
+
+        log, malformed = run(with_llm(fake, go))
+    users = [m for m in log.messages if m.role == "user"]
+    assert [m.content for m in users] == ["Suggest a dinner recipe.", "Shorter please.", "Shorter please."]
+    assert log.user_turns == 3 and not log.satisfied and malformed == 0
+    assert sum(m.role == "assistant" for m in log.messages) == 3
+    with pytest.raises(ValueError):
+        ReplayConfig(dataset="d", max_user_turns=4)
+
+
+def test_satisfied_stops_the_session() -> None:
+    def responder(body: dict) -> str | None:
+        if "role-play" in _system(body):
+            return "<Satisfied>" if _user(body).count("ASSISTANT:") >= 2 else "<Continue> Add prices."
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> SessionLog:
+            caller = Caller(llm, "none", "p1")
+            world = World(caller, Chatbot(caller, 0), UserSimulator(caller), Judge(caller))
+            return (await run_session(AgentContext(), row(), world, 3))[0]
+
+        log = run(with_llm(fake, go))
+    assert log.satisfied and log.user_turns == 2 and log.follow_ups == ["Add prices."]
+
+
+# ---------------------------------------------------------------- update cadence and protected fields
+
+
+def test_update_cadence() -> None:
+    assert [p for p in range(1, 8) if update_due(p, 3, 7)] == [3, 6, 7]
+    assert [p for p in range(1, 7) if update_due(p, 3, 6)] == [3, 6]
+    assert [p for p in range(1, 5) if update_due(p, 1, 4)] == [1, 2, 3, 4]
+    assert [p for p in range(1, 3) if update_due(p, 5, 2)] == [2]
+
+
+def test_learned_agent_updates_on_cadence_from_the_last_k_sessions() -> None:
+    seen: list[list[int]] = []
+
+    def responder(body: dict) -> str | None:
+        if "maintain a profile" in _system(body):
+            seen.append([int(x) for x in __import__("re").findall(r"Session (\d+) —", _user(body))])
+            return json.dumps({"updates": []})
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> list[int]:
+            agent = make_agent("learned-k2", Caller(llm, "learned-k2", "p1"), ReplayConfig(dataset="d", ks=[2]), row(), 5, HashingEmbedder())
+            assert isinstance(agent, LearnedAgent)
+            updated = []
+            for pos in range(1, 6):
+                log = SessionLog(pos - 1, "t", "q", [Message("user", "q", 1)])
+                if await agent.observe(log, pos) is not None:
+                    updated.append(pos)
+            return updated
+
+        updated = run(with_llm(fake, go))
+    assert updated == [2, 4, 5]
+    assert seen == [[0, 1], [2, 3], [3, 4]]  # each update reads the last k sessions only
+
+
+def test_demographics_are_never_updated() -> None:
+    start = initial_persona(row())
+    new, changed = apply_update(start, [
+        FieldUpdate(field="Demographics.Age", value="99"),
+        FieldUpdate(field="Demographics.Career_Information", value="astronaut"),
+        FieldUpdate(field="Preference.Preferred_Formats", value="tables"),
+        FieldUpdate(field="Pattern.Usage_Pattern", value="   "),
+    ])  # fmt: skip
+    assert changed == ["Preference.Preferred_Formats"]
+    assert new["Demographics.Age"] == "34" and new["Demographics.Career_Information"] == "nurse in Lisbon"
+    assert start["Preference.Preferred_Formats"] == ""  # the input is not mutated
+
+    def responder(body: dict) -> str | None:
+        if "maintain a profile" in _system(body):
+            return json.dumps({"updates": [{"field": "Demographics.Age", "value": "12", "evidence": "x"},
+                                           {"field": "Preference.Preferred_Styles", "value": "playful", "evidence": "y"}]})  # fmt: skip
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+        new2, changed2 = run(with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, [])))
+    assert changed2 == ["Preference.Preferred_Styles"] and new2["Demographics.Age"] == "34"
+
+
+def test_failed_update_keeps_the_persona() -> None:
+    start = {**initial_persona(row()), "Preference.Preferred_Styles": "warm"}
+    with FakeOpenAI(responder=lambda body: "not json at all" if "maintain a profile" in _system(body) else None) as fake:
+        new, changed = run(with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, [])))
+    assert new == start and changed == []
+
+
+# ---------------------------------------------------------------- tools
+
+
+def test_tool_call_round_trip() -> None:
+    def responder(body: dict) -> str | None:
+        system, user = _system(body), _user(body)
+        if "simulate a software API" in system:
+            assert '"query": "bacalhau"' in user
+            return '{"recipes": ["RESULT-42"]}'
+        if "personalized AI assistant" in system:
+            if "API RESULT" in user:
+                return "Try this: RESULT-42."
+            return 'Let me look.\n<tool_call>{"name": "find_recipe", "arguments": {"query": "bacalhau"}}</tool_call>'
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> SessionLog:
+            log = SessionLog(0, "t", "q", [Message("user", "Suggest a dinner recipe.", 1)])
+            await Chatbot(Caller(llm, "none", "p1"), max_tool_rounds=2).respond(AgentContext(), row(), log, 1)
+            return log
+
+        log = run(with_llm(fake, go))
+        chat_calls = fake.stats.by_path["/v1/chat/completions"]
+    assert [m.role for m in log.messages] == ["user", "tool_call", "tool_result", "assistant"]
+    assert log.messages[2].content == '{"recipes": ["RESULT-42"]}' and log.messages[2].tool_name == "find_recipe"
+    assert log.messages[3].content == "Try this: RESULT-42."
+    assert chat_calls == 3  # chatbot, executor, chatbot
+
+
+def test_tool_rounds_are_bounded() -> None:
+    """A chatbot that keeps calling tools is cut off after max_tool_rounds and must answer; markup is stripped."""
+    always = '<tool_call>{"name": "find_recipe", "arguments": {"query": "x"}}</tool_call> done'
+    with FakeOpenAI(responder=lambda body: always if "personalized AI assistant" in _system(body) else "ok") as fake:
+
+        async def go(llm: LLM) -> SessionLog:
+            log = SessionLog(0, "t", "q", [Message("user", "hi", 1)])
+            await Chatbot(Caller(llm, "none", "p1"), max_tool_rounds=2).respond(AgentContext(), row(), log, 1)
+            return log
+
+        log = run(with_llm(fake, go))
+    assert [m.role for m in log.messages].count("tool_call") == 2
+    assert log.messages[-1].role == "assistant" and log.messages[-1].content == "done"
+
+
+def test_tool_call_parser() -> None:
+    text = (
+        'a <tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>\n'
+        '<tool_call>{"name": "g", "arguments": "{\\"y\\": 2}"}</tool_call>'
+        "<tool_call>{not json}</tool_call> <tool_call>[1]</tool_call> b"
+    )
+    parsed = parse_tool_calls(text)
+    assert [(c.name, c.arguments) for c in parsed.calls] == [("f", {"x": 1}), ("g", {"y": 2})]
+    assert len(parsed.errors) == 2 and "not valid JSON" in parsed.errors[0]
+    assert strip_tool_calls(text) == "a \n  b"
+    assert strip_tool_calls('answer <tool_call>{"name": "f", "argu') == "answer"  # cut off mid-call
+
+
+def test_unknown_api_and_missing_argument_are_errors_without_llm_call() -> None:
+    from flows.agent.tools import ToolCall, ToolExecutor
+
+    with FakeOpenAI() as fake:
+
+        async def go(llm: LLM) -> list[tuple[str, bool]]:
+            ex = ToolExecutor(Caller(llm, "none", "p1"))
+            return [await ex.run(ToolCall("nope"), [API], ""), await ex.run(ToolCall("find_recipe", {}), [API], "")]
+
+        results = run(with_llm(fake, go))
+        assert fake.stats.by_path.get("/v1/chat/completions", 0) == 0
+    assert results[0] == ("ERROR: unknown API 'nope'; available: find_recipe", False)
+    assert results[1] == ("ERROR: find_recipe: missing required argument(s) query", False)
+
+
+# ---------------------------------------------------------------- parsing the user and the judge
+
+
+@pytest.mark.parametrize(
+    ("text", "satisfied", "follow_up", "malformed"),
+    [
+        ("<Satisfied>", True, "", False),
+        ("  <satisfied> thanks!", True, "", False),
+        ("<Continue> Can you add prices?", False, "Can you add prices?", False),
+        ("<Continue>Cheaper.</Continue>", False, "Cheaper.", False),
+        ("<Continue>", False, FALLBACK_FOLLOW_UP, True),
+        ("I want it shorter.", False, "I want it shorter.", True),
+        ("", False, FALLBACK_FOLLOW_UP, True),
+        ("<Continue> not yet <Satisfied>", False, "not yet", False),  # the first tag decides
+    ],
+)
+def test_parse_verdict(text: str, satisfied: bool, follow_up: str, malformed: bool) -> None:
+    v = parse_verdict(text)
+    assert (v.satisfied, v.follow_up, v.malformed) == (satisfied, follow_up, malformed)
+
+
+@pytest.mark.parametrize(
+    ("text", "scores"),
+    [
+        ("<analysis>good</analysis><rating>7; 8</rating>", (7.0, 8.0)),
+        ("<analysis>x</analysis>\n<rating> 9.5 ; 3 </rating>", (9.5, 3.0)),
+        ("<rating>solution_score: 6; persona_score: 4</rating>", (6.0, 4.0)),
+        ("<rating>7/10; 8/10</rating>", (7.0, 8.0)),
+        ("<rating>5, 2", (5.0, 2.0)),  # no closing tag
+        ("format <rating>solution_score; persona_score</rating> … <rating>3;1</rating>", (3.0, 1.0)),
+        ("<rating>12; 5</rating>", (None, 5.0)),  # out of range → null, the other kept
+        ("<rating>7</rating>", (None, None)),
+        ("I rate it 7 and 8.", (None, None)),
+        ("", (None, None)),
+    ],
+)
+def test_parse_rating(text: str, scores: tuple) -> None:
+    r = parse_rating(text)
+    assert (r.solution, r.persona) == scores and r.raw == text
+
+
+def test_judge_garbage_is_null_not_a_crash() -> None:
+    with FakeOpenAI(responder=lambda body: "{{{ <rating> nope") as fake:
+        rating = run(with_llm(fake, lambda llm: Judge(Caller(llm, "x", "p1")).rate(row(), "answer")))
+        sim = run(with_llm(fake, lambda llm: Judge(Caller(llm, "x", "p1")).similarity(initial_persona(row()), row())))
+    assert rating.solution is None and rating.persona is None and not rating.ok and rating.raw == "{{{ <rating> nope"
+    assert sim.consistency is None and sim.detail is None and sim.raw
+
+
+# ---------------------------------------------------------------- metrics on fixed inputs
+
+
+def test_golden_applies_changes_and_initial_keeps_only_demographics() -> None:
+    assert golden_at(row(1))["Preference.Preferred_Formats"] == "short bullet lists"
+    assert golden_at(row(2))["Preference.Preferred_Formats"] == "detailed tables"
+    start = initial_persona(row())
+    assert start["Demographics.Language"] == "Portuguese, English" and start["Personality.Values_and_Interests"] == ""
+
+
+def test_field_similarity_known_values() -> None:
+    golden = golden_at(row(0))
+    overall, sections = field_similarity(golden, golden)
+    assert overall == 1.0 and all(s.score == 1.0 for s in sections)
+    start = initial_persona(row())
+    overall, sections = field_similarity(start, golden)
+    by = {s.section: s.score for s in sections}
+    assert overall == 0.0 and by["Demographics"] == 1.0 and by["Preference"] == 0.0
+    # one of three Preference fields exactly right, one word-order swap (token_sort: exact), one empty
+    learned = {**start, "Preference.Preferred_Styles": "direct and warm", "Preference.Preferred_Formats": "short bullet lists"}
+    overall, sections = field_similarity(learned, golden)
+    assert {s.section: s.score for s in sections}["Preference"] == pytest.approx(2 / 3, abs=1e-4)
+    assert overall == pytest.approx((2 / 3) / 4, abs=1e-4)  # 4 sections other than Demographics
+    assert text_similarity("", "") == 1.0 and text_similarity("a", "") == 0.0
+
+
+def test_revealed_fields_held() -> None:
+    golden = golden_at(row(0))
+    start = initial_persona(row())
+    learned = {**start, "Preference.Preferred_Formats": "short bullet lists", "Pattern.Usage_Pattern": "zzzz qqqq"}
+    revealed = {"Preference.Preferred_Formats", "Pattern.Usage_Pattern", "Communication.verbosity", "Demographics.Age"}
+    # Demographics.Age is given at the start, so not counted; Usage_Pattern changed but not toward the truth
+    assert revealed_held(start, learned, golden, revealed) == (3, 1)
+    assert revealed_held(start, golden, golden, revealed) == (3, 3)
+    assert revealed_held(start, start, golden, revealed) == (3, 0)
+
+
+def test_change_tracking() -> None:
+    changes = row(2).active_changes
+    old = {"Preference.Preferred_Formats": "short bullet lists"}
+    new = {"Preference.Preferred_Formats": "detailed tables"}
+    assert changes_tracked(old, changes) == (1, 0)
+    assert changes_tracked(new, changes) == (1, 1)
+    assert changes_tracked({}, changes) == (1, 0)
+    later = PreferenceChange(date=date(2024, 6, 1), effective_session=3, field="Preference.Preferred_Formats",
+                             before="detailed tables", after="voice notes", reason="r")  # fmt: skip
+    assert changes_tracked(new, [*changes, later]) == (1, 0)  # only the newest change per field counts
+    demo = PreferenceChange(date=date(2024, 6, 1), effective_session=1, field="Demographics.Career_Information",
+                            before="nurse", after="manager", reason="r")  # fmt: skip
+    assert changes_tracked(new, [*changes, demo]) == (1, 1)
+
+
+def test_flatten_joins_lists() -> None:
+    flat = flatten(persona())
+    assert flat["Communication.domain_vocabulary"] == "triage, shift" and flat["Demographics.Age"] == "34"
+
+
+# ---------------------------------------------------------------- VARS
+
+
+def test_vars_update_math_by_hand() -> None:
+    p = VarsParams(beta_long=1.0, beta_short=2.0, eta_long=0.1, eta_short=0.5, decay=0.5, top_m=1)
+    s = VarsState(p, 2)
+    v1, v2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    q = np.array([0.6, 0.8])
+    assert s.select(q, [v1, v2]) == [1]  # base only: 0.6 vs 0.8
+    s.update([v2], reward=-1.0)  # g = v2
+    assert s.z_long.tolist() == pytest.approx([0.0, -0.1]) and s.z_short.tolist() == pytest.approx([0.0, -0.5])
+    # z_eff = 1·(0, −0.1) + 2·(0, −0.5) = (0, −1.1): scores 0.6 and 0.8 − 1.1 = −0.3
+    assert s.scores(q, [v1, v2]).tolist() == pytest.approx([0.6, -0.3])
+    assert s.select(q, [v1, v2]) == [0]
+    s.update([v1, v2], reward=1.0)  # g = (0.5, 0.5)
+    assert s.z_long.tolist() == pytest.approx([0.05, -0.05])
+    assert s.z_short.tolist() == pytest.approx([0.25, 0.5 * -0.5 + 0.25])  # decayed, then the new step
+    assert s.z_eff.tolist() == pytest.approx([0.05 + 0.5, -0.05 + 0.0])
+    s.update([], reward=1.0)  # nothing selected: only the short-term decay
+    assert s.z_short.tolist() == pytest.approx([0.125, 0.0]) and s.z_long.tolist() == pytest.approx([0.05, -0.05])
+
+
+def test_satisfaction_reward() -> None:
+    assert [satisfaction_reward(True, t, 3) for t in (1, 2, 3)] == [1.0, 0.5, 0.0]
+    assert satisfaction_reward(False, 3, 3) == -1.0
+
+
+def test_hashing_embedder_is_deterministic_and_ranks_overlap() -> None:
+    e = HashingEmbedder(128)
+    a, b, c = e.embed("vegan dinner recipe"), e.embed("a vegan dinner recipe please"), e.embed("flight to Oslo")
+    assert np.allclose(a, HashingEmbedder(128).embed("vegan dinner recipe")) and np.linalg.norm(a) == pytest.approx(1.0)
+    assert a @ b > a @ c

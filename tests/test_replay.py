@@ -1,0 +1,146 @@
+"""`replay_dataset` end to end through the real Prefect flow against the fake server: every agent, the Parquet, the summary, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.build import build_dataset
+from flows.replay import replay_dataset
+from schemas.config import BuildConfig, LLMConfig
+from schemas.replay import ReplayConfig
+from tests.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+AGENTS = ["none", "golden", "learned", "rag", "persona-agent", "vars"]
+NAMES = ["none", "golden", "learned-k1", "learned-k3", "rag", "persona-agent", "vars"]
+
+
+def _system(body: dict) -> str:
+    return body["messages"][0]["content"]
+
+
+def _user(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+def responder(body: dict) -> str | None:
+    """Scripted agent world; the build's prompts fall through to the fake's schema-valid answers."""
+    system, user = _system(body), _user(body)
+    if system.startswith("You are a personalized AI assistant"):
+        tools = system.partition("You can call these APIs")[2]
+        api = re.search(r"^- (\S+): ", tools, re.MULTILINE)
+        last = user.split("\n\nWrite the assistant")[0].strip().splitlines()[-1]
+        if api and last.startswith("USER:"):  # first answer of each turn: call the scene's first API
+            args = dict.fromkeys(re.findall(r"^\s+- (\S+) \(\w+, required\)", tools, re.MULTILINE), "x")
+            return f"<tool_call>{json.dumps({'name': api.group(1), 'arguments': args})}</tool_call>"
+        return "Here is a plan in short bullet lists."
+    if "You role-play" in system and "<Satisfied>" in user:  # the user: satisfied at the second answer
+        return "<Satisfied>" if user.count("ASSISTANT:") >= 2 else "<Continue> Please use bullet lists."
+    if "impartial judge" in system:
+        return "<analysis>fine</analysis><rating>7; 6</rating>"
+    if "maintain a profile" in system:
+        return json.dumps({"updates": [{"field": "Demographics.Age", "value": "99", "evidence": "x"},
+                                       {"field": "Preference.Preferred_Formats", "value": "bullet lists", "evidence": "asked twice"}]})  # fmt: skip
+    return None
+
+
+def test_replay_every_agent(out: Path) -> None:
+    with FakeOpenAI(responder=responder) as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
+        build = BuildConfig(dataset="demo", personas=2, scenes_per_persona=4, expand_hints=False, answerability=False, llm=llm)
+        asyncio.run(build_dataset(build, out=str(out)))
+        cfg = ReplayConfig(dataset="demo", version="1", agents=AGENTS, ks=[1, 3], shard_size=1, run="t1", llm=llm)
+        run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
+        calls = fake.stats.by_path["/v1/chat/completions"]
+        assert Path(asyncio.run(replay_dataset(cfg, out=str(out)))) == run_dir  # resume of a finished run: no LLM call
+        assert fake.stats.by_path["/v1/chat/completions"] == calls
+
+    assert run_dir == out / "demo" / "v0001" / "replay" / "t1"
+    dataset = pl.read_parquet(out / "demo" / "v0001" / "dataset" / "*.parquet")
+    n_rows, n_personas = len(dataset), dataset["persona_id"].n_unique()
+    assert n_personas == 2 and n_rows >= 4
+    sessions = pl.read_parquet(run_dir / "sessions" / "*.parquet")
+    turns = pl.read_parquet(run_dir / "turns" / "*.parquet")
+    snaps = pl.read_parquet(run_dir / "snapshots" / "*.parquet")
+    metrics = pl.read_parquet(run_dir / "metrics" / "*.parquet")
+    assert len(list((run_dir / "metrics").glob("part-*.parquet"))) == 2  # one shard per persona
+
+    # every agent replayed every session, with the scripted world
+    assert len(sessions) == len(metrics) == n_rows * len(NAMES)
+    assert sorted(sessions["agent"].unique()) == sorted(NAMES)
+    assert sessions["user_turns"].max() <= 3
+    assert (sessions["user_turns"] == 2).all() and sessions["satisfied"].all() and (sessions["malformed_verdicts"] == 0).all()
+    with_api = dataset.select("persona_id", "session_index", (pl.col("apis").list.len() > 0).alias("has_api"))
+    tools = sessions.join(with_api, on=["persona_id", "session_index"])
+    assert tools["has_api"].any()
+    assert [(h, n) for h, n in tools.select("has_api", "tool_calls").iter_rows() if n != (2 if h else 0)] == []  # one per answer
+    assert (sessions["tool_errors"] == 0).all()
+    assert set(turns["role"]) == {"user", "assistant", "tool_call", "tool_result"}
+    assert sessions["first_answer"].str.contains("bullet lists").all()
+    assert metrics["helpfulness"].to_list() == [7.0] * len(metrics) and metrics["personalization"].to_list() == [6.0] * len(metrics)
+    assert (sessions["agent_prompt_tokens"] > 0).all()
+
+    # update cadence: learned-k1 after every session, learned-k3 after the 3rd and the last
+    per_persona = dataset.group_by("persona_id").len()
+    for agent, k in (("learned-k1", 1), ("learned-k3", 3)):
+        got = sessions.filter(pl.col("agent") == agent)
+        for pid, total in per_persona.iter_rows():
+            updated = got.filter((pl.col("persona_id") == pid) & pl.col("persona_updated"))["position"].sort().to_list()
+            assert updated == sorted({p for p in range(1, total + 1) if p % k == 0 or p == total}), (agent, pid)
+    assert not sessions.filter(pl.col("agent").is_in(["none", "golden", "rag", "vars"]))["persona_updated"].any()
+
+    # Demographics survive an updater that tries to change them; the allowed field is learned
+    learned = snaps.filter(pl.col("agent") == "learned-k1").explode("fields").unnest("fields")
+    ages = learned.filter(pl.col("path") == "Demographics.Age")["value"].unique().to_list()
+    assert len(ages) == 2 and "99" not in ages  # one real age per persona
+    last = learned.filter((pl.col("path") == "Preference.Preferred_Formats") & (pl.col("after_session") >= 0))
+    assert (last["value"] == "bullet lists").all()
+
+    # persona metrics only where a persona exists; golden is the upper bound
+    golden = metrics.filter(pl.col("agent") == "golden")
+    assert (golden["field_similarity"] == 1.0).all() and golden["revealed_held"].to_list() == golden["revealed_seen"].to_list()
+    assert metrics.filter(pl.col("agent").is_in(["none", "rag", "vars"]))["field_similarity"].null_count() == 3 * n_rows
+    k1 = metrics.filter(pl.col("agent") == "learned-k1")
+    assert k1["field_similarity"].drop_nulls().len() == n_rows and (k1["field_similarity"] < 1).all()
+
+    # the summary: one row per agent, like Table 1
+    summary = (run_dir / "summary.md").read_text()
+    table = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| Agent")]
+    assert [line.split("|")[1].strip() for line in table] == NAMES
+    assert "Helpfulness" in summary and "Utterances" in summary
+    assert table[0].split("|")[2].strip() == "7.00"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["agents"] == NAMES and manifest["sessions"] == len(metrics) and manifest["personas"] == 2
+    assert manifest["usage_by_agent"]["learned-k1"]["calls"] > 0 and "chatbot" in manifest["usage_by_role"]
+    assert "agent/chatbot" in manifest["prompt_hashes"]
+
+
+def test_resume_redoes_only_missing_shards(out: Path) -> None:
+    with FakeOpenAI(responder=responder) as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=8)
+        asyncio.run(build_dataset(BuildConfig(dataset="demo", personas=2, scenes_per_persona=2, expand_hints=False,
+                                              answerability=False, llm=llm), out=str(out)))  # fmt: skip
+        cfg = ReplayConfig(dataset="demo", agents=["none", "learned"], shard_size=1, run="r", llm=llm)
+        run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
+        before = pl.read_parquet(run_dir / "sessions" / "*.parquet").sort("persona_id", "agent", "session_index")
+        for table in ("sessions", "turns", "snapshots", "metrics"):
+            (run_dir / table / "part-00001.parquet").unlink()  # as if the crash hit shard 1
+        (run_dir / "manifest.json").unlink()
+        calls = fake.stats.by_path["/v1/chat/completions"]
+        asyncio.run(replay_dataset(cfg.model_copy(update={"shard_size": 1}), out=str(out)))
+        assert fake.stats.by_path["/v1/chat/completions"] == calls  # shard 1 is redone from the response cache
+        with pytest.raises(Exception, match="exists with other settings"):
+            asyncio.run(replay_dataset(cfg.model_copy(update={"max_user_turns": 2}), out=str(out)))
+    after = pl.read_parquet(run_dir / "sessions" / "*.parquet").sort("persona_id", "agent", "session_index")
+    assert after.drop("wall_seconds", "agent_llm_seconds", "agent_calls", "agent_prompt_tokens", "agent_completion_tokens",
+                      "eval_prompt_tokens", "eval_completion_tokens").equals(
+        before.drop("wall_seconds", "agent_llm_seconds", "agent_calls", "agent_prompt_tokens", "agent_completion_tokens",
+                    "eval_prompt_tokens", "eval_completion_tokens"))  # fmt: skip
+    assert (run_dir / "manifest.json").exists()

@@ -1,0 +1,177 @@
+"""Builds that run unattended: kill -9 and resume, injected faults, budgets, integrity, bad seed tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.build import build_dataset
+from flows.errors import UserError
+from flows.llm.budget import BudgetExceeded
+from flows.paths import SEEDS_DIR
+from flows.store import DatasetStore
+from flows.verify import verify_version
+from schemas.config import BuildConfig, LLMConfig
+from tests.fake_openai import FakeOpenAI
+from tests.test_cli import assert_one_line_error, run
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def cfg(fake: FakeOpenAI, **kw) -> BuildConfig:
+    llm = {"model": "fake-model", "base_url": fake.base_url, "concurrency": 8, **kw.pop("llm", {})}
+    return BuildConfig(**{"dataset": "u", "personas": 4, "scenes_per_persona": 3, "shard_size": 2, "llm": LLMConfig(**llm), **kw})
+
+
+def build(config: BuildConfig, out: Path) -> str:
+    return asyncio.run(build_dataset(config, out=str(out)))
+
+
+def chat_calls(fake: FakeOpenAI) -> int:
+    return fake.stats.by_path.get("/v1/chat/completions", 0)
+
+
+def test_faults_are_absorbed_and_the_manifest_reconciles(out: Path) -> None:
+    with FakeOpenAI(fault_rate=0.1, retry_after=0.01, hang_seconds=3, seed=3) as fake:
+        version = build(cfg(fake, personas=6, llm={"timeout": 1.0, "max_retries": 8}), out)
+        assert sum(fake.stats.by_fault.values()) > 5  # faults really happened
+    root = out / "u" / version
+    m = json.loads((root / "manifest.json").read_text())
+    c = m["counts"]
+    assert c["personas"]["rows_out"] == 6 and c["scenes"]["rows_out"] == 18
+    assert c["queries"]["rows_in"] == c["queries"]["rows_out"] + c["queries"]["rejected"] == 18
+    assert c["filter"]["rows_in"] == c["filter"]["rows_out"] + c["filter"]["rejected"]
+    rejected = pl.read_parquet(root / "rejections" / "*.parquet")
+    dataset = pl.read_parquet(root / "dataset" / "*.parquet")
+    requested = {f"p{p:06d}-s{s:03d}-q0" for p in range(6) for s in range(3)}
+    assert set(dataset["query_id"]) | set(rejected["row_id"].str.replace(r"^(p\d+-s\d+)$", "${1}-q0")) == requested
+    assert rejected["reason"].null_count() == 0 and rejected["raw_output"].null_count() == 0
+    assert sum(u["retries"] for u in m["usage"].values()) > 0
+
+
+def test_budget_stops_cleanly_and_a_higher_budget_continues(out: Path) -> None:
+    with FakeOpenAI() as fake:
+        with pytest.raises(BudgetExceeded, match="token budget reached"):
+            build(cfg(fake, llm={"max_tokens": 3000, "concurrency": 2}), out)
+        first = chat_calls(fake)
+        assert not (out / "u" / "v0001").exists()  # no half-written version
+        build(cfg(fake, llm={"max_tokens": 10_000_000, "concurrency": 2}), out)
+        second = chat_calls(fake) - first
+    with FakeOpenAI() as fake:
+        build(cfg(fake, llm={"concurrency": 2}), out / "fresh")
+        fresh = chat_calls(fake)
+    assert first > 0 and second > 0
+    assert first + second <= fresh + 2  # what the first run finished was not asked again (2 = calls in flight)
+
+
+def test_cost_budget_needs_a_price() -> None:
+    from flows.llm.budget import Budget
+
+    with pytest.raises(UserError, match=r"no price for model 'mystery'"):
+        Budget.for_model("mystery", None, 1.0, {})
+    b = Budget.for_model("mystery", None, 1.0, {"mystery": (1.0, 2.0)})
+    b.spend(500_000, 250_000)
+    assert b.cost == pytest.approx(1.0)
+    with pytest.raises(BudgetExceeded, match="cost budget reached"):
+        b.check()
+
+
+def test_verify_finds_tampering(out: Path) -> None:
+    with FakeOpenAI() as fake:
+        build(cfg(fake), out)
+    store = DatasetStore(out, "u")
+    folder = store.resolve(None)
+    assert verify_version(folder, store.manifest()) == []
+    ok = run("verify", "u", "--out", str(out))
+    assert ok.returncode == 0 and "intact" in ok.stdout
+    shard = next((folder / "personas").glob("part-*.parquet"))
+    pl.read_parquet(shard).head(1).write_parquet(shard)
+    (folder / "scenes" / "part-09999.parquet").write_bytes(b"x")
+    problems = verify_version(folder, store.manifest())
+    assert any("checksum differs" in p for p in problems) and any("not in the manifest" in p for p in problems)
+    bad = run("verify", "u", "--out", str(out))
+    assert bad.returncode == 1 and "checksum differs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_identical_builds_cannot_run_at_once(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path, "u")
+    staging = store.staging("abc")
+    with store.claim(staging):
+        with pytest.raises(UserError, match="identical build"):
+            with store.claim(staging):
+                pass
+    with store.claim(staging):  # released: the re-run may go on
+        pass
+
+
+def test_two_builds_at_once_get_distinct_versions(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {"PREFECT_HOME": str(tmp_path / "prefect")}
+    with FakeOpenAI(latency=0.01) as fake:
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "flows", "build", "--dataset", "c", "--personas", "2", "--scenes-per-persona", "2",
+                              "--seed", str(seed), "--base-url", fake.base_url, "--out", str(out), "--no-progress"],
+                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed in (1, 2)
+        ]  # fmt: skip
+        results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    store = DatasetStore(out, "c")
+    assert store.versions() == ["v0001", "v0002"]
+    assert {store.manifest(v).seed for v in store.versions()} == {1, 2}
+    assert {store.manifest(v).parent for v in store.versions()} == {None, "v0001"}
+
+
+def test_kill_9_mid_build_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("OPENAI_BASE_URL", None)
+    args = ["build", "--dataset", "k", "--personas", "6", "--scenes-per-persona", "4", "--shard-size", "2",
+            "--concurrency", "4", "--out", str(out), "--no-progress"]  # fmt: skip
+    from flows.llm.local import free_port
+
+    port = free_port()
+    with FakeOpenAI(port=port, latency=0.05) as fake:
+        proc = subprocess.Popen([sys.executable, "-m", "flows", *args, "--base-url", fake.base_url], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while chat_calls(fake) < 60 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-stage: no cleanup of any kind runs
+        proc.wait()
+        killed_at = chat_calls(fake)
+    assert 60 <= killed_at and not (out / "k" / "v0001").exists()
+    with FakeOpenAI(port=port, latency=0.05) as fake:
+        res = run(*args, "--base-url", fake.base_url, env={"PREFECT_HOME": env["PREFECT_HOME"]})
+        resumed = chat_calls(fake)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with FakeOpenAI(latency=0.0) as fake:
+        fresh_out = tmp_path / "fresh"
+        res2 = run(*[a if a != str(out) else str(fresh_out) for a in args], "--base-url", fake.base_url,
+                   env={"PREFECT_HOME": env["PREFECT_HOME"]})  # fmt: skip
+        fresh = chat_calls(fake)
+    assert res2.returncode == 0
+    # only the calls that had not completed were made again (a few were in flight at the kill)
+    assert resumed < fresh and killed_at + resumed <= fresh + 4 + 4
+    a = pl.read_parquet(out / "k" / "v0001" / "dataset" / "*.parquet")
+    assert a.equals(pl.read_parquet(fresh_out / "k" / "v0001" / "dataset" / "*.parquet"))
+
+
+def test_seed_table_missing_a_column(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    shutil.copytree(SEEDS_DIR, seeds)
+    occ = pl.read_csv(seeds / "occupations.csv").drop("sector")
+    occ.write_csv(seeds / "occupations.csv")
+    res = run("build", "--seeds", str(seeds), "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o"))
+    assert_one_line_error(res, "occupations.csv", "sector")
+    assert not (tmp_path / "o").exists()
