@@ -39,6 +39,10 @@ bench: $(VENV)/.core
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/filter_bench.py --rows 1000000
 
+CRON ?= 0 3 * * *
+serve: $(VENV)/.local
+	$(BIN)/personaloom serve --cron "$(CRON)" --dataset $(DATASET) --out $(OUT)
+
 local-llm: $(VENV)/.local
 	$(BIN)/personaloom local-llm
 

@@ -165,6 +165,30 @@ def _print_summary(out: Path, dataset: str, version: str) -> None:
     )
 
 
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')],
+    dataset: Annotated[str | None, typer.Option(help="dataset name [default: personas]")] = None,
+    personas: Annotated[int | None, typer.Option(help="number of personas [default: 200]")] = None,
+    scenes_per_persona: Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")] = None,
+    model: Annotated[str | None, typer.Option(help="model name at the endpoint")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name [default: the dataset name]")] = None,
+    out: OutOpt = OUT_DEFAULT,
+) -> None:
+    """Serve the build flow as a Prefect deployment on a cron schedule (each run makes a new version)."""
+    cfg = make_config(config, dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona),
+                      dict(model=model, base_url=base_url))  # fmt: skip
+    _prefect_env()
+    from prefect import serve as prefect_serve
+
+    from flows.schedule import deployment
+
+    _quiet_prefect_tracebacks()
+    prefect_serve(deployment(cfg, out, cron, name or cfg.dataset))
+
+
 # ---------------------------------------------------------------- reading datasets
 
 
@@ -309,6 +333,46 @@ def replay(
     run_dir = asyncio.run(replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
     typer.echo((Path(run_dir) / "summary.md").read_text())
     typer.echo(f"→ {run_dir}")
+
+
+# ---------------------------------------------------------------- plots and exports of a version
+
+DestOpt = Annotated[Path | None, typer.Option("--dest", help="folder to write to")]
+
+
+@app.command()
+def plot(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT, dest: DestOpt = None) -> None:
+    """Draw the explore notebook's figures as PNG files (default --dest: plots/DATASET-vN/)."""
+    import matplotlib  # here, not at the top: `personaloom --help` stays fast
+
+    matplotlib.use("Agg")  # no display needed, works over SSH and in cron
+    from flows.inspect import open_version, write_pngs
+
+    name, version = _split_spec(spec)
+    view = open_version(out, name, version)
+    target = dest or Path("plots") / f"{name}-{view.version}"  # versions are immutable: plots go outside them
+    paths = write_pngs(view, target)
+    typer.echo(f"{view.label}: {len(paths)} figures → {target}")
+
+
+@app.command()
+def export(
+    spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl or csv (nested columns become JSON strings in CSV)")] = None,
+    out: OutOpt = OUT_DEFAULT,
+    dest: DestOpt = None,
+) -> None:
+    """Write every table of a version (replay runs included) as JSON Lines or CSV (default --dest: exports/DATASET-vN-FORMAT/)."""
+    from flows.export import export_version
+    from flows.store import DatasetStore
+
+    name, version = _split_spec(spec)
+    if fmt not in ("jsonl", "csv"):  # checked here, not by click, so a missing or bad value is one plain line
+        raise UserError(f"--format: {'unknown format ' + repr(fmt) if fmt else 'required'}: choose jsonl or csv")
+    folder = DatasetStore(out, name).resolve(version)
+    target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
+    written = export_version(out, name, folder.name, fmt, target)  # type: ignore[arg-type]  # checked above
+    typer.echo(f"{name}@{folder.name}: {len(written)} tables as {fmt} → {target}")
 
 
 def main() -> None:

@@ -1,0 +1,46 @@
+"""Scheduled builds: a cron deployment whose runs (executed as a worker would) make new versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.schedule import deployment
+from flows.store import DatasetStore
+from schemas.config import BuildConfig, LLMConfig
+from tests.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_scheduled_runs_make_versions_with_parents(out: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    with FakeOpenAI() as fake:
+        cfg = BuildConfig(dataset="nightly", personas=2, scenes_per_persona=2, llm=LLMConfig(model="m", base_url=fake.base_url))
+        dep = deployment(cfg, out, "0 3 * * *", "nightly-test")
+        dep_id = dep.apply()
+
+        async def schedule() -> list:
+            async with get_client() as client:
+                d = await client.read_deployment(dep_id)
+                return [s.schedule.cron for s in d.schedules]
+
+        assert asyncio.run(schedule()) == ["0 3 * * *"]
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        for _ in range(2):
+            run = run_deployment(name="build_dataset/nightly-test", timeout=0)
+            done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+    store = DatasetStore(out, "nightly")
+    assert store.versions() == ["v0001", "v0002"]
+    assert store.manifest("v0002").parent == "v0001"
