@@ -64,10 +64,14 @@ class BuildContext:
         return shard * size, min(self.config.personas, (shard + 1) * size)
 
 
+# Settings that change speed or spending, not content: a resumed build may change them (e.g. a higher budget).
+NOT_IDENTITY = {"llm": {"concurrency", "rpm", "tpm", "timeout", "max_retries", "base_url", "max_tokens", "max_cost", "prices"}}
+
+
 def run_key(config: BuildConfig, catalogue: Catalogue, prompts: PromptLibrary) -> str:
-    """A build's identity: same config, seeds and prompts → same staging folder → resume."""
+    """A build's identity: same content settings, seeds and prompts → same staging folder → resume."""
     ident = {
-        "config": config.model_dump(mode="json"),
+        "config": config.model_dump(mode="json", exclude=NOT_IDENTITY),
         "seeds": catalogue.digest,
         "prompts": prompts.hashes,
         "code": code_version(),
