@@ -343,10 +343,12 @@ DestOpt = Annotated[Path | None, typer.Option("--dest", help="folder to write to
 @app.command()
 def plot(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT, dest: DestOpt = None) -> None:
     """Draw the explore notebook's figures as PNG files (default --dest: plots/DATASET-vN/)."""
-    import matplotlib  # here, not at the top: `personaloom --help` stays fast
-
+    try:
+        import matplotlib  # here, not at the top: `personaloom --help` stays fast
+    except ImportError:
+        raise UserError("plot needs matplotlib: pip install 'personaloom[notebook]'") from None
     matplotlib.use("Agg")  # no display needed, works over SSH and in cron
-    from flows.inspect import open_version, write_pngs
+    from flows.explore import open_version, write_pngs
 
     name, version = _split_spec(spec)
     view = open_version(out, name, version)
@@ -389,10 +391,9 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted: finished shards and LLM answers are kept; run the same command to resume", err=True)
         raise SystemExit(130) from None
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # usage errors: typer vendors its own click, so match the ClickException shape, not the class
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             raise SystemExit(e.exit_code) from None
         raise

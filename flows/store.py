@@ -35,7 +35,11 @@ def write_parquet(path: Path, table: pa.Table) -> None:
     """zstd Parquet, written to a temp name and renamed: a kill never leaves half a shard."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    if table.num_rows:
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        # schema only, no row group: `datasets` sizes its batches by the first row group and fails on 0
+        pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
     os.replace(tmp, path)
 
 

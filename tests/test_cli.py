@@ -136,3 +136,10 @@ def test_filter_bad_inputs(tmp_path: Path) -> None:
     assert_one_line_error(run("filter", str(empty)), "no rows")
     assert_one_line_error(run("filter", str(tmp_path / "missing.parquet")), "does not exist")
     assert_one_line_error(run("filter", str(good), "--threshold", "300"), "--threshold")
+
+
+def test_usage_errors_have_no_traceback() -> None:
+    res = run("versions")
+    assert res.returncode == 2 and "Missing argument" in res.stderr and "Traceback" not in res.stderr
+    res = run("build", "--personas", "many")
+    assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -291,7 +291,7 @@ def test_quality_score_rejects_below_the_bar() -> None:
     scores = {"question 0": 9, "question 1": 3, "question 2": "garbage"}
 
     def responder(body: dict) -> str:
-        text = body["messages"][-1]["content"]
+        text = json.dumps(body["messages"])  # the repair turn carries the original query too
         score = next(v for k, v in scores.items() if k in text)
         return '{"score": "x"}' if score == "garbage" else f'{{"score": {score}, "reason": "r"}}'
 

@@ -384,7 +384,7 @@ def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
         ax.xaxis.get_major_locator().set_params(integer=True)
         if not ax.lines:
             _no_data(ax, "scores")
-    for ax in axes[len(cols):]:
+    for ax in axes[len(cols) :]:
         ax.set_axis_off()
     handles = [Line2D([], [], label=a, **styles[a]) for a in agents]
     fig.legend(handles=handles, loc="outside right center", title="agent")
