@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,21 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.fake_openai import spawn_fake  # noqa: E402
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 AGENTS = ["none", "golden", "learned", "rag", "persona-agent", "vars"]
-
-
-def start_fake(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", str(latency)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip().removeprefix("BASE_URL=")
 
 
 def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurrency: int) -> dict[str, float]:
@@ -71,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         results = {}
         for label, latency in (("overhead", 0.0), ("throughput", args.latency)):
-            proc, base = start_fake(latency)
+            proc, base = spawn_fake(latency)
             try:
                 results[label] = replay_once(base, Path(tmp) / label, args.personas, args.sessions, args.concurrency)
             finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,20 +21,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.fake_openai import spawn_fake  # noqa: E402
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-
-def start_fake(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", str(latency)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    return proc, line.removeprefix("BASE_URL=")
 
 
 async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: Path) -> tuple[float, float]:
@@ -82,7 +73,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
     limit = args.concurrency / args.latency
-    proc, base_url = start_fake(args.latency)
+    proc, base_url = spawn_fake(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             rate, cpu_ms = asyncio.run(client_level(base_url, args.calls, args.concurrency, Path(tmp) / "cache"))

@@ -34,6 +34,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Self
 
 __all__ = ["DEFAULT_FAULTS", "FakeOpenAI", "FakeStats", "SchemaFaker", "main"]
@@ -982,6 +984,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-key", default=None)
     p.add_argument("--known-models", default=None, help="comma-separated model names")
     return p.parse_args(argv)
+
+
+def spawn_fake(latency: float, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """The server in its own process (benchmarks: its CPU is not the client's): (process, base URL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", str(latency), *extra],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip().removeprefix("BASE_URL=")
 
 
 def main(argv: list[str] | None = None) -> int:

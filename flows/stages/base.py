@@ -22,9 +22,16 @@ class StageOutcome(Generic[R]):
     records: list[R] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
 
-    def extend(self, other: StageOutcome[R]) -> None:
-        self.records.extend(other.records)
-        self.rejections.extend(other.rejections)
+    @classmethod
+    def split(cls, items: Iterable[R | Rejection]) -> StageOutcome[R]:
+        """Partition a stage's per-row results into the rows that go on and the rejections."""
+        out: StageOutcome[R] = cls()
+        for item in items:
+            if isinstance(item, Rejection):
+                out.rejections.append(item)
+            else:
+                out.records.append(item)
+        return out
 
 
 async def map_async(items: Iterable[I], fn: Callable[[I], Awaitable[R]], progress: Progress | None = None) -> list[R]:

@@ -6,7 +6,11 @@ paper's answerability check by LLM on the survivors only. Every dropped row beco
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import polars as pl
+from pydantic import BaseModel
 
 from flows.filtering import filter_texts, find_near_duplicates
 from flows.llm.client import LLM
@@ -17,6 +21,7 @@ from schemas.filtering import FilterConfig, NearDupConfig
 from schemas.records import PersonaRecord, Query, Rejection, Scene
 
 STAGE = "filter"
+T = TypeVar("T", bound=BaseModel)
 
 
 def persona_key(p: PersonaRecord) -> str:
@@ -101,49 +106,47 @@ def cheap_filter(queries: list[Query], config: FilterConfig) -> StageOutcome[Que
     return StageOutcome(records=[q for q in queries if q.query_id in kept_ids], rejections=rejections)
 
 
-async def answerability(
-    queries: list[Query], scenes: list[Scene], llm: LLM, progress: Progress | None = None
-) -> StageOutcome[Query]:
-    """AI Persona's check: can an assistant answer this query in its scene? Unanswerable rows are rejected.
+async def _judge_each(
+    queries: list[Query], scenes: list[Scene], llm: LLM, prompt: str, schema: type[T], check: str,
+    decide: Callable[[Query, T, str], Query | Rejection], progress: Progress | None,
+) -> StageOutcome[Query]:  # fmt: skip
+    """Ask an LLM judge about each query in its scene; an invalid judge answer keeps the row, marked.
 
-    An invalid judge answer keeps the row (the check could not decide) and says so in the rejection-free
-    fallback_fields, so a flaky judge never silently shrinks the dataset.
+    A flaky judge must never silently shrink the dataset: the row stays, with `check` in fallback_fields.
     """
     scene_of = {s.scene_id: s for s in scenes}
 
     async def one(q: Query) -> Query | Rejection:
-        res = await llm.structured("filter/answerability", Answerability, stage=STAGE, max_tokens=120,
-                                   query=q, scene=scene_of[q.scene_id])  # fmt: skip
+        res = await llm.structured(prompt, schema, stage=STAGE, max_tokens=120, query=q, scene=scene_of[q.scene_id])
         if res.value is None:
-            return q.model_copy(update={"fallback_fields": [*q.fallback_fields, "answerability"]})
-        if not res.value.answerable:
-            return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="unanswerable",
-                             detail=res.value.reason, raw_output=res.raw)  # fmt: skip
-        return q
+            return q.model_copy(update={"fallback_fields": [*q.fallback_fields, check]})
+        return decide(q, res.value, res.raw)
 
-    out: StageOutcome[Query] = StageOutcome()
-    for item in await map_async(queries, one, progress):
-        (out.rejections if isinstance(item, Rejection) else out.records).append(item)  # type: ignore[arg-type]
-    return out
+    return StageOutcome.split(await map_async(queries, one, progress))
+
+
+async def answerability(
+    queries: list[Query], scenes: list[Scene], llm: LLM, progress: Progress | None = None
+) -> StageOutcome[Query]:
+    """AI Persona's check: can an assistant answer this query in its scene? Unanswerable rows are rejected."""
+
+    def decide(q: Query, v: Answerability, raw: str) -> Query | Rejection:
+        if v.answerable:
+            return q
+        return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="unanswerable", detail=v.reason, raw_output=raw)
+
+    return await _judge_each(queries, scenes, llm, "filter/answerability", Answerability, "answerability", decide, progress)
 
 
 async def quality(
     queries: list[Query], scenes: list[Scene], llm: LLM, min_score: int, progress: Progress | None = None
 ) -> StageOutcome[Query]:
     """Optional LLM quality score (rubric in prompts/default/filter/quality.j2); below `min_score` is rejected."""
-    scene_of = {s.scene_id: s for s in scenes}
 
-    async def one(q: Query) -> Query | Rejection:
-        res = await llm.structured("filter/quality", QualityScore, stage=STAGE, max_tokens=120,
-                                   query=q, scene=scene_of[q.scene_id])  # fmt: skip
-        if res.value is None:
-            return q.model_copy(update={"fallback_fields": [*q.fallback_fields, "quality"]})
-        if res.value.score < min_score:
-            return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="low_quality",
-                             score=float(res.value.score), detail=res.value.reason, raw_output=res.raw)  # fmt: skip
-        return q
+    def decide(q: Query, v: QualityScore, raw: str) -> Query | Rejection:
+        if v.score >= min_score:
+            return q
+        return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="low_quality",
+                         score=float(v.score), detail=v.reason, raw_output=raw)  # fmt: skip
 
-    out: StageOutcome[Query] = StageOutcome()
-    for item in await map_async(queries, one, progress):
-        (out.rejections if isinstance(item, Rejection) else out.records).append(item)  # type: ignore[arg-type]
-    return out
+    return await _judge_each(queries, scenes, llm, "filter/quality", QualityScore, "quality", decide, progress)

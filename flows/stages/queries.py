@@ -64,7 +64,4 @@ async def generate_queries(
             raw_output=None if neu.value else neu.raw,
         )
 
-    out: StageOutcome[Query] = StageOutcome()
-    for item in await map_async(scenes, one, progress):
-        (out.rejections if isinstance(item, Rejection) else out.records).append(item)  # type: ignore[arg-type]
-    return out
+    return StageOutcome.split(await map_async(scenes, one, progress))
