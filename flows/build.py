@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,6 @@ from flows.llm.endpoint import Endpoint, open_endpoint
 from flows.llm.prompts import PromptLibrary
 from flows.progress import progress_sink
 from flows.stages import filter as filter_stage
-from flows.stages.base import StageOutcome
 from flows.stages.personas import synthesize_personas
 from flows.stages.queries import active_changes, generate_queries
 from flows.stages.scenes import generate_scenes
@@ -146,29 +146,36 @@ async def queries_task(ctx: BuildContext, shard: int) -> None:
     write_records(out, Query, res.records)
 
 
+@task(name="screen", cache_policy=NO_CACHE)
+async def screen_task(ctx: BuildContext, shard: int) -> None:
+    """Stage 5 on one shard, as soon as its queries exist: the LLM checks overlap other shards' work."""
+    out, rej = ctx.part("screened", shard), ctx.part("rejections", shard, "screen-")
+    if _done(out, rej):
+        return
+    queries = read_records(ctx.part("queries", shard), Query)
+    scenes = read_records(ctx.part("scenes", shard), Scene)
+    personas = read_records(ctx.part("personas", shard), PersonaRecord)
+    cfg = ctx.config
+    res = await _timed(
+        ctx, "filter",
+        filter_stage.screen(queries, scenes, personas, ctx.llm, levels=cfg.dedup, config=cfg.filter,
+                            answerable=cfg.answerability, quality_min=cfg.quality_min, progress=progress_sink.advancer("filter")),
+    )  # fmt: skip
+    write_records(rej, Rejection, res.rejections)
+    write_records(out, Query, res.records)
+
+
 @task(name="filter", cache_policy=NO_CACHE)
 async def filter_task(ctx: BuildContext, n_shards: int) -> None:
-    """Stage 5 over the whole dataset (duplicates cross shards), then the dataset table is joined."""
+    """Stage 5 across shards (duplicates cross them), then the dataset table is joined."""
     out, rej = ctx.part("dataset", 0), ctx.part("rejections", 0, "filter-")
     if _done(out, rej):
         return
-    queries = [q for s in range(n_shards) for q in read_records(ctx.part("queries", s), Query)]
+    queries = [q for s in range(n_shards) for q in read_records(ctx.part("screened", s), Query)]
     scenes = [x for s in range(n_shards) for x in read_records(ctx.part("scenes", s), Scene)]
     personas = [p for s in range(n_shards) for p in read_records(ctx.part("personas", s), PersonaRecord)]
     started = time.perf_counter()
-    levels = filter_stage.level_dedup(queries, scenes, personas, ctx.config.dedup)
-    cheap = filter_stage.cheap_filter(levels.records, ctx.config.filter)
-    cheap.rejections = levels.rejections + cheap.rejections
-    progress_sink.advance("filter", len(queries) - len(cheap.records))
-    kept = cheap
-    if ctx.config.answerability:
-        kept = await filter_stage.answerability(cheap.records, scenes, ctx.llm, progress_sink.advancer("filter"))
-        kept.rejections = cheap.rejections + kept.rejections
-    else:
-        progress_sink.advance("filter", len(cheap.records))
-    if ctx.config.quality_min is not None:
-        scored = await filter_stage.quality(kept.records, scenes, ctx.llm, ctx.config.quality_min)
-        kept = StageOutcome(records=scored.records, rejections=kept.rejections + scored.rejections)
+    kept = filter_stage.dedup_all(queries, scenes, personas, ctx.config.dedup, ctx.config.filter)
     ctx.stage_seconds["filter"] += time.perf_counter() - started
     write_records(rej, Rejection, kept.rejections)
     write_records(out, DatasetRow, join_dataset(kept.records, scenes, personas))
@@ -219,6 +226,7 @@ def stage_counts(staging: Path, config: BuildConfig) -> dict[str, StageCount]:
 
 def publish(ctx: BuildContext, endpoint: Endpoint) -> str:
     staging, store = ctx.staging, ctx.store
+    shutil.rmtree(staging / "screened", ignore_errors=True)  # an intermediate: `dataset/` holds the result
     counts = stage_counts(staging, ctx.config)
     reasons = Counter(r["reason"] for r in read_table(staging / "rejections", Rejection).to_pylist())
     with store.lock():
@@ -322,3 +330,4 @@ async def _shard_chain(ctx: BuildContext, shard: int) -> None:
     await personas_task(q, shard)
     await scenes_task(q, shard)
     await queries_task(q, shard)
+    await screen_task(q, shard)

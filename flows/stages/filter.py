@@ -1,7 +1,10 @@
 """Stage 5 — dedup and quality filtering of the queries.
 
-Cheap checks first (rules, exact and near-duplicate removal by the text filter engine), then the
-paper's answerability check by LLM on the survivors only. Every dropped row becomes a Rejection.
+Cheap checks first (persona- and scene-level dedup, rules, exact and near-duplicate queries by the
+text filter engine), then the paper's answerability check (and an optional quality score) by LLM on
+the survivors only. It runs twice: `screen` per shard as soon as the shard's queries exist, so LLM
+checks overlap other shards' generation, and `dedup_all` once over every screened row, for the
+duplicates that cross shards. Every dropped row becomes a Rejection.
 """
 
 from __future__ import annotations
@@ -9,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel
+from rapidfuzz import fuzz
+from rapidfuzz.process import cdist
 
 from flows.filtering import filter_texts, find_near_duplicates
+from flows.filtering.normalize import normalize
 from flows.llm.client import LLM
 from flows.stages.base import Progress, StageOutcome, map_async
 from schemas.config import DedupLevels
@@ -52,7 +59,20 @@ def duplicate_scenes(scenes: list[Scene], threshold: float) -> dict[str, tuple[s
             by_persona.setdefault(s.persona_id, []).append(s)
     for mine in by_persona.values():
         mine.sort(key=lambda s: s.session_index)
-        found |= _groups([f"{s.title}. {s.description}" for s in mine], [s.scene_id for s in mine], threshold)
+        found |= _pairwise_groups([f"{s.title}. {s.description}" for s in mine], [s.scene_id for s in mine], threshold)
+    return found
+
+
+def _pairwise_groups(texts: list[str], ids: list[str], threshold: float) -> dict[str, tuple[str, float]]:
+    """All pairs of one persona's few scenes scored directly: LSH blocking pays off only at scale."""
+    norm = normalize(pl.Series(texts, dtype=pl.String)).to_list()
+    scores = cdist(norm, norm, scorer=fuzz.ratio, dtype=np.float32)
+    found: dict[str, tuple[str, float]] = {}
+    for i in range(1, len(ids)):
+        earlier = [j for j in range(i) if ids[j] not in found and scores[i, j] >= threshold]
+        if earlier:
+            j = max(earlier, key=lambda j: scores[i, j])
+            found[ids[i]] = (ids[j], float(scores[i, j]))
     return found
 
 
@@ -150,3 +170,28 @@ async def quality(
                          score=float(v.score), detail=v.reason, raw_output=raw)  # fmt: skip
 
     return await _judge_each(queries, scenes, llm, "filter/quality", QualityScore, "quality", decide, progress)
+
+
+def dedup_all(queries: list[Query], scenes: list[Scene], personas: list[PersonaRecord], levels: DedupLevels,
+              config: FilterConfig) -> StageOutcome[Query]:  # fmt: skip
+    """The cheap checks: persona and scene levels, then rules and exact/near-duplicate queries."""
+    by_level = level_dedup(queries, scenes, personas, levels)
+    cheap = cheap_filter(by_level.records, config)
+    return StageOutcome(records=cheap.records, rejections=by_level.rejections + cheap.rejections)
+
+
+async def screen(
+    queries: list[Query], scenes: list[Scene], personas: list[PersonaRecord], llm: LLM, *, levels: DedupLevels,
+    config: FilterConfig, answerable: bool, quality_min: int | None, progress: Progress | None = None,
+) -> StageOutcome[Query]:  # fmt: skip
+    """One shard: cheap checks, then the LLM checks on what survives them."""
+    out = dedup_all(queries, scenes, personas, levels, config)
+    if progress is not None:
+        progress(len(out.rejections) + (0 if answerable else len(out.records)))
+    if answerable:
+        judged = await answerability(out.records, scenes, llm, progress)
+        out = StageOutcome(records=judged.records, rejections=out.rejections + judged.rejections)
+    if quality_min is not None:
+        scored = await quality(out.records, scenes, llm, quality_min)
+        out = StageOutcome(records=scored.records, rejections=out.rejections + scored.rejections)
+    return out
