@@ -205,30 +205,26 @@ def join_dataset(queries: list[Query], scenes: list[Scene], personas: list[Perso
 # ---------------------------------------------------------------- publishing
 
 
-def stage_counts(staging: Path, config: BuildConfig) -> dict[str, StageCount]:
+def stage_counts(staging: Path, config: BuildConfig, reasons: Counter[str], by_stage: Counter[str]) -> dict[str, StageCount]:
     """Rows in and out per stage, read back from what was written (the manifest reconciles)."""
-    n = {t: read_table(staging / t).num_rows for t in ("seeds", "personas", "scenes", "queries", "dataset")}
-    rejections = read_table(staging / "rejections", Rejection).to_pylist()
-    rej = Counter(r["stage"] for r in rejections)
-
-    def fallbacks(table: str) -> int:
-        t = read_table(staging / table)
-        return sum(1 for f in t.column("fallback_fields").to_pylist() if f)
-
+    tables = {t: read_table(staging / t, columns=["fallback_fields"]) for t in ("seeds", "personas", "scenes", "queries", "dataset")}
+    n = {t: tbl.num_rows for t, tbl in tables.items()}
+    fb = {t: sum(1 for f in tbl.column("fallback_fields").to_pylist() if f) for t, tbl in tables.items()}
     return {
-        "seed": StageCount(rows_in=config.personas, rows_out=n["seeds"], fallback_rows=fallbacks("seeds")),
-        "personas": StageCount(rows_in=n["seeds"], rows_out=n["personas"], fallback_rows=fallbacks("personas")),
-        "scenes": StageCount(rows_in=n["personas"] * config.scenes_per_persona, rows_out=n["scenes"], fallback_rows=fallbacks("scenes")),
-        "queries": StageCount(rows_in=n["scenes"], rows_out=n["queries"], rejected=rej["queries"], fallback_rows=fallbacks("queries")),
-        "filter": StageCount(rows_in=n["queries"], rows_out=n["dataset"], rejected=rej["filter"]),
+        "seed": StageCount(rows_in=config.personas, rows_out=n["seeds"], fallback_rows=fb["seeds"]),
+        "personas": StageCount(rows_in=n["seeds"], rows_out=n["personas"], fallback_rows=fb["personas"]),
+        "scenes": StageCount(rows_in=n["personas"] * config.scenes_per_persona, rows_out=n["scenes"], fallback_rows=fb["scenes"]),
+        "queries": StageCount(rows_in=n["scenes"], rows_out=n["queries"], rejected=by_stage["queries"], fallback_rows=fb["queries"]),
+        "filter": StageCount(rows_in=n["queries"], rows_out=n["dataset"], rejected=by_stage["filter"], fallback_rows=fb["dataset"]),
     }
 
 
 def publish(ctx: BuildContext, endpoint: Endpoint) -> str:
     staging, store = ctx.staging, ctx.store
     shutil.rmtree(staging / "screened", ignore_errors=True)  # an intermediate: `dataset/` holds the result
-    counts = stage_counts(staging, ctx.config)
-    reasons = Counter(r["reason"] for r in read_table(staging / "rejections", Rejection).to_pylist())
+    rejections = read_table(staging / "rejections", Rejection, columns=["stage", "reason"])
+    reasons = Counter(rejections.column("reason").to_pylist())
+    counts = stage_counts(staging, ctx.config, reasons, Counter(rejections.column("stage").to_pylist()))
     with store.lock():
         version, parent = store.next_version()
         config = ctx.config.model_copy(update={"llm": endpoint.config})

@@ -6,7 +6,6 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,14 +48,15 @@ def write_records(path: Path, model: type[BaseModel], records: Iterable[BaseMode
     return table.num_rows
 
 
-def read_table(path: Path, model: type[BaseModel] | None = None) -> pa.Table:
+def read_table(path: Path, model: type[BaseModel] | None = None, columns: list[str] | None = None) -> pa.Table:
     """One shard file, or all shards of a table folder (zero rows, with the schema, when there are none)."""
     parts = [path] if path.is_file() else sorted(path.glob("part-*.parquet"))
     if not parts:
         if model is None:
             raise FileNotFoundError(path)
-        return arrow_schema(model).empty_table()
-    return pa.concat_tables([pq.read_table(p) for p in parts])
+        empty = arrow_schema(model).empty_table()
+        return empty.select(columns) if columns else empty
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
 
 
 def read_records(path: Path, model: type[BaseModel]) -> list:
@@ -167,5 +167,3 @@ class DatasetStore:
         os.replace(tmp, link)  # atomic: readers see the old or the new latest, never none
         return target
 
-    def discard(self, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -63,6 +63,3 @@ def to_table(model: type[BaseModel], records: typing.Iterable[BaseModel]) -> pa.
     rows = [r.model_dump(mode="python") for r in records]
     return pa.Table.from_pylist(rows, schema=arrow_schema(model))
 
-
-def from_table(model: type[BaseModel], table: pa.Table) -> list[Any]:
-    return [model.model_validate(row) for row in table.to_pylist()]
