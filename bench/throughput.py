@@ -21,12 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from flows.prefect_env import apply_prefect_defaults  # noqa: E402
 from tests.fake_openai import spawn_fake  # noqa: E402
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+apply_prefect_defaults()
 
 
 async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: Path) -> tuple[float, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import tomllib
@@ -54,14 +53,9 @@ def _quiet_prefect_tracebacks() -> None:
 
 
 def _prefect_env() -> None:
-    """Quiet, offline-friendly Prefect defaults (each can be overridden from the environment)."""
-    for key, value in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }.items():
-        os.environ.setdefault(key, value)
+    from flows.prefect_env import apply_prefect_defaults
+
+    apply_prefect_defaults()
 
 
 def _split_spec(spec: str) -> tuple[str, str | None]:

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.prefect_env import apply_prefect_defaults
 from tests.fake_openai import FakeOpenAI
 
-# Offline Prefect, quiet, before anything imports it.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+apply_prefect_defaults()  # offline and quiet, before anything imports Prefect
 
 TEST_KEY = "sk-test-SECRET-0123456789abcdef"
 

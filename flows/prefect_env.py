@@ -1,0 +1,20 @@
+"""Prefect defaults for this project: offline, quiet, and patient with a slow ephemeral server start.
+
+Set before Prefect is imported; each can still be overridden from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # offline: otherwise an error is logged at each server start
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the 20 s default is tight on 2 cores
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def apply_prefect_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
