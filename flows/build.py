@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from prefect import flow, get_run_logger, task
@@ -27,7 +27,7 @@ from flows.card import dataset_card
 from flows.catalogue import Catalogue, load_catalogue
 from flows.llm.cache import ResponseCache
 from flows.llm.client import LLM, endpoint_label
-from flows.llm.endpoint import Endpoint, open_endpoint
+from flows.llm.endpoint import NO_KEY, Endpoint, api_key_from_env, open_endpoint
 from flows.llm.prompts import PromptLibrary
 from flows.progress import progress_sink
 from flows.stages import filter as filter_stage
@@ -264,8 +264,16 @@ def _run_name() -> str:
 
 
 @flow(name="build_dataset", flow_run_name=_run_name, validate_parameters=True)
-async def build_dataset(config: BuildConfig, out: str = "output", cache_dir: str | None = None, seeds_dir: str | None = None) -> str:
-    """Build a new version of `config.dataset` under `out`; returns the version name (e.g. v0003)."""
+async def build_dataset(
+    config: BuildConfig, out: str = "output", cache_dir: str | None = None, seeds_dir: str | None = None,
+    runner: Literal["local", "dask", "ray"] = "local",
+) -> str:  # fmt: skip
+    """Build a new version of `config.dataset` under `out`; returns the version name (e.g. v0003).
+
+    runner="local" runs the shards as concurrent tasks in this process, sharing one LLM client and its
+    limits; "dask"/"ray" submit one task per shard to the flow's task runner (set it with
+    `build_dataset.with_options(task_runner=...)`), each with its own client: limits apply per shard task.
+    """
     logger = get_run_logger()
     entered = time.perf_counter()
     paths = RunPaths(out=Path(out), cache_dir=Path(cache_dir) if cache_dir else None)
@@ -280,7 +288,10 @@ async def build_dataset(config: BuildConfig, out: str = "output", cache_dir: str
             ctx = BuildContext(config, catalogue, llm, store, staging)
             ctx.timings["endpoint_start"] = time.perf_counter() - entered
             logger.info("building %s with %s into %s", config.dataset, endpoint, staging)
-            await _generate(ctx)
+            if runner == "local":
+                await _generate(ctx)
+            else:
+                await _generate_remote(ctx, endpoint, str(paths.cache), seeds_dir)
             version = publish(ctx, endpoint)
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
@@ -327,3 +338,60 @@ async def _shard_chain(ctx: BuildContext, shard: int) -> None:
     await scenes_task(q, shard)
     await queries_task(q, shard)
     await screen_task(q, shard)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a remote worker needs to run one shard alone: picklable, and without the API key."""
+
+    config_json: str
+    base_url: str
+    cache: str
+    staging: str
+    seeds_dir: str | None
+    shard: int
+
+
+@task(name="shard", cache_policy=NO_CACHE)
+async def remote_shard_task(job: ShardJob) -> dict[str, dict[str, float]]:
+    """Stages 1–4 and the shard screen of one shard on a Dask/Ray worker; returns its LLM usage."""
+    # Resolved on the worker: Dask pickles this function by value, and a reference to this module's
+    # globals (the progress sink's lock, the other tasks) would not pickle.
+    from flows.build import run_shard
+
+    return await run_shard(job)
+
+
+async def run_shard(job: ShardJob) -> dict[str, dict[str, float]]:
+    config = BuildConfig.model_validate_json(job.config_json)
+    catalogue = load_catalogue(Path(job.seeds_dir)) if job.seeds_dir else load_catalogue()
+    llm = LLM(config.llm, base_url=job.base_url, api_key=api_key_from_env() or NO_KEY, cache=ResponseCache(Path(job.cache)),
+              prompts=PromptLibrary(prompt_set=config.llm.prompt_set))  # fmt: skip
+    staging = Path(job.staging)  # OUT/<dataset>/.staging/<key>
+    ctx = BuildContext(config, catalogue, llm, DatasetStore(staging.parents[2], config.dataset), staging)
+    try:
+        for stage in (seed_task, personas_task, scenes_task, queries_task, screen_task):
+            await stage.fn(ctx, job.shard)  # plain calls: one remote task per shard, not one per stage
+    finally:
+        await llm.aclose()
+    return {stage: u.model_dump() for stage, u in llm.usage.items()}
+
+
+async def _generate_remote(ctx: BuildContext, endpoint: Endpoint, cache: str, seeds_dir: str | None) -> None:
+    config = ctx.config.model_copy(update={"llm": endpoint.config})
+    n_shards = -(-config.personas // config.shard_size)
+    started = time.perf_counter()
+    futures = [
+        remote_shard_task.submit(ShardJob(config.model_dump_json(), endpoint.base_url, cache, str(ctx.staging), seeds_dir, s))
+        for s in range(n_shards)
+    ]
+    for usage in await asyncio.gather(*(asyncio.to_thread(f.result) for f in futures)):
+        for stage, u in usage.items():
+            total = ctx.llm.usage[stage]
+            for key, value in u.items():
+                setattr(total, key, getattr(total, key) + value)
+    try:
+        await filter_task(quote(ctx), n_shards)
+    finally:
+        await ctx.llm.aclose()
+    ctx.timings["generate"] = time.perf_counter() - started

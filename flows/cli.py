@@ -115,6 +115,8 @@ def build(
     max_cost: Annotated[float | None, typer.Option(help="stop cleanly once this run spent this many USD")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
     seeds: Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")] = None,
+    runner: Annotated[str, typer.Option(help="local | dask | ray: where shard tasks run")] = "local",
+    address: Annotated[str | None, typer.Option(help="address of an existing Dask scheduler or Ray cluster")] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
     progress: Annotated[bool, typer.Option(help="live progress display")] = True,
@@ -130,6 +132,8 @@ def build(
     from flows.llm.budget import Budget
     from flows.llm.endpoint import check_endpoint
 
+    if runner not in ("local", "dask", "ray"):
+        raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
     load_catalogue(seeds) if seeds else load_catalogue()  # bad seed tables and endpoints fail here, before Prefect starts
     check_endpoint(cfg.llm)
     Budget.for_model(cfg.llm.model, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
@@ -138,12 +142,33 @@ def build(
     from flows.display import live_progress
 
     _quiet_prefect_tracebacks()
-
-    with live_progress(enabled=progress and sys.stderr.isatty()):
+    flow = build_dataset.with_options(task_runner=task_runner(runner, address)) if runner != "local" else build_dataset
+    with live_progress(enabled=progress and sys.stderr.isatty() and runner == "local"):
         version = asyncio.run(
-            build_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None, seeds_dir=str(seeds) if seeds else None)
+            flow(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None, seeds_dir=str(seeds) if seeds else None,
+                 runner=runner)  # fmt: skip
         )
     _print_summary(out, cfg.dataset, version)
+
+
+def task_runner(runner: str, address: str | None) -> Any:
+    """Prefect's Dask or Ray task runner (optional extras), on an existing cluster when `address` is given."""
+    if runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise UserError("--runner dask needs prefect-dask: pip install -e '.[dask]'") from None
+        import logging
+
+        # a local cluster's teardown logs closed-connection tracebacks that mean nothing to the user
+        for name in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        return DaskTaskRunner(address=address) if address else DaskTaskRunner()
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise UserError("--runner ray needs prefect-ray: pip install -e '.[ray]'") from None
+    return RayTaskRunner(address=address) if address else RayTaskRunner()
 
 
 def _print_summary(out: Path, dataset: str, version: str) -> None:

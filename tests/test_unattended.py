@@ -175,3 +175,22 @@ def test_seed_table_missing_a_column(tmp_path: Path) -> None:
     res = run("build", "--seeds", str(seeds), "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o"))
     assert_one_line_error(res, "occupations.csv", "sector")
     assert not (tmp_path / "o").exists()
+
+
+def test_dask_runner_output_equals_local(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+    from prefect_dask import DaskTaskRunner
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the workers are other processes
+    with FakeOpenAI() as fake:
+        c = cfg(fake, personas=4, shard_size=2)
+        build(c, out / "local")
+        on_dask = build_dataset.with_options(
+            task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1})
+        )
+        assert asyncio.run(on_dask(c, out=str(out / "dask"), runner="dask")) == "v0001"
+    local = pl.read_parquet(out / "local" / "u" / "v0001" / "dataset" / "*.parquet")
+    remote = pl.read_parquet(out / "dask" / "u" / "v0001" / "dataset" / "*.parquet")
+    assert len(local) > 0 and local.equals(remote)
+    m = DatasetStore(out / "dask", "u").manifest()
+    assert m.usage["personas"].calls >= 4 and m.counts["scenes"].rows_out == 12
