@@ -59,6 +59,10 @@ class BuildContext:
     def part(self, table: str, shard: int, prefix: str = "") -> Path:
         return self.staging / table / f"part-{prefix}{shard:05d}.parquet"
 
+    @property
+    def n_shards(self) -> int:
+        return -(-self.config.personas // self.config.shard_size)
+
     def shard_seeds(self, shard: int) -> tuple[int, int]:
         size = self.config.shard_size
         return shard * size, min(self.config.personas, (shard + 1) * size)
@@ -205,7 +209,7 @@ def join_dataset(queries: list[Query], scenes: list[Scene], personas: list[Perso
 # ---------------------------------------------------------------- publishing
 
 
-def stage_counts(staging: Path, config: BuildConfig, reasons: Counter[str], by_stage: Counter[str]) -> dict[str, StageCount]:
+def stage_counts(staging: Path, config: BuildConfig, by_stage: Counter[str]) -> dict[str, StageCount]:
     """Rows in and out per stage, read back from what was written (the manifest reconciles)."""
     tables = {t: read_table(staging / t, columns=["fallback_fields"]) for t in ("seeds", "personas", "scenes", "queries", "dataset")}
     n = {t: tbl.num_rows for t, tbl in tables.items()}
@@ -224,7 +228,7 @@ def publish(ctx: BuildContext, endpoint: Endpoint) -> str:
     shutil.rmtree(staging / "screened", ignore_errors=True)  # an intermediate: `dataset/` holds the result
     rejections = read_table(staging / "rejections", Rejection, columns=["stage", "reason"])
     reasons = Counter(rejections.column("reason").to_pylist())
-    counts = stage_counts(staging, ctx.config, reasons, Counter(rejections.column("stage").to_pylist()))
+    counts = stage_counts(staging, ctx.config, Counter(rejections.column("stage").to_pylist()))
     with store.lock():
         version, parent = store.next_version()
         config = ctx.config.model_copy(update={"llm": endpoint.config})
@@ -320,7 +324,7 @@ async def _generate(ctx: BuildContext) -> None:
     config, llm = ctx.config, ctx.llm
     progress_sink.usage = lambda: dict(llm.usage)
     progress_sink.plan(config.personas, config.scenes_per_persona)
-    n_shards = -(-config.personas // config.shard_size)
+    n_shards = ctx.n_shards
     started = time.perf_counter()
     try:
         await asyncio.gather(*(_shard_chain(ctx, s) for s in range(n_shards)))
@@ -379,7 +383,7 @@ async def run_shard(job: ShardJob) -> dict[str, dict[str, float]]:
 
 async def _generate_remote(ctx: BuildContext, endpoint: Endpoint, cache: str, seeds_dir: str | None) -> None:
     config = ctx.config.model_copy(update={"llm": endpoint.config})
-    n_shards = -(-config.personas // config.shard_size)
+    n_shards = ctx.n_shards
     started = time.perf_counter()
     futures = [
         remote_shard_task.submit(ShardJob(config.model_dump_json(), endpoint.base_url, cache, str(ctx.staging), seeds_dir, s))

@@ -18,6 +18,13 @@ from flows.errors import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic life-long persona datasets.")
 
 OutOpt = Annotated[Path, typer.Option("--out", help="output root holding datasets")]
+# Options that `build` and `serve` share: one declaration, one help text.
+DatasetOpt = Annotated[str | None, typer.Option(help="dataset name [default: personas]")]
+PersonasOpt = Annotated[int | None, typer.Option(help="number of personas [default: 200]")]
+ScenesOpt = Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")]
+ModelOpt = Annotated[str | None, typer.Option(help="model name at the endpoint")]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")]
 OUT_DEFAULT = Path("output")
 
 
@@ -98,11 +105,11 @@ def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dic
 
 @app.command()
 def build(
-    dataset: Annotated[str | None, typer.Option(help="dataset name [default: personas]")] = None,
-    personas: Annotated[int | None, typer.Option(help="number of personas [default: 200]")] = None,
-    scenes_per_persona: Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")] = None,
-    model: Annotated[str | None, typer.Option(help="model name at the endpoint")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")] = None,
+    dataset: DatasetOpt = None,
+    personas: PersonasOpt = None,
+    scenes_per_persona: ScenesOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     rpm: Annotated[int | None, typer.Option(help="requests per minute limit")] = None,
     tpm: Annotated[int | None, typer.Option(help="tokens per minute limit")] = None,
@@ -113,7 +120,7 @@ def build(
     quality_min: Annotated[int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="stop cleanly once this run spent this many tokens")] = None,
     max_cost: Annotated[float | None, typer.Option(help="stop cleanly once this run spent this many USD")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
+    config: ConfigOpt = None,
     seeds: Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")] = None,
     runner: Annotated[str, typer.Option(help="local | dask | ray: where shard tasks run")] = "local",
     address: Annotated[str | None, typer.Option(help="address of an existing Dask scheduler or Ray cluster")] = None,
@@ -187,12 +194,12 @@ def _print_summary(out: Path, dataset: str, version: str) -> None:
 @app.command()
 def serve(
     cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')],
-    dataset: Annotated[str | None, typer.Option(help="dataset name [default: personas]")] = None,
-    personas: Annotated[int | None, typer.Option(help="number of personas [default: 200]")] = None,
-    scenes_per_persona: Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")] = None,
-    model: Annotated[str | None, typer.Option(help="model name at the endpoint")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")] = None,
+    dataset: DatasetOpt = None,
+    personas: PersonasOpt = None,
+    scenes_per_persona: ScenesOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    config: ConfigOpt = None,
     name: Annotated[str | None, typer.Option(help="deployment name [default: the dataset name]")] = None,
     out: OutOpt = OUT_DEFAULT,
 ) -> None:
@@ -319,8 +326,8 @@ def replay(
     agents: Annotated[str, typer.Option(help="comma list of none, golden, learned, rag, persona-agent, vars")] = "none,golden,learned",
     k: Annotated[str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")] = "3",
     personas: Annotated[int | None, typer.Option(help="replay only the first N personas")] = None,
-    model: Annotated[str | None, typer.Option(help="model name at the endpoint")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     judge: Annotated[bool, typer.Option(help="LLM judge ratings and persona similarity")] = True,
