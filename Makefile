@@ -33,7 +33,8 @@ test: $(VENV)/.core
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.core
-	$(BIN)/ruff check flows schemas tests bench
+	$(BIN)/ruff check flows schemas prompts seeds tests bench
+	$(BIN)/ruff format --check flows schemas prompts seeds tests bench
 
 bench: $(VENV)/.core
 	$(BIN)/python bench/throughput.py

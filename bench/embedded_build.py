@@ -29,8 +29,21 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        cmd = [sys.executable, "-m", "flows", "build", "--dataset", "demo", "--personas", str(args.personas),
-               "--scenes-per-persona", str(args.scenes), "--out", str(out), "--no-progress"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "personaloom",
+            "build",
+            "--dataset",
+            "demo",
+            "--personas",
+            str(args.personas),
+            "--scenes-per-persona",
+            str(args.scenes),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
         wall = time.perf_counter() - started
@@ -38,13 +51,23 @@ def main() -> None:
     completion = sum(u["completion_tokens"] for u in m["usage"].values())
     calls = sum(u["calls"] for u in m["usage"].values())
     generate = m["timings"]["generate"]
-    print(f"embedded build {args.personas} personas x {args.scenes} scenes: {wall / 60:.1f} min wall "
-          f"({generate:.0f} s generating, {wall - generate:.0f} s start-up incl. Prefect and model load)")  # fmt: skip
-    print(f"model {m['model']}: {calls} calls, {completion} completion tokens, {completion / generate:.1f} tokens/s "
-          f"end to end (prompt processing and JSON-grammar sampling included)")  # fmt: skip
-    print(f"dataset rows {m['counts']['filter']['rows_out']}, rejected {sum(m['rejection_reasons'].values())} "
-          f"{m['rejection_reasons']}")  # fmt: skip
-    print(f"reproduce: .venv/bin/python bench/embedded_build.py --personas {args.personas} --scenes {args.scenes}")
+    print(
+        f"embedded build {args.personas} personas x {args.scenes} scenes: {wall / 60:.1f} min wall "
+        f"({generate:.0f} s generating, {wall - generate:.0f} s start-up incl. Prefect and model load)"
+    )
+    print(
+        f"model {m['model']}: {calls} calls, {completion} completion tokens, "
+        f"{completion / generate:.1f} tokens/s "
+        f"end to end (prompt processing and JSON-grammar sampling included)"
+    )
+    print(
+        f"dataset rows {m['counts']['filter']['rows_out']}, rejected {sum(m['rejection_reasons'].values())} "
+        f"{m['rejection_reasons']}"
+    )
+    print(
+        f"reproduce: .venv/bin/python bench/embedded_build.py --personas {args.personas} "
+        f"--scenes {args.scenes}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flows.filtering import filter_texts  # noqa: E402
-from flows.filtering.normalize import normalize_expr  # noqa: E402
-from schemas.filtering import FilterConfig  # noqa: E402
+from personaloom.filtering import filter_texts
+from personaloom.filtering.normalize import normalize_expr
+from personaloom.schemas.filtering import FilterConfig
 
 WORDS = (
     "the a to and of for in on with my our your this that what how can could would should please "
@@ -91,7 +89,9 @@ def make_templates(n_templates: int, rng: np.random.Generator) -> list[list[str]
         n_fixed = int(rng.integers(14, 20))
         parts = [str(w) for w in rng.choice(WORDS, n_fixed)]
         slots = rng.permutation(np.array(SLOTS))
-        for slot, at in zip(slots, np.sort(rng.choice(np.arange(1, n_fixed), 5, replace=False))[::-1], strict=True):
+        for slot, at in zip(
+            slots, np.sort(rng.choice(np.arange(1, n_fixed), 5, replace=False))[::-1], strict=True
+        ):
             parts.insert(int(at), "{" + str(slot) + "}")
         if rng.random() < 0.5:
             parts[int(rng.integers(2, len(parts) - 2))] += ","
@@ -170,7 +170,9 @@ def generate(n_rows: int, seed: int = 7, n_templates: int = 400) -> pl.DataFrame
     if sibling.max() > P * P:
         raise ValueError(f"too many rows per template for the sibling code (> {P * P}): raise n_templates")
     base = pl.DataFrame({"text": rows})
-    base = base.with_columns(normalize_expr(pl.col("text")).alias("n")).unique("n", keep="first", maintain_order=True)
+    base = base.with_columns(normalize_expr(pl.col("text")).alias("n")).unique(
+        "n", keep="first", maintain_order=True
+    )
     base = base.head(n_base).drop("n")
     n_base = base.height
     texts = base["text"].to_list()
@@ -178,7 +180,9 @@ def generate(n_rows: int, seed: int = 7, n_templates: int = 400) -> pl.DataFrame
     kinds = ["base"] * n_base
     groups = list(range(n_base))
     near_kinds = ("edit1", "edit2", "edit3", "edit1+case", "edit2+punct", "case", "whitespace", "punct")
-    for src, k in zip(rng.integers(n_base, size=n_near), rng.integers(len(near_kinds), size=n_near), strict=True):
+    for src, k in zip(
+        rng.integers(n_base, size=n_near), rng.integers(len(near_kinds), size=n_near), strict=True
+    ):
         kind = near_kinds[k]
         text = texts[src]
         if kind.startswith("edit"):
@@ -265,7 +269,7 @@ def run_one(n_rows: int, langid: bool) -> dict[str, object]:
     assert outcome.kept.height + outcome.rejected.height == df.height
 
     if langid:
-        from flows.filtering.langid import detect_languages, load_model
+        from personaloom.filtering.langid import detect_languages, load_model
 
         load_model()
         sample = df["text"].head(min(df.height, 200_000))
@@ -293,7 +297,7 @@ def run_sharded(n_rows: int, n_shards: int) -> dict[str, object]:
     then grouped by band key globally (one sort per band, like the in-memory path, since LSH only
     pairs rows with equal keys), and only candidate rows' texts are re-read for verification.
     """
-    from flows.filtering.normalize import normalize, text_hash_expr
+    from personaloom.filtering.normalize import normalize, text_hash_expr
 
     per = n_rows // n_shards
     seen = np.zeros(0, dtype=np.uint64)
@@ -304,13 +308,18 @@ def run_sharded(n_rows: int, n_shards: int) -> dict[str, object]:
         df = df.with_columns(text_hash_expr(pl.lit(normalize(df["text"]))).alias("__h"))
         hashes = df["__h"].fill_null(0).to_numpy()
         cross = np.isin(hashes, seen)  # seen: sorted unique hashes of all earlier shards
-        outcome = filter_texts(df.filter(~pl.Series(cross)).drop("__h"), "text", FilterConfig(), id_column="row_id")
+        outcome = filter_texts(
+            df.filter(~pl.Series(cross)).drop("__h"), "text", FilterConfig(), id_column="row_id"
+        )
         seen = np.union1d(seen, hashes)
         totals["cross_shard_exact"] = totals.get("cross_shard_exact", 0) + int(cross.sum())
         for k, v in outcome.counts.items():
             totals[k] = totals.get(k, 0) + v
-        print(f"  shard {shard}: {per} rows, kept {outcome.counts['kept']}, "
-              f"rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
+        print(
+            f"  shard {shard}: {per} rows, kept {outcome.counts['kept']}, "
+            f"rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+            flush=True,
+        )
     return {
         "rows": per * n_shards,
         "shards": n_shards,
@@ -321,7 +330,9 @@ def run_sharded(n_rows: int, n_shards: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=None, help="one size (default: 100k, 300k, 1M)")
     parser.add_argument("--langid", action="store_true", help="also measure language ID rows/s")
     parser.add_argument("--shards", type=int, default=0, help="run --rows in this many shards")
@@ -352,7 +363,8 @@ def main() -> None:
             f"tokenize {s.get('near_tokenize_s')} shingle {s.get('near_shingle_s')} "
             f"df {s.get('near_df_prune_s')} minhash {s.get('near_minhash_s')} lsh {s.get('near_lsh_s')} "
             f"verify {s.get('near_verify_s')} components {s.get('near_components_s')}\n"
-            f"candidate pairs: {s.get('near_candidate_pairs'):,} ({s.get('near_candidate_pairs') / res['rows']:.4f}/row)"
+            f"candidate pairs: {s.get('near_candidate_pairs'):,} "
+            f"({s.get('near_candidate_pairs') / res['rows']:.4f}/row)"
             f"  verified: {s.get('near_verified_pairs'):,}\n"
             f"recall (all planted dups, exact+near): {q['recall_all_planted']:.5f} "
             f"({q['correct_dup_drops']:,}/{q['expected_dup_drops']:,})\n"

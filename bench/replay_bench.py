@@ -7,7 +7,8 @@ Reports:
     limit concurrency / latency. Replay chains are sequential per (persona, agent), so the ratio is
     bounded by how many chains run at once (personas × agents) against --concurrency.
 
-Reproduce: .venv/bin/python bench/replay_bench.py [--personas 12] [--sessions 4] [--latency 0.2] [--concurrency 32]
+Reproduce:
+    .venv/bin/python bench/replay_bench.py [--personas 12] [--sessions 4] [--latency 0.2] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.testing.fake_openai import spawn_fake
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from flows.prefect_env import apply_prefect_defaults  # noqa: E402
-from tests.fake_openai import spawn_fake  # noqa: E402
 
 apply_prefect_defaults()
 
@@ -31,13 +31,20 @@ AGENTS = ["none", "golden", "learned", "rag", "persona-agent", "vars"]
 
 
 def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurrency: int) -> dict[str, float]:
-    from flows.build import build_dataset
-    from flows.replay import replay_dataset
-    from schemas.config import BuildConfig, LLMConfig
-    from schemas.replay import ReplayConfig
+    from personaloom.build import build_dataset
+    from personaloom.replay import replay_dataset
+    from personaloom.schemas.config import BuildConfig, LLMConfig
+    from personaloom.schemas.replay import ReplayConfig
 
     llm = LLMConfig(model="fake-model", base_url=base_url, concurrency=concurrency)
-    build = BuildConfig(dataset="bench", personas=personas, scenes_per_persona=sessions, expand_hints=False, answerability=False, llm=llm)
+    build = BuildConfig(
+        dataset="bench",
+        personas=personas,
+        scenes_per_persona=sessions,
+        expand_hints=False,
+        answerability=False,
+        llm=llm,
+    )
     asyncio.run(build_dataset(build, out=str(out)))
     cfg = ReplayConfig(dataset="bench", agents=AGENTS, ks=[2], shard_size=max(1, personas // 4), llm=llm)
     started = time.perf_counter()
@@ -62,21 +69,36 @@ def main() -> None:
         for label, latency in (("overhead", 0.0), ("throughput", args.latency)):
             proc, base = spawn_fake(latency)
             try:
-                results[label] = replay_once(base, Path(tmp) / label, args.personas, args.sessions, args.concurrency)
+                results[label] = replay_once(
+                    base, Path(tmp) / label, args.personas, args.sessions, args.concurrency
+                )
             finally:
                 proc.terminate()
                 proc.wait()
     o, t = results["overhead"], results["throughput"]
     limit = args.concurrency / args.latency
     rate = t["calls"] / t["flow"]
-    print(f"replay of {o['sessions']:.0f} sessions ({args.personas} personas × {args.sessions} sessions × {len(AGENTS)} agent kinds, learned k=2)")
-    print(f"overhead (latency 0): {o['calls']:.0f} LLM calls in {o['flow']:.2f} s inside the flow "
-          f"(+{o['wall'] - o['flow']:.2f} s Prefect start/finish) → {1000 * o['flow'] / o['sessions']:.1f} ms/session, "
-          f"{1000 * o['flow'] / o['calls']:.2f} ms/call")  # fmt: skip
-    print(f"throughput (latency {args.latency}s, concurrency {args.concurrency}): {t['calls']:.0f} calls in {t['flow']:.2f} s "
-          f"= {rate:.1f} calls/s = {rate / limit:.2f} × the limit {limit:.0f} calls/s; {t['sessions'] / t['flow']:.1f} sessions/s")  # fmt: skip
-    print(f"reproduce: .venv/bin/python bench/replay_bench.py --personas {args.personas} --sessions {args.sessions} "
-          f"--latency {args.latency} --concurrency {args.concurrency}")  # fmt: skip
+    print(
+        f"replay of {o['sessions']:.0f} sessions ({args.personas} personas × {args.sessions} sessions "
+        f"× {len(AGENTS)} agent kinds, learned k=2)"
+    )
+    print(
+        f"overhead (latency 0): {o['calls']:.0f} LLM calls in {o['flow']:.2f} s inside the flow "
+        f"(+{o['wall'] - o['flow']:.2f} s Prefect start/finish) "
+        f"→ {1000 * o['flow'] / o['sessions']:.1f} ms/session, "
+        f"{1000 * o['flow'] / o['calls']:.2f} ms/call"
+    )
+    print(
+        f"throughput (latency {args.latency}s, concurrency {args.concurrency}): "
+        f"{t['calls']:.0f} calls in {t['flow']:.2f} s "
+        f"= {rate:.1f} calls/s = {rate / limit:.2f} × the limit {limit:.0f} calls/s; "
+        f"{t['sessions'] / t['flow']:.1f} sessions/s"
+    )
+    print(
+        f"reproduce: .venv/bin/python bench/replay_bench.py --personas {args.personas} "
+        f"--sessions {args.sessions} "
+        f"--latency {args.latency} --concurrency {args.concurrency}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Reports, from one run:
   - build level: a whole `build_dataset` flow run: calls/s while the stages generate, as a ratio to the
     same limit, and the fixed start-up + publish cost apart from it.
 
-Reproduce: .venv/bin/python bench/throughput.py [--calls 3000] [--personas 100] [--latency 0.2] [--concurrency 32]
+Reproduce:
+    .venv/bin/python bench/throughput.py [--calls 3000] [--personas 100] [--latency 0.2] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -14,47 +15,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.testing.fake_openai import spawn_fake
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from flows.prefect_env import apply_prefect_defaults  # noqa: E402
-from tests.fake_openai import spawn_fake  # noqa: E402
 
 apply_prefect_defaults()
 
 
 async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: Path) -> tuple[float, float]:
-    from flows.catalogue import load_catalogue
-    from flows.llm.cache import ResponseCache
-    from flows.llm.client import LLM
-    from flows.stages.seed import sample_skeletons
-    from schemas.config import LLMConfig
-    from schemas.drafts import HintExpansion
+    from personaloom.catalogue import load_catalogue
+    from personaloom.llm.cache import ResponseCache
+    from personaloom.llm.client import LLM
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.schemas.drafts import HintExpansion
+    from personaloom.stages.seed import sample_skeletons
 
     seeds = sample_skeletons(load_catalogue(), calls, 123, n_sessions=2, n_changes=0)
-    llm = LLM(LLMConfig(model="bench", concurrency=concurrency), base_url=base_url, api_key="sk-bench",
-              cache=ResponseCache(cache_dir))  # fmt: skip
+    llm = LLM(
+        LLMConfig(model="bench", concurrency=concurrency),
+        base_url=base_url,
+        api_key="sk-bench",
+        cache=ResponseCache(cache_dir),
+    )
     # warm the connection pool so the figure is the steady state
-    await asyncio.gather(*(llm.structured("seed/expand_hint", HintExpansion, stage="warm", seed=s) for s in seeds[:concurrency]))
+    await asyncio.gather(
+        *(
+            llm.structured("seed/expand_hint", HintExpansion, stage="warm", seed=s)
+            for s in seeds[:concurrency]
+        )
+    )
     rest = seeds[concurrency:]
     cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(llm.structured("seed/expand_hint", HintExpansion, stage="bench", seed=s) for s in rest))
+    await asyncio.gather(
+        *(llm.structured("seed/expand_hint", HintExpansion, stage="bench", seed=s) for s in rest)
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await llm.aclose()
     return len(rest) / wall, cpu / len(rest) * 1000
 
 
 def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, float]:
-    from flows.build import build_dataset
-    from flows.store import DatasetStore
-    from schemas.config import BuildConfig, LLMConfig
+    from personaloom.build import build_dataset
+    from personaloom.schemas.config import BuildConfig, LLMConfig
+    from personaloom.store import DatasetStore
 
-    cfg = BuildConfig(dataset="bench", personas=personas, scenes_per_persona=10, shard_size=25,
-                      llm=LLMConfig(model="bench", base_url=base_url, concurrency=concurrency))  # fmt: skip
+    cfg = BuildConfig(
+        dataset="bench",
+        personas=personas,
+        scenes_per_persona=10,
+        shard_size=25,
+        llm=LLMConfig(model="bench", base_url=base_url, concurrency=concurrency),
+    )
     t0 = time.perf_counter()
     version = asyncio.run(build_dataset(cfg, out=str(out)))
     wall = time.perf_counter() - t0
@@ -74,20 +90,29 @@ def main() -> None:
     proc, base_url = spawn_fake(args.latency)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            rate, cpu_ms = asyncio.run(client_level(base_url, args.calls, args.concurrency, Path(tmp) / "cache"))
-            print(f"client: {rate:.1f} calls/s = {rate / limit:.3f} of the limit {limit:.0f}/s; "
-                  f"client CPU {cpu_ms:.3f} ms per call")  # fmt: skip
+            rate, cpu_ms = asyncio.run(
+                client_level(base_url, args.calls, args.concurrency, Path(tmp) / "cache")
+            )
+            print(
+                f"client: {rate:.1f} calls/s = {rate / limit:.3f} of the limit {limit:.0f}/s; "
+                f"client CPU {cpu_ms:.3f} ms per call"
+            )
             os.environ.setdefault("PREFECT_HOME", str(Path(tmp) / "prefect"))
             b = build_level(base_url, args.personas, args.concurrency, Path(tmp) / "out")
             gen_rate = b["calls"] / b["generate"]
-            print(f"build: {b['calls']:.0f} calls in {b['generate']:.1f} s generating = {gen_rate:.1f} calls/s "
-                  f"= {gen_rate / limit:.3f} of the limit; whole run {b['wall']:.1f} s, so start-up (Prefect) + publish "
-                  f"{b['wall'] - b['generate']:.1f} s")  # fmt: skip
+            print(
+                f"build: {b['calls']:.0f} calls in {b['generate']:.1f} s generating = {gen_rate:.1f} calls/s "
+                f"= {gen_rate / limit:.3f} of the limit; whole run {b['wall']:.1f} s, "
+                f"so start-up (Prefect) + publish "
+                f"{b['wall'] - b['generate']:.1f} s"
+            )
     finally:
         proc.terminate()
         proc.wait()
-    print(f"reproduce: .venv/bin/python bench/throughput.py --calls {args.calls} --personas {args.personas} "
-          f"--latency {args.latency} --concurrency {args.concurrency}")  # fmt: skip
+    print(
+        f"reproduce: .venv/bin/python bench/throughput.py --calls {args.calls} --personas {args.personas} "
+        f"--latency {args.latency} --concurrency {args.concurrency}"
+    )
 
 
 if __name__ == "__main__":

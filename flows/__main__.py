@@ -1,3 +1,3 @@
-from flows.cli import main
+from personaloom.cli import main
 
 main()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.manifest import Manifest
+from personaloom.schemas.manifest import Manifest
 
 TABLE_DOCS = {
     "dataset": "filtered sessions, persona + scene + query joined (what to load)",
@@ -15,23 +15,28 @@ TABLE_DOCS = {
 
 
 def _size_category(rows: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if rows < limit:
             return label
     return "1M<n<10M"
 
 
 def dataset_card(m: Manifest) -> str:
-    rows = m.counts["filter"].rows_out
+    rows = m.rows
     configs = "\n".join(
         f"- config_name: {t}\n  data_files:\n  - split: train\n    path: {t}/part-*.parquet"
         + ("\n  default: true" if t == "dataset" else "")
         for t in TABLE_DOCS
     )
     stage_lines = "\n".join(
-        f"| {s} | {c.rows_in} | {c.rows_out} | {c.rejected} | {c.fallback_rows} | {m.usage[s].calls} | "
-        f"{m.usage[s].cache_hits} | {m.usage[s].prompt_tokens + m.usage[s].completion_tokens} |"
-        for s, c in m.counts.items()
+        f"| {r.stage} | {r.rows_in} | {r.rows_out} | {r.rejected} | {r.fallback_rows} | {r.llm_calls} | "
+        f"{r.cache_hits} | {r.tokens} | {r.cost_usd:.4f} |"
+        for r in m.stage_report()
     )
     reasons = "\n".join(f"- `{r}`: {n}" for r, n in m.rejection_reasons.items()) or "- none"
     tables = "\n".join(f"- `{t}/` — {doc}" for t, doc in TABLE_DOCS.items())
@@ -73,8 +78,8 @@ output was empty or invalid.
 
 ## How it was built
 
-| stage | rows in | rows out | rejected | rows with fallbacks | LLM calls | cache hits | tokens |
-|---|---|---|---|---|---|---|---|
+| stage | rows in | rows out | rejected | rows with fallbacks | LLM calls | cache hits | tokens | cost USD |
+|---|---|---|---|---|---|---|---|---|
 {stage_lines}
 
 Rejection reasons:

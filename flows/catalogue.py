@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from pydantic import ValidationError
 
-from flows.errors import UserError
-from flows.paths import SEEDS_DIR
-from schemas.records import ApiSpec, CatalogueScene
+from personaloom.errors import UserError
+from personaloom.paths import SEEDS_DIR
+from personaloom.schemas.records import ApiSpec, CatalogueScene
 
 TABLES: dict[str, tuple[str, ...]] = {
     "locales.csv": ("locale", "country", "nationality", "languages", "weight"),
@@ -25,10 +26,22 @@ TABLES: dict[str, tuple[str, ...]] = {
     "scenes.csv": ("scene_id", "category", "title", "description", "apis"),
 }
 ATTRIBUTE_KEYS = (
-    "genders", "age_bands", "mbti", "formality", "verbosity", "proactivity", "emotional_tone",
-    "behavior_engagement", "usage", "emotion", "purchase",
-    "preferred_styles", "preferred_formats", "preferred_workflows", "change_kinds",
-)  # fmt: skip
+    "genders",
+    "age_bands",
+    "mbti",
+    "formality",
+    "verbosity",
+    "proactivity",
+    "emotional_tone",
+    "behavior_engagement",
+    "usage",
+    "emotion",
+    "purchase",
+    "preferred_styles",
+    "preferred_formats",
+    "preferred_workflows",
+    "change_kinds",
+)
 
 
 @dataclass(frozen=True)
@@ -56,10 +69,14 @@ def _read_csv(root: Path, name: str) -> pl.DataFrame:
     try:
         df = pl.read_csv(path, infer_schema=False)
     except Exception as e:  # polars raises several kinds for a broken CSV
-        raise UserError(f"seed table {path} is not a readable CSV ({type(e).__name__}): fix or restore it") from None
+        raise UserError(
+            f"seed table {path} is not a readable CSV ({type(e).__name__}): fix or restore it"
+        ) from None
     missing = [c for c in TABLES[name] if c not in df.columns]
     if missing:
-        raise UserError(f"seed table {path} lacks column(s) {', '.join(missing)}: expected {', '.join(TABLES[name])}")
+        raise UserError(
+            f"seed table {path} lacks column(s) {', '.join(missing)}: expected {', '.join(TABLES[name])}"
+        )
     nulls = [c for c in TABLES[name] if df[c].null_count()]
     if nulls:
         raise UserError(f"seed table {path} has empty values in column(s) {', '.join(nulls)}: fill them")
@@ -77,7 +94,20 @@ def _read_json(root: Path, name: str) -> Any:
 
 
 def load_catalogue(root: Path = SEEDS_DIR) -> Catalogue:
-    """Read and check every seed table; a broken table is a one-line UserError naming file and column."""
+    """Read and check every seed table; a broken table is a one-line UserError naming file and column.
+
+    Loaded once per process and folder state: the CLI checks the tables before Prefect starts, and the
+    flow it then runs in the same process reuses that load.
+    """
+    root = Path(root).resolve()
+    state = tuple(
+        (p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.glob("*")) if p.is_file()
+    )
+    return _load_catalogue(root, state)
+
+
+@cache
+def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Catalogue:
     t = {name: _read_csv(root, name) for name in TABLES}
     attributes = _read_json(root, "attributes.json")
     missing = [k for k in ATTRIBUTE_KEYS if k not in attributes]
@@ -86,7 +116,9 @@ def load_catalogue(root: Path = SEEDS_DIR) -> Catalogue:
     try:
         apis = {a["name"]: ApiSpec.model_validate(a) for a in _read_json(root, "apis.json")}
     except (ValidationError, KeyError, TypeError) as e:
-        raise UserError(f"seed file {root / 'apis.json'} has an invalid API spec: {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"seed file {root / 'apis.json'} has an invalid API spec: {str(e).splitlines()[0]}"
+        ) from None
 
     given: dict[tuple[str, str], list[str]] = {}
     for row in t["given_names.csv"].iter_rows(named=True):
@@ -102,13 +134,22 @@ def load_catalogue(root: Path = SEEDS_DIR) -> Catalogue:
     if not locales:
         raise UserError(f"seed tables in {root}: no locale of locales.csv has family names")
     occupations = [
-        {**r, "min_age": int(r["min_age"]), "max_age": int(r["max_age"]), "domain_vocabulary": _split(r["domain_vocabulary"])}
+        {
+            **r,
+            "min_age": int(r["min_age"]),
+            "max_age": int(r["max_age"]),
+            "domain_vocabulary": _split(r["domain_vocabulary"]),
+        }
         for r in t["occupations.csv"].iter_rows(named=True)
     ]
-    scenes = [CatalogueScene(**{**r, "apis": _split(r["apis"])}) for r in t["scenes.csv"].iter_rows(named=True)]
+    scenes = [
+        CatalogueScene(**{**r, "apis": _split(r["apis"])}) for r in t["scenes.csv"].iter_rows(named=True)
+    ]
     unknown = sorted({a for s in scenes for a in s.apis} - apis.keys())
     if unknown:
-        raise UserError(f"seed table {root / 'scenes.csv'} names API(s) not in apis.json: {', '.join(unknown[:5])}")
+        raise UserError(
+            f"seed table {root / 'scenes.csv'} names API(s) not in apis.json: {', '.join(unknown[:5])}"
+        )
     digest = hashlib.sha256()
     for p in sorted(root.glob("*.csv")) + sorted(root.glob("*.json")):
         digest.update(p.name.encode() + p.read_bytes())

@@ -13,7 +13,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from flows.errors import UserError
+from personaloom.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic life-long persona datasets.")
 
@@ -23,7 +23,9 @@ DatasetOpt = Annotated[str | None, typer.Option(help="dataset name [default: per
 PersonasOpt = Annotated[int | None, typer.Option(help="number of personas [default: 200]")]
 ScenesOpt = Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")]
 ModelOpt = Annotated[str | None, typer.Option(help="model name at the endpoint")]
-BaseUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")]
 OUT_DEFAULT = Path("output")
 
@@ -34,7 +36,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _validation_line(e: ValidationError, source: str | None) -> str:
-    """`--personas: ...` for an option, `FILE: llm.rpm: ...` for a config file; pydantic's prefixes dropped."""
+    """`--personas: ...` for an option, `FILE: llm.rpm: ...` for a config file; no pydantic prefixes."""
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "value"
     msg = err["msg"].removeprefix("Value error, ")
@@ -47,20 +49,25 @@ def _quiet_prefect_tracebacks() -> None:
     """Our own errors already print one line; Prefect would log them again with a traceback."""
     import logging
 
-    from flows.llm.client import LLMError
+    from personaloom.llm.client import LLMError
 
     def one_line(record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, UserError | LLMError):
             return False
-        return not (record.levelno >= logging.ERROR and ("UserError" in str(record.msg) or "LLMError" in str(record.msg)))
+        return not (
+            record.levelno >= logging.ERROR
+            and ("UserError" in str(record.msg) or "LLMError" in str(record.msg))
+        )
 
-    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:  # console sits on root
+    for handler in (
+        logging.getLogger().handlers + logging.getLogger("prefect").handlers
+    ):  # console sits on root
         handler.addFilter(one_line)
 
 
 def _prefect_env() -> None:
-    from flows.prefect_env import apply_prefect_defaults
+    from personaloom.prefect_env import apply_prefect_defaults
 
     apply_prefect_defaults()
 
@@ -88,7 +95,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dict[str, Any]) -> Any:
-    from schemas.config import BuildConfig
+    from personaloom.schemas.config import BuildConfig
 
     data = load_config_file(file) if file else {}
     if not isinstance(data, dict):
@@ -100,7 +107,11 @@ def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dic
     try:
         return BuildConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_validation_line(e, str(file) if file and overrides.get(e.errors()[0]["loc"][0]) is None else None)) from None
+        raise UserError(
+            _validation_line(
+                e, str(file) if file and overrides.get(e.errors()[0]["loc"][0]) is None else None
+            )
+        ) from None
 
 
 @app.command()
@@ -117,13 +128,23 @@ def build(
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
     answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
-    quality_min: Annotated[int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="stop cleanly once this run spent this many tokens")] = None,
-    max_cost: Annotated[float | None, typer.Option(help="stop cleanly once this run spent this many USD")] = None,
+    quality_min: Annotated[
+        int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="stop cleanly once this run spent this many tokens")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="stop cleanly once this run spent this many USD")
+    ] = None,
     config: ConfigOpt = None,
-    seeds: Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")] = None,
+    seeds: Annotated[
+        Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")
+    ] = None,
     runner: Annotated[str, typer.Option(help="local | dask | ray: where shard tasks run")] = "local",
-    address: Annotated[str | None, typer.Option(help="address of an existing Dask scheduler or Ray cluster")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="address of an existing Dask scheduler or Ray cluster")
+    ] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
     progress: Annotated[bool, typer.Option(help="live progress display")] = True,
@@ -131,29 +152,56 @@ def build(
     """Build a new dataset version through the five stages."""
     cfg = make_config(
         config,
-        dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona, seed=seed,
-             shard_size=shard_size, expand_hints=expand_hints, answerability=answerability, quality_min=quality_min),
-        dict(model=model, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, max_tokens=max_tokens, max_cost=max_cost),
-    )  # fmt: skip
-    from flows.catalogue import load_catalogue
-    from flows.llm.budget import Budget
-    from flows.llm.endpoint import check_endpoint
+        dict(
+            dataset=dataset,
+            personas=personas,
+            scenes_per_persona=scenes_per_persona,
+            seed=seed,
+            shard_size=shard_size,
+            expand_hints=expand_hints,
+            answerability=answerability,
+            quality_min=quality_min,
+        ),
+        dict(
+            model=model,
+            base_url=base_url,
+            concurrency=concurrency,
+            rpm=rpm,
+            tpm=tpm,
+            max_tokens=max_tokens,
+            max_cost=max_cost,
+        ),
+    )
+    from personaloom.catalogue import load_catalogue
+    from personaloom.llm.budget import Budget
+    from personaloom.llm.endpoint import check_endpoint
 
     if runner not in ("local", "dask", "ray"):
         raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
-    load_catalogue(seeds) if seeds else load_catalogue()  # bad seed tables and endpoints fail here, before Prefect starts
+    load_catalogue(
+        seeds
+    ) if seeds else load_catalogue()  # bad seed tables and endpoints fail here, before Prefect starts
     check_endpoint(cfg.llm)
     Budget.for_model(cfg.llm.model, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
     _prefect_env()
-    from flows.build import build_dataset
-    from flows.display import live_progress
+    from personaloom.build import build_dataset
+    from personaloom.display import live_progress
 
     _quiet_prefect_tracebacks()
-    flow = build_dataset.with_options(task_runner=task_runner(runner, address)) if runner != "local" else build_dataset
+    flow = (
+        build_dataset.with_options(task_runner=task_runner(runner, address))
+        if runner != "local"
+        else build_dataset
+    )
     with live_progress(enabled=progress and sys.stderr.isatty() and runner == "local"):
         version = asyncio.run(
-            flow(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None, seeds_dir=str(seeds) if seeds else None,
-                 runner=runner)  # fmt: skip
+            flow(
+                cfg,
+                out=str(out),
+                cache_dir=str(cache_dir) if cache_dir else None,
+                seeds_dir=str(seeds) if seeds else None,
+                runner=runner,
+            )
         )
     _print_summary(out, cfg.dataset, version)
 
@@ -179,15 +227,14 @@ def task_runner(runner: str, address: str | None) -> Any:
 
 
 def _print_summary(out: Path, dataset: str, version: str) -> None:
-    from flows.store import DatasetStore
+    from personaloom.store import DatasetStore
 
     m = DatasetStore(out, dataset).manifest(version)
-    calls = sum(u.calls for u in m.usage.values())
-    hits = sum(u.cache_hits for u in m.usage.values())
-    tokens = sum(u.prompt_tokens + u.completion_tokens for u in m.usage.values())
+    report = m.stage_report()
     typer.echo(
-        f"{dataset}@{version}: {m.counts['filter'].rows_out} rows, {sum(m.rejection_reasons.values())} rejected; "
-        f"{calls} LLM calls, {hits} cache hits, {tokens} tokens → {out / dataset / version}"
+        f"{dataset}@{version}: {m.rows} rows, {sum(m.rejection_reasons.values())} rejected; "
+        f"{sum(r.llm_calls for r in report)} LLM calls, {sum(r.cache_hits for r in report)} cache hits, "
+        f"{sum(r.tokens for r in report)} tokens → {out / dataset / version}"
     )
 
 
@@ -204,12 +251,15 @@ def serve(
     out: OutOpt = OUT_DEFAULT,
 ) -> None:
     """Serve the build flow as a Prefect deployment on a cron schedule (each run makes a new version)."""
-    cfg = make_config(config, dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona),
-                      dict(model=model, base_url=base_url))  # fmt: skip
+    cfg = make_config(
+        config,
+        dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona),
+        dict(model=model, base_url=base_url),
+    )
     _prefect_env()
     from prefect import serve as prefect_serve
 
-    from flows.schedule import deployment
+    from personaloom.schedule import deployment
 
     _quiet_prefect_tracebacks()
     prefect_serve(deployment(cfg, out, cron, name or cfg.dataset))
@@ -221,7 +271,7 @@ def serve(
 @app.command()
 def versions(dataset: str, out: OutOpt = OUT_DEFAULT) -> None:
     """List the versions of a dataset."""
-    from flows.store import DatasetStore
+    from personaloom.store import DatasetStore
 
     store = DatasetStore(out, dataset)
     if not store.versions():
@@ -230,25 +280,30 @@ def versions(dataset: str, out: OutOpt = OUT_DEFAULT) -> None:
     for v in store.versions():
         m = store.manifest(v)
         mark = " (latest)" if v == latest else ""
-        typer.echo(f"{v}{mark}  {m.created_at:%Y-%m-%d %H:%M}  rows={m.counts['filter'].rows_out}  model={m.model}  parent={m.parent or '-'}")
+        typer.echo(
+            f"{v}{mark}  {m.created_at:%Y-%m-%d %H:%M}  rows={m.rows}  model={m.model}  "
+            f"parent={m.parent or '-'}"
+        )
 
 
 @app.command()
 def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT) -> None:
     """Summarize one version: counts per stage, LLM usage, rejection reasons."""
-    from flows.store import DatasetStore
+    from personaloom.store import DatasetStore
 
     name, version = _split_spec(spec)
     store = DatasetStore(out, name)
     path = store.resolve(version)
     m = store.manifest(path.name)
-    typer.echo(f"{name}@{m.version}  {path}\ncreated {m.created_at:%Y-%m-%d %H:%M} UTC  model {m.model} at {m.endpoint}  "
-               f"seed {m.seed}  parent {m.parent or '-'}  code {m.code_version}")  # fmt: skip
-    typer.echo(f"{'stage':<10}{'in':>8}{'out':>8}{'rejected':>10}{'fallback':>10}{'calls':>8}{'cached':>8}{'tokens':>10}{'sec':>8}")
-    for s, c in m.counts.items():
-        u = m.usage[s]
-        typer.echo(f"{s:<10}{c.rows_in:>8}{c.rows_out:>8}{c.rejected:>10}{c.fallback_rows:>10}{u.calls:>8}"
-                   f"{u.cache_hits:>8}{u.prompt_tokens + u.completion_tokens:>10}{m.stage_seconds.get(s, 0):>8.1f}")  # fmt: skip
+    typer.echo(
+        f"{name}@{m.version}  {path}\ncreated {m.created_at:%Y-%m-%d %H:%M} UTC  "
+        f"model {m.model} at {m.endpoint}  seed {m.seed}  parent {m.parent or '-'}  code {m.code_version}"
+    )
+    columns = ("stage", "in", "out", "rejected", "fallback", "calls", "cached", "tokens", "sec")
+    typer.echo(f"{columns[0]:<10}" + "".join(f"{c:>10}" for c in columns[1:]))
+    for r in m.stage_report():
+        cells = (r.rows_in, r.rows_out, r.rejected, r.fallback_rows, r.llm_calls, r.cache_hits, r.tokens)
+        typer.echo(f"{r.stage:<10}" + "".join(f"{c:>10}" for c in cells) + f"{r.seconds:>10.1f}")
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
 
@@ -256,8 +311,8 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
 @app.command()
 def verify(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT) -> None:
     """Recheck a version's shard checksums and row counts against its manifest."""
-    from flows.store import DatasetStore
-    from flows.verify import verify_version
+    from personaloom.store import DatasetStore
+    from personaloom.verify import verify_version
 
     name, version = _split_spec(spec)
     store = DatasetStore(out, name)
@@ -277,18 +332,89 @@ def verify(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: Ou
 def filter_cmd(
     input: Annotated[Path, typer.Argument(metavar="IN.parquet", help="Parquet file with a text column")],
     column: Annotated[str, typer.Option(help="the text column")] = "text",
-    out: Annotated[Path, typer.Option("--out", help="folder for kept.parquet and rejections.parquet")] = Path("filtered"),
-    threshold: Annotated[float | None, typer.Option(help="near-duplicate similarity (rapidfuzz ratio 0–100) [default: 85]")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for kept.parquet and rejections.parquet")] = Path(
+        "filtered"
+    ),
+    threshold: Annotated[
+        float | None, typer.Option(help="near-duplicate similarity (rapidfuzz ratio 0–100) [default: 85]")
+    ] = None,
     min_words: Annotated[int | None, typer.Option(help="drop texts with fewer words")] = None,
     max_words: Annotated[int | None, typer.Option(help="drop texts with more words")] = None,
-    id_column: Annotated[str | None, typer.Option(help="column naming rows in dup_of (default: row number)")] = None,
-    lang: Annotated[str | None, typer.Option(help="keep only these languages, e.g. en,de (enables language ID)")] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="column naming rows in dup_of (default: row number)")
+    ] = None,
+    lang: Annotated[
+        str | None, typer.Option(help="keep only these languages, e.g. en,de (enables language ID)")
+    ] = None,
 ) -> None:
     """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts."""
-    from flows.filter_file import filter_parquet
+    from personaloom.filter_file import filter_parquet
 
-    filter_parquet(input, column=column, out=out, threshold=threshold, min_words=min_words,
-                   max_words=max_words, id_column=id_column, lang=lang)  # fmt: skip
+    filter_parquet(
+        input,
+        column=column,
+        out=out,
+        threshold=threshold,
+        min_words=min_words,
+        max_words=max_words,
+        id_column=id_column,
+        lang=lang,
+    )
+
+
+# ---------------------------------------------------------------- declared LLM calls
+
+
+@app.command()
+def prompts(
+    show: Annotated[
+        str | None, typer.Option("--show", metavar="NAME", help="render this call for a sample row")
+    ] = None,
+    prompt_set: Annotated[str, typer.Option(help="default | small (the embedded model's set)")] = "default",
+    schema: Annotated[bool, typer.Option(help="with --show: also print the response JSON schema")] = False,
+    seed: Annotated[int, typer.Option(help="with --show: the sample persona's build seed")] = 0,
+) -> None:
+    """List every declared LLM call, or render one (--show NAME) for a sample row, without any LLM."""
+    from personaloom.catalogue import load_catalogue
+    from personaloom.llm.calls import by_name
+    from personaloom.llm.prompts import PromptLibrary
+    from personaloom.pipeline import all_calls
+
+    if prompt_set not in ("default", "small"):
+        raise UserError(f"--prompt-set {prompt_set!r}: choose default or small")
+    calls = by_name(all_calls())
+    library = PromptLibrary(prompt_set=prompt_set)
+    library.check(calls.values())
+    if show is None:
+        typer.echo(f"{'call':<34}{'role':<11}{'max tokens':>11}{'temp':>6}  {'response':<26}template hash")
+        for name, call in sorted(calls.items()):
+            d = call.describe(library.hashes)
+            tokens = d["max_tokens"] if d["max_tokens"] is not None else "per input"
+            temp = "run" if d["temperature"] is None else d["temperature"]
+            typer.echo(
+                f"{name:<34}{d['role']:<11}{tokens:>11}{temp:>6}  {d['response']:<26}{d['template_hash']}"
+            )
+        return
+    if show not in calls:
+        raise UserError(f"--show: no LLM call {show!r}; `personaloom prompts` lists them")
+    from personaloom.samples import sample_records
+
+    call = calls[show]
+    item = call.sample(sample_records(load_catalogue(), seed=seed))  # type: ignore[misc]
+    rendered = library.render(call.name, **call.variables_for(item))
+    d = call.describe(library.hashes)
+    typer.echo(
+        f"# {call.name} ({prompt_set} set, template {d['template_hash']}): role {d['role']}, "
+        f"max tokens {call.tokens_for(item)}, response {d['response']}"
+    )
+    for message in rendered.messages:
+        typer.echo(f"\n--- {message['role']}\n{message['content']}")
+    response = call.response_for(item)
+    if schema and response is not None:
+        typer.echo(
+            "\n--- response schema\n"
+            + orjson.dumps(response.model_json_schema(), option=orjson.OPT_INDENT_2).decode()
+        )
 
 
 # ---------------------------------------------------------------- the embedded model
@@ -297,7 +423,7 @@ def filter_cmd(
 @app.command(name="local-llm")
 def local_llm() -> None:
     """Serve the embedded model on loopback; prints its base URL and model name, stops on Ctrl-C."""
-    from flows.llm.local import LocalServer
+    from personaloom.llm.local import LocalServer
 
     stop = threading.Event()
     with LocalServer() as server:
@@ -323,37 +449,59 @@ def _int_list(text: str, option: str) -> list[int]:
 @app.command()
 def replay(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
-    agents: Annotated[str, typer.Option(help="comma list of none, golden, learned, rag, persona-agent, vars")] = "none,golden,learned",
-    k: Annotated[str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")] = "3",
+    agents: Annotated[
+        str, typer.Option(help="comma list of none, golden, learned, rag, persona-agent, vars")
+    ] = "none,golden,learned",
+    k: Annotated[
+        str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")
+    ] = "3",
     personas: Annotated[int | None, typer.Option(help="replay only the first N personas")] = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     judge: Annotated[bool, typer.Option(help="LLM judge ratings and persona similarity")] = True,
-    run: Annotated[str | None, typer.Option("--run", help="run folder name [default: derived from the settings]")] = None,
+    run: Annotated[
+        str | None, typer.Option("--run", help="run folder name [default: derived from the settings]")
+    ] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
 ) -> None:
     """Replay a dataset version through the reference agents; results go to DATASET/vN/replay/RUN/."""
-    from schemas.config import LLMConfig
-    from schemas.replay import ReplayConfig
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.schemas.replay import ReplayConfig
 
     name, version = _split_spec(spec)
-    llm = {k_: v for k_, v in dict(model=model, base_url=base_url, concurrency=concurrency).items() if v is not None}
-    fields = dict(dataset=name, version=version, agents=[a.strip() for a in agents.split(",") if a.strip()], ks=_int_list(k, "--k"),
-                  personas=personas, shard_size=shard_size, judge=judge, run=run)  # fmt: skip
+    llm = {
+        k_: v
+        for k_, v in dict(model=model, base_url=base_url, concurrency=concurrency).items()
+        if v is not None
+    }
+    fields = dict(
+        dataset=name,
+        version=version,
+        agents=[a.strip() for a in agents.split(",") if a.strip()],
+        ks=_int_list(k, "--k"),
+        personas=personas,
+        shard_size=shard_size,
+        judge=judge,
+        run=run,
+    )
     try:
-        cfg = ReplayConfig.model_validate({**{f: v for f, v in fields.items() if v is not None}, "llm": LLMConfig(**llm)})
+        cfg = ReplayConfig.model_validate(
+            {**{f: v for f, v in fields.items() if v is not None}, "llm": LLMConfig(**llm)}
+        )
     except ValidationError as e:
         raise UserError(_validation_line(e, None)) from None
-    from flows.llm.endpoint import check_endpoint
-    from flows.store import DatasetStore
+    from personaloom.llm.endpoint import check_endpoint
+    from personaloom.store import DatasetStore
 
-    DatasetStore(out, name).resolve(version)  # a missing dataset fails here, in one line, before Prefect starts
+    DatasetStore(out, name).resolve(
+        version
+    )  # a missing dataset fails here, in one line, before Prefect starts
     check_endpoint(cfg.llm)
     _prefect_env()
-    from flows.replay import replay_dataset
+    from personaloom.replay import replay_dataset
 
     _quiet_prefect_tracebacks()
     run_dir = asyncio.run(replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
@@ -367,14 +515,18 @@ DestOpt = Annotated[Path | None, typer.Option("--dest", help="folder to write to
 
 
 @app.command()
-def plot(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT, dest: DestOpt = None) -> None:
+def plot(
+    spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
+    out: OutOpt = OUT_DEFAULT,
+    dest: DestOpt = None,
+) -> None:
     """Draw the explore notebook's figures as PNG files (default --dest: plots/DATASET-vN/)."""
     try:
         import matplotlib  # here, not at the top: `personaloom --help` stays fast
     except ImportError:
         raise UserError("plot needs matplotlib: pip install 'personaloom[notebook]'") from None
     matplotlib.use("Agg")  # no display needed, works over SSH and in cron
-    from flows.explore import open_version, write_pngs
+    from personaloom.explore import open_version, write_pngs
 
     name, version = _split_spec(spec)
     view = open_version(out, name, version)
@@ -386,17 +538,24 @@ def plot(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
 @app.command()
 def export(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl or csv (nested columns become JSON strings in CSV)")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl or csv (nested columns become JSON strings in CSV)")
+    ] = None,
     out: OutOpt = OUT_DEFAULT,
     dest: DestOpt = None,
 ) -> None:
-    """Write every table of a version (replay runs included) as JSON Lines or CSV (default --dest: exports/DATASET-vN-FORMAT/)."""
-    from flows.export import export_version
-    from flows.store import DatasetStore
+    """Write every table of a version (replay runs included) as JSON Lines or CSV.
+
+    Default --dest: exports/DATASET-vN-FORMAT/.
+    """
+    from personaloom.export import export_version
+    from personaloom.store import DatasetStore
 
     name, version = _split_spec(spec)
     if fmt not in ("jsonl", "csv"):  # checked here, not by click, so a missing or bad value is one plain line
-        raise UserError(f"--format: {'unknown format ' + repr(fmt) if fmt else 'required'}: choose jsonl or csv")
+        raise UserError(
+            f"--format: {'unknown format ' + repr(fmt) if fmt else 'required'}: choose jsonl or csv"
+        )
     folder = DatasetStore(out, name).resolve(version)
     target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
     written = export_version(out, name, folder.name, fmt, target)  # type: ignore[arg-type]  # checked above
@@ -415,7 +574,9 @@ def main() -> None:
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("interrupted: finished shards and LLM answers are kept; run the same command to resume", err=True)
+        typer.echo(
+            "interrupted: finished shards and LLM answers are kept; run the same command to resume", err=True
+        )
         raise SystemExit(130) from None
     except Exception as e:
         # usage errors: typer vendors its own click, so match the ClickException shape, not the class
@@ -426,6 +587,6 @@ def main() -> None:
 
 
 def _llm_error() -> type[Exception]:
-    from flows.llm.client import LLMError
+    from personaloom.llm.client import LLMError
 
     return LLMError

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flows.progress import progress_sink
+from personaloom.progress import progress_sink
 
 
 @contextmanager
@@ -19,9 +19,14 @@ def live_progress(enabled: bool = True, interval: float = 0.25) -> Iterator[None
         yield
         return
     bars = Progress(
-        TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[llm]}"), console=Console(stderr=True), transient=False,
-    )  # fmt: skip
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[llm]}"),
+        console=Console(stderr=True),
+        transient=False,
+    )
     ids: dict[str, int] = {}
     stop = threading.Event()
 
@@ -29,7 +34,11 @@ def live_progress(enabled: bool = True, interval: float = 0.25) -> Iterator[None
         usage = progress_sink.usage() if progress_sink.usage else {}
         for stage, done, total in progress_sink.snapshot():
             u = usage.get(stage)
-            llm = f"calls {u.calls}  cached {u.cache_hits}  tokens {u.prompt_tokens + u.completion_tokens}" if u else ""
+            llm = (
+                f"calls {u.calls}  cached {u.cache_hits}  tokens {u.prompt_tokens + u.completion_tokens}"
+                if u
+                else ""
+            )
             if stage not in ids:
                 ids[stage] = bars.add_task(stage, total=total or None, llm=llm)
             bars.update(ids[stage], completed=done, total=total or None, llm=llm)

@@ -1,4 +1,4 @@
-"""Look at a dataset version: lazy Polars frames per table and the figures the notebook and `personaloom plot` share.
+"""Look at a version: lazy Polars frames per table and the figures the notebook and `personaloom plot` share.
 
 Figures are plain `matplotlib.figure.Figure` objects made without pyplot: no global figure registry to leak
 from a long-running CLI or notebook, and no backend choice forced on the caller (the CLI picks Agg, the
@@ -17,9 +17,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from flows.errors import UserError
-from flows.store import TABLES, DatasetStore
-from schemas.manifest import Manifest
+from personaloom.errors import UserError
+from personaloom.schemas.manifest import Manifest
+from personaloom.store import TABLES, DatasetStore
 
 TOP_N = 12  # categories per bar chart; the rest are summed into "other" so labels stay readable
 LABEL_CHARS = 30
@@ -64,7 +64,10 @@ class VersionView:
 
 
 def _scan_tables(root: Path, names: list[str]) -> dict[str, pl.LazyFrame]:
-    """Lazy scans of `root/<name>/part-*.parquet`; a folder without shards is left out rather than failing the view."""
+    """Lazy scans of `root/<name>/part-*.parquet`.
+
+    A folder without shards is left out rather than failing the view.
+    """
     frames = {}
     for name in names:
         parts = sorted((root / name).glob("part-*.parquet"))
@@ -79,7 +82,9 @@ def _open_replays(version_dir: Path) -> dict[str, ReplayView]:
         tables = _scan_tables(run, sorted(p.name for p in run.iterdir() if p.is_dir()))
         summary = run / "summary.md"
         if tables:  # a run still being written (no shard yet) is skipped, not an error
-            replays[run.name] = ReplayView(run.name, run, tables, summary.read_text() if summary.is_file() else None)
+            replays[run.name] = ReplayView(
+                run.name, run, tables, summary.read_text() if summary.is_file() else None
+            )
     return replays
 
 
@@ -109,13 +114,22 @@ def open_version(out: Path | str, dataset: str | None = None, version: str | Non
     dataset = dataset or newest_dataset(out)
     store = DatasetStore(out, dataset)
     path = store.resolve(version)
-    return VersionView(dataset, path.name, path, store.manifest(path.name), _scan_tables(path, list(TABLES)), _open_replays(path))
+    return VersionView(
+        dataset,
+        path.name,
+        path,
+        store.manifest(path.name),
+        _scan_tables(path, list(TABLES)),
+        _open_replays(path),
+    )
 
 
 def open_from_env() -> VersionView:
     """What the notebook opens: PERSONALOOM_OUT, PERSONALOOM_DATASET, PERSONALOOM_VERSION (each optional)."""
     out = os.environ.get("PERSONALOOM_OUT") or default_out()
-    return open_version(out, os.environ.get("PERSONALOOM_DATASET") or None, os.environ.get("PERSONALOOM_VERSION") or None)
+    return open_version(
+        out, os.environ.get("PERSONALOOM_DATASET") or None, os.environ.get("PERSONALOOM_VERSION") or None
+    )
 
 
 # ---------------------------------------------------------------- tables behind the figures
@@ -128,22 +142,41 @@ def _table(view: VersionView, name: str) -> pl.LazyFrame | None:
 def stage_counts(view: VersionView) -> pl.DataFrame:
     """Rows in, out, rejected and with fallbacks per stage, from the manifest."""
     rows = [{"stage": s, **c.model_dump()} for s, c in view.manifest.counts.items()]
-    return pl.DataFrame(rows, schema={"stage": pl.String, "rows_in": pl.Int64, "rows_out": pl.Int64, "rejected": pl.Int64, "fallback_rows": pl.Int64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "stage": pl.String,
+            "rows_in": pl.Int64,
+            "rows_out": pl.Int64,
+            "rejected": pl.Int64,
+            "fallback_rows": pl.Int64,
+        },
+    )
 
 
 def rejection_reasons(view: VersionView) -> pl.DataFrame:
-    """Rejected rows per (stage, reason), counted from the rejections table itself rather than the manifest."""
+    """Rejected rows per (stage, reason), counted from the rejections table itself, not the manifest."""
     lf = _table(view, "rejections")
     if lf is None:
         return pl.DataFrame(schema={"stage": pl.String, "reason": pl.String, "rows": pl.UInt32})
-    return lf.group_by("stage", "reason").agg(pl.len().alias("rows")).sort("rows", "stage", "reason", descending=[True, False, False]).collect()
+    return (
+        lf.group_by("stage", "reason")
+        .agg(pl.len().alias("rows"))
+        .sort("rows", "stage", "reason", descending=[True, False, False])
+        .collect()
+    )
 
 
 def _mbti(personality: pl.Expr) -> pl.Expr:
     """Four MBTI letters from the persona's spelled-out dichotomies (Intuition is N, not I)."""
     letters = [
         personality.struct.field(f).str.slice(0, 1)
-        for f in ("Extraversion_or_Introversion", "Sensing_or_Intuition", "Thinking_or_Feeling", "Judging_or_Perceiving")
+        for f in (
+            "Extraversion_or_Introversion",
+            "Sensing_or_Intuition",
+            "Thinking_or_Feeling",
+            "Judging_or_Perceiving",
+        )
     ]
     letters[1] = pl.when(letters[1] == "I").then(pl.lit("N")).otherwise(letters[1])
     return pl.concat_str(letters)
@@ -171,11 +204,16 @@ def persona_attributes(view: VersionView) -> pl.DataFrame:
 
 
 def scene_kinds(view: VersionView) -> pl.DataFrame:
-    """Scenes per (session_index, kind): the mix of common, persona-specific and revisit sessions over time."""
+    """Scenes per (session_index, kind): mix of common, persona-specific and revisit sessions over time."""
     lf = _table(view, "scenes")
     if lf is None:
         return pl.DataFrame(schema={"session_index": pl.Int64, "kind": pl.String, "scenes": pl.UInt32})
-    return lf.group_by("session_index", "kind").agg(pl.len().alias("scenes")).sort("session_index", "kind").collect()
+    return (
+        lf.group_by("session_index", "kind")
+        .agg(pl.len().alias("scenes"))
+        .sort("session_index", "kind")
+        .collect()
+    )
 
 
 def query_lengths(view: VersionView) -> pl.DataFrame:
@@ -190,7 +228,10 @@ def query_lengths(view: VersionView) -> pl.DataFrame:
 
 
 def metric_columns(metrics: pl.LazyFrame) -> list[str]:
-    """The learning-curve metrics this replay actually wrote (numeric, in CURVE_METRICS order, similarity scores first)."""
+    """The learning-curve metrics this replay actually wrote.
+
+    Numeric, in CURVE_METRICS order, similarity scores first.
+    """
     schema = metrics.collect_schema()
     numeric = [c for c, t in schema.items() if t.is_numeric()]
     extra = [c for c in numeric if "similarity" in c and c not in CURVE_METRICS]
@@ -201,7 +242,11 @@ def _replay_metrics(run: ReplayView) -> pl.LazyFrame | None:
     """The per persona × session × agent metric table: `metrics`, else any table with those keys."""
     for name in ["metrics", *run.tables]:
         lf = run.tables.get(name)
-        if lf is not None and {"agent", "session_index"} <= set(lf.collect_schema().names()) and metric_columns(lf):
+        if (
+            lf is not None
+            and {"agent", "session_index"} <= set(lf.collect_schema().names())
+            and metric_columns(lf)
+        ):
             return lf
     return None
 
@@ -218,7 +263,9 @@ def learning_curves(run: ReplayView) -> pl.DataFrame:
     if lf is None:
         return pl.DataFrame()
     cols = metric_columns(lf)
-    table = lf.group_by("agent", "session_index").agg(pl.col(cols).mean(), pl.len().alias("personas")).collect()
+    table = (
+        lf.group_by("agent", "session_index").agg(pl.col(cols).mean(), pl.len().alias("personas")).collect()
+    )
     return table.sort(_agent_rank(lf), "session_index")
 
 
@@ -227,8 +274,14 @@ def replay_summary(run: ReplayView) -> pl.DataFrame:
     lf = _replay_metrics(run)
     if lf is None:
         return pl.DataFrame()
-    extra = [pl.col("satisfied").cast(pl.Float64).mean()] if "satisfied" in lf.collect_schema().names() else []
-    table = lf.group_by("agent").agg(pl.col(metric_columns(lf)).mean(), *extra, pl.len().alias("sessions")).collect()
+    extra = (
+        [pl.col("satisfied").cast(pl.Float64).mean()] if "satisfied" in lf.collect_schema().names() else []
+    )
+    table = (
+        lf.group_by("agent")
+        .agg(pl.col(metric_columns(lf)).mean(), *extra, pl.len().alias("sessions"))
+        .collect()
+    )
     return table.sort(_agent_rank(lf))
 
 
@@ -267,8 +320,16 @@ def stages_figure(view: VersionView) -> Figure:
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
     counts = stage_counts(view)
     x = list(range(counts.height))
-    for i, (col, color) in enumerate((("rows_in", "#8C8C8C"), ("rows_out", "#4C72B0"), ("rejected", "#C44E52"))):
-        left.bar([v + (i - 1) * 0.27 for v in x], counts[col].to_list(), width=0.27, label=col.replace("_", " "), color=color)
+    for i, (col, color) in enumerate(
+        (("rows_in", "#8C8C8C"), ("rows_out", "#4C72B0"), ("rejected", "#C44E52"))
+    ):
+        left.bar(
+            [v + (i - 1) * 0.27 for v in x],
+            counts[col].to_list(),
+            width=0.27,
+            label=col.replace("_", " "),
+            color=color,
+        )
     left.set_xticks(x, counts["stage"].to_list())
     left.set_ylabel("rows")
     left.set_title("rows per stage")
@@ -292,7 +353,9 @@ def personas_figure(view: VersionView) -> Figure:
     age_ax = axes[0]
     age_ax.set_title("age")
     if attrs.height and "age" in attrs.columns:
-        age_ax.hist(attrs["age"].drop_nulls().to_list(), bins=min(20, max(5, attrs.height // 2)), color="#4C72B0")
+        age_ax.hist(
+            attrs["age"].drop_nulls().to_list(), bins=min(20, max(5, attrs.height // 2)), color="#4C72B0"
+        )
         age_ax.set_xlabel("years")
     else:
         _no_data(age_ax, "personas")
@@ -309,7 +372,9 @@ def personas_figure(view: VersionView) -> Figure:
 def communication_figure(view: VersionView) -> Figure:
     fig = Figure(figsize=(14, 4.5), layout="constrained")
     attrs = persona_attributes(view)
-    for ax, col in zip(fig.subplots(1, 4), ("formality", "verbosity", "proactivity", "emotional_tone"), strict=True):
+    for ax, col in zip(
+        fig.subplots(1, 4), ("formality", "verbosity", "proactivity", "emotional_tone"), strict=True
+    ):
         if col in attrs.columns:
             _bar_counts(ax, attrs[col], col.replace("_", " "))
         else:
@@ -333,7 +398,9 @@ def scene_kinds_figure(view: VersionView) -> Figure:
     bottom = [0] * wide.height
     for kind in order:  # stacked: each bar's height is the number of personas that reached that session
         values = wide[kind].to_list()
-        ax.bar(wide["session_index"].to_list(), values, bottom=bottom, label=kind, color=KIND_COLORS.get(kind))
+        ax.bar(
+            wide["session_index"].to_list(), values, bottom=bottom, label=kind, color=KIND_COLORS.get(kind)
+        )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xlabel("session index")
     ax.set_ylabel("scenes")
@@ -353,7 +420,13 @@ def query_lengths_figure(view: VersionView) -> Figure:
     top = max(int(lengths.max().max_horizontal().item() or 0), 1)
     bins = list(range(0, top + 2, max(1, (top + 1) // 30)))
     for col, color in (("personalized", "#4C72B0"), ("neutralized", "#DD8452")):
-        ax.hist(lengths[col].to_list(), bins=bins, alpha=0.6, label=f"{col} (median {lengths[col].median():.0f})", color=color)
+        ax.hist(
+            lengths[col].to_list(),
+            bins=bins,
+            alpha=0.6,
+            label=f"{col} (median {lengths[col].median():.0f})",
+            color=color,
+        )
     ax.set_xlabel("words")
     ax.set_ylabel("queries")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -370,7 +443,10 @@ def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
     agents = curves["agent"].unique(maintain_order=True).to_list()
     # One fixed colour, marker and dash per agent across panels: baselines often tie exactly, and
     # distinct markers and dashes keep overlapping lines visible.
-    styles = {a: dict(color=f"C{i % 10}", marker="os^Dvx*P"[i % 8], linestyle=("-", "--", ":", "-.")[i % 4]) for i, a in enumerate(agents)}
+    styles = {
+        a: dict(color=f"C{i % 10}", marker="os^Dvx*P"[i % 8], linestyle=("-", "--", ":", "-.")[i % 4])
+        for i, a in enumerate(agents)
+    }
     ncols = min(2, len(cols))
     fig = Figure(figsize=(6.2 * ncols, 3.8 * -(-len(cols) // ncols)), layout="constrained")
     axes = fig.subplots(-(-len(cols) // ncols), ncols, squeeze=False).ravel()
@@ -378,7 +454,13 @@ def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
         for agent in agents:
             part = curves.filter((pl.col("agent") == agent) & pl.col(col).is_not_null())
             if part.height:
-                ax.plot(part["session_index"].to_list(), part[col].to_list(), label=agent, alpha=0.85, **styles[agent])
+                ax.plot(
+                    part["session_index"].to_list(),
+                    part[col].to_list(),
+                    label=agent,
+                    alpha=0.85,
+                    **styles[agent],
+                )
         ax.set_title(METRIC_LABELS.get(col, col.replace("_", " ")))
         ax.set_xlabel("session index")
         ax.xaxis.get_major_locator().set_params(integer=True)

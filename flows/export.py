@@ -1,4 +1,4 @@
-"""Export a dataset version's Parquet tables as JSON Lines or CSV, for tools that read neither Parquet nor Arrow."""
+"""Export a version's Parquet tables as JSON Lines or CSV, for tools that read neither Parquet nor Arrow."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ from typing import Literal
 import orjson
 import polars as pl
 
-from flows.errors import UserError
-from flows.store import TABLES, DatasetStore
+from personaloom.errors import UserError
+from personaloom.store import TABLES, DatasetStore
 
 FORMATS = ("jsonl", "csv")
 Format = Literal["jsonl", "csv"]
 
 
 def _json_strings(series: pl.Series) -> pl.Series:
-    """Nested values (lists, structs) as one JSON string each: CSV has no nesting, and JSON keeps them loadable."""
-    return pl.Series(series.name, [None if v is None else orjson.dumps(v).decode() for v in series.to_list()], dtype=pl.String)
+    """Nested values (lists, structs) as one JSON string each.
+
+    CSV has no nesting, and JSON keeps them loadable.
+    """
+    return pl.Series(
+        series.name,
+        [None if v is None else orjson.dumps(v).decode() for v in series.to_list()],
+        dtype=pl.String,
+    )
 
 
 def _flatten_nested(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -28,7 +35,10 @@ def _flatten_nested(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _write_table(parts: list[Path], fmt: Format, path: Path) -> None:
-    """Stream the shards into one file (a temp name renamed into place: a crash never leaves half an export)."""
+    """Stream the shards into one file.
+
+    A temp name is renamed into place: a crash never leaves half an export.
+    """
     lf = pl.scan_parquet(parts)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if fmt == "csv":
@@ -39,7 +49,10 @@ def _write_table(parts: list[Path], fmt: Format, path: Path) -> None:
 
 
 def _tables(version_dir: Path) -> dict[str, list[Path]]:
-    """Every table of the version: the six build tables, then each replay run's tables as replay/<run>/<table>."""
+    """Every table of the version.
+
+    The six build tables, then each replay run's tables as replay/<run>/<table>.
+    """
     found = {t: sorted((version_dir / t).glob("part-*.parquet")) for t in TABLES}
     for table_dir in sorted((version_dir / "replay").glob("*/*/")):
         parts = sorted(table_dir.glob("part-*.parquet"))
@@ -48,8 +61,13 @@ def _tables(version_dir: Path) -> dict[str, list[Path]]:
     return {name: parts for name, parts in found.items() if parts}
 
 
-def export_version(out: Path | str, dataset: str, version: str | None, fmt: Format, dest: Path | str) -> dict[str, Path]:
-    """Write every table of `dataset@version` to `dest/<table>.<fmt>` (plus the manifest); returns table → file."""
+def export_version(
+    out: Path | str, dataset: str, version: str | None, fmt: Format, dest: Path | str
+) -> dict[str, Path]:
+    """Write every table of `dataset@version` to `dest/<table>.<fmt>` (plus the manifest).
+
+    Returns table → file.
+    """
     if fmt not in FORMATS:
         raise UserError(f"--format: unknown format {fmt!r}: choose jsonl or csv")
     version_dir = DatasetStore(Path(out), dataset).resolve(version)
@@ -60,5 +78,7 @@ def export_version(out: Path | str, dataset: str, version: str | None, fmt: Form
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_table(parts, fmt, path)
         written[name] = path
-    shutil.copyfile(version_dir / "manifest.json", dest / "manifest.json")  # provenance travels with the export
+    shutil.copyfile(
+        version_dir / "manifest.json", dest / "manifest.json"
+    )  # provenance travels with the export
     return written

@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from flows.errors import UserError
-from flows.filtering import filter_texts
-from flows.store import write_parquet
-from schemas.filtering import FilterConfig
+from personaloom.errors import UserError
+from personaloom.filtering import filter_texts
+from personaloom.schemas.filtering import FilterConfig
+from personaloom.store import write_parquet
 
 
 def read_input(path: Path, column: str) -> pl.DataFrame:
@@ -20,23 +20,33 @@ def read_input(path: Path, column: str) -> pl.DataFrame:
     try:
         meta = pq.ParquetFile(path)
     except Exception:  # pyarrow raises ArrowInvalid/OSError for non-Parquet bytes
-        raise UserError(f"{path} is not a Parquet file: convert it first (e.g. polars write_parquet)") from None
+        raise UserError(
+            f"{path} is not a Parquet file: convert it first (e.g. polars write_parquet)"
+        ) from None
     names = meta.schema_arrow.names
     if column not in names:
-        raise UserError(f"{path} has no column {column!r}: its columns are {', '.join(names[:20])}; pass --column")
+        raise UserError(
+            f"{path} has no column {column!r}: its columns are {', '.join(names[:20])}; pass --column"
+        )
     if meta.metadata.num_rows == 0:
         raise UserError(f"{path} has no rows: nothing to filter")
     df = pl.read_parquet(path)
     if df.schema[column] != pl.String:
-        raise UserError(f"column {column!r} of {path} holds {df.schema[column]}, not text: pass a text --column")
+        raise UserError(
+            f"column {column!r} of {path} holds {df.schema[column]}, not text: pass a text --column"
+        )
     return df
 
 
-def filter_config(threshold: float | None, min_words: int | None, max_words: int | None, lang: str | None) -> FilterConfig:
+def filter_config(
+    threshold: float | None, min_words: int | None, max_words: int | None, lang: str | None
+) -> FilterConfig:
     cfg = FilterConfig()
     if threshold is not None:
         if not 0 < threshold <= 100:
-            raise UserError(f"--threshold {threshold} is outside (0, 100]: e.g. 90 drops pairs at least 90% alike")
+            raise UserError(
+                f"--threshold {threshold} is outside (0, 100]: e.g. 90 drops pairs at least 90% alike"
+            )
         cfg.near_dup.threshold = threshold
     if min_words is not None:
         cfg.rules.min_words = min_words
@@ -49,9 +59,16 @@ def filter_config(threshold: float | None, min_words: int | None, max_words: int
 
 
 def filter_parquet(
-    path: Path, *, column: str, out: Path, threshold: float | None = None, min_words: int | None = None,
-    max_words: int | None = None, id_column: str | None = None, lang: str | None = None,
-) -> tuple[int, int]:  # fmt: skip
+    path: Path,
+    *,
+    column: str,
+    out: Path,
+    threshold: float | None = None,
+    min_words: int | None = None,
+    max_words: int | None = None,
+    id_column: str | None = None,
+    lang: str | None = None,
+) -> tuple[int, int]:
     """Write OUT/kept.parquet and OUT/rejections.parquet; returns (kept, rejected) row counts."""
     df = read_input(path, column)
     if id_column is not None and id_column not in df.columns:
@@ -66,5 +83,8 @@ def filter_parquet(
     write_parquet(out / "kept.parquet", result.kept.to_arrow())
     write_parquet(out / "rejections.parquet", result.rejected.to_arrow())
     reasons = ", ".join(f"{r}={n}" for r, n in result.counts.items() if r != "kept" and n)
-    print(f"kept {len(result.kept):,} of {len(df):,} rows; dropped {len(result.rejected):,} ({reasons or 'none'}) → {out}")
+    print(
+        f"kept {len(result.kept):,} of {len(df):,} rows; "
+        f"dropped {len(result.rejected):,} ({reasons or 'none'}) → {out}"
+    )
     return len(result.kept), len(result.rejected)

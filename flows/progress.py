@@ -6,8 +6,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-STAGE_ORDER = ("seed", "personas", "scenes", "queries", "filter")
-
 
 @dataclass
 class ProgressSink:
@@ -18,11 +16,11 @@ class ProgressSink:
     usage: Callable[[], dict] | None = None  # the running LLM's per-stage usage, for displays
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def plan(self, personas: int, scenes_per_persona: int) -> None:
-        sessions = personas * scenes_per_persona
+    def plan(self, totals: dict[str, int]) -> None:
+        """The stages in display order, each with the rows it is expected to handle."""
         with self._lock:
-            self.total = {"seed": personas, "personas": personas, "scenes": sessions, "queries": sessions, "filter": sessions}
-            self.done = dict.fromkeys(STAGE_ORDER, 0)
+            self.total = dict(totals)
+            self.done = dict.fromkeys(totals, 0)
 
     def advance(self, stage: str, n: int = 1) -> None:
         with self._lock:
@@ -33,7 +31,7 @@ class ProgressSink:
 
     def snapshot(self) -> list[tuple[str, int, int]]:
         with self._lock:
-            return [(s, self.done.get(s, 0), self.total.get(s, 0)) for s in STAGE_ORDER]
+            return [(s, self.done.get(s, 0), t) for s, t in self.total.items()]
 
 
 progress_sink = ProgressSink()

@@ -10,7 +10,6 @@ of the same command resumes, and the response cache answers every LLM call that 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from collections import defaultdict
@@ -18,34 +17,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from flows.agent.calls import usage_by
-from flows.agent.loop import ReplayOutputs, replay_user
-from flows.agent.memory import HashingEmbedder
-from flows.agent.metrics import summarize, summary_markdown
-from flows.errors import UserError
-from flows.llm.cache import ResponseCache
-from flows.llm.client import LLM, endpoint_label
-from flows.llm.endpoint import Endpoint, open_endpoint
-from flows.llm.prompts import PromptLibrary
-from flows.store import DatasetStore, read_records, shard_infos, write_records
-from flows.version import code_version
-from schemas.records import DatasetRow
-from schemas.replay import MetricRow, ReplayConfig, ReplayManifest, SessionRow, SnapshotRow, TurnRow
+from personaloom.agent.calls import agent_calls, usage_by
+from personaloom.agent.loop import ReplayOutputs, replay_user
+from personaloom.agent.memory import HashingEmbedder
+from personaloom.agent.metrics import summarize, summary_markdown
+from personaloom.errors import UserError
+from personaloom.llm.client import LLM
+from personaloom.run import LLM_NOT_IDENTITY, Run, open_run
+from personaloom.schemas.records import DatasetRow
+from personaloom.schemas.replay import (
+    MetricRow,
+    ReplayConfig,
+    ReplayManifest,
+    SessionRow,
+    SnapshotRow,
+    TurnRow,
+)
+from personaloom.store import DatasetStore, read_records, shard_infos, write_records
+from personaloom.version import code_version
 
 # Written in this order; `metrics` last, so its part existing means the shard is complete.
 TABLES = {"sessions": SessionRow, "turns": TurnRow, "snapshots": SnapshotRow, "metrics": MetricRow}
 # Settings that change throughput, not results: left out of a run's identity so they can change on resume.
-NOT_IDENTITY = {"run": True, "shard_size": True, "llm": {"concurrency", "rpm", "tpm", "timeout", "max_retries", "base_url"}}
+NOT_IDENTITY = {"run": True, "shard_size": True, "llm": LLM_NOT_IDENTITY}
 
 
 @dataclass
 class ReplayContext:
-    config: ReplayConfig
+    config: ReplayConfig  # effective (the run's)
     llm: LLM
     users: dict[str, list[DatasetRow]]  # persona_id → rows, in replay order of personas
     run_dir: Path
@@ -70,22 +73,13 @@ def load_users(path: Path, limit: int | None) -> dict[str, list[DatasetRow]]:
     return {pid: sorted(users[pid], key=lambda r: r.session_index) for pid in ids}
 
 
-def run_key(config: ReplayConfig, version_dir: Path, prompts: PromptLibrary) -> str:
-    """A replay's identity: same dataset version, settings and prompts → same run folder → resume."""
-    ident = {
-        "version": str(version_dir.resolve()),
-        "config": config.model_dump(mode="json", exclude=NOT_IDENTITY),
-        "prompts": {k: v for k, v in prompts.hashes.items() if k.startswith("agent/")},
-        "code": code_version(),
-    }
-    return hashlib.sha256(orjson.dumps(ident, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
-
-
 def claim_run_dir(run_dir: Path, key: str) -> None:
     """A named run folder belongs to one identity: resuming it with other settings would mix results."""
     marker = run_dir / "run.key"
     if marker.exists() and marker.read_text().strip() != key:
-        raise UserError(f"replay run {run_dir.name!r} exists with other settings: pick another --run or delete {run_dir}")
+        raise UserError(
+            f"replay run {run_dir.name!r} exists with other settings: pick another --run or delete {run_dir}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(key)
 
@@ -98,7 +92,11 @@ async def replay_shard(ctx: ReplayContext, shard: int) -> None:
     if all(ctx.part(t, shard).exists() for t in TABLES):
         return
     agents = ctx.config.agent_names()
-    jobs = [replay_user(ctx.users[pid], agent, ctx.llm, ctx.config, ctx.embedder) for pid in ctx.shard_users(shard) for agent in agents]
+    jobs = [
+        replay_user(ctx.users[pid], agent, ctx.llm, ctx.config, ctx.embedder)
+        for pid in ctx.shard_users(shard)
+        for agent in agents
+    ]
     merged = ReplayOutputs()
     for result in await asyncio.gather(*jobs):
         merged.extend(result)
@@ -114,20 +112,33 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
-def publish(ctx: ReplayContext, endpoint: Endpoint, version: str, seconds: float) -> tuple[ReplayManifest, str]:
+def publish(
+    ctx: ReplayContext, run: Run[ReplayConfig], version: str, seconds: float
+) -> tuple[ReplayManifest, str]:
     cfg, agents = ctx.config, ctx.config.agent_names()
     metrics = read_records(ctx.run_dir / "metrics", MetricRow)
     summary = summarize(metrics, agents)
     markdown = summary_markdown(f"Replay {cfg.dataset}@{version} — run {ctx.run_dir.name}", summary)
     (ctx.run_dir / "summary.md").write_text(markdown)
     manifest = ReplayManifest(
-        dataset=cfg.dataset, version=version, run=ctx.run_dir.name, created_at=datetime.now(UTC), code_version=code_version(),
-        model=endpoint.config.model, endpoint="embedded" if endpoint.embedded else endpoint_label(endpoint.base_url),
-        config=cfg.model_copy(update={"llm": endpoint.config}), agents=agents, personas=len(ctx.users), sessions=len(metrics),
+        dataset=cfg.dataset,
+        version=version,
+        run=ctx.run_dir.name,
+        created_at=datetime.now(UTC),
+        code_version=code_version(),
+        model=cfg.llm.model,
+        endpoint=run.endpoint_label,
+        config=cfg,
+        agents=agents,
+        personas=len(ctx.users),
+        sessions=len(metrics),
         prompt_hashes={k: v for k, v in ctx.llm.prompts.hashes.items() if k.startswith("agent/")},
-        usage_by_role=usage_by(ctx.llm.usage, 0), usage_by_agent=usage_by(ctx.llm.usage, 1),
-        seconds=round(seconds, 3), summary=summary, shards=shard_infos(ctx.run_dir),
-    )  # fmt: skip
+        usage_by_role=usage_by(ctx.llm.usage, 0),
+        usage_by_agent=usage_by(ctx.llm.usage, 1),
+        seconds=round(seconds, 3),
+        summary=summary,
+        shards=shard_infos(ctx.run_dir),
+    )
     (ctx.run_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return manifest, markdown
 
@@ -153,27 +164,36 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
     store = DatasetStore(Path(out), config.dataset)
     version_dir = store.resolve(config.version)
     users = load_users(version_dir, config.personas)
-    with open_endpoint(config.llm) as endpoint:
-        prompts = PromptLibrary(prompt_set=endpoint.config.prompt_set)
-        llm = LLM(endpoint.config, base_url=endpoint.base_url, api_key=endpoint.api_key,
-                  cache=ResponseCache(Path(cache_dir) if cache_dir else Path(out) / ".cache"), prompts=prompts)  # fmt: skip
-        key = run_key(config, version_dir, prompts)
-        run_dir = version_dir / "replay" / (config.run or f"r-{key}")
-        claim_run_dir(run_dir, key)
-        if (run_dir / "manifest.json").exists():  # written last: the run is complete, and a finished run is never rewritten
-            await llm.aclose()
+    cache = Path(cache_dir) if cache_dir else Path(out) / ".cache"
+    async with open_run(
+        config,
+        calls=agent_calls(),
+        cache=cache,
+        exclude=NOT_IDENTITY,
+        identity={"version": str(version_dir.resolve())},
+    ) as run:
+        run_dir = version_dir / "replay" / (config.run or f"r-{run.key}")
+        claim_run_dir(run_dir, run.key)
+        if (run_dir / "manifest.json").exists():
+            # written last: the run is complete, and a finished run is never rewritten
             logger.info("replay %s is already complete", run_dir)
             return str(run_dir)
-        ctx = ReplayContext(config, llm, users, run_dir, HashingEmbedder())
-        logger.info("replaying %s (%d personas, agents %s) with %s into %s", version_dir, len(users), config.agent_names(), endpoint, run_dir)
+        ctx = ReplayContext(run.config, run.llm, users, run_dir, HashingEmbedder())
+        logger.info(
+            "replaying %s (%d personas, agents %s) with %s into %s",
+            version_dir,
+            len(users),
+            config.agent_names(),
+            run.endpoint,
+            run_dir,
+        )
         n_shards = -(-len(users) // config.shard_size)
-        try:
-            await asyncio.gather(*(replay_shard(quote(ctx), s) for s in range(n_shards)))
-        finally:
-            await llm.aclose()
-        manifest, markdown = publish(ctx, endpoint, version_dir.name, time.perf_counter() - started)
+        await asyncio.gather(*(replay_shard(quote(ctx), s) for s in range(n_shards)))
+        manifest, markdown = publish(ctx, run, version_dir.name, time.perf_counter() - started)
     await acreate_markdown_artifact(
-        markdown=markdown, key=artifact_key("replay", config.dataset, version_dir.name, run_dir.name), description="replay summary"
+        markdown=markdown,
+        key=artifact_key("replay", config.dataset, version_dir.name, run_dir.name),
+        description="replay summary",
     )
     logger.info("replay %s: %d sessions → %s", manifest.run, manifest.sessions, run_dir)
     return str(run_dir)

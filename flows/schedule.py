@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.errors import UserError
-from schemas.config import BuildConfig
+from personaloom.errors import UserError
+from personaloom.schemas.config import BuildConfig
 
 
 def check_cron(cron: str) -> None:
@@ -18,12 +18,14 @@ def check_cron(cron: str) -> None:
     try:
         CronSchedule(cron=cron)
     except ValueError:
-        raise UserError(f"--cron {cron!r} is not a cron expression: e.g. \"0 3 * * *\" is every day at 03:00") from None
+        raise UserError(
+            f'--cron {cron!r} is not a cron expression: e.g. "0 3 * * *" is every day at 03:00'
+        ) from None
 
 
 def deployment(config: BuildConfig, out: Path, cron: str, name: str) -> Any:
     """A RunnerDeployment of `build_dataset` (apply it, or serve it)."""
-    from flows.build import build_dataset
+    from personaloom.build import build_dataset
 
     check_cron(cron)
     return build_dataset.to_deployment(

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from flows.errors import UserError
-from schemas.arrow import arrow_schema, to_table
-from schemas.manifest import Manifest, ShardInfo
+from personaloom.errors import UserError
+from personaloom.schemas.arrow import arrow_schema, to_table
+from personaloom.schemas.manifest import Manifest, ShardInfo
 
 VERSION = re.compile(r"^v(\d{4,})$")
 TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset")
@@ -48,7 +48,9 @@ def write_records(path: Path, model: type[BaseModel], records: Iterable[BaseMode
     return table.num_rows
 
 
-def read_table(path: Path, model: type[BaseModel] | None = None, columns: list[str] | None = None) -> pa.Table:
+def read_table(
+    path: Path, model: type[BaseModel] | None = None, columns: list[str] | None = None
+) -> pa.Table:
     """One shard file, or all shards of a table folder (zero rows, with the schema, when there are none)."""
     parts = [path] if path.is_file() else sorted(path.glob("part-*.parquet"))
     if not parts:
@@ -65,8 +67,12 @@ def read_records(path: Path, model: type[BaseModel]) -> list:
 
 def shard_infos(root: Path) -> list[ShardInfo]:
     return [
-        ShardInfo(path=str(p.relative_to(root)), rows=pq.ParquetFile(p).metadata.num_rows, bytes=p.stat().st_size,
-                  sha256=sha256_file(p))  # fmt: skip
+        ShardInfo(
+            path=str(p.relative_to(root)),
+            rows=pq.ParquetFile(p).metadata.num_rows,
+            bytes=p.stat().st_size,
+            sha256=sha256_file(p),
+        )
         for p in sorted(root.glob("*/part-*.parquet"))
     ]
 
@@ -92,16 +98,21 @@ class DatasetStore:
         return versions[-1] if versions else None
 
     def resolve(self, version: str | None) -> Path:
-        """The folder of `version` (v3, v0003, 3 or latest/None); a one-line UserError if it does not exist."""
+        """The folder of `version` (v3, v0003, 3 or latest/None); a one-line UserError if missing."""
         versions = self.versions()
         if not versions:
-            raise UserError(f"dataset {self.dataset!r} has no versions under {self.out}: run `personaloom build --dataset {self.dataset}`")
+            raise UserError(
+                f"dataset {self.dataset!r} has no versions under {self.out}: "
+                f"run `personaloom build --dataset {self.dataset}`"
+            )
         if version in (None, "", "latest"):
             return self.root / versions[-1]
         digits = str(version).lstrip("v")
         name = f"v{int(digits):04d}" if digits.isdigit() else str(version)
         if name not in versions:
-            raise UserError(f"dataset {self.dataset!r} has no version {version}: it has {', '.join(versions[-5:])}")
+            raise UserError(
+                f"dataset {self.dataset!r} has no version {version}: it has {', '.join(versions[-5:])}"
+            )
         return self.root / name
 
     def manifest(self, version: str | None = None) -> Manifest:
@@ -128,7 +139,8 @@ class DatasetStore:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UserError(
-                    f"an identical build of {self.dataset!r} is running now (staging {staging}): wait for it, "
+                    f"an identical build of {self.dataset!r} is running now (staging {staging}): "
+                    "wait for it, "
                     "or change --seed or another setting to build a different version"
                 ) from None
             try:
@@ -166,4 +178,3 @@ class DatasetStore:
         tmp.symlink_to(version)
         os.replace(tmp, link)  # atomic: readers see the old or the new latest, never none
         return target
-

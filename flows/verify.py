@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from flows.store import sha256_file
-from schemas.manifest import Manifest
+from personaloom.schemas.manifest import Manifest
+from personaloom.store import sha256_file
 
 
 def verify_version(folder: Path, manifest: Manifest) -> list[str]:
@@ -31,5 +31,7 @@ def verify_version(folder: Path, manifest: Manifest) -> list[str]:
             problems.append(f"{rel}: not in the manifest (added after publishing)")
     rows_out = sum(s.rows for s in manifest.shards if s.path.startswith("dataset/"))
     if rows_out != manifest.counts["filter"].rows_out:
-        problems.append(f"dataset/: {rows_out} rows, the manifest counts {manifest.counts['filter'].rows_out}")
+        problems.append(
+            f"dataset/: {rows_out} rows, the manifest counts {manifest.counts['filter'].rows_out}"
+        )
     return problems

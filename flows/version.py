@@ -6,7 +6,7 @@ import subprocess
 from functools import cache
 from importlib import metadata
 
-from flows.paths import PROJECT_ROOT
+from personaloom.paths import SOURCE_ROOT
 
 
 @cache
@@ -15,15 +15,34 @@ def code_version() -> str:
         version = metadata.version("personaloom")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
+    if SOURCE_ROOT is None:  # an installed wheel: its version is the whole story
+        return version
     try:
         sha = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", "-C", str(SOURCE_ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no", "--", "flows", "schemas", "prompts", "seeds"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
+            [
+                "git",
+                "-C",
+                str(SOURCE_ROOT),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "flows",
+                "schemas",
+                "prompts",
+                "seeds",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return f"{version}+g{sha}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return version

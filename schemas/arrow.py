@@ -62,4 +62,3 @@ def to_table(model: type[BaseModel], records: typing.Iterable[BaseModel]) -> pa.
     """Records → Arrow table with the model's schema (an empty iterable gives a zero-row table)."""
     rows = [r.model_dump(mode="python") for r in records]
     return pa.Table.from_pylist(rows, schema=arrow_schema(model))
-

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.filtering import FilterConfig
+from personaloom.schemas.filtering import FilterConfig
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -17,7 +17,9 @@ class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("gpt-4o-mini", description="model name sent to the endpoint")
-    base_url: str | None = Field(None, description="OpenAI-compatible URL; default $OPENAI_BASE_URL, else the embedded model")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible URL; default $OPENAI_BASE_URL, else the embedded model"
+    )
     concurrency: int = Field(32, ge=1, le=1024, description="LLM calls in flight at once")
     rpm: int | None = Field(None, ge=1, description="requests per minute limit")
     tpm: int | None = Field(None, ge=1, description="tokens per minute limit")
@@ -28,11 +30,19 @@ class LLMConfig(BaseModel):
         "json_schema", description="json_schema: OpenAI form; json_object: llama.cpp form with a 'schema' key"
     )
     max_field_chars: int | None = Field(
-        None, ge=8, description="cap every string in the requested JSON schema (grammar-constrained small models)"
+        None,
+        ge=8,
+        description="cap every string in the requested JSON schema (grammar-constrained small models)",
     )
-    max_list_items: int = Field(4, ge=1, description="cap every list in the requested schema when max_field_chars is set")
-    max_tokens: int | None = Field(None, ge=1, description="stop the run once this many tokens were spent (this run)")
-    max_cost: float | None = Field(None, gt=0, description="stop the run once this many USD were spent (this run)")
+    max_list_items: int = Field(
+        4, ge=1, description="cap every list in the requested schema when max_field_chars is set"
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="stop the run once this many tokens were spent (this run)"
+    )
+    max_cost: float | None = Field(
+        None, gt=0, description="stop the run once this many USD were spent (this run)"
+    )
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="extra or overriding USD per 1M tokens (input, output) by model"
     )
@@ -63,13 +73,19 @@ class BuildConfig(BaseModel):
     dataset: str = Field("personas", description="dataset name: letters, digits, '.', '_', '-'")
     personas: int = Field(200, ge=1, le=1_000_000)
     scenes_per_persona: int = Field(20, ge=1, le=200)
-    revisit_share: float = Field(0.2, ge=0, le=0.5, description="share of sessions that revisit an earlier topic")
+    revisit_share: float = Field(
+        0.2, ge=0, le=0.5, description="share of sessions that revisit an earlier topic"
+    )
     changes_per_persona: int = Field(2, ge=0, le=10, description="dated preference changes over the sessions")
     seed: int = 0
     shard_size: int = Field(50, ge=1, description="personas per shard (one Prefect task per stage and shard)")
-    expand_hints: bool = Field(True, description="let the LLM expand seed hints self-instruct style (stage 1)")
+    expand_hints: bool = Field(
+        True, description="let the LLM expand seed hints self-instruct style (stage 1)"
+    )
     answerability: bool = Field(True, description="stage 5 LLM answerability check")
-    quality_min: int | None = Field(None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)")
+    quality_min: int | None = Field(
+        None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)"
+    )
     llm: LLMConfig = Field(default_factory=LLMConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupLevels = Field(default_factory=DedupLevels)

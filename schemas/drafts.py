@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from schemas.records import PersonaPath
+from personaloom.schemas.records import PersonaPath
 
 
 class Draft(BaseModel):

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.config import BuildConfig
+from personaloom.schemas.config import BuildConfig
 
 
 class StageUsage(BaseModel):
@@ -30,6 +30,33 @@ class StageCount(BaseModel):
     fallback_rows: int = Field(0, description="rows with at least one field filled from seed attributes")
 
 
+class CallInfo(BaseModel):
+    """A declared LLM call as the run used it (see personaloom.llm.calls)."""
+
+    template_hash: str
+    response: str = Field(description="response model name, 'text', or 'computed per input'")
+    max_tokens: int | None = Field(description="None when computed per input")
+    role: str
+    temperature: float | None = Field(description="None: the run's llm.temperature")
+    usage_key: str
+    variables: list[str]
+
+
+class StageReport(BaseModel):
+    """One row of the per-stage table: what the CLI, the dataset card and the Prefect artifact show."""
+
+    stage: str
+    rows_in: int
+    rows_out: int
+    rejected: int
+    fallback_rows: int
+    llm_calls: int
+    cache_hits: int
+    tokens: int
+    cost_usd: float
+    seconds: float
+
+
 class ShardInfo(BaseModel):
     path: str
     rows: int
@@ -50,9 +77,42 @@ class Manifest(BaseModel):
     seed: int
     config: BuildConfig
     prompt_hashes: dict[str, str]
+    calls: dict[str, CallInfo] = Field(
+        default_factory=dict, description="every declared LLM call of the build"
+    )
     counts: dict[str, StageCount]
     usage: dict[str, StageUsage]
     rejection_reasons: dict[str, int]
-    stage_seconds: dict[str, float] = Field(description="seconds per stage, summed over shards (shards overlap)")
-    timings: dict[str, float] = Field(default_factory=dict, description="wall seconds: endpoint_start, generate")
+    stage_seconds: dict[str, float] = Field(
+        description="seconds per stage, summed over shards (shards overlap)"
+    )
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="wall seconds: endpoint_start, generate"
+    )
     shards: list[ShardInfo]
+
+    def stage_report(self) -> list[StageReport]:
+        """The per-stage table, one row per pipeline stage, in pipeline order."""
+        rows = []
+        for stage, c in self.counts.items():
+            u = self.usage.get(stage, StageUsage())
+            rows.append(
+                StageReport(
+                    stage=stage,
+                    rows_in=c.rows_in,
+                    rows_out=c.rows_out,
+                    rejected=c.rejected,
+                    fallback_rows=c.fallback_rows,
+                    llm_calls=u.calls,
+                    cache_hits=u.cache_hits,
+                    tokens=u.prompt_tokens + u.completion_tokens,
+                    cost_usd=round(u.cost_usd, 6),
+                    seconds=round(self.stage_seconds.get(stage, 0.0), 3),
+                )
+            )
+        return rows
+
+    @property
+    def rows(self) -> int:
+        """Rows of the dataset table (what users load)."""
+        return self.counts["filter"].rows_out if "filter" in self.counts else 0

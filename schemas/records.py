@@ -1,4 +1,7 @@
-"""Every record the pipeline reads or writes. The Parquet schemas derive from these (schemas.arrow)."""
+"""Every record the pipeline reads or writes.
+
+The Parquet schemas derive from these (personaloom.schemas.arrow).
+"""
 
 from __future__ import annotations
 
@@ -147,7 +150,8 @@ class PersonaRecord(Record):
     seed: int
     persona: Persona
     fallback_fields: list[str] = Field(
-        default_factory=list, description="fields filled from seed attributes because the LLM output was empty or invalid"
+        default_factory=list,
+        description="fields filled from seed attributes because the LLM output was empty or invalid",
     )
     raw_output: str | None = Field(default=None, description="raw LLM text when it failed validation")
 
@@ -191,7 +195,9 @@ class Scene(Record):
     context: str
     apis: list[ApiSpec]
     catalogue_id: str | None = None
-    revisits: str | None = Field(default=None, description="scene_id of the earlier session this one revisits")
+    revisits: str | None = Field(
+        default=None, description="scene_id of the earlier session this one revisits"
+    )
     fallback_fields: list[str] = Field(default_factory=list)
     raw_output: str | None = None
 

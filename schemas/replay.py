@@ -1,4 +1,7 @@
-"""Replay records: the reference agent's sessions, turns, persona snapshots and metrics (Parquet via schemas.arrow)."""
+"""Replay records: the reference agent's sessions, turns, persona snapshots and metrics.
+
+Parquet via personaloom.schemas.arrow.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.config import LLMConfig
-from schemas.manifest import ShardInfo, StageUsage
-from schemas.records import Record
+from personaloom.schemas.config import LLMConfig
+from personaloom.schemas.manifest import ShardInfo, StageUsage
+from personaloom.schemas.records import Record
 
 AGENT_KINDS: tuple[str, ...] = ("none", "golden", "learned", "rag", "persona-agent", "vars")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -25,7 +28,9 @@ class VarsParams(BaseModel):
     beta_short: float = 1.0
     eta_long: float = Field(0.1, ge=0)
     eta_short: float = Field(0.5, ge=0)
-    decay: float = Field(0.5, ge=0, le=1, description="short-term vector kept per session (z_S ← decay·z_S + …)")
+    decay: float = Field(
+        0.5, ge=0, le=1, description="short-term vector kept per session (z_S ← decay·z_S + …)"
+    )
     top_m: int = Field(3, ge=1, description="memory items that enter the prompt")
 
 
@@ -35,14 +40,26 @@ class ReplayConfig(BaseModel):
     dataset: str
     version: str | None = Field(None, description="v3, v0003, 3 or latest")
     agents: list[str] = Field(default_factory=lambda: ["none", "golden", "learned"])
-    ks: list[int] = Field(default_factory=lambda: [3], description="update cadence of `learned` (a list sweeps)")
+    ks: list[int] = Field(
+        default_factory=lambda: [3], description="update cadence of `learned` (a list sweeps)"
+    )
     personas: int | None = Field(None, ge=1, description="replay only the first N personas")
-    run: str | None = Field(None, description="run folder name [default: derived from the settings, so a re-run resumes]")
+    run: str | None = Field(
+        None, description="run folder name [default: derived from the settings, so a re-run resumes]"
+    )
     shard_size: int = Field(5, ge=1, description="personas per Prefect task")
-    max_user_turns: int = Field(3, ge=1, le=3, description="user utterances per session (the paper's cap is 3)")
-    max_tool_rounds: int = Field(2, ge=0, le=4, description="tool call → result → answer rounds per assistant turn")
-    retrieve: int = Field(2, ge=0, description="past sessions retrieved into the prompt (rag, learned, persona-agent)")
-    align_n: int = Field(2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment")
+    max_user_turns: int = Field(
+        3, ge=1, le=3, description="user utterances per session (the paper's cap is 3)"
+    )
+    max_tool_rounds: int = Field(
+        2, ge=0, le=4, description="tool call → result → answer rounds per assistant turn"
+    )
+    retrieve: int = Field(
+        2, ge=0, description="past sessions retrieved into the prompt (rag, learned, persona-agent)"
+    )
+    align_n: int = Field(
+        2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment"
+    )
     judge: bool = Field(True, description="LLM judge ratings and persona similarity")
     vars: VarsParams = Field(default_factory=VarsParams)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -52,7 +69,9 @@ class ReplayConfig(BaseModel):
     def _agents(cls, v: list[str]) -> list[str]:
         bad = [a for a in v if a not in AGENT_KINDS]
         if bad or not v:
-            raise ValueError(f"unknown agent {', '.join(bad) or '(none given)'}: choose from {', '.join(AGENT_KINDS)}")
+            raise ValueError(
+                f"unknown agent {', '.join(bad) or '(none given)'}: choose from {', '.join(AGENT_KINDS)}"
+            )
         return list(dict.fromkeys(v))
 
     @field_validator("ks")
@@ -110,7 +129,9 @@ class SessionRow(Record):
     kind: str
     user_turns: int
     satisfied: bool
-    malformed_verdicts: int = Field(description="user-simulator answers with neither <Satisfied> nor <Continue>")
+    malformed_verdicts: int = Field(
+        description="user-simulator answers with neither <Satisfied> nor <Continue>"
+    )
     tool_calls: int
     tool_errors: int
     first_answer: str
@@ -128,7 +149,9 @@ class SessionRow(Record):
 class SnapshotRow(Record):
     persona_id: str
     agent: str
-    after_session: int = Field(description="session_index after which the persona holds (-1: the starting persona)")
+    after_session: int = Field(
+        description="session_index after which the persona holds (-1: the starting persona)"
+    )
     position: int
     fields: list[PersonaField]
     changed: list[str] = Field(description="paths changed by the update that produced this snapshot")
@@ -139,17 +162,25 @@ class MetricRow(Record):
     agent: str
     session_index: int
     position: int
-    utterances: int = Field(description="user utterances in the session (3 = the cap, also when never satisfied)")
+    utterances: int = Field(
+        description="user utterances in the session (3 = the cap, also when never satisfied)"
+    )
     satisfied: bool
-    helpfulness: float | None = Field(description="judge solution score 0-10 of the first answer; null when unparsable")
+    helpfulness: float | None = Field(
+        description="judge solution score 0-10 of the first answer; null when unparsable"
+    )
     personalization: float | None
     rating_raw: str | None = Field(description="judge text when its rating could not be parsed")
-    field_similarity: float | None = Field(description="mean over sections of mean rapidfuzz per field, 0-1; null without persona")
+    field_similarity: float | None = Field(
+        description="mean over sections of mean rapidfuzz per field, 0-1; null without persona"
+    )
     section_similarity: list[SectionScore]
     judge_consistency: float | None
     judge_detail: float | None
     similarity_raw: str | None
-    revealed_seen: int = Field(description="distinct non-Demographics fields revealed in sessions up to this one")
+    revealed_seen: int = Field(
+        description="distinct non-Demographics fields revealed in sessions up to this one"
+    )
     revealed_held: int | None
     changes_due: int = Field(description="dated preference changes in force at this session")
     changes_tracked: int | None

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.prefect_env import apply_prefect_defaults
-from tests.fake_openai import FakeOpenAI
+from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.testing.fake_openai import FakeOpenAI
 
 apply_prefect_defaults()  # offline and quiet, before anything imports Prefect
-
-TEST_KEY = "sk-test-SECRET-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,7 @@
-"""Reference agent pieces without Prefect: turn cap, cadence, protected Demographics, tools, parsers, metrics, VARS."""
+"""Reference agent pieces without Prefect.
+
+Turn cap, cadence, protected Demographics, tools, parsers, metrics, VARS.
+"""
 
 from __future__ import annotations
 
@@ -10,58 +13,118 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flows.agent.agents import LearnedAgent, make_agent
-from flows.agent.calls import Caller
-from flows.agent.chatbot import AgentContext, Chatbot
-from flows.agent.judge import Judge, parse_rating
-from flows.agent.loop import World, run_session
-from flows.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
-from flows.agent.metrics import changes_tracked, field_similarity, revealed_held, text_similarity
-from flows.agent.persona import flatten, golden_at, initial_persona
-from flows.agent.sessions import Message, SessionLog
-from flows.agent.tools import parse_tool_calls, strip_tool_calls
-from flows.agent.updater import FieldUpdate, PersonaUpdater, apply_update, update_due
-from flows.agent.user_simulator import FALLBACK_FOLLOW_UP, UserSimulator, parse_verdict
-from flows.llm.client import LLM
-from schemas.config import LLMConfig
-from schemas.records import ApiArgument, ApiSpec, DatasetRow, Persona, PreferenceChange
-from schemas.replay import ReplayConfig, VarsParams
-from tests.fake_openai import FakeOpenAI
+from personaloom.agent.agents import (
+    MEMORY_SUMMARY,
+    PERSONA_AGENT_FEEDBACK,
+    PERSONA_AGENT_REWRITE,
+    FeedbackJob,
+    LearnedAgent,
+    RewriteJob,
+    SummaryJob,
+    make_agent,
+)
+from personaloom.agent.calls import Caller, agent_calls
+from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, ChatJob
+from personaloom.agent.judge import Judge, parse_rating
+from personaloom.agent.loop import World, run_session
+from personaloom.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
+from personaloom.agent.metrics import changes_tracked, field_similarity, revealed_held, text_similarity
+from personaloom.agent.persona import flatten, golden_at, initial_persona
+from personaloom.agent.sessions import Message, SessionLog
+from personaloom.agent.tools import TOOL_EXECUTOR, ToolCall, ToolJob, parse_tool_calls, strip_tool_calls
+from personaloom.agent.updater import FieldUpdate, PersonaUpdater, apply_update, update_due
+from personaloom.agent.user_simulator import FALLBACK_FOLLOW_UP, UserSimulator, parse_verdict
+from personaloom.catalogue import load_catalogue
+from personaloom.llm.calls import by_name
+from personaloom.llm.client import LLM, LLMResult
+from personaloom.llm.prompts import PromptLibrary
+from personaloom.paths import PROMPTS_DIR
+from personaloom.samples import sample_records
+from personaloom.schemas.config import LLMConfig
+from personaloom.schemas.records import ApiArgument, ApiSpec, DatasetRow, Persona, PreferenceChange
+from personaloom.schemas.replay import ReplayConfig, VarsParams
+from personaloom.testing.fake_openai import FakeOpenAI
 
 
 def persona() -> Persona:
     return Persona.model_validate(
         {
-            "Demographics": {"Name": "Ana", "Age": 34, "Gender": "female", "Nationality": "Portuguese", "Language": ["Portuguese", "English"],
-                             "Career_Information": "nurse in Lisbon"},
-            "Personality": {"Extraversion_or_Introversion": "Introversion", "Sensing_or_Intuition": "Sensing",
-                            "Thinking_or_Feeling": "Feeling", "Judging_or_Perceiving": "Judging", "Values_and_Interests": ["gardening", "jazz"]},
-            "Pattern": {"Behavior_Engagement_Pattern": "evening sessions", "Usage_Pattern": "weekly planning",
-                        "Emotion_Pattern": "calm", "Purchase_Pattern": "budget conscious"},
-            "Preference": {"Preferred_Styles": "warm and direct", "Preferred_Formats": "short bullet lists",
-                           "Preferred_Workflows": "plan first then act"},
-            "Communication": {"formality": "casual", "verbosity": "brief", "proactivity": "asks before acting",
-                              "domain_vocabulary": ["triage", "shift"], "emotional_tone": "friendly"},
+            "Demographics": {
+                "Name": "Ana",
+                "Age": 34,
+                "Gender": "female",
+                "Nationality": "Portuguese",
+                "Language": ["Portuguese", "English"],
+                "Career_Information": "nurse in Lisbon",
+            },
+            "Personality": {
+                "Extraversion_or_Introversion": "Introversion",
+                "Sensing_or_Intuition": "Sensing",
+                "Thinking_or_Feeling": "Feeling",
+                "Judging_or_Perceiving": "Judging",
+                "Values_and_Interests": ["gardening", "jazz"],
+            },
+            "Pattern": {
+                "Behavior_Engagement_Pattern": "evening sessions",
+                "Usage_Pattern": "weekly planning",
+                "Emotion_Pattern": "calm",
+                "Purchase_Pattern": "budget conscious",
+            },
+            "Preference": {
+                "Preferred_Styles": "warm and direct",
+                "Preferred_Formats": "short bullet lists",
+                "Preferred_Workflows": "plan first then act",
+            },
+            "Communication": {
+                "formality": "casual",
+                "verbosity": "brief",
+                "proactivity": "asks before acting",
+                "domain_vocabulary": ["triage", "shift"],
+                "emotional_tone": "friendly",
+            },
             "Changes": [
-                {"date": "2024-03-01", "effective_session": 2, "field": "Preference.Preferred_Formats",
-                 "before": "short bullet lists", "after": "detailed tables", "reason": "new job"},
+                {
+                    "date": "2024-03-01",
+                    "effective_session": 2,
+                    "field": "Preference.Preferred_Formats",
+                    "before": "short bullet lists",
+                    "after": "detailed tables",
+                    "reason": "new job",
+                },
             ],
         }
-    )  # fmt: skip
+    )
 
 
-API = ApiSpec(name="find_recipe", description="search recipes",
-              arguments=[ApiArgument(name="query", type="string", description="what to cook", required=True)])  # fmt: skip
+API = ApiSpec(
+    name="find_recipe",
+    description="search recipes",
+    arguments=[ApiArgument(name="query", type="string", description="what to cook", required=True)],
+)
 
 
 def row(index: int = 0, revealed: list[str] | None = None) -> DatasetRow:
     p = persona()
     return DatasetRow(
-        persona_id="p1", session_index=index, timestamp=datetime(2024, 1, 1 + index, tzinfo=UTC), scene_id=f"s{index}", query_id=f"q{index}",
-        kind="common", title="Dinner plan", description="plan a dinner", expected_response="a recipe list", context="weeknight",
-        apis=[API], revisits=None, personalized_query="q", neutralized_query="Suggest a dinner recipe.",
-        revealed_fields=revealed or [], persona=p, active_changes=[c for c in p.Changes if c.effective_session <= index], fallback_fields=[],
-    )  # fmt: skip
+        persona_id="p1",
+        session_index=index,
+        timestamp=datetime(2024, 1, 1 + index, tzinfo=UTC),
+        scene_id=f"s{index}",
+        query_id=f"q{index}",
+        kind="common",
+        title="Dinner plan",
+        description="plan a dinner",
+        expected_response="a recipe list",
+        context="weeknight",
+        apis=[API],
+        revisits=None,
+        personalized_query="q",
+        neutralized_query="Suggest a dinner recipe.",
+        revealed_fields=revealed or [],
+        persona=p,
+        active_changes=[c for c in p.Changes if c.effective_session <= index],
+        fallback_fields=[],
+    )
 
 
 def run(coro: Any) -> Any:
@@ -77,12 +140,82 @@ def _user(body: dict) -> str:
 
 
 async def with_llm(fake: FakeOpenAI, fn: Any) -> Any:
-    llm = LLM(LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=4, max_retries=0), base_url=fake.base_url,
-              api_key="sk-test", cache=None)  # fmt: skip
+    llm = LLM(
+        LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=4, max_retries=0),
+        base_url=fake.base_url,
+        api_key="sk-test",
+        cache=None,
+    )
     try:
         return await fn(llm)
     finally:
         await llm.aclose()
+
+
+# ---------------------------------------------------------------- the declared calls
+
+FAILED: LLMResult[Any] = LLMResult(None, "garbled", error="invalid JSON")
+
+
+def test_every_agent_template_is_one_declared_call_that_renders_its_sample() -> None:
+    calls = agent_calls()
+    templates = {f"agent/{p.stem}" for p in (PROMPTS_DIR / "default" / "agent").glob("*.j2")}
+    assert set(by_name(calls)) == templates  # by_name raises on a template declared twice
+    for prompt_set in ("default", "small"):
+        PromptLibrary(prompt_set=prompt_set).check(calls)  # templates use only the declared variables
+    samples, prompts = sample_records(load_catalogue()), PromptLibrary()
+    for call in calls:
+        rendered = prompts.render(call.name, **call.variables_for(call.sample(samples)))
+        assert rendered.messages[-1]["role"] == "user", call.name
+        assert call.temperature is None and isinstance(call.max_tokens, int)
+    roles = {c.name.removeprefix("agent/"): c.role for c in calls}
+    assert roles == {
+        "chatbot": "chatbot",
+        "tool_executor": "tool",
+        "user_judge": "simulator",
+        "judge_rating": "judge",
+        "judge_similarity": "judge",
+        "persona_update": "memory",
+        "persona_agent_feedback": "memory",
+        "persona_agent_rewrite": "memory",
+        "memory_summary": "memory",
+    }
+
+
+def test_failed_answers_fall_back_in_build() -> None:
+    """What each call keeps when the model's answer is unusable (no exception reaches the loop)."""
+    start = {**initial_persona(row()), "Preference.Preferred_Styles": "warm"}
+    assert PERSONA_AGENT_REWRITE.build(RewriteJob(start, []), FAILED) == (start, [])
+    assert MEMORY_SUMMARY.build(SummaryJob("- likes jazz", []), FAILED) == "- likes jazz"
+    assert MEMORY_SUMMARY.build(SummaryJob(None, []), LLMResult(" - brief \n", " - brief \n")) == "- brief"
+    log = SessionLog(3, "Dinner plan", "q", [Message("user", "q", 1)])
+    assert PERSONA_AGENT_FEEDBACK.build(FeedbackJob(log, "draft"), FAILED) == {
+        "index": 3,
+        "title": "Dinner plan",
+        "feedback": "",
+    }
+    job = ToolJob(API, ToolCall("find_recipe", {"query": "x"}), "")
+    assert TOOL_EXECUTOR.build(job, FAILED) == ("ERROR: the service did not answer", False)
+    assert TOOL_EXECUTOR.build(job, LLMResult(" {} ", " {} ")) == ("{}", True)
+    assert CHATBOT.build(ChatJob(AgentContext(), [], False, []), FAILED) == ""
+
+
+def test_caller_accounts_each_call_under_its_role_key() -> None:
+    def responder(body: dict) -> str | None:
+        return "<Satisfied>" if "role-play" in _system(body) else None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> tuple[Any, dict[str, int]]:
+            caller = Caller(llm, "golden", "p1")
+            log = SessionLog(0, "t", "q", [Message("user", "q", 1)])
+            verdict = await UserSimulator(caller).judge(row(), log, turns_left=2)
+            await Chatbot(caller, 0).draft(AgentContext(), "q", role="align")
+            return verdict, {k: u.calls for k, u in llm.usage.items()}
+
+        verdict, calls = run(with_llm(fake, go))
+    assert verdict.satisfied
+    assert calls == {"user|golden|p1": 1, "align|golden|p1": 1}
 
 
 # ---------------------------------------------------------------- the session loop
@@ -149,7 +282,14 @@ def test_learned_agent_updates_on_cadence_from_the_last_k_sessions() -> None:
     with FakeOpenAI(responder=responder) as fake:
 
         async def go(llm: LLM) -> list[int]:
-            agent = make_agent("learned-k2", Caller(llm, "learned-k2", "p1"), ReplayConfig(dataset="d", ks=[2]), row(), 5, HashingEmbedder())
+            agent = make_agent(
+                "learned-k2",
+                Caller(llm, "learned-k2", "p1"),
+                ReplayConfig(dataset="d", ks=[2]),
+                row(),
+                5,
+                HashingEmbedder(),
+            )
             assert isinstance(agent, LearnedAgent)
             updated = []
             for pos in range(1, 6):
@@ -165,31 +305,46 @@ def test_learned_agent_updates_on_cadence_from_the_last_k_sessions() -> None:
 
 def test_demographics_are_never_updated() -> None:
     start = initial_persona(row())
-    new, changed = apply_update(start, [
-        FieldUpdate(field="Demographics.Age", value="99"),
-        FieldUpdate(field="Demographics.Career_Information", value="astronaut"),
-        FieldUpdate(field="Preference.Preferred_Formats", value="tables"),
-        FieldUpdate(field="Pattern.Usage_Pattern", value="   "),
-    ])  # fmt: skip
+    new, changed = apply_update(
+        start,
+        [
+            FieldUpdate(field="Demographics.Age", value="99"),
+            FieldUpdate(field="Demographics.Career_Information", value="astronaut"),
+            FieldUpdate(field="Preference.Preferred_Formats", value="tables"),
+            FieldUpdate(field="Pattern.Usage_Pattern", value="   "),
+        ],
+    )
     assert changed == ["Preference.Preferred_Formats"]
     assert new["Demographics.Age"] == "34" and new["Demographics.Career_Information"] == "nurse in Lisbon"
     assert start["Preference.Preferred_Formats"] == ""  # the input is not mutated
 
     def responder(body: dict) -> str | None:
         if "maintain a profile" in _system(body):
-            return json.dumps({"updates": [{"field": "Demographics.Age", "value": "12", "evidence": "x"},
-                                           {"field": "Preference.Preferred_Styles", "value": "playful", "evidence": "y"}]})  # fmt: skip
+            return json.dumps(
+                {
+                    "updates": [
+                        {"field": "Demographics.Age", "value": "12", "evidence": "x"},
+                        {"field": "Preference.Preferred_Styles", "value": "playful", "evidence": "y"},
+                    ]
+                }
+            )
         return None
 
     with FakeOpenAI(responder=responder) as fake:
-        new2, changed2 = run(with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, [])))
+        new2, changed2 = run(
+            with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, []))
+        )
     assert changed2 == ["Preference.Preferred_Styles"] and new2["Demographics.Age"] == "34"
 
 
 def test_failed_update_keeps_the_persona() -> None:
     start = {**initial_persona(row()), "Preference.Preferred_Styles": "warm"}
-    with FakeOpenAI(responder=lambda body: "not json at all" if "maintain a profile" in _system(body) else None) as fake:
-        new, changed = run(with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, [])))
+    with FakeOpenAI(
+        responder=lambda body: "not json at all" if "maintain a profile" in _system(body) else None
+    ) as fake:
+        new, changed = run(
+            with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, []))
+        )
     assert new == start and changed == []
 
 
@@ -205,7 +360,10 @@ def test_tool_call_round_trip() -> None:
         if "personalized AI assistant" in system:
             if "API RESULT" in user:
                 return "Try this: RESULT-42."
-            return 'Let me look.\n<tool_call>{"name": "find_recipe", "arguments": {"query": "bacalhau"}}</tool_call>'
+            return (
+                'Let me look.\n<tool_call>{"name": "find_recipe", '
+                '"arguments": {"query": "bacalhau"}}</tool_call>'
+            )
         return None
 
     with FakeOpenAI(responder=responder) as fake:
@@ -218,15 +376,22 @@ def test_tool_call_round_trip() -> None:
         log = run(with_llm(fake, go))
         chat_calls = fake.stats.by_path["/v1/chat/completions"]
     assert [m.role for m in log.messages] == ["user", "tool_call", "tool_result", "assistant"]
-    assert log.messages[2].content == '{"recipes": ["RESULT-42"]}' and log.messages[2].tool_name == "find_recipe"
+    assert (
+        log.messages[2].content == '{"recipes": ["RESULT-42"]}' and log.messages[2].tool_name == "find_recipe"
+    )
     assert log.messages[3].content == "Try this: RESULT-42."
     assert chat_calls == 3  # chatbot, executor, chatbot
 
 
 def test_tool_rounds_are_bounded() -> None:
-    """A chatbot that keeps calling tools is cut off after max_tool_rounds and must answer; markup is stripped."""
+    """A chatbot that keeps calling tools is cut off after max_tool_rounds and must answer.
+
+    Markup is stripped.
+    """
     always = '<tool_call>{"name": "find_recipe", "arguments": {"query": "x"}}</tool_call> done'
-    with FakeOpenAI(responder=lambda body: always if "personalized AI assistant" in _system(body) else "ok") as fake:
+    with FakeOpenAI(
+        responder=lambda body: always if "personalized AI assistant" in _system(body) else "ok"
+    ) as fake:
 
         async def go(llm: LLM) -> SessionLog:
             log = SessionLog(0, "t", "q", [Message("user", "hi", 1)])
@@ -252,13 +417,16 @@ def test_tool_call_parser() -> None:
 
 
 def test_unknown_api_and_missing_argument_are_errors_without_llm_call() -> None:
-    from flows.agent.tools import ToolCall, ToolExecutor
+    from personaloom.agent.tools import ToolCall, ToolExecutor
 
     with FakeOpenAI() as fake:
 
         async def go(llm: LLM) -> list[tuple[str, bool]]:
             ex = ToolExecutor(Caller(llm, "none", "p1"))
-            return [await ex.run(ToolCall("nope"), [API], ""), await ex.run(ToolCall("find_recipe", {}), [API], "")]
+            return [
+                await ex.run(ToolCall("nope"), [API], ""),
+                await ex.run(ToolCall("find_recipe", {}), [API], ""),
+            ]
 
         results = run(with_llm(fake, go))
         assert fake.stats.by_path.get("/v1/chat/completions", 0) == 0
@@ -310,8 +478,17 @@ def test_parse_rating(text: str, scores: tuple) -> None:
 def test_judge_garbage_is_null_not_a_crash() -> None:
     with FakeOpenAI(responder=lambda body: "{{{ <rating> nope") as fake:
         rating = run(with_llm(fake, lambda llm: Judge(Caller(llm, "x", "p1")).rate(row(), "answer")))
-        sim = run(with_llm(fake, lambda llm: Judge(Caller(llm, "x", "p1")).similarity(initial_persona(row()), row())))
-    assert rating.solution is None and rating.persona is None and not rating.ok and rating.raw == "{{{ <rating> nope"
+        sim = run(
+            with_llm(
+                fake, lambda llm: Judge(Caller(llm, "x", "p1")).similarity(initial_persona(row()), row())
+            )
+        )
+    assert (
+        rating.solution is None
+        and rating.persona is None
+        and not rating.ok
+        and rating.raw == "{{{ <rating> nope"
+    )
     assert sim.consistency is None and sim.detail is None and sim.raw
 
 
@@ -322,7 +499,10 @@ def test_golden_applies_changes_and_initial_keeps_only_demographics() -> None:
     assert golden_at(row(1))["Preference.Preferred_Formats"] == "short bullet lists"
     assert golden_at(row(2))["Preference.Preferred_Formats"] == "detailed tables"
     start = initial_persona(row())
-    assert start["Demographics.Language"] == "Portuguese, English" and start["Personality.Values_and_Interests"] == ""
+    assert (
+        start["Demographics.Language"] == "Portuguese, English"
+        and start["Personality.Values_and_Interests"] == ""
+    )
 
 
 def test_field_similarity_known_values() -> None:
@@ -334,7 +514,11 @@ def test_field_similarity_known_values() -> None:
     by = {s.section: s.score for s in sections}
     assert overall == 0.0 and by["Demographics"] == 1.0 and by["Preference"] == 0.0
     # one of three Preference fields exactly right, one word-order swap (token_sort: exact), one empty
-    learned = {**start, "Preference.Preferred_Styles": "direct and warm", "Preference.Preferred_Formats": "short bullet lists"}
+    learned = {
+        **start,
+        "Preference.Preferred_Styles": "direct and warm",
+        "Preference.Preferred_Formats": "short bullet lists",
+    }
     overall, sections = field_similarity(learned, golden)
     assert {s.section: s.score for s in sections}["Preference"] == pytest.approx(2 / 3, abs=1e-4)
     assert overall == pytest.approx((2 / 3) / 4, abs=1e-4)  # 4 sections other than Demographics
@@ -344,8 +528,17 @@ def test_field_similarity_known_values() -> None:
 def test_revealed_fields_held() -> None:
     golden = golden_at(row(0))
     start = initial_persona(row())
-    learned = {**start, "Preference.Preferred_Formats": "short bullet lists", "Pattern.Usage_Pattern": "zzzz qqqq"}
-    revealed = {"Preference.Preferred_Formats", "Pattern.Usage_Pattern", "Communication.verbosity", "Demographics.Age"}
+    learned = {
+        **start,
+        "Preference.Preferred_Formats": "short bullet lists",
+        "Pattern.Usage_Pattern": "zzzz qqqq",
+    }
+    revealed = {
+        "Preference.Preferred_Formats",
+        "Pattern.Usage_Pattern",
+        "Communication.verbosity",
+        "Demographics.Age",
+    }
     # Demographics.Age is given at the start, so not counted; Usage_Pattern changed but not toward the truth
     assert revealed_held(start, learned, golden, revealed) == (3, 1)
     assert revealed_held(start, golden, golden, revealed) == (3, 3)
@@ -359,11 +552,23 @@ def test_change_tracking() -> None:
     assert changes_tracked(old, changes) == (1, 0)
     assert changes_tracked(new, changes) == (1, 1)
     assert changes_tracked({}, changes) == (1, 0)
-    later = PreferenceChange(date=date(2024, 6, 1), effective_session=3, field="Preference.Preferred_Formats",
-                             before="detailed tables", after="voice notes", reason="r")  # fmt: skip
+    later = PreferenceChange(
+        date=date(2024, 6, 1),
+        effective_session=3,
+        field="Preference.Preferred_Formats",
+        before="detailed tables",
+        after="voice notes",
+        reason="r",
+    )
     assert changes_tracked(new, [*changes, later]) == (1, 0)  # only the newest change per field counts
-    demo = PreferenceChange(date=date(2024, 6, 1), effective_session=1, field="Demographics.Career_Information",
-                            before="nurse", after="manager", reason="r")  # fmt: skip
+    demo = PreferenceChange(
+        date=date(2024, 6, 1),
+        effective_session=1,
+        field="Demographics.Career_Information",
+        before="nurse",
+        after="manager",
+        reason="r",
+    )
     assert changes_tracked(new, [*changes, demo]) == (1, 1)
 
 
@@ -382,7 +587,9 @@ def test_vars_update_math_by_hand() -> None:
     q = np.array([0.6, 0.8])
     assert s.select(q, [v1, v2]) == [1]  # base only: 0.6 vs 0.8
     s.update([v2], reward=-1.0)  # g = v2
-    assert s.z_long.tolist() == pytest.approx([0.0, -0.1]) and s.z_short.tolist() == pytest.approx([0.0, -0.5])
+    assert s.z_long.tolist() == pytest.approx([0.0, -0.1]) and s.z_short.tolist() == pytest.approx(
+        [0.0, -0.5]
+    )
     # z_eff = 1·(0, −0.1) + 2·(0, −0.5) = (0, −1.1): scores 0.6 and 0.8 − 1.1 = −0.3
     assert s.scores(q, [v1, v2]).tolist() == pytest.approx([0.6, -0.3])
     assert s.select(q, [v1, v2]) == [0]
@@ -391,7 +598,9 @@ def test_vars_update_math_by_hand() -> None:
     assert s.z_short.tolist() == pytest.approx([0.25, 0.5 * -0.5 + 0.25])  # decayed, then the new step
     assert s.z_eff.tolist() == pytest.approx([0.05 + 0.5, -0.05 + 0.0])
     s.update([], reward=1.0)  # nothing selected: only the short-term decay
-    assert s.z_short.tolist() == pytest.approx([0.125, 0.0]) and s.z_long.tolist() == pytest.approx([0.05, -0.05])
+    assert s.z_short.tolist() == pytest.approx([0.125, 0.0]) and s.z_long.tolist() == pytest.approx(
+        [0.05, -0.05]
+    )
 
 
 def test_satisfaction_reward() -> None:
@@ -401,6 +610,12 @@ def test_satisfaction_reward() -> None:
 
 def test_hashing_embedder_is_deterministic_and_ranks_overlap() -> None:
     e = HashingEmbedder(128)
-    a, b, c = e.embed("vegan dinner recipe"), e.embed("a vegan dinner recipe please"), e.embed("flight to Oslo")
-    assert np.allclose(a, HashingEmbedder(128).embed("vegan dinner recipe")) and np.linalg.norm(a) == pytest.approx(1.0)
+    a, b, c = (
+        e.embed("vegan dinner recipe"),
+        e.embed("a vegan dinner recipe please"),
+        e.embed("flight to Oslo"),
+    )
+    assert np.allclose(a, HashingEmbedder(128).embed("vegan dinner recipe")) and np.linalg.norm(
+        a
+    ) == pytest.approx(1.0)
     assert a @ b > a @ c

@@ -12,18 +12,20 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from flows.build import build_dataset
-from flows.store import DatasetStore, sha256_file
-from schemas.config import BuildConfig, LLMConfig
-from tests.conftest import TEST_KEY
-from tests.fake_openai import FakeOpenAI
+from personaloom.build import build_dataset
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.store import DatasetStore, sha256_file
+from personaloom.testing.cli import TEST_KEY
+from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def config(fake: FakeOpenAI, **kw) -> BuildConfig:
     llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
-    return BuildConfig(**{"dataset": "demo", "personas": 6, "scenes_per_persona": 4, "shard_size": 4, "llm": llm, **kw})
+    return BuildConfig(
+        **{"dataset": "demo", "personas": 6, "scenes_per_persona": 4, "shard_size": 4, "llm": llm, **kw}
+    )
 
 
 def build(cfg: BuildConfig, out: Path) -> str:
@@ -37,7 +39,9 @@ def keyed_fake(monkeypatch: pytest.MonkeyPatch):
         yield fake
 
 
-def test_full_build_layout_and_readers(keyed_fake: FakeOpenAI, out: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_build_layout_and_readers(
+    keyed_fake: FakeOpenAI, out: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     version = build(config(keyed_fake), out)
     assert version == "v0001"
@@ -47,7 +51,12 @@ def test_full_build_layout_and_readers(keyed_fake: FakeOpenAI, out: Path, caplog
         assert list((root / table).glob("part-*.parquet")), table
     m = json.loads((root / "manifest.json").read_text())
     assert m["version"] == "v0001" and m["parent"] is None and m["model"] == "fake-model"
-    assert set(m["prompt_hashes"]) >= {"personas/synthesize", "scenes/enrich", "queries/simulate", "filter/answerability"}
+    assert set(m["prompt_hashes"]) >= {
+        "personas/synthesize",
+        "scenes/enrich",
+        "queries/simulate",
+        "filter/answerability",
+    }
 
     # the same rows through three readers
     n = m["counts"]["filter"]["rows_out"]
@@ -73,7 +82,11 @@ def test_full_build_layout_and_readers(keyed_fake: FakeOpenAI, out: Path, caplog
     assert c["queries"]["rows_in"] == c["queries"]["rows_out"] + c["queries"]["rejected"]
     assert c["filter"]["rows_in"] == c["filter"]["rows_out"] + c["filter"]["rejected"]
     rejected = pl.read_parquet(root / "rejections" / "*.parquet")
-    assert len(rejected) == c["queries"]["rejected"] + c["filter"]["rejected"] == sum(m["rejection_reasons"].values())
+    assert (
+        len(rejected)
+        == c["queries"]["rejected"] + c["filter"]["rejected"]
+        == sum(m["rejection_reasons"].values())
+    )
     assert m["usage"]["personas"]["calls"] >= 6 and m["usage"]["queries"]["prompt_tokens"] > 0
 
     ds = pl.read_parquet(root / "dataset" / "*.parquet")
@@ -108,7 +121,11 @@ def test_rerun_makes_no_llm_call_and_adds_a_version(out: Path, tmp_path: Path) -
 
 
 def test_empty_tables_are_written_with_their_schema(out: Path) -> None:
-    with FakeOpenAI(responder=lambda body: '{"answerable": false, "reason": "no"}' if "answerable" in json.dumps(body) else None) as fake:
+    with FakeOpenAI(
+        responder=lambda body: (
+            '{"answerable": false, "reason": "no"}' if "answerable" in json.dumps(body) else None
+        )
+    ) as fake:
         build(config(fake, personas=2, expand_hints=False), out)
     root = out / "demo" / "v0001"
     ds = pq.read_table(root / "dataset")
@@ -119,7 +136,7 @@ def test_empty_tables_are_written_with_their_schema(out: Path) -> None:
 
 def test_resume_skips_finished_shards(out: Path) -> None:
     """A build that dies mid-way re-runs into the same staging folder and redoes only what is missing."""
-    from flows.llm.local import free_port
+    from personaloom.llm.local import free_port
 
     port = free_port()
     calls = {"n": 0}

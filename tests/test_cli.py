@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,25 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.conftest import TEST_KEY
-from tests.fake_openai import FakeOpenAI
-
-EXE = [sys.executable, "-m", "flows"]
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    full_env.update(env or {})
-    return subprocess.run([*EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from personaloom.testing.cli import TEST_KEY, assert_one_line_error, run
+from personaloom.testing.fake_openai import FakeOpenAI
 
 
 def test_help_lists_every_subcommand_and_stays_light() -> None:
@@ -38,8 +20,11 @@ def test_help_lists_every_subcommand_and_stays_light() -> None:
     assert res.returncode == 0
     for cmd in ("build", "versions", "show", "filter", "local-llm"):
         assert cmd in res.stdout
-    probe = subprocess.run([sys.executable, "-c", "import flows.cli, sys; print('prefect' in sys.modules)"],
-                           capture_output=True, text=True)  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-c", "import personaloom.cli, sys; print('prefect' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
     assert probe.stdout.strip() == "False"  # `--help`, `show`, `versions` never pay Prefect's import
 
 
@@ -72,7 +57,9 @@ def test_bad_config_files(tmp_path: Path) -> None:
 
 def test_wrong_key_found_before_work_starts(tmp_path: Path) -> None:
     with FakeOpenAI(api_key="sk-right") as fake:
-        res = run("build", "--base-url", fake.base_url, "--out", str(tmp_path), env={"OPENAI_API_KEY": TEST_KEY})
+        res = run(
+            "build", "--base-url", fake.base_url, "--out", str(tmp_path), env={"OPENAI_API_KEY": TEST_KEY}
+        )
         assert fake.stats.by_path.get("/v1/chat/completions", 0) == 0
     assert_one_line_error(res, "401", "OPENAI_API_KEY")
     assert TEST_KEY not in res.stderr and not (tmp_path / "personas").exists()
@@ -114,13 +101,22 @@ def test_build_twice_then_read(tmp_path: Path) -> None:
 def test_filter_any_parquet(tmp_path: Path) -> None:
     src = tmp_path / "texts.parquet"
     base = "please help me plan a quiet weekend trip to the lakes with my two kids and a dog"
-    pl.DataFrame({"id": ["a", "b", "c", "d"], "body": [base, base.upper() + "!", "As an AI language model, I can't.", "hi"]}).write_parquet(src)
+    pl.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "body": [base, base.upper() + "!", "As an AI language model, I can't.", "hi"],
+        }
+    ).write_parquet(src)
     res = run("filter", str(src), "--column", "body", "--id-column", "id", "--out", str(tmp_path / "f"))
     assert res.returncode == 0, res.stderr
     kept = pl.read_parquet(tmp_path / "f" / "kept.parquet")
     rej = pl.read_parquet(tmp_path / "f" / "rejections.parquet")
     assert kept["id"].to_list() == ["a"]
-    assert dict(zip(rej["id"], rej["drop_reason"], strict=False)) == {"b": "exact_duplicate", "c": "refusal", "d": "too_short"}
+    assert dict(zip(rej["id"], rej["drop_reason"], strict=False)) == {
+        "b": "exact_duplicate",
+        "c": "refusal",
+        "d": "too_short",
+    }
     assert rej.filter(pl.col("id") == "b")["dup_of"].item() == "a"
 
 

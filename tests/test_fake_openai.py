@@ -20,7 +20,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +55,10 @@ class Persona(BaseModel):
 def _schema_format(form: str, model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     if form == "openai":
-        return {"type": "json_schema",
-                "json_schema": {"name": model.__name__, "schema": schema, "strict": False}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": model.__name__, "schema": schema, "strict": False},
+        }
     return {"type": "json_object", "schema": schema}
 
 
@@ -71,8 +73,10 @@ async def _chat(fake: FakeOpenAI, text: str, **kw: Any) -> Any:
     try:
         return await client.chat.completions.create(
             model=kw.pop("model", "gpt-4o-mini"),
-            messages=[{"role": "system", "content": "You write personas."},
-                      {"role": "user", "content": text}],
+            messages=[
+                {"role": "system", "content": "You write personas."},
+                {"role": "user", "content": text},
+            ],
             **kw,
         )
     finally:
@@ -106,8 +110,11 @@ def test_schema_valid_across_many_requests() -> None:
     fake = FakeOpenAI()
     bios = set()
     for i in range(200):
-        body = {"model": "m", "messages": [{"role": "user", "content": f"persona number {i}"}],
-                "response_format": _schema_format("openai", Persona)}
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": f"persona number {i}"}],
+            "response_format": _schema_format("openai", Persona),
+        }
         content, finish = fake.generate_content(body, f"persona number {i}", body["messages"])
         persona = Persona.model_validate_json(content)
         bios.add(persona.bio)
@@ -123,8 +130,8 @@ def test_openai_parse_helper(fake: FakeOpenAI) -> None:
         client = _client(fake)
         try:
             return await client.chat.completions.parse(
-                model="gpt-4o-mini", response_format=Hobby,
-                messages=[{"role": "user", "content": "a hobby"}])
+                model="gpt-4o-mini", response_format=Hobby, messages=[{"role": "user", "content": "a hobby"}]
+            )
         finally:
             await client.close()
 
@@ -238,8 +245,7 @@ def test_hang_times_out_and_stop_is_prompt() -> None:
 
 
 def test_random_fault_rate() -> None:
-    with FakeOpenAI(fault_rate=1.0, faults=("500",)) as fake, \
-            pytest.raises(openai.InternalServerError):
+    with FakeOpenAI(fault_rate=1.0, faults=("500",)) as fake, pytest.raises(openai.InternalServerError):
         asyncio.run(_chat(fake, "hi"))
     # Mixed faults: roughly fault_rate of requests fail, and only with listed kinds.
     rf = _schema_format("openai", Hobby)
@@ -249,8 +255,8 @@ def test_random_fault_rate() -> None:
         for i in range(40):
             try:
                 await client.chat.completions.create(
-                    model="m", response_format=rf,
-                    messages=[{"role": "user", "content": f"hobby {i}"}])
+                    model="m", response_format=rf, messages=[{"role": "user", "content": f"hobby {i}"}]
+                )
             except openai.InternalServerError:
                 pass
         await client.close()
@@ -288,8 +294,10 @@ def test_legacy_completions_with_schema(fake: FakeOpenAI) -> None:
         client = _client(fake)
         try:
             return await client.completions.create(
-                model="gpt-3.5-turbo-instruct", prompt="Describe a hobby",
-                extra_body={"response_format": _schema_format("llamacpp", Hobby)})
+                model="gpt-3.5-turbo-instruct",
+                prompt="Describe a hobby",
+                extra_body={"response_format": _schema_format("llamacpp", Hobby)},
+            )
         finally:
             await client.close()
 
@@ -315,17 +323,32 @@ def test_stats_requests_reset(fake: FakeOpenAI) -> None:
 # --------------------------------------------------------------------------- #
 def test_standalone_process_serves_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--host", "127.0.0.1", "--port", "0",
-         "--latency", "0.01"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "personaloom.testing.fake_openai",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--latency",
+            "0.01",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("BASE_URL=http://127.0.0.1:") and line.endswith("/v1")
         base_url = line.removeprefix("BASE_URL=")
-        resp = httpx.post(base_url + "/chat/completions", timeout=5, json={
-            "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        resp = httpx.post(
+            base_url + "/chat/completions",
+            timeout=5,
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert resp.status_code == 200
         assert resp.json()["choices"][0]["message"]["content"]
         proc.send_signal(signal.SIGTERM)
@@ -348,7 +371,8 @@ def test_requests_are_served_concurrently() -> None:
         async def one(i: int) -> None:
             async with sem:
                 r = await client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": f"request {i}"}])
+                    model="m", messages=[{"role": "user", "content": f"request {i}"}]
+                )
                 assert r.choices[0].message.content
 
         t0 = time.monotonic()

@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.filtering import filter_texts, find_near_duplicates
-from flows.filtering.normalize import normalize, normalize_expr
-from flows.filtering.rules import build_rules
-from schemas.filtering import FilterConfig, NearDupConfig, RuleConfig
+from personaloom.filtering import filter_texts, find_near_duplicates
+from personaloom.filtering.normalize import normalize, normalize_expr
+from personaloom.filtering.rules import build_rules
+from personaloom.schemas.filtering import FilterConfig, NearDupConfig, RuleConfig
 
 BASE = (
     "Could you help me plan a cheap weekend trip to Lisbon with my two kids, "
@@ -34,7 +34,10 @@ def sibling(city: str, topic: str, day: str, name: str, item: str) -> str:
 
 
 def run(texts: list[str | None], config: FilterConfig | None = None):
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}, schema={"id": pl.String, "text": pl.String})
+    df = pl.DataFrame(
+        {"id": [f"r{i}" for i in range(len(texts))], "text": texts},
+        schema={"id": pl.String, "text": pl.String},
+    )
     return df, filter_texts(df, "text", config or FilterConfig(), id_column="id")
 
 
@@ -135,7 +138,9 @@ EDITS = {
 def test_each_edit_kind_is_found(kind: str) -> None:
     texts = [BASE, NORMAL, EDITS[kind]]
     df, outcome = run(texts)
-    assert reasons(outcome) == {"r2": "exact_duplicate" if kind in {"case", "whitespace", "punctuation"} else "near_duplicate"}
+    assert reasons(outcome) == {
+        "r2": "exact_duplicate" if kind in {"case", "whitespace", "punctuation"} else "near_duplicate"
+    }
     row = outcome.rejected.row(0, named=True)
     assert row["dup_of"] == "r0"
     assert row["dup_method"] == ("exact" if row["drop_reason"] == "exact_duplicate" else "near")

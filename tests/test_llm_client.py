@@ -9,12 +9,12 @@ import time
 import pytest
 from pydantic import BaseModel, Field
 
-from flows.llm.cache import ResponseCache
-from flows.llm.client import LLM, LLMError, clamp_schema, endpoint_label
-from flows.llm.limits import TokenBucket
-from flows.llm.prompts import PromptLibrary
-from schemas.config import LLMConfig
-from tests.fake_openai import FakeOpenAI
+from personaloom.llm.cache import ResponseCache
+from personaloom.llm.client import LLM, LLMError, clamp_schema, endpoint_label
+from personaloom.llm.limits import TokenBucket
+from personaloom.llm.prompts import PromptLibrary
+from personaloom.schemas.config import LLMConfig
+from personaloom.testing.fake_openai import FakeOpenAI
 
 
 class Answer(BaseModel):
@@ -32,7 +32,10 @@ def ask(llm: LLM, n: int = 1, **kw):
     async def go():
         try:
             return await asyncio.gather(
-                *(llm.structured("filter/answerability", Answer, stage="t", query=_Q(i), scene=_S(), **kw) for i in range(n))
+                *(
+                    llm.structured("filter/answerability", Answer, stage="t", query=_Q(i), scene=_S(), **kw)
+                    for i in range(n)
+                )
             )
         finally:
             await llm.aclose()
@@ -75,7 +78,7 @@ def test_identical_rerun_makes_zero_calls(fake: FakeOpenAI, tmp_path) -> None:
 def test_cache_key_covers_template_content(fake: FakeOpenAI, tmp_path) -> None:
     import shutil
 
-    from flows.paths import PROMPTS_DIR
+    from personaloom.paths import PROMPTS_DIR
 
     shutil.copytree(PROMPTS_DIR, tmp_path / "prompts")
     llm = make(fake, tmp_path)
@@ -201,7 +204,9 @@ def test_clamped_schema_tightens_bounds_only() -> None:
 
 
 def test_endpoint_label_strips_credentials() -> None:
-    assert endpoint_label("https://user:pw@api.example.com:8443/v1?key=abc") == "https://api.example.com:8443/v1"
+    assert (
+        endpoint_label("https://user:pw@api.example.com:8443/v1?key=abc") == "https://api.example.com:8443/v1"
+    )
 
 
 def test_raw_newlines_inside_strings_are_accepted() -> None:

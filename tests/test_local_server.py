@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.errors import UserError
-from flows.llm.local import LocalServer
+from personaloom.errors import UserError
+from personaloom.llm.local import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
-STAND_IN = [sys.executable, "-m", "tests.fake_openai", "--port", "{port}"]
+STAND_IN = [sys.executable, "-m", "personaloom.testing.fake_openai", "--port", "{port}"]
 
 
 def port_is_free(port: int) -> bool:
@@ -49,7 +49,10 @@ def wait_dead(pid: int, seconds: float = 10) -> bool:
 def test_start_ready_answer_stop() -> None:
     with LocalServer(STAND_IN, model="stand-in") as server:
         assert server.proc is not None and server.proc.poll() is None
-        r = httpx.post(f"{server.base_url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            f"{server.base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 200
         pid, port = server.proc.pid, server.port
     assert wait_dead(pid) and port_is_free(port)
@@ -79,8 +82,7 @@ def test_a_server_that_never_answers_times_out_and_is_killed() -> None:
 def test_no_orphan_when_the_parent_is_killed_or_interrupted(how: str, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from flows.llm.local import LocalServer
+        from personaloom.llm.local import LocalServer
         with LocalServer({STAND_IN!r}) as s:
             print(s.proc.pid, s.port, flush=True)
             time.sleep(60)
@@ -107,13 +109,15 @@ def _has_embedded_model() -> bool:
 
 
 @pytest.mark.embedded
-@pytest.mark.skipif(not _has_embedded_model(), reason="the 'local' extra (llama-cpp-python, Gemma 3 270M) is not installed")
+@pytest.mark.skipif(
+    not _has_embedded_model(), reason="the 'local' extra (llama-cpp-python, Gemma 3 270M) is not installed"
+)
 def test_real_embedded_model_answers_structured_output(tmp_path: Path) -> None:
     """Gemma 3 270M through llama.cpp's server and the very same client path as any endpoint."""
-    from flows.llm.client import LLM
-    from flows.llm.endpoint import open_endpoint
-    from schemas.config import LLMConfig
-    from schemas.drafts import NeutralDraft
+    from personaloom.llm.client import LLM
+    from personaloom.llm.endpoint import open_endpoint
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.schemas.drafts import NeutralDraft
 
     with open_endpoint(LLMConfig()) as ep:
         assert ep.embedded and ep.config.model == "gemma3-270m"
@@ -121,9 +125,14 @@ def test_real_embedded_model_answers_structured_output(tmp_path: Path) -> None:
 
         async def go():
             try:
-                return await llm.structured("queries/neutralize", NeutralDraft, stage="t", max_tokens=60,
-                                            query="I'm a nurse, what can I cook after a night shift?",
-                                            scene={"title": "Cook dinner"})  # fmt: skip
+                return await llm.structured(
+                    "queries/neutralize",
+                    NeutralDraft,
+                    stage="t",
+                    max_tokens=60,
+                    query="I'm a nurse, what can I cook after a night shift?",
+                    scene={"title": "Cook dinner"},
+                )
             finally:
                 await llm.aclose()
 

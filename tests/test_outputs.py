@@ -1,4 +1,7 @@
-"""Inspecting a built version: the explore notebook headless, `plot` and `export`, five readers, the dataset card."""
+"""Inspecting a built version.
+
+The explore notebook headless, `plot` and `export`, five readers, the dataset card.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +20,18 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flows.build import build_dataset
-from flows.replay import replay_dataset
-from flows.store import TABLES
-from schemas.config import BuildConfig, LLMConfig
-from schemas.replay import ReplayConfig
-from tests.fake_openai import FakeOpenAI
+from personaloom.build import build_dataset
+from personaloom.replay import replay_dataset
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.schemas.replay import ReplayConfig
+from personaloom.store import TABLES
+from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
-EXE = [sys.executable, "-m", "flows"]
+EXE = [sys.executable, "-m", "personaloom"]
 BASE_FIGURES = {"stages", "personas", "communication", "scene_kinds", "query_lengths"}
 RUN = "r1"
 
@@ -65,14 +68,19 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """`python3` from this interpreter; a spec is written to a temp Jupyter data dir when the machine has none."""
+    """`python3` from this interpreter.
+
+    A spec is written to a temp Jupyter data dir when the machine has none.
+    """
     from jupyter_client.kernelspec import KernelSpecManager
 
     if "python3" not in KernelSpecManager().find_kernel_specs():
         spec = tmp_path / "jupyter" / "kernels" / "python3"
         spec.mkdir(parents=True)
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"}))
+        (spec / "kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+        )
         monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
     yield "python3"
 
@@ -89,17 +97,22 @@ def test_notebook_runs_headless(built: Path, kernel_name: str, monkeypatch: pyte
     import nbclient
     import nbformat
 
-    # the kernel inherits these; PERSONALOOM_DATASET/VERSION left unset exercises the defaults (newest, latest)
+    # the kernel inherits these;
+    # PERSONALOOM_DATASET/VERSION left unset exercises the defaults (newest, latest)
     monkeypatch.setenv("PERSONALOOM_OUT", str(built))
     monkeypatch.delenv("PERSONALOOM_DATASET", raising=False)
     monkeypatch.delenv("PERSONALOOM_VERSION", raising=False)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=120, resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb, kernel_name=kernel_name, timeout=120, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == len(BASE_FIGURES) + 1  # + the replay curves
+    assert (
+        sum("image/png" in o.get("data", {}) for o in outputs) == len(BASE_FIGURES) + 1
+    )  # + the replay curves
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "demo@v0001" in text and f"run {RUN}" in text  # the replay's summary.md is shown
 
@@ -118,11 +131,16 @@ def test_plot_writes_every_figure_as_png(built: Path, tmp_path: Path) -> None:
     for path in pngs.values():
         with Image.open(path) as img:
             lo, hi = img.convert("L").getextrema()
-            assert img.format == "PNG" and img.width >= 600 and img.height >= 300 and hi - lo > 100, path  # drawn, not blank
+            assert img.format == "PNG" and img.width >= 600 and img.height >= 300 and hi - lo > 100, (
+                path
+            )  # drawn, not blank
 
 
 def test_plot_without_replay_and_named_version(version_dir: Path, tmp_path: Path) -> None:
-    """A version with no replay/ folder gets the base figures only (the replay part is skipped, not an error)."""
+    """A version with no replay/ folder gets the base figures only.
+
+    The replay part is skipped, not an error.
+    """
     out = tmp_path / "output"
     shutil.copytree(version_dir, out / "other" / "v0001", ignore=shutil.ignore_patterns("replay"))
     res = cli("plot", "other@1", "--out", str(out), "--dest", str(tmp_path / "png"), cwd=tmp_path)
@@ -132,7 +150,17 @@ def test_plot_without_replay_and_named_version(version_dir: Path, tmp_path: Path
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_export_row_counts_match_parquet(version_dir: Path, built: Path, tmp_path: Path, fmt: str) -> None:
-    res = cli("export", "demo@v0001", "--format", fmt, "--out", str(built), "--dest", str(tmp_path / "x"), cwd=tmp_path)
+    res = cli(
+        "export",
+        "demo@v0001",
+        "--format",
+        fmt,
+        "--out",
+        str(built),
+        "--dest",
+        str(tmp_path / "x"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     replay_tables = [f"replay/{RUN}/{p.name}" for p in (version_dir / "replay" / RUN).iterdir() if p.is_dir()]
     assert "replay/r1/metrics" in replay_tables
@@ -141,7 +169,9 @@ def test_export_row_counts_match_parquet(version_dir: Path, built: Path, tmp_pat
         if fmt == "jsonl":
             rows = [json.loads(line) for line in path.read_text().splitlines()]
         else:
-            rows = pl.read_csv(path, infer_schema=False).to_dicts()  # quoted newlines inside fields must not split rows
+            rows = pl.read_csv(
+                path, infer_schema=False
+            ).to_dicts()  # quoted newlines inside fields must not split rows
         assert len(rows) == parquet_rows(version_dir / table), table
     assert (tmp_path / "x" / "manifest.json").is_file()
     dataset = pl.read_csv(tmp_path / "x" / "dataset.csv", infer_schema=False) if fmt == "csv" else None
@@ -169,15 +199,20 @@ def test_inspect_commands_fail_in_one_line(built: Path, tmp_path: Path, args: li
 
 
 def test_help_does_not_import_matplotlib() -> None:
-    probe = "import flows.cli, sys; print('matplotlib' in sys.modules or 'polars' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout.strip() == "False"
+    probe = "import personaloom.cli, sys; print('matplotlib' in sys.modules or 'polars' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        == "False"
+    )
 
 
 # ---------------------------------------------------------------- readers and the dataset card
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_five_readers_agree(version_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+def test_five_readers_agree(
+    version_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import datasets
     import pandas as pd
@@ -190,9 +225,13 @@ def test_five_readers_agree(version_dir: Path, tmp_path: Path, monkeypatch: pyte
     assert pl.scan_parquet(files).select(pl.len()).collect().item() == n
     assert pq.read_table(version_dir / table).num_rows == n
     # zero-row shards (rejections of a stage that rejected nothing) are written with no row group,
-    # which `datasets` skips; one zero-row group would fail its whole load ("BatchSize must be greater than 0")
-    assert all(pq.ParquetFile(p).metadata.num_row_groups == 0
-               for p in (version_dir / table).glob("part-*.parquet") if pq.ParquetFile(p).metadata.num_rows == 0)  # fmt: skip
+    # which `datasets` skips; one zero-row group would fail its whole load
+    # ("BatchSize must be greater than 0")
+    assert all(
+        pq.ParquetFile(p).metadata.num_row_groups == 0
+        for p in (version_dir / table).glob("part-*.parquet")
+        if pq.ParquetFile(p).metadata.num_rows == 0
+    )
     hf = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     assert hf.num_rows == n
 

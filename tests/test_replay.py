@@ -1,4 +1,7 @@
-"""`replay_dataset` end to end through the real Prefect flow against the fake server: every agent, the Parquet, the summary, resume."""
+"""`replay_dataset` end to end through the real Prefect flow against the fake server.
+
+Every agent, the Parquet, the summary, resume.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.build import build_dataset
-from flows.replay import replay_dataset
-from schemas.config import BuildConfig, LLMConfig
-from schemas.replay import ReplayConfig
-from tests.fake_openai import FakeOpenAI
+from personaloom.build import build_dataset
+from personaloom.replay import replay_dataset
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.schemas.replay import ReplayConfig
+from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -46,20 +49,36 @@ def responder(body: dict) -> str | None:
     if "impartial judge" in system:
         return "<analysis>fine</analysis><rating>7; 6</rating>"
     if "maintain a profile" in system:
-        return json.dumps({"updates": [{"field": "Demographics.Age", "value": "99", "evidence": "x"},
-                                       {"field": "Preference.Preferred_Formats", "value": "bullet lists", "evidence": "asked twice"}]})  # fmt: skip
+        return json.dumps(
+            {
+                "updates": [
+                    {"field": "Demographics.Age", "value": "99", "evidence": "x"},
+                    {
+                        "field": "Preference.Preferred_Formats",
+                        "value": "bullet lists",
+                        "evidence": "asked twice",
+                    },
+                ]
+            }
+        )
     return None
 
 
 def test_replay_every_agent(out: Path) -> None:
     with FakeOpenAI(responder=responder) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
-        build = BuildConfig(dataset="demo", personas=2, scenes_per_persona=4, expand_hints=False, answerability=False, llm=llm)
+        build = BuildConfig(
+            dataset="demo", personas=2, scenes_per_persona=4, expand_hints=False, answerability=False, llm=llm
+        )
         asyncio.run(build_dataset(build, out=str(out)))
-        cfg = ReplayConfig(dataset="demo", version="1", agents=AGENTS, ks=[1, 3], shard_size=1, run="t1", llm=llm)
+        cfg = ReplayConfig(
+            dataset="demo", version="1", agents=AGENTS, ks=[1, 3], shard_size=1, run="t1", llm=llm
+        )
         run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
         calls = fake.stats.by_path["/v1/chat/completions"]
-        assert Path(asyncio.run(replay_dataset(cfg, out=str(out)))) == run_dir  # resume of a finished run: no LLM call
+        assert (
+            Path(asyncio.run(replay_dataset(cfg, out=str(out)))) == run_dir
+        )  # resume of a finished run: no LLM call
         assert fake.stats.by_path["/v1/chat/completions"] == calls
 
     assert run_dir == out / "demo" / "v0001" / "replay" / "t1"
@@ -76,15 +95,23 @@ def test_replay_every_agent(out: Path) -> None:
     assert len(sessions) == len(metrics) == n_rows * len(NAMES)
     assert sorted(sessions["agent"].unique()) == sorted(NAMES)
     assert sessions["user_turns"].max() <= 3
-    assert (sessions["user_turns"] == 2).all() and sessions["satisfied"].all() and (sessions["malformed_verdicts"] == 0).all()
+    assert (
+        (sessions["user_turns"] == 2).all()
+        and sessions["satisfied"].all()
+        and (sessions["malformed_verdicts"] == 0).all()
+    )
     with_api = dataset.select("persona_id", "session_index", (pl.col("apis").list.len() > 0).alias("has_api"))
     tools = sessions.join(with_api, on=["persona_id", "session_index"])
     assert tools["has_api"].any()
-    assert [(h, n) for h, n in tools.select("has_api", "tool_calls").iter_rows() if n != (2 if h else 0)] == []  # one per answer
+    assert [
+        (h, n) for h, n in tools.select("has_api", "tool_calls").iter_rows() if n != (2 if h else 0)
+    ] == []  # one per answer
     assert (sessions["tool_errors"] == 0).all()
     assert set(turns["role"]) == {"user", "assistant", "tool_call", "tool_result"}
     assert sessions["first_answer"].str.contains("bullet lists").all()
-    assert metrics["helpfulness"].to_list() == [7.0] * len(metrics) and metrics["personalization"].to_list() == [6.0] * len(metrics)
+    assert metrics["helpfulness"].to_list() == [7.0] * len(metrics) and metrics[
+        "personalization"
+    ].to_list() == [6.0] * len(metrics)
     assert (sessions["agent_prompt_tokens"] > 0).all()
 
     # update cadence: learned-k1 after every session, learned-k3 after the 3rd and the last
@@ -92,9 +119,18 @@ def test_replay_every_agent(out: Path) -> None:
     for agent, k in (("learned-k1", 1), ("learned-k3", 3)):
         got = sessions.filter(pl.col("agent") == agent)
         for pid, total in per_persona.iter_rows():
-            updated = got.filter((pl.col("persona_id") == pid) & pl.col("persona_updated"))["position"].sort().to_list()
-            assert updated == sorted({p for p in range(1, total + 1) if p % k == 0 or p == total}), (agent, pid)
-    assert not sessions.filter(pl.col("agent").is_in(["none", "golden", "rag", "vars"]))["persona_updated"].any()
+            updated = (
+                got.filter((pl.col("persona_id") == pid) & pl.col("persona_updated"))["position"]
+                .sort()
+                .to_list()
+            )
+            assert updated == sorted({p for p in range(1, total + 1) if p % k == 0 or p == total}), (
+                agent,
+                pid,
+            )
+    assert not sessions.filter(pl.col("agent").is_in(["none", "golden", "rag", "vars"]))[
+        "persona_updated"
+    ].any()
 
     # Demographics survive an updater that tries to change them; the allowed field is learned
     learned = snaps.filter(pl.col("agent") == "learned-k1").explode("fields").unnest("fields")
@@ -105,14 +141,21 @@ def test_replay_every_agent(out: Path) -> None:
 
     # persona metrics only where a persona exists; golden is the upper bound
     golden = metrics.filter(pl.col("agent") == "golden")
-    assert (golden["field_similarity"] == 1.0).all() and golden["revealed_held"].to_list() == golden["revealed_seen"].to_list()
-    assert metrics.filter(pl.col("agent").is_in(["none", "rag", "vars"]))["field_similarity"].null_count() == 3 * n_rows
+    assert (golden["field_similarity"] == 1.0).all() and golden["revealed_held"].to_list() == golden[
+        "revealed_seen"
+    ].to_list()
+    assert (
+        metrics.filter(pl.col("agent").is_in(["none", "rag", "vars"]))["field_similarity"].null_count()
+        == 3 * n_rows
+    )
     k1 = metrics.filter(pl.col("agent") == "learned-k1")
     assert k1["field_similarity"].drop_nulls().len() == n_rows and (k1["field_similarity"] < 1).all()
 
     # the summary: one row per agent, like Table 1
     summary = (run_dir / "summary.md").read_text()
-    table = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| Agent")]
+    table = [
+        line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| Agent")
+    ]
     assert [line.split("|")[1].strip() for line in table] == NAMES
     assert "Helpfulness" in summary and "Utterances" in summary
     assert table[0].split("|")[2].strip() == "7.00"
@@ -125,22 +168,52 @@ def test_replay_every_agent(out: Path) -> None:
 def test_resume_redoes_only_missing_shards(out: Path) -> None:
     with FakeOpenAI(responder=responder) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=8)
-        asyncio.run(build_dataset(BuildConfig(dataset="demo", personas=2, scenes_per_persona=2, expand_hints=False,
-                                              answerability=False, llm=llm), out=str(out)))  # fmt: skip
+        asyncio.run(
+            build_dataset(
+                BuildConfig(
+                    dataset="demo",
+                    personas=2,
+                    scenes_per_persona=2,
+                    expand_hints=False,
+                    answerability=False,
+                    llm=llm,
+                ),
+                out=str(out),
+            )
+        )
         cfg = ReplayConfig(dataset="demo", agents=["none", "learned"], shard_size=1, run="r", llm=llm)
         run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
-        before = pl.read_parquet(run_dir / "sessions" / "*.parquet").sort("persona_id", "agent", "session_index")
+        before = pl.read_parquet(run_dir / "sessions" / "*.parquet").sort(
+            "persona_id", "agent", "session_index"
+        )
         for table in ("sessions", "turns", "snapshots", "metrics"):
             (run_dir / table / "part-00001.parquet").unlink()  # as if the crash hit shard 1
         (run_dir / "manifest.json").unlink()
         calls = fake.stats.by_path["/v1/chat/completions"]
         asyncio.run(replay_dataset(cfg.model_copy(update={"shard_size": 1}), out=str(out)))
-        assert fake.stats.by_path["/v1/chat/completions"] == calls  # shard 1 is redone from the response cache
+        assert (
+            fake.stats.by_path["/v1/chat/completions"] == calls
+        )  # shard 1 is redone from the response cache
         with pytest.raises(Exception, match="exists with other settings"):
             asyncio.run(replay_dataset(cfg.model_copy(update={"max_user_turns": 2}), out=str(out)))
     after = pl.read_parquet(run_dir / "sessions" / "*.parquet").sort("persona_id", "agent", "session_index")
-    assert after.drop("wall_seconds", "agent_llm_seconds", "agent_calls", "agent_prompt_tokens", "agent_completion_tokens",
-                      "eval_prompt_tokens", "eval_completion_tokens").equals(
-        before.drop("wall_seconds", "agent_llm_seconds", "agent_calls", "agent_prompt_tokens", "agent_completion_tokens",
-                    "eval_prompt_tokens", "eval_completion_tokens"))  # fmt: skip
+    assert after.drop(
+        "wall_seconds",
+        "agent_llm_seconds",
+        "agent_calls",
+        "agent_prompt_tokens",
+        "agent_completion_tokens",
+        "eval_prompt_tokens",
+        "eval_completion_tokens",
+    ).equals(
+        before.drop(
+            "wall_seconds",
+            "agent_llm_seconds",
+            "agent_calls",
+            "agent_prompt_tokens",
+            "agent_completion_tokens",
+            "eval_prompt_tokens",
+            "eval_completion_tokens",
+        )
+    )
     assert (run_dir / "manifest.json").exists()

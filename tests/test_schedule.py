@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.schedule import deployment
-from flows.store import DatasetStore
-from schemas.config import BuildConfig, LLMConfig
-from tests.fake_openai import FakeOpenAI
+from personaloom.schedule import deployment
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.store import DatasetStore
+from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,12 @@ def test_scheduled_runs_make_versions_with_parents(out: Path) -> None:
     from prefect.settings import PREFECT_API_URL
 
     with FakeOpenAI() as fake:
-        cfg = BuildConfig(dataset="nightly", personas=2, scenes_per_persona=2, llm=LLMConfig(model="m", base_url=fake.base_url))
+        cfg = BuildConfig(
+            dataset="nightly",
+            personas=2,
+            scenes_per_persona=2,
+            llm=LLMConfig(model="m", base_url=fake.base_url),
+        )
         dep = deployment(cfg, out, "0 3 * * *", "nightly-test")
         dep_id = dep.apply()
 
@@ -38,8 +43,14 @@ def test_scheduled_runs_make_versions_with_parents(out: Path) -> None:
         env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
         for _ in range(2):
             run = run_deployment(name="build_dataset/nightly-test", timeout=0)
-            done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert done.returncode == 0, done.stderr[-3000:]
     store = DatasetStore(out, "nightly")
     assert store.versions() == ["v0001", "v0002"]

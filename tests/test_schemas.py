@@ -4,9 +4,9 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel
 
-from flows.store import read_records, write_records
-from schemas.arrow import arrow_schema, to_table
-from schemas.records import ApiSpec, DatasetRow, PersonaRecord, Query, Rejection, Scene, SeedRow
+from personaloom.schemas.arrow import arrow_schema, to_table
+from personaloom.schemas.records import ApiSpec, DatasetRow, PersonaRecord, Query, Rejection, Scene, SeedRow
+from personaloom.store import read_records, write_records
 
 
 def test_arrow_types_follow_the_model() -> None:
@@ -36,8 +36,15 @@ def test_unsupported_annotation_is_refused() -> None:
 
 
 def test_records_round_trip_through_parquet(tmp_path) -> None:
-    q = Query(query_id="q1", scene_id="s1", persona_id="p1", session_index=2, personalized_query="hello there",
-              neutralized_query="hello", revealed_fields=["Preference.Preferred_Formats"])
+    q = Query(
+        query_id="q1",
+        scene_id="s1",
+        persona_id="p1",
+        session_index=2,
+        personalized_query="hello there",
+        neutralized_query="hello",
+        revealed_fields=["Preference.Preferred_Formats"],
+    )
     r = Rejection(stage="filter", row_id="q2", reason="too_short", score=1.0)
     write_records(tmp_path / "q" / "part-00000.parquet", Query, [q])
     write_records(tmp_path / "r" / "part-00000.parquet", Rejection, [r])
@@ -47,9 +54,10 @@ def test_records_round_trip_through_parquet(tmp_path) -> None:
 
 
 def test_timestamps_and_dates_survive(tmp_path) -> None:
-    from tests.test_stages import persona_record  # a fully populated persona
+    from personaloom.catalogue import load_catalogue
+    from personaloom.samples import sample_records
 
-    p = persona_record()
+    p = sample_records(load_catalogue()).persona  # a fully populated persona
     write_records(tmp_path / "p" / "part-00000.parquet", PersonaRecord, [p])
     (back,) = read_records(tmp_path / "p", PersonaRecord)
     assert back == p and isinstance(back.persona.Changes[0].date, date)

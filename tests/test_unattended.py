@@ -15,22 +15,31 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.build import build_dataset
-from flows.errors import UserError
-from flows.llm.budget import BudgetExceeded
-from flows.paths import SEEDS_DIR
-from flows.store import DatasetStore
-from flows.verify import verify_version
-from schemas.config import BuildConfig, LLMConfig
-from tests.fake_openai import FakeOpenAI
-from tests.test_cli import assert_one_line_error, run
+from personaloom.build import build_dataset
+from personaloom.errors import UserError
+from personaloom.llm.budget import BudgetExceeded
+from personaloom.paths import SEEDS_DIR
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.store import DatasetStore
+from personaloom.testing.cli import assert_one_line_error, run
+from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.verify import verify_version
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def cfg(fake: FakeOpenAI, **kw) -> BuildConfig:
     llm = {"model": "fake-model", "base_url": fake.base_url, "concurrency": 8, **kw.pop("llm", {})}
-    return BuildConfig(**{"dataset": "u", "personas": 4, "scenes_per_persona": 3, "shard_size": 2, "llm": LLMConfig(**llm), **kw})
+    return BuildConfig(
+        **{
+            "dataset": "u",
+            "personas": 4,
+            "scenes_per_persona": 3,
+            "shard_size": 2,
+            "llm": LLMConfig(**llm),
+            **kw,
+        }
+    )
 
 
 def build(config: BuildConfig, out: Path) -> str:
@@ -54,7 +63,10 @@ def test_faults_are_absorbed_and_the_manifest_reconciles(out: Path) -> None:
     rejected = pl.read_parquet(root / "rejections" / "*.parquet")
     dataset = pl.read_parquet(root / "dataset" / "*.parquet")
     requested = {f"p{p:06d}-s{s:03d}-q0" for p in range(6) for s in range(3)}
-    assert set(dataset["query_id"]) | set(rejected["row_id"].str.replace(r"^(p\d+-s\d+)$", "${1}-q0")) == requested
+    assert (
+        set(dataset["query_id"]) | set(rejected["row_id"].str.replace(r"^(p\d+-s\d+)$", "${1}-q0"))
+        == requested
+    )
     assert rejected["reason"].null_count() == 0 and rejected["raw_output"].null_count() == 0
     assert sum(u["retries"] for u in m["usage"].values()) > 0
 
@@ -71,11 +83,13 @@ def test_budget_stops_cleanly_and_a_higher_budget_continues(out: Path) -> None:
         build(cfg(fake, llm={"concurrency": 2}), out / "fresh")
         fresh = chat_calls(fake)
     assert first > 0 and second > 0
-    assert first + second <= fresh + 2  # what the first run finished was not asked again (2 = calls in flight)
+    assert (
+        first + second <= fresh + 2
+    )  # what the first run finished was not asked again (2 = calls in flight)
 
 
 def test_cost_budget_needs_a_price() -> None:
-    from flows.llm.budget import Budget
+    from personaloom.llm.budget import Budget
 
     with pytest.raises(UserError, match=r"no price for model 'mystery'"):
         Budget.for_model("mystery", None, 1.0, {})
@@ -98,7 +112,9 @@ def test_verify_finds_tampering(out: Path) -> None:
     pl.read_parquet(shard).head(1).write_parquet(shard)
     (folder / "scenes" / "part-09999.parquet").write_bytes(b"x")
     problems = verify_version(folder, store.manifest())
-    assert any("checksum differs" in p for p in problems) and any("not in the manifest" in p for p in problems)
+    assert any("checksum differs" in p for p in problems) and any(
+        "not in the manifest" in p for p in problems
+    )
     bad = run("verify", "u", "--out", str(out))
     assert bad.returncode == 1 and "checksum differs" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -119,11 +135,33 @@ def test_two_builds_at_once_get_distinct_versions(tmp_path: Path) -> None:
     env = {"PREFECT_HOME": str(tmp_path / "prefect")}
     with FakeOpenAI(latency=0.01) as fake:
         procs = [
-            subprocess.Popen([sys.executable, "-m", "flows", "build", "--dataset", "c", "--personas", "2", "--scenes-per-persona", "2",
-                              "--seed", str(seed), "--base-url", fake.base_url, "--out", str(out), "--no-progress"],
-                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "personaloom",
+                    "build",
+                    "--dataset",
+                    "c",
+                    "--personas",
+                    "2",
+                    "--scenes-per-persona",
+                    "2",
+                    "--seed",
+                    str(seed),
+                    "--base-url",
+                    fake.base_url,
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for seed in (1, 2)
-        ]  # fmt: skip
+        ]
         results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
     store = DatasetStore(out, "c")
@@ -136,14 +174,33 @@ def test_kill_9_mid_build_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("OPENAI_BASE_URL", None)
-    args = ["build", "--dataset", "k", "--personas", "6", "--scenes-per-persona", "4", "--shard-size", "2",
-            "--concurrency", "4", "--out", str(out), "--no-progress"]  # fmt: skip
-    from flows.llm.local import free_port
+    args = [
+        "build",
+        "--dataset",
+        "k",
+        "--personas",
+        "6",
+        "--scenes-per-persona",
+        "4",
+        "--shard-size",
+        "2",
+        "--concurrency",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    from personaloom.llm.local import free_port
 
     port = free_port()
     with FakeOpenAI(port=port, latency=0.05) as fake:
-        proc = subprocess.Popen([sys.executable, "-m", "flows", *args, "--base-url", fake.base_url], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "personaloom", *args, "--base-url", fake.base_url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while chat_calls(fake) < 60 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -157,8 +214,12 @@ def test_kill_9_mid_build_then_resume(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     with FakeOpenAI(latency=0.0) as fake:
         fresh_out = tmp_path / "fresh"
-        res2 = run(*[a if a != str(out) else str(fresh_out) for a in args], "--base-url", fake.base_url,
-                   env={"PREFECT_HOME": env["PREFECT_HOME"]})  # fmt: skip
+        res2 = run(
+            *[a if a != str(out) else str(fresh_out) for a in args],
+            "--base-url",
+            fake.base_url,
+            env={"PREFECT_HOME": env["PREFECT_HOME"]},
+        )
         fresh = chat_calls(fake)
     assert res2.returncode == 0
     # only the calls that had not completed were made again (a few were in flight at the kill)
@@ -172,7 +233,9 @@ def test_seed_table_missing_a_column(tmp_path: Path) -> None:
     shutil.copytree(SEEDS_DIR, seeds)
     occ = pl.read_csv(seeds / "occupations.csv").drop("sector")
     occ.write_csv(seeds / "occupations.csv")
-    res = run("build", "--seeds", str(seeds), "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o"))
+    res = run(
+        "build", "--seeds", str(seeds), "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o")
+    )
     assert_one_line_error(res, "occupations.csv", "sector")
     assert not (tmp_path / "o").exists()
 
@@ -186,7 +249,9 @@ def test_dask_runner_output_equals_local(out: Path, monkeypatch: pytest.MonkeyPa
         c = cfg(fake, personas=4, shard_size=2)
         build(c, out / "local")
         on_dask = build_dataset.with_options(
-            task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1})
+            task_runner=DaskTaskRunner(
+                cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1}
+            )
         )
         assert asyncio.run(on_dask(c, out=str(out / "dask"), runner="dask")) == "v0001"
     local = pl.read_parquet(out / "local" / "u" / "v0001" / "dataset" / "*.parquet")
@@ -194,3 +259,7 @@ def test_dask_runner_output_equals_local(out: Path, monkeypatch: pytest.MonkeyPa
     assert len(local) > 0 and local.equals(remote)
     m = DatasetStore(out / "dask", "u").manifest()
     assert m.usage["personas"].calls >= 4 and m.counts["scenes"].rows_out == 12
+    # the shard tasks report their stages' seconds back, as the local runner's tasks do
+    assert all(m.stage_seconds[s] > 0 for s in ("seed", "personas", "scenes", "queries", "filter")), (
+        m.stage_seconds
+    )

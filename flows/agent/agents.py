@@ -14,27 +14,119 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from flows.agent.calls import Caller
-from flows.agent.chatbot import AgentContext, Chatbot, transcript
-from flows.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
-from flows.agent.persona import FlatPersona, golden_at, initial_persona
-from flows.agent.sessions import SessionLog, SessionManager
-from flows.agent.updater import PersonaUpdate, PersonaUpdater, apply_update, editable, session_views, update_due
-from schemas.records import DatasetRow
-from schemas.replay import ReplayConfig
+from personaloom.agent.calls import Caller
+from personaloom.agent.chatbot import AgentContext, Chatbot, transcript
+from personaloom.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
+from personaloom.agent.persona import FlatPersona, golden_at, initial_persona
+from personaloom.agent.sessions import SessionLog, SessionManager, sample_session
+from personaloom.agent.updater import (
+    PersonaUpdate,
+    PersonaUpdater,
+    editable,
+    session_views,
+    update_due,
+    updated,
+)
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.records import DatasetRow
+from personaloom.schemas.replay import ReplayConfig
 
 LEARNED = re.compile(r"^learned-k(\d+)$")
+
+# ---------------------------------------------------------------- PersonaAgent's calls
+
+
+class FeedbackJob(NamedTuple):
+    session: SessionLog  # what actually happened
+    simulated: str  # the answer the current persona gives to the session's opening query
+
+
+def feedback_item(job: FeedbackJob, res: LLMResult[Any]) -> dict[str, object]:
+    s = job.session
+    return {"index": s.session_index, "title": s.title, "feedback": (res.value or "").strip()}
+
+
+PERSONA_AGENT_FEEDBACK: LLMCall[FeedbackJob, dict[str, object]] = LLMCall(
+    name="agent/persona_agent_feedback",
+    variables=("query", "simulated", "transcript", "satisfied"),
+    render=lambda job: {
+        "query": job.session.query,
+        "simulated": job.simulated,
+        "transcript": transcript(job.session.dialogue()),
+        "satisfied": job.session.satisfied,
+    },
+    build=feedback_item,
+    response=None,
+    max_tokens=300,
+    role="memory",
+    sample=lambda s: FeedbackJob(
+        sample_session(s.row), "Sure! Here are a few general options, each with the steps to follow."
+    ),
+)
+
+
+class RewriteJob(NamedTuple):
+    persona: FlatPersona
+    feedback: list[dict[str, object]]  # one PERSONA_AGENT_FEEDBACK item per recent session
+
+
+PERSONA_AGENT_REWRITE: LLMCall[RewriteJob, tuple[FlatPersona, list[str]]] = LLMCall(
+    name="agent/persona_agent_rewrite",
+    variables=("persona", "feedback"),
+    render=lambda job: {"persona": editable(job.persona), "feedback": job.feedback},
+    build=lambda job, res: updated(job.persona, res),
+    response=PersonaUpdate,
+    max_tokens=700,
+    role="memory",
+    sample=lambda s: RewriteJob(
+        initial_persona(s.row),
+        [
+            {
+                "index": s.row.session_index,
+                "title": s.row.title,
+                "feedback": "The user accepted a plain answer; nothing shows a preference it missed.",
+            }
+        ],
+    ),
+)
+
+
+class SummaryJob(NamedTuple):
+    previous: str | None  # the semantic memory so far
+    sessions: list[SessionLog]  # the sessions since the last summary
+
+
+MEMORY_SUMMARY: LLMCall[SummaryJob, str | None] = LLMCall(
+    name="agent/memory_summary",
+    variables=("previous", "sessions"),
+    render=lambda job: {"previous": job.previous, "sessions": session_views(job.sessions)},
+    build=lambda job, res: res.value.strip() if res.value else job.previous,  # a failure keeps the old one
+    response=None,
+    max_tokens=300,
+    role="memory",
+    sample=lambda s: SummaryJob(
+        f"- Preferred formats: {golden_at(s.row)['Preference.Preferred_Formats']}", [sample_session(s.row)]
+    ),
+)
 
 
 class Agent:
     """Base: stores sessions (Historical Session Manager), no persona, no memory in the prompt."""
 
     def __init__(
-        self, name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: HashingEmbedder, k: int = 1
+        self,
+        name: str,
+        caller: Caller,
+        cfg: ReplayConfig,
+        first: DatasetRow,
+        total: int,
+        embedder: HashingEmbedder,
+        k: int = 1,
     ) -> None:
         self.name, self.caller, self.cfg, self.total, self.k = name, caller, cfg, total, k
         self.embedder = embedder
@@ -82,7 +174,9 @@ class LearnedAgent(Agent):
         return self._persona
 
     async def context(self, row: DatasetRow) -> AgentContext:
-        return AgentContext(persona=self._persona, memory=self.sessions.similar(row.neutralized_query, self.cfg.retrieve))
+        return AgentContext(
+            persona=self._persona, memory=self.sessions.similar(row.neutralized_query, self.cfg.retrieve)
+        )
 
     async def observe(self, log: SessionLog, position: int) -> list[str] | None:
         self.sessions.add(log)
@@ -112,30 +206,23 @@ class PersonaAgent(LearnedAgent):
             return None
         recent = self.sessions.last(self.cfg.align_n)
         feedback = await asyncio.gather(*(self._feedback(s) for s in recent))
-        res = await self.caller.structured(
-            "align", "agent/persona_agent_rewrite", PersonaUpdate, max_tokens=700, persona=editable(self._persona), feedback=feedback
+        self._persona, changed = await self.caller.run(
+            "align", PERSONA_AGENT_REWRITE, RewriteJob(self._persona, feedback)
         )
-        changed: list[str] = []
-        if res.value is not None:
-            self._persona, changed = apply_update(self._persona, res.value.updates)
         await self._summarize()
         return changed
 
     async def _feedback(self, s: SessionLog) -> dict[str, object]:
-        """Simulate the answer the current persona gives, and let the LLM say how it differs from what the user wanted."""
+        """Simulate the answer the current persona gives.
+
+        Then let the LLM say how it differs from what the user wanted.
+        """
         simulated = await self.chatbot.draft(AgentContext(persona=self._persona), s.query, role="align")
-        res = await self.caller.text(
-            "align", "agent/persona_agent_feedback", max_tokens=300,
-            query=s.query, simulated=simulated, transcript=transcript(s.dialogue()), satisfied=s.satisfied,
-        )  # fmt: skip
-        return {"index": s.session_index, "title": s.title, "feedback": (res.value or "").strip()}
+        return await self.caller.run("align", PERSONA_AGENT_FEEDBACK, FeedbackJob(s, simulated))
 
     async def _summarize(self) -> None:
-        res = await self.caller.text(
-            "memory", "agent/memory_summary", max_tokens=300, previous=self.summary, sessions=session_views(self.sessions.last(self.k))
-        )
-        if res.value:
-            self.summary = res.value.strip()
+        job = SummaryJob(self.summary, self.sessions.last(self.k))
+        self.summary = await self.caller.run("memory", MEMORY_SUMMARY, job)
 
 
 class VarsAgent(Agent):
@@ -162,7 +249,9 @@ class VarsAgent(Agent):
         return None
 
 
-def make_agent(name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: HashingEmbedder) -> Agent:
+def make_agent(
+    name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: HashingEmbedder
+) -> Agent:
     args = (name, caller, cfg, first, total, embedder)
     if m := LEARNED.match(name):
         return LearnedAgent(*args, k=int(m.group(1)))

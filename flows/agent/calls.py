@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLM
+from personaloom.schemas.manifest import StageUsage
 
-from flows.llm.client import LLM, LLMResult
-from schemas.manifest import StageUsage
-
-T = TypeVar("T", bound=BaseModel)
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 AGENT_ROLES: tuple[str, ...] = ("chatbot", "tool", "update", "memory", "align")  # what the agent itself costs
 EVAL_ROLES: tuple[str, ...] = ("user", "judge")  # the simulated world and the scoring
@@ -34,11 +34,9 @@ class Caller:
     def stage(self, role: str) -> str:
         return SEP.join((role, self.agent, self.persona_id))
 
-    async def text(self, role: str, prompt: str, *, max_tokens: int = 512, **variables: Any) -> LLMResult[Any]:
-        return await self.llm.text(prompt, stage=self.stage(role), max_tokens=max_tokens, **variables)
-
-    async def structured(self, role: str, prompt: str, schema: type[T], *, max_tokens: int = 512, **variables: Any) -> LLMResult[T]:
-        return await self.llm.structured(prompt, schema, stage=self.stage(role), max_tokens=max_tokens, **variables)
+    async def run(self, role: str, call: LLMCall[In, Out], item: In) -> Out:
+        """A declared call, its usage accounted under `role|agent|persona`."""
+        return await self.llm.run(call, item, stage=self.stage(role))
 
     def totals(self, roles: tuple[str, ...]) -> StageUsage:
         total = StageUsage()
@@ -47,6 +45,23 @@ class Caller:
             if key in self.llm.usage:  # don't let a read create empty keys in the defaultdict
                 total = add_usage(total, self.llm.usage[key])
         return total
+
+
+def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
+    """Every LLM call the reference agent and its simulated world make: one per agent/ template."""
+    from personaloom.agent import agents, chatbot, judge, tools, updater, user_simulator
+
+    return (
+        chatbot.CHATBOT,
+        tools.TOOL_EXECUTOR,
+        user_simulator.USER_JUDGE,
+        judge.JUDGE_RATING,
+        judge.JUDGE_SIMILARITY,
+        updater.PERSONA_UPDATE,
+        agents.PERSONA_AGENT_FEEDBACK,
+        agents.PERSONA_AGENT_REWRITE,
+        agents.MEMORY_SUMMARY,
+    )
 
 
 def usage_by(usage: dict[str, StageUsage], part: int) -> dict[str, StageUsage]:

@@ -7,12 +7,14 @@ asked again with the results, at most `max_tool_rounds` times; then it must answ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from flows.agent.calls import Caller
-from flows.agent.persona import FlatPersona, persona_lines
-from flows.agent.sessions import Message, SessionLog
-from flows.agent.tools import ToolExecutor, parse_tool_calls, strip_tool_calls
-from schemas.records import DatasetRow
+from personaloom.agent.calls import Caller
+from personaloom.agent.persona import FlatPersona, golden_at, persona_lines
+from personaloom.agent.sessions import Message, SessionLog, sample_session
+from personaloom.agent.tools import ToolExecutor, parse_tool_calls, strip_tool_calls
+from personaloom.llm.calls import LLMCall
+from personaloom.schemas.records import ApiSpec, DatasetRow
 
 NO_ANSWER = "Sorry, I could not produce an answer."
 
@@ -30,11 +32,43 @@ def transcript(messages: list[Message]) -> list[dict[str, str | None]]:
     return [{"role": m.role, "content": m.content, "tool_name": m.tool_name} for m in messages]
 
 
+class ChatJob(NamedTuple):
+    """One chatbot request: the agent's context, the APIs it may call, and the conversation so far."""
+
+    ctx: AgentContext
+    apis: list[ApiSpec]
+    tools_left: bool  # False: the prompt asks for an answer now, without API calls
+    messages: list[Message]
+
+
+CHATBOT: LLMCall[ChatJob, str] = LLMCall(
+    name="agent/chatbot",
+    variables=("persona", "memory", "summary", "apis", "tools_left", "transcript"),
+    render=lambda job: {
+        "persona": persona_lines(job.ctx.persona),
+        "memory": job.ctx.memory,
+        "summary": job.ctx.summary,
+        "apis": [a.model_dump() for a in job.apis],
+        "tools_left": job.tools_left,
+        "transcript": transcript(job.messages),
+    },
+    build=lambda job, res: res.value or "",  # the raw reply: tool calls are parsed by the caller
+    response=None,
+    max_tokens=600,
+    role="chatbot",
+    sample=lambda s: ChatJob(
+        AgentContext(persona=golden_at(s.row), memory=[sample_session(s.row).digest()]),
+        s.row.apis,
+        True,
+        [Message("user", s.row.neutralized_query, 1)],
+    ),
+)
+
+
 class Chatbot:
-    def __init__(self, caller: Caller, max_tool_rounds: int, max_tokens: int = 600) -> None:
+    def __init__(self, caller: Caller, max_tool_rounds: int) -> None:
         self.caller = caller
         self.max_tool_rounds = max_tool_rounds
-        self.max_tokens = max_tokens
         self.executor = ToolExecutor(caller)
 
     async def respond(self, ctx: AgentContext, row: DatasetRow, log: SessionLog, user_turn: int) -> str:
@@ -56,19 +90,9 @@ class Chatbot:
         raise AssertionError("unreachable: the last round always answers")
 
     async def _ask(self, ctx: AgentContext, row: DatasetRow, log: SessionLog, tools_left: bool) -> str:
-        res = await self.caller.text(
-            "chatbot", "agent/chatbot", max_tokens=self.max_tokens,
-            persona=persona_lines(ctx.persona), memory=ctx.memory, summary=ctx.summary,
-            apis=[a.model_dump() for a in row.apis], tools_left=tools_left, transcript=transcript(log.messages),
-        )  # fmt: skip
-        return res.value or ""
+        return await self.caller.run("chatbot", CHATBOT, ChatJob(ctx, row.apis, tools_left, log.messages))
 
     async def draft(self, ctx: AgentContext, query: str, role: str) -> str:
         """A tool-free answer to an opening query alone (PersonaAgent's simulated response)."""
-        log = SessionLog(session_index=-1, title="", query=query, messages=[Message("user", query, 1)])
-        res = await self.caller.text(
-            role, "agent/chatbot", max_tokens=self.max_tokens,
-            persona=persona_lines(ctx.persona), memory=ctx.memory, summary=ctx.summary,
-            apis=[], tools_left=False, transcript=transcript(log.messages),
-        )  # fmt: skip
-        return strip_tool_calls(res.value or "")
+        job = ChatJob(ctx, [], False, [Message("user", query, 1)])
+        return strip_tool_calls(await self.caller.run(role, CHATBOT, job))

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from flows.agent.calls import Caller
-from flows.agent.persona import FlatPersona, golden_at, persona_lines
-from schemas.records import DatasetRow
+from personaloom.agent.calls import Caller
+from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, persona_lines
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.records import DatasetRow
 
 RATING = re.compile(r"<\s*rating\s*>(.*?)(?:<\s*/\s*rating\s*>|\Z)", re.DOTALL | re.IGNORECASE)
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -41,7 +44,10 @@ def _score(text: str) -> float | None:
 
 
 def parse_rating(text: str) -> Rating:
-    """`<rating>7; 8</rating>` → (7, 8). Tolerates "7/10; 8/10", labels, a missing closing tag, ',' or '|' separators."""
+    """`<rating>7; 8</rating>` → (7, 8).
+
+    Tolerates "7/10; 8/10", labels, a missing closing tag, ',' or '|' separators.
+    """
     matches = RATING.findall(text)
     if not matches:
         return Rating(None, None, text)
@@ -57,7 +63,9 @@ def parse_rating(text: str) -> Rating:
 
 class SimilarityJudgement(BaseModel):
     analysis: str = Field(description="one or two sentences")
-    consistency: int = Field(ge=0, le=10, description="no contradiction with the reference persona (10 = none)")
+    consistency: int = Field(
+        ge=0, le=10, description="no contradiction with the reference persona (10 = none)"
+    )
     detail: int = Field(ge=0, le=10, description="how much of the reference's detail is restored (10 = all)")
 
 
@@ -68,23 +76,63 @@ class Similarity:
     raw: str | None  # kept only when the judge's answer could not be used
 
 
+class RateJob(NamedTuple):
+    row: DatasetRow  # the golden persona, the scene and its reference answer
+    answer: str  # the agent's first answer
+
+
+JUDGE_RATING: LLMCall[RateJob, Rating] = LLMCall(
+    name="agent/judge_rating",
+    variables=("persona", "scene", "query", "answer"),
+    render=lambda job: {
+        "persona": persona_lines(golden_at(job.row)),
+        "scene": job.row.model_dump(include={"title", "description", "expected_response"}),
+        "query": job.row.neutralized_query,
+        "answer": job.answer,
+    },
+    build=lambda job, res: parse_rating(res.value or ""),
+    response=None,
+    max_tokens=400,
+    role="judge",
+    sample=lambda s: RateJob(s.row, s.row.expected_response),
+)
+
+
+class SimilarityJob(NamedTuple):
+    learned: FlatPersona
+    row: DatasetRow  # the golden persona at this session
+
+
+def build_similarity(job: SimilarityJob, res: LLMResult[Any]) -> Similarity:
+    if res.value is None:
+        return Similarity(None, None, res.raw or res.error)
+    return Similarity(float(res.value.consistency), float(res.value.detail), None)
+
+
+def _sample_learned(row: DatasetRow) -> FlatPersona:
+    """A persona partly learned: the Demographics an agent starts from, plus the golden Preferences."""
+    golden = golden_at(row)
+    return {**initial_persona(row), **{p: v for p, v in golden.items() if p.startswith("Preference.")}}
+
+
+JUDGE_SIMILARITY: LLMCall[SimilarityJob, Similarity] = LLMCall(
+    name="agent/judge_similarity",
+    variables=("learned", "golden"),
+    render=lambda job: {"learned": persona_lines(job.learned), "golden": persona_lines(golden_at(job.row))},
+    build=build_similarity,
+    response=SimilarityJudgement,
+    max_tokens=300,
+    role="judge",
+    sample=lambda s: SimilarityJob(_sample_learned(s.row), s.row),
+)
+
+
 class Judge:
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
 
     async def rate(self, row: DatasetRow, answer: str) -> Rating:
-        res = await self.caller.text(
-            "judge", "agent/judge_rating", max_tokens=400,
-            persona=persona_lines(golden_at(row)), scene=row.model_dump(include={"title", "description", "expected_response"}),
-            query=row.neutralized_query, answer=answer,
-        )  # fmt: skip
-        return parse_rating(res.value or "")
+        return await self.caller.run("judge", JUDGE_RATING, RateJob(row, answer))
 
     async def similarity(self, learned: FlatPersona, row: DatasetRow) -> Similarity:
-        res = await self.caller.structured(
-            "judge", "agent/judge_similarity", SimilarityJudgement, max_tokens=300,
-            learned=persona_lines(learned), golden=persona_lines(golden_at(row)),
-        )  # fmt: skip
-        if res.value is None:
-            return Similarity(None, None, res.raw or res.error)
-        return Similarity(float(res.value.consistency), float(res.value.detail), None)
+        return await self.caller.run("judge", JUDGE_SIMILARITY, SimilarityJob(learned, row))

@@ -1,4 +1,4 @@
-"""Algorithm 1 for one user and one agent: sessions in order, ≤3 user turns each, updates on the agent's cadence.
+"""Algorithm 1 for one user and agent: sessions in order, ≤3 user turns each, updates on the agent's cadence.
 
 Everything a session produces (turns, the session row, a persona snapshot, its metrics) is returned
 as records; flows/replay.py only schedules users and writes files.
@@ -10,18 +10,18 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from flows.agent.agents import Agent, make_agent
-from flows.agent.calls import AGENT_ROLES, EVAL_ROLES, Caller
-from flows.agent.chatbot import AgentContext, Chatbot
-from flows.agent.judge import Judge, Rating, Similarity
-from flows.agent.memory import HashingEmbedder
-from flows.agent.metrics import changes_tracked, field_similarity, revealed_held
-from flows.agent.persona import FlatPersona, golden_at
-from flows.agent.sessions import Message, SessionLog
-from flows.agent.user_simulator import UserSimulator
-from flows.llm.client import LLM
-from schemas.records import DatasetRow
-from schemas.replay import MetricRow, PersonaField, ReplayConfig, SessionRow, SnapshotRow, TurnRow
+from personaloom.agent.agents import Agent, make_agent
+from personaloom.agent.calls import AGENT_ROLES, EVAL_ROLES, Caller
+from personaloom.agent.chatbot import AgentContext, Chatbot
+from personaloom.agent.judge import Judge, Rating, Similarity
+from personaloom.agent.memory import HashingEmbedder
+from personaloom.agent.metrics import changes_tracked, field_similarity, revealed_held
+from personaloom.agent.persona import FlatPersona, golden_at
+from personaloom.agent.sessions import Message, SessionLog
+from personaloom.agent.user_simulator import UserSimulator
+from personaloom.llm.client import LLM
+from personaloom.schemas.records import DatasetRow
+from personaloom.schemas.replay import MetricRow, PersonaField, ReplayConfig, SessionRow, SnapshotRow, TurnRow
 
 
 @dataclass
@@ -48,9 +48,16 @@ class World:
     judge: Judge
 
 
-async def run_session(ctx: AgentContext, row: DatasetRow, world: World, max_user_turns: int) -> tuple[SessionLog, int]:
-    """(the session, malformed verdicts). The user opens with the neutralized query; at most `max_user_turns` turns."""
-    log = SessionLog(row.session_index, row.title, row.neutralized_query, [Message("user", row.neutralized_query, 1)])
+async def run_session(
+    ctx: AgentContext, row: DatasetRow, world: World, max_user_turns: int
+) -> tuple[SessionLog, int]:
+    """(the session, malformed verdicts).
+
+    The user opens with the neutralized query; at most `max_user_turns` turns.
+    """
+    log = SessionLog(
+        row.session_index, row.title, row.neutralized_query, [Message("user", row.neutralized_query, 1)]
+    )
     malformed = 0
     for turn in range(1, max_user_turns + 1):
         await world.chatbot.respond(ctx, row, log, turn)
@@ -67,23 +74,42 @@ async def run_session(ctx: AgentContext, row: DatasetRow, world: World, max_user
 
 def turn_rows(log: SessionLog, persona_id: str, agent: str) -> list[TurnRow]:
     return [
-        TurnRow(persona_id=persona_id, agent=agent, session_index=log.session_index, user_turn=m.user_turn, seq=i,
-                role=m.role, content=m.content, tool_name=m.tool_name)  # type: ignore[arg-type]
+        TurnRow(
+            persona_id=persona_id,
+            agent=agent,
+            session_index=log.session_index,
+            user_turn=m.user_turn,
+            seq=i,
+            role=m.role,
+            content=m.content,
+            tool_name=m.tool_name,
+        )  # type: ignore[arg-type]
         for i, m in enumerate(log.messages)
-    ]  # fmt: skip
+    ]
 
 
-def snapshot(agent: Agent, persona_id: str, after: int, position: int, changed: list[str]) -> SnapshotRow | None:
+def snapshot(
+    agent: Agent, persona_id: str, after: int, position: int, changed: list[str]
+) -> SnapshotRow | None:
     if agent.persona is None:
         return None
     fields = [PersonaField(path=p, value=v) for p, v in agent.persona.items()]
-    return SnapshotRow(persona_id=persona_id, agent=agent.name, after_session=after, position=position, fields=fields, changed=changed)
+    return SnapshotRow(
+        persona_id=persona_id,
+        agent=agent.name,
+        after_session=after,
+        position=position,
+        fields=fields,
+        changed=changed,
+    )
 
 
 Judged = tuple[Rating | None, Similarity | None]
 
 
-async def _judge(world: World, row: DatasetRow, log: SessionLog, persona: FlatPersona | None, enabled: bool) -> Judged:
+async def _judge(
+    world: World, row: DatasetRow, log: SessionLog, persona: FlatPersona | None, enabled: bool
+) -> Judged:
     if not enabled:
         return None, None
     if persona is None:
@@ -91,8 +117,16 @@ async def _judge(world: World, row: DatasetRow, log: SessionLog, persona: FlatPe
     return await asyncio.gather(world.judge.rate(row, log.first_answer), world.judge.similarity(persona, row))
 
 
-def metric_row(agent: Agent, row: DatasetRow, position: int, log: SessionLog, revealed: set[str],
-               judged: Judged, tokens: int, wall: float) -> MetricRow:  # fmt: skip
+def metric_row(
+    agent: Agent,
+    row: DatasetRow,
+    position: int,
+    log: SessionLog,
+    revealed: set[str],
+    judged: Judged,
+    tokens: int,
+    wall: float,
+) -> MetricRow:
     rating, sim = judged
     persona, golden = agent.persona, golden_at(row)
     overall, sections = field_similarity(persona, golden) if persona is not None else (None, [])
@@ -102,36 +136,71 @@ def metric_row(agent: Agent, row: DatasetRow, position: int, log: SessionLog, re
     held = held_n if persona is not None else None
     tracked = tracked_n if persona is not None else None
     return MetricRow(
-        persona_id=row.persona_id, agent=agent.name, session_index=row.session_index, position=position,
-        utterances=log.user_turns, satisfied=log.satisfied,
-        helpfulness=rating.solution if rating else None, personalization=rating.persona if rating else None,
+        persona_id=row.persona_id,
+        agent=agent.name,
+        session_index=row.session_index,
+        position=position,
+        utterances=log.user_turns,
+        satisfied=log.satisfied,
+        helpfulness=rating.solution if rating else None,
+        personalization=rating.persona if rating else None,
         rating_raw=rating.raw if rating and not rating.ok else None,
-        field_similarity=overall, section_similarity=sections,
-        judge_consistency=sim.consistency if sim else None, judge_detail=sim.detail if sim else None,
+        field_similarity=overall,
+        section_similarity=sections,
+        judge_consistency=sim.consistency if sim else None,
+        judge_detail=sim.detail if sim else None,
         similarity_raw=sim.raw if sim else None,
-        revealed_seen=seen, revealed_held=held, changes_due=due, changes_tracked=tracked, tokens=tokens, wall_seconds=round(wall, 4),
-    )  # fmt: skip
+        revealed_seen=seen,
+        revealed_held=held,
+        changes_due=due,
+        changes_tracked=tracked,
+        tokens=tokens,
+        wall_seconds=round(wall, 4),
+    )
 
 
-def session_row(agent: Agent, row: DatasetRow, position: int, log: SessionLog, malformed: int, updated: bool, caller: Caller,
-                before: tuple, wall: float) -> SessionRow:  # fmt: skip
+def session_row(
+    agent: Agent,
+    row: DatasetRow,
+    position: int,
+    log: SessionLog,
+    malformed: int,
+    updated: bool,
+    caller: Caller,
+    before: tuple,
+    wall: float,
+) -> SessionRow:
     a0, e0 = before
     a1, e1 = caller.totals(AGENT_ROLES), caller.totals(EVAL_ROLES)
     tool_results = [m for m in log.messages if m.role == "tool_result"]
     return SessionRow(
-        persona_id=row.persona_id, agent=agent.name, session_index=row.session_index, position=position,
-        scene_id=row.scene_id, kind=row.kind, user_turns=log.user_turns, satisfied=log.satisfied, malformed_verdicts=malformed,
+        persona_id=row.persona_id,
+        agent=agent.name,
+        session_index=row.session_index,
+        position=position,
+        scene_id=row.scene_id,
+        kind=row.kind,
+        user_turns=log.user_turns,
+        satisfied=log.satisfied,
+        malformed_verdicts=malformed,
         tool_calls=sum(1 for m in log.messages if m.role == "tool_call"),
         tool_errors=sum(1 for m in tool_results if m.content.startswith("ERROR:")),
-        first_answer=log.first_answer, final_answer=log.final_answer, persona_updated=updated,
-        agent_calls=a1.calls - a0.calls, agent_prompt_tokens=a1.prompt_tokens - a0.prompt_tokens,
+        first_answer=log.first_answer,
+        final_answer=log.final_answer,
+        persona_updated=updated,
+        agent_calls=a1.calls - a0.calls,
+        agent_prompt_tokens=a1.prompt_tokens - a0.prompt_tokens,
         agent_completion_tokens=a1.completion_tokens - a0.completion_tokens,
-        eval_prompt_tokens=e1.prompt_tokens - e0.prompt_tokens, eval_completion_tokens=e1.completion_tokens - e0.completion_tokens,
-        agent_llm_seconds=round(a1.seconds - a0.seconds, 4), wall_seconds=round(wall, 4),
-    )  # fmt: skip
+        eval_prompt_tokens=e1.prompt_tokens - e0.prompt_tokens,
+        eval_completion_tokens=e1.completion_tokens - e0.completion_tokens,
+        agent_llm_seconds=round(a1.seconds - a0.seconds, 4),
+        wall_seconds=round(wall, 4),
+    )
 
 
-async def replay_user(rows: list[DatasetRow], agent_name: str, llm: LLM, cfg: ReplayConfig, embedder: HashingEmbedder) -> ReplayOutputs:
+async def replay_user(
+    rows: list[DatasetRow], agent_name: str, llm: LLM, cfg: ReplayConfig, embedder: HashingEmbedder
+) -> ReplayOutputs:
     """One persona's sessions (already in session order) through one agent."""
     rows = sorted(rows, key=lambda r: r.session_index)
     pid = rows[0].persona_id
@@ -154,5 +223,16 @@ async def replay_user(rows: list[DatasetRow], agent_name: str, llm: LLM, cfg: Re
         out.turns += turn_rows(log, pid, agent_name)
         if (snap := snapshot(agent, pid, row.session_index, position, changed or [])) is not None:
             out.snapshots.append(snap)
-        out.metrics.append(metric_row(agent, row, position, log, revealed, judged, srow.agent_prompt_tokens + srow.agent_completion_tokens, wall))
+        out.metrics.append(
+            metric_row(
+                agent,
+                row,
+                position,
+                log,
+                revealed,
+                judged,
+                srow.agent_prompt_tokens + srow.agent_completion_tokens,
+                wall,
+            )
+        )
     return out

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.replay import VarsParams
+from personaloom.schemas.replay import VarsParams
 
 WORD = re.compile(r"[a-z0-9]+")
 
 
 class HashingEmbedder:
-    """Unigrams and bigrams hashed (crc32, stable across processes) into `dim` signed buckets, L2-normalized."""
+    """Unigrams + bigrams hashed (crc32, stable across processes) into `dim` signed buckets, L2-normalized."""
 
     def __init__(self, dim: int = 256) -> None:
         self.dim = dim
@@ -38,7 +38,9 @@ def top_k(query: np.ndarray, vectors: list[np.ndarray], k: int) -> list[int]:
     if not vectors or k <= 0:
         return []
     scores = np.stack(vectors) @ query
-    order = np.argsort(-scores, kind="stable")  # stable: ties keep the older item first, runs stay reproducible
+    order = np.argsort(
+        -scores, kind="stable"
+    )  # stable: ties keep the older item first, runs stay reproducible
     return [int(i) for i in order[:k]]
 
 
@@ -98,7 +100,10 @@ class VarsState:
 
 
 def satisfaction_reward(satisfied: bool, user_turns: int, max_turns: int) -> float:
-    """Scalar reward: +1 satisfied at once, falling linearly to 0 when satisfied at the last turn; −1 never satisfied."""
+    """Scalar reward: +1 satisfied at once, −1 never satisfied.
+
+    In between, falling linearly to 0 when satisfied at the last turn.
+    """
     if not satisfied:
         return -1.0
     if max_turns <= 1:

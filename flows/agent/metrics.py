@@ -9,7 +9,8 @@ Definitions (all against the golden persona *at that session*, dated changes app
   HELD_MIN similar to it (sim(learned, golden) > sim(start, golden) and ≥ 0.5): the agent changed the
   field, toward the truth, and not merely to any text (any text beats an empty start a little).
 - change tracking: of the dated changes in force (the newest per field, Demographics excluded), those
-  whose learned value is closer to the new value than to the old one (sim(learned, after) > sim(learned, before)).
+  whose learned value is closer to the new value than to the old one
+  (sim(learned, after) > sim(learned, before)).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from statistics import fmean
 from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
-from flows.agent.persona import SECTIONS, FlatPersona, is_protected
-from schemas.records import PreferenceChange
-from schemas.replay import MetricRow, SectionScore, SummaryRow
+from personaloom.agent.persona import SECTIONS, FlatPersona, is_protected
+from personaloom.schemas.records import PreferenceChange
+from personaloom.schemas.replay import MetricRow, SectionScore, SummaryRow
 
 HELD_MIN = 0.5
 
@@ -40,12 +41,16 @@ def field_similarity(learned: FlatPersona, golden: FlatPersona) -> tuple[float, 
     per_section: dict[str, list[float]] = defaultdict(list)
     for path, truth in golden.items():
         per_section[path.split(".")[0]].append(text_similarity(learned.get(path, ""), truth))
-    sections = [SectionScore(section=s, score=round(fmean(per_section[s]), 4)) for s in SECTIONS if per_section[s]]
+    sections = [
+        SectionScore(section=s, score=round(fmean(per_section[s]), 4)) for s in SECTIONS if per_section[s]
+    ]
     scored = [s.score for s in sections if s.section != "Demographics"]
     return round(fmean(scored), 4) if scored else 0.0, sections
 
 
-def revealed_held(start: FlatPersona, learned: FlatPersona, golden: FlatPersona, revealed: set[str]) -> tuple[int, int]:
+def revealed_held(
+    start: FlatPersona, learned: FlatPersona, golden: FlatPersona, revealed: set[str]
+) -> tuple[int, int]:
     """(revealed fields seen, of those held); see the module docstring."""
     seen = sorted(p for p in revealed if p in golden and not is_protected(p))
     held = 0
@@ -66,7 +71,12 @@ def newest_changes(changes: list[PreferenceChange]) -> list[PreferenceChange]:
 def changes_tracked(learned: FlatPersona, changes: list[PreferenceChange]) -> tuple[int, int]:
     """(changes due, of those tracked); see the module docstring."""
     due = newest_changes(changes)
-    tracked = sum(1 for c in due if text_similarity(learned.get(c.field, ""), c.after) > text_similarity(learned.get(c.field, ""), c.before))
+    tracked = sum(
+        1
+        for c in due
+        if text_similarity(learned.get(c.field, ""), c.after)
+        > text_similarity(learned.get(c.field, ""), c.before)
+    )
     return len(due), tracked
 
 
@@ -98,15 +108,19 @@ def summarize(metrics: list[MetricRow], agents: list[str]) -> list[SummaryRow]:
         judge_sim = [_pair_mean(m.judge_consistency, m.judge_detail) for m in ms]
         rows.append(
             SummaryRow(
-                agent=agent, sessions=len(ms),
-                helpfulness=_mean([m.helpfulness for m in ms]), personalization=_mean([m.personalization for m in ms]),
-                similarity_judge=_mean(judge_sim), similarity_fields=_mean([m.field_similarity for m in ms]),
-                utterances=round(fmean(m.utterances for m in ms), 3), satisfied=round(fmean(float(m.satisfied) for m in ms), 3),
+                agent=agent,
+                sessions=len(ms),
+                helpfulness=_mean([m.helpfulness for m in ms]),
+                personalization=_mean([m.personalization for m in ms]),
+                similarity_judge=_mean(judge_sim),
+                similarity_fields=_mean([m.field_similarity for m in ms]),
+                utterances=round(fmean(m.utterances for m in ms), 3),
+                satisfied=round(fmean(float(m.satisfied) for m in ms), 3),
                 revealed_held=_share([m.revealed_held for m in ms], [m.revealed_seen for m in ms]),
                 changes_tracked=_share([m.changes_tracked for m in ms], [m.changes_due for m in ms]),
                 tokens_per_session=round(fmean(m.tokens for m in ms), 1),
             )
-        )  # fmt: skip
+        )
     return rows
 
 
@@ -115,25 +129,34 @@ def _cell(v: float | None) -> str:
 
 
 def summary_markdown(title: str, rows: list[SummaryRow]) -> str:
-    """Like the paper's Table 1: Helpfulness, Personalization (judge, 0–10), Similarity, Utterances (lower is better)."""
+    """Like the paper's Table 1.
+
+    Helpfulness, Personalization (judge, 0–10), Similarity, Utterances (lower is better).
+    """
     lines = [
         f"# {title}",
         "",
-        "| Agent | Helpfulness | Personalization | Similarity (judge, 0–10) | Similarity (fields, 0–1) | Utterances ↓ "
+        "| Agent | Helpfulness | Personalization | Similarity (judge, 0–10) | Similarity (fields, 0–1) "
+        "| Utterances ↓ "
         "| Satisfied | Revealed held | Changes tracked | Tokens/session | Sessions |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.agent} | {_cell(r.helpfulness)} | {_cell(r.personalization)} | {_cell(r.similarity_judge)} | {_cell(r.similarity_fields)} "
-            f"| {r.utterances:.2f} | {r.satisfied:.2f} | {_cell(r.revealed_held)} | {_cell(r.changes_tracked)} "
+            f"| {r.agent} | {_cell(r.helpfulness)} | {_cell(r.personalization)} "
+            f"| {_cell(r.similarity_judge)} | {_cell(r.similarity_fields)} "
+            f"| {r.utterances:.2f} | {r.satisfied:.2f} "
+            f"| {_cell(r.revealed_held)} | {_cell(r.changes_tracked)} "
             f"| {r.tokens_per_session:.0f} | {r.sessions} |"
         )
     lines += [
         "",
-        "Helpfulness and Personalization: judge scores of each session's first answer. Similarity: learned persona vs the golden "
-        "persona with the changes in force (judge: mean of consistency and detail; fields: rapidfuzz per field, Demographics "
-        "excluded). Utterances: user turns per session (3 also when never satisfied). – : the agent holds no persona, or no "
+        "Helpfulness and Personalization: judge scores of each session's first answer. "
+        "Similarity: learned persona vs the golden "
+        "persona with the changes in force (judge: mean of consistency and detail; "
+        "fields: rapidfuzz per field, Demographics "
+        "excluded). Utterances: user turns per session (3 also when never satisfied). "
+        "– : the agent holds no persona, or no "
         "judge score could be parsed.",
     ]
     return "\n".join(lines) + "\n"

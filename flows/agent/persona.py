@@ -6,7 +6,7 @@ name single fields, and the field-level metrics compare field by field. Lists re
 
 from __future__ import annotations
 
-from schemas.records import PERSONA_PATHS, DatasetRow, Persona, PreferenceChange
+from personaloom.schemas.records import PERSONA_PATHS, DatasetRow, Persona, PreferenceChange
 
 FlatPersona = dict[str, str]
 PROTECTED_SECTION = "Demographics"  # given to the agent at the start; updates never touch it

@@ -1,10 +1,11 @@
-"""Historical Session Manager: each user's finished sessions, in order, retrievable by recency or similarity."""
+"""Historical Session Manager: each user's finished sessions, in order, found by recency or similarity."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flows.agent.memory import EpisodicMemory, HashingEmbedder
+from personaloom.agent.memory import EpisodicMemory, HashingEmbedder
+from personaloom.schemas.records import DatasetRow
 
 
 @dataclass
@@ -48,6 +49,18 @@ class SessionLog:
         lines += [f"{m.role}: {m.content}" for m in self.dialogue()]
         text = "\n".join(lines)
         return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def sample_session(row: DatasetRow) -> SessionLog:
+    """A short finished session on a dataset row, for the declared calls' samples (`prompts --show`)."""
+    return SessionLog(
+        row.session_index,
+        row.title,
+        row.neutralized_query,
+        [Message("user", row.neutralized_query, 1), Message("assistant", row.expected_response, 1)],
+        satisfied=True,
+        user_turns=1,
+    )
 
 
 class SessionManager:

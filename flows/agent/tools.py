@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from flows.agent.calls import Caller
-from schemas.records import ApiSpec
+from personaloom.agent.calls import Caller
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.records import ApiSpec
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 UNCLOSED = re.compile(r"<tool_call>.*\Z", re.DOTALL)  # a call cut off at the token limit
@@ -25,7 +27,8 @@ class ToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
 
     def render(self) -> str:
-        return f"<tool_call>{json.dumps({'name': self.name, 'arguments': self.arguments}, ensure_ascii=False)}</tool_call>"
+        payload = json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
+        return f"<tool_call>{payload}</tool_call>"
 
 
 @dataclass
@@ -77,6 +80,51 @@ def check_call(call: ToolCall, apis: list[ApiSpec]) -> str | None:
     return None
 
 
+class ToolJob(NamedTuple):
+    """A valid call of one API, with the scene's context the simulated result should agree with."""
+
+    spec: ApiSpec
+    call: ToolCall
+    context: str
+
+
+def tool_result(job: ToolJob, res: LLMResult[Any]) -> tuple[str, bool]:
+    if res.value is None:
+        return "ERROR: the service did not answer", False
+    return res.value.strip(), True
+
+
+EXAMPLE = re.compile(r"e\.g\. '([^']+)'")
+
+
+def _sample_tool_job(spec: ApiSpec, context: str) -> ToolJob:
+    """A call of `spec` with a plausible value for every argument: the description's example, if any."""
+    args: dict[str, Any] = {}
+    for a in spec.arguments:
+        example = EXAMPLE.search(a.description)
+        numeric = a.type in ("integer", "number")
+        args[a.name] = 2 if numeric else example.group(1) if example else a.name.replace("_", " ")
+    return ToolJob(spec, ToolCall(spec.name, args), context)
+
+
+TOOL_EXECUTOR: LLMCall[ToolJob, tuple[str, bool]] = LLMCall(
+    name="agent/tool_executor",
+    variables=("api", "arguments", "context"),
+    render=lambda job: {
+        "api": job.spec.model_dump(),
+        "arguments": json.dumps(job.call.arguments, ensure_ascii=False),
+        "context": job.context,
+    },
+    build=tool_result,
+    response=None,
+    max_tokens=300,
+    role="tool",
+    sample=lambda s: _sample_tool_job(
+        s.row.apis[0] if s.row.apis else next(iter(s.catalogue.apis.values())), s.row.context
+    ),
+)
+
+
 class ToolExecutor:
     """Simulates an API's result with the LLM, from the API spec and the call's arguments."""
 
@@ -89,10 +137,4 @@ class ToolExecutor:
         if problem is not None:
             return f"ERROR: {problem}", False
         spec = next(a for a in apis if a.name == call.name)
-        res = await self.caller.text(
-            "tool", "agent/tool_executor", max_tokens=300,
-            api=spec.model_dump(), arguments=json.dumps(call.arguments, ensure_ascii=False), context=scene_context,
-        )  # fmt: skip
-        if res.value is None:
-            return "ERROR: the service did not answer", False
-        return res.value.strip(), True
+        return await self.caller.run("tool", TOOL_EXECUTOR, ToolJob(spec, call, scene_context))

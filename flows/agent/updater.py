@@ -7,13 +7,17 @@ unchanged value is not a change.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from pydantic import BaseModel, Field
 
-from flows.agent.calls import Caller
-from flows.agent.chatbot import transcript
-from flows.agent.persona import FlatPersona, is_protected
-from flows.agent.sessions import SessionLog
-from schemas.records import PERSONA_PATHS, PersonaPath
+from personaloom.agent.calls import Caller
+from personaloom.agent.chatbot import transcript
+from personaloom.agent.persona import FlatPersona, initial_persona, is_protected
+from personaloom.agent.sessions import SessionLog, sample_session
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.records import PERSONA_PATHS, PersonaPath
 
 
 class FieldUpdate(BaseModel):
@@ -51,7 +55,42 @@ def editable(persona: FlatPersona) -> list[dict[str, str]]:
 
 
 def session_views(sessions: list[SessionLog]) -> list[dict[str, object]]:
-    return [{"index": s.session_index, "title": s.title, "satisfied": s.satisfied, "transcript": transcript(s.dialogue())} for s in sessions]
+    return [
+        {
+            "index": s.session_index,
+            "title": s.title,
+            "satisfied": s.satisfied,
+            "transcript": transcript(s.dialogue()),
+        }
+        for s in sessions
+    ]
+
+
+def updated(persona: FlatPersona, res: LLMResult[Any]) -> tuple[FlatPersona, list[str]]:
+    """(new persona, changed paths) from a PersonaUpdate answer.
+
+    A failed answer keeps the old persona: it must not erase what was learned.
+    """
+    if res.value is None:
+        return persona, []
+    return apply_update(persona, res.value.updates)
+
+
+class UpdateJob(NamedTuple):
+    persona: FlatPersona
+    sessions: list[SessionLog]  # the last k sessions
+
+
+PERSONA_UPDATE: LLMCall[UpdateJob, tuple[FlatPersona, list[str]]] = LLMCall(
+    name="agent/persona_update",
+    variables=("persona", "sessions"),
+    render=lambda job: {"persona": editable(job.persona), "sessions": session_views(job.sessions)},
+    build=lambda job, res: updated(job.persona, res),
+    response=PersonaUpdate,
+    max_tokens=700,
+    role="memory",
+    sample=lambda s: UpdateJob(initial_persona(s.row), [sample_session(s.row)]),
+)
 
 
 class PersonaUpdater:
@@ -59,10 +98,4 @@ class PersonaUpdater:
         self.caller = caller
 
     async def update(self, persona: FlatPersona, sessions: list[SessionLog]) -> tuple[FlatPersona, list[str]]:
-        res = await self.caller.structured(
-            "update", "agent/persona_update", PersonaUpdate, max_tokens=700,
-            persona=editable(persona), sessions=session_views(sessions),
-        )  # fmt: skip
-        if res.value is None:  # keep the old persona: a failed update must not erase what was learned
-            return persona, []
-        return apply_update(persona, res.value.updates)
+        return await self.caller.run("update", PERSONA_UPDATE, UpdateJob(persona, sessions))

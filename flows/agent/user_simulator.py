@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from flows.agent.calls import Caller
-from flows.agent.chatbot import transcript
-from flows.agent.persona import golden_at, persona_lines
-from flows.agent.sessions import SessionLog
-from schemas.records import DatasetRow
+from personaloom.agent.calls import Caller
+from personaloom.agent.chatbot import transcript
+from personaloom.agent.persona import golden_at, persona_lines
+from personaloom.agent.sessions import SessionLog, sample_session
+from personaloom.llm.calls import LLMCall
+from personaloom.schemas.records import DatasetRow
 
 VERDICT = re.compile(r"<\s*(satisfied|continue)\s*>", re.IGNORECASE)
 CLOSING = re.compile(r"</\s*(satisfied|continue)\s*>", re.IGNORECASE)
@@ -31,7 +33,10 @@ class Verdict:
 
 
 def parse_verdict(text: str) -> Verdict:
-    """The first tag decides; text after <Continue> is the follow-up. No tag: not satisfied, text kept as follow-up."""
+    """The first tag decides; text after <Continue> is the follow-up.
+
+    No tag: not satisfied, text kept as follow-up.
+    """
     m = VERDICT.search(text)
     if m is None:
         body = CLOSING.sub("", text).strip()
@@ -42,15 +47,36 @@ def parse_verdict(text: str) -> Verdict:
     return Verdict(False, body or FALLBACK_FOLLOW_UP, not body, text)
 
 
+class VerdictJob(NamedTuple):
+    """The user's view after an answer: the session's row (golden persona, scene) and the dialogue."""
+
+    row: DatasetRow
+    log: SessionLog
+    turns_left: int
+
+
+USER_JUDGE: LLMCall[VerdictJob, Verdict] = LLMCall(
+    name="agent/user_judge",
+    variables=("persona", "user_name", "changes", "scene", "transcript", "turns_left"),
+    render=lambda job: {
+        "persona": persona_lines(golden_at(job.row)),
+        "user_name": job.row.persona.Demographics.Name,
+        "changes": [c.model_dump() for c in job.row.active_changes],
+        "scene": job.row.model_dump(include={"title", "description", "context", "expected_response"}),
+        "transcript": transcript(job.log.dialogue()),
+        "turns_left": job.turns_left,
+    },
+    build=lambda job, res: parse_verdict(res.value or ""),
+    response=None,
+    max_tokens=300,
+    role="simulator",
+    sample=lambda s: VerdictJob(s.row, sample_session(s.row), 2),
+)
+
+
 class UserSimulator:
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
 
     async def judge(self, row: DatasetRow, log: SessionLog, turns_left: int) -> Verdict:
-        res = await self.caller.text(
-            "user", "agent/user_judge", max_tokens=300,
-            persona=persona_lines(golden_at(row)), user_name=row.persona.Demographics.Name, changes=[c.model_dump() for c in row.active_changes],
-            scene=row.model_dump(include={"title", "description", "context", "expected_response"}),
-            transcript=transcript(log.dialogue()), turns_left=turns_left,
-        )  # fmt: skip
-        return parse_verdict(res.value or "")
+        return await self.caller.run("user", USER_JUDGE, VerdictJob(row, log, turns_left))

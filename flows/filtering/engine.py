@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from flows.filtering.normalize import normalize, text_hash_expr
-from flows.filtering.rules import build_rules
-from schemas.filtering import FilterConfig
+from personaloom.filtering.normalize import normalize, text_hash_expr
+from personaloom.filtering.rules import build_rules
+from personaloom.schemas.filtering import FilterConfig
 
 Progress = Callable[[str, int, int], None]
 
@@ -126,7 +126,7 @@ def filter_texts(
         report("exact_dedup", alive.shape[0], alive.shape[0])
 
     if config.near_dup.enabled and alive.shape[0] > 1:
-        from flows.filtering.neardup import find_near_duplicates
+        from personaloom.filtering.neardup import find_near_duplicates
 
         report("near_dup", 0, alive.shape[0])
         t = time.perf_counter()
@@ -153,7 +153,7 @@ def filter_texts(
 
     langs = scores = None
     if config.lang_id.enabled and alive.shape[0]:
-        from flows.filtering.langid import detect_languages
+        from personaloom.filtering.langid import detect_languages
 
         report("lang_id", 0, alive.shape[0])
         t = time.perf_counter()
@@ -164,9 +164,9 @@ def filter_texts(
         langs[alive] = found_lang
         scores[alive] = found_score
         allowed = set(config.lang_id.allowed)
-        bad = np.array(
-            [lang not in allowed for lang in found_lang], dtype=bool
-        ) | ~(found_score >= config.lang_id.min_score)
+        bad = np.array([lang not in allowed for lang in found_lang], dtype=bool) | ~(
+            found_score >= config.lang_id.min_score
+        )
         # A dropped group representative takes its duplicates' dup_of along: they stay
         # pointing at it (in `rejected`, reason "language"), as their text is the same language.
         reason[alive[bad]] = LANGUAGE
@@ -177,11 +177,7 @@ def filter_texts(
 
     keep_mask = is_none(reason)
     rejected_idx = np.flatnonzero(~keep_mask)
-    ids = (
-        df[id_column].cast(pl.String)
-        if id_column is not None
-        else pl.Series(np.arange(n)).cast(pl.String)
-    )
+    ids = df[id_column].cast(pl.String) if id_column is not None else pl.Series(np.arange(n)).cast(pl.String)
     rejected_dup = dup_of[rejected_idx]
     has_dup = rejected_dup >= 0
     dup_ids = np.full(rejected_idx.shape[0], None, dtype=object)

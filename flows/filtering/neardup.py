@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
 
-from flows.filtering.normalize import normalize
-from schemas.filtering import NearDupConfig
+from personaloom.filtering.normalize import normalize
+from personaloom.schemas.filtering import NearDupConfig
 
 _U64 = np.uint64
 _MASK32 = _U64(0xFFFFFFFF)
@@ -70,7 +70,9 @@ def word_shingles(hashes: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.n
     doc = np.repeat(np.arange(lengths.shape[0], dtype=np.int32), lens32)
     row_len = np.repeat(lens32, lens32)
     # words left in the row from each position (1 = last word); int32 keeps memory traffic low
-    left = row_len - (np.arange(n_tok, dtype=np.int32) - np.repeat((np.cumsum(lens32) - lens32).astype(np.int32), lens32))
+    left = row_len - (
+        np.arange(n_tok, dtype=np.int32) - np.repeat((np.cumsum(lens32) - lens32).astype(np.int32), lens32)
+    )
     sh = hashes
     for t in range(1, k):
         nxt = np.zeros(n_tok, dtype=_U64)
@@ -162,7 +164,9 @@ def _band_pairs(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> tuple[np
     return np.concatenate(us), np.concatenate(vs)
 
 
-def lsh_candidates(sig: np.ndarray, rows: np.ndarray, bands: int, band_rows: int, max_bucket: int) -> np.ndarray:
+def lsh_candidates(
+    sig: np.ndarray, rows: np.ndarray, bands: int, band_rows: int, max_bucket: int
+) -> np.ndarray:
     """Unique candidate pairs (u < v) as an int64 array of shape [pairs, 2]."""
     codes: list[np.ndarray] = []
     for band in range(bands):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from schemas.filtering import RuleConfig
+from personaloom.schemas.filtering import RuleConfig
 
 _WORD = r"\S+"
 # Curly apostrophes are what models emit most; phrase lists are written with ASCII ones.

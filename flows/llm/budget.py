@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.errors import UserError
+from personaloom.errors import UserError
 
 # USD per 1M tokens (input, output). Extend or override in the config: [llm.prices] "my-model" = [0.5, 1.5]
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -31,7 +31,13 @@ class Budget:
     cost: float = 0.0
 
     @classmethod
-    def for_model(cls, model: str, max_tokens: int | None, max_cost: float | None, prices: dict[str, tuple[float, float]]) -> Budget:
+    def for_model(
+        cls,
+        model: str,
+        max_tokens: int | None,
+        max_cost: float | None,
+        prices: dict[str, tuple[float, float]],
+    ) -> Budget:
         table = {**DEFAULT_PRICES, **prices}
         price = table.get(model)
         if price is None and max_cost is not None:
@@ -54,11 +60,13 @@ class Budget:
         """Called before each new request: none starts once a limit is reached."""
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
             raise BudgetExceeded(
-                f"token budget reached: {self.tokens:,} of --max-tokens {self.max_tokens:,} spent; finished work is kept, "
+                f"token budget reached: {self.tokens:,} of --max-tokens {self.max_tokens:,} spent; "
+                "finished work is kept, "
                 "re-run with a higher budget to continue from the cache"
             )
         if self.max_cost is not None and self.cost >= self.max_cost:
             raise BudgetExceeded(
-                f"cost budget reached: ${self.cost:.4f} of --max-cost ${self.max_cost:.2f} spent; finished work is kept, "
+                f"cost budget reached: ${self.cost:.4f} of --max-cost ${self.max_cost:.2f} spent; "
+                "finished work is kept, "
                 "re-run with a higher budget to continue from the cache"
             )

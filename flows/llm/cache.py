@@ -68,7 +68,9 @@ class ResponseCache:
         with self._lock:
             if self._segment is None:
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._segment_path = self.root / f"seg-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{id(self):x}.jsonl"
+                self._segment_path = (
+                    self.root / f"seg-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}-{id(self):x}.jsonl"
+                )
                 self._segment = self._segment_path.open("ab", buffering=0)  # unbuffered: each put is on disk
                 self._offset = self._segment_path.stat().st_size
             self._segment.write(line)

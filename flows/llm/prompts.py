@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
+from jinja2 import meta
 
-from flows.paths import PROMPTS_DIR
+from personaloom.errors import UserError
+from personaloom.paths import PROMPTS_DIR
 
+if TYPE_CHECKING:
+    from personaloom.llm.calls import LLMCall
+
+# Names a template may use without a call providing them (jinja2's own globals).
+GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace"}
 # A template defines a `system` block and a `user` block; both become chat messages.
 ROLES = ("system", "user")
 
@@ -53,9 +61,36 @@ class PromptLibrary:
     def hashes(self) -> dict[str, str]:
         """Hash of every template this set resolves to (recorded in the manifest)."""
         names = sorted(
-            {str(p.relative_to(base))[:-3] for base in (self.root / "default", self.root / self.prompt_set) for p in base.rglob("*.j2")}
+            {
+                str(p.relative_to(base))[:-3]
+                for base in (self.root / "default", self.root / self.prompt_set)
+                for p in base.rglob("*.j2")
+            }
         )
         return {n: self.hash(n) for n in names}
+
+    def check(self, calls: Iterable[LLMCall[Any, Any]]) -> None:
+        """Every call's template exists and uses only the variables the call declares (one-line UserError)."""
+        for call in calls:
+            try:
+                path = self._path(call.name)
+            except FileNotFoundError:
+                raise UserError(
+                    f"prompt template {call.name}.j2 is missing under {self.root / self.prompt_set}: "
+                    "restore it (every declared LLM call needs its template)"
+                ) from None
+            try:
+                ast = self.env.parse(path.read_text(encoding="utf-8"))
+            except jinja2.TemplateSyntaxError as e:
+                raise UserError(f"prompt template {path} line {e.lineno}: {e.message}") from None
+            unknown = sorted(meta.find_undeclared_variables(ast) - set(call.variables) - GLOBALS)
+            if unknown:
+                raise UserError(
+                    f"prompt template {path} uses {', '.join(unknown)}, which call {call.name} does not "
+                    f"provide (it provides {', '.join(call.variables)}): fix the template"
+                )
+            if not {"system", "user"} & {b.name for b in ast.find_all(jinja2.nodes.Block)}:
+                raise UserError(f"prompt template {path} has no system or user block")
 
     def render(self, name: str, **variables: Any) -> RenderedPrompt:
         template = self.env.get_template(f"{name}.j2")
@@ -70,4 +105,6 @@ class PromptLibrary:
                 messages.append({"role": role, "content": text})
         if not messages:
             raise ValueError(f"prompt {name}.j2 rendered no system or user block")
-        return RenderedPrompt(name=name, template_hash=self.hashes.get(name) or self.hash(name), messages=messages)
+        return RenderedPrompt(
+            name=name, template_hash=self.hashes.get(name) or self.hash(name), messages=messages
+        )

@@ -10,25 +10,25 @@ duplicates that cross shards. Every dropped row becomes a Rejection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel
 from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
-from flows.filtering import filter_texts, find_near_duplicates
-from flows.filtering.normalize import normalize
-from flows.llm.client import LLM
-from flows.stages.base import Progress, StageOutcome, map_async
-from schemas.config import DedupLevels
-from schemas.drafts import Answerability, QualityScore
-from schemas.filtering import FilterConfig, NearDupConfig
-from schemas.records import PersonaRecord, Query, Rejection, Scene
+from personaloom.filtering import filter_texts, find_near_duplicates
+from personaloom.filtering.normalize import normalize
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLM, LLMResult
+from personaloom.schemas.config import DedupLevels
+from personaloom.schemas.drafts import Answerability, QualityScore
+from personaloom.schemas.filtering import FilterConfig, NearDupConfig
+from personaloom.schemas.records import DatasetRow, PersonaRecord, Query, Rejection, Scene
+from personaloom.stages.base import Advance, Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.queries import active_changes
 
 STAGE = "filter"
-T = TypeVar("T", bound=BaseModel)
 
 
 def persona_key(p: PersonaRecord) -> str:
@@ -59,7 +59,9 @@ def duplicate_scenes(scenes: list[Scene], threshold: float) -> dict[str, tuple[s
             by_persona.setdefault(s.persona_id, []).append(s)
     for mine in by_persona.values():
         mine.sort(key=lambda s: s.session_index)
-        found |= _pairwise_groups([f"{s.title}. {s.description}" for s in mine], [s.scene_id for s in mine], threshold)
+        found |= _pairwise_groups(
+            [f"{s.title}. {s.description}" for s in mine], [s.scene_id for s in mine], threshold
+        )
     return found
 
 
@@ -93,8 +95,18 @@ def level_dedup(
         else:
             out.records.append(q)
             continue
-        out.rejections.append(Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason=reason,
-                                        dup_of=kept, dup_score=score, dup_method="near", raw_output=q.personalized_query))  # fmt: skip
+        out.rejections.append(
+            Rejection(
+                stage=STAGE,
+                row_id=q.query_id,
+                persona_id=q.persona_id,
+                reason=reason,
+                dup_of=kept,
+                dup_score=score,
+                dup_method="near",
+                raw_output=q.personalized_query,
+            )
+        )
     return out
 
 
@@ -126,72 +138,201 @@ def cheap_filter(queries: list[Query], config: FilterConfig) -> StageOutcome[Que
     return StageOutcome(records=[q for q in queries if q.query_id in kept_ids], rejections=rejections)
 
 
-async def _judge_each(
-    queries: list[Query], scenes: list[Scene], llm: LLM, prompt: str, schema: type[T], check: str,
-    decide: Callable[[Query, T, str], Query | Rejection], progress: Progress | None,
-) -> StageOutcome[Query]:  # fmt: skip
-    """Ask an LLM judge about each query in its scene; an invalid judge answer keeps the row, marked.
+class JudgeJob(NamedTuple):
+    query: Query
+    scene: Scene
+    min_score: int = 0  # the quality bar (quality only)
 
-    A flaky judge must never silently shrink the dataset: the row stays, with `check` in fallback_fields.
-    """
-    scene_of = {s.scene_id: s for s in scenes}
 
-    async def one(q: Query) -> Query | Rejection:
-        res = await llm.structured(prompt, schema, stage=STAGE, max_tokens=120, query=q, scene=scene_of[q.scene_id])
+def _judged(check: str, decide: Callable[[JudgeJob, Any, str], Query | Rejection]) -> Callable[..., Any]:
+    """An invalid judge answer keeps the row, marked: a flaky judge must never silently shrink the dataset."""
+
+    def build(job: JudgeJob, res: LLMResult[Any]) -> Query | Rejection:
+        q = job.query
         if res.value is None:
             return q.model_copy(update={"fallback_fields": [*q.fallback_fields, check]})
-        return decide(q, res.value, res.raw)
+        return decide(job, res.value, res.raw)
 
-    return StageOutcome.split(await map_async(queries, one, progress))
+    return build
 
 
-async def answerability(
-    queries: list[Query], scenes: list[Scene], llm: LLM, progress: Progress | None = None
+def _answerable(job: JudgeJob, v: Answerability, raw: str) -> Query | Rejection:
+    q = job.query
+    if v.answerable:
+        return q
+    return Rejection(
+        stage=STAGE,
+        row_id=q.query_id,
+        persona_id=q.persona_id,
+        reason="unanswerable",
+        detail=v.reason,
+        raw_output=raw,
+    )
+
+
+def _good_enough(job: JudgeJob, v: QualityScore, raw: str) -> Query | Rejection:
+    q = job.query
+    if v.score >= job.min_score:
+        return q
+    return Rejection(
+        stage=STAGE,
+        row_id=q.query_id,
+        persona_id=q.persona_id,
+        reason="low_quality",
+        score=float(v.score),
+        detail=v.reason,
+        raw_output=raw,
+    )
+
+
+# AI Persona's check: can an assistant answer this query in its scene? Unanswerable rows are rejected.
+ANSWERABILITY: LLMCall[JudgeJob, Query | Rejection] = LLMCall(
+    name="filter/answerability",
+    variables=("query", "scene"),
+    render=lambda job: {"query": job.query, "scene": job.scene},
+    build=_judged("answerability", _answerable),
+    response=Answerability,
+    max_tokens=120,
+    role="judge",
+    temperature=0.0,
+    sample=lambda s: JudgeJob(s.query, s.scene),
+)
+# Optional quality score (rubric in prompts/default/filter/quality.j2); below `min_score` is rejected.
+QUALITY: LLMCall[JudgeJob, Query | Rejection] = LLMCall(
+    name="filter/quality",
+    variables=("query", "scene"),
+    render=lambda job: {"query": job.query, "scene": job.scene},
+    build=_judged("quality", _good_enough),
+    response=QualityScore,
+    max_tokens=120,
+    role="judge",
+    temperature=0.0,
+    sample=lambda s: JudgeJob(s.query, s.scene, 6),
+)
+
+
+async def judge_each(
+    call: LLMCall[JudgeJob, Query | Rejection],
+    queries: list[Query],
+    scenes: list[Scene],
+    llm: LLM,
+    min_score: int = 0,
+    advance: Advance | None = None,
 ) -> StageOutcome[Query]:
-    """AI Persona's check: can an assistant answer this query in its scene? Unanswerable rows are rejected."""
-
-    def decide(q: Query, v: Answerability, raw: str) -> Query | Rejection:
-        if v.answerable:
-            return q
-        return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="unanswerable", detail=v.reason, raw_output=raw)
-
-    return await _judge_each(queries, scenes, llm, "filter/answerability", Answerability, "answerability", decide, progress)
+    """Ask an LLM judge about each query in its scene."""
+    scene_of = {s.scene_id: s for s in scenes}
+    jobs = [JudgeJob(q, scene_of[q.scene_id], min_score) for q in queries]
+    return StageOutcome.split(await map_async(jobs, lambda job: llm.run(call, job), advance))
 
 
-async def quality(
-    queries: list[Query], scenes: list[Scene], llm: LLM, min_score: int, progress: Progress | None = None
+def dedup_all(
+    queries: list[Query],
+    scenes: list[Scene],
+    personas: list[PersonaRecord],
+    levels: DedupLevels,
+    config: FilterConfig,
 ) -> StageOutcome[Query]:
-    """Optional LLM quality score (rubric in prompts/default/filter/quality.j2); below `min_score` is rejected."""
-
-    def decide(q: Query, v: QualityScore, raw: str) -> Query | Rejection:
-        if v.score >= min_score:
-            return q
-        return Rejection(stage=STAGE, row_id=q.query_id, persona_id=q.persona_id, reason="low_quality",
-                         score=float(v.score), detail=v.reason, raw_output=raw)  # fmt: skip
-
-    return await _judge_each(queries, scenes, llm, "filter/quality", QualityScore, "quality", decide, progress)
-
-
-def dedup_all(queries: list[Query], scenes: list[Scene], personas: list[PersonaRecord], levels: DedupLevels,
-              config: FilterConfig) -> StageOutcome[Query]:  # fmt: skip
     """The cheap checks: persona and scene levels, then rules and exact/near-duplicate queries."""
     by_level = level_dedup(queries, scenes, personas, levels)
-    cheap = cheap_filter(by_level.records, config)
-    return StageOutcome(records=cheap.records, rejections=by_level.rejections + cheap.rejections)
+    return by_level.then(cheap_filter(by_level.records, config))
 
 
 async def screen(
-    queries: list[Query], scenes: list[Scene], personas: list[PersonaRecord], llm: LLM, *, levels: DedupLevels,
-    config: FilterConfig, answerable: bool, quality_min: int | None, progress: Progress | None = None,
-) -> StageOutcome[Query]:  # fmt: skip
+    queries: list[Query],
+    scenes: list[Scene],
+    personas: list[PersonaRecord],
+    llm: LLM,
+    *,
+    levels: DedupLevels,
+    config: FilterConfig,
+    answerable: bool,
+    quality_min: int | None,
+    advance: Advance | None = None,
+) -> StageOutcome[Query]:
     """One shard: cheap checks, then the LLM checks on what survives them."""
     out = dedup_all(queries, scenes, personas, levels, config)
-    if progress is not None:
-        progress(len(out.rejections) + (0 if answerable else len(out.records)))
+    if advance is not None:
+        advance(len(out.rejections) + (0 if answerable else len(out.records)))
     if answerable:
-        judged = await answerability(out.records, scenes, llm, progress)
-        out = StageOutcome(records=judged.records, rejections=out.rejections + judged.rejections)
+        out = out.then(await judge_each(ANSWERABILITY, out.records, scenes, llm, advance=advance))
     if quality_min is not None:
-        scored = await quality(out.records, scenes, llm, quality_min)
-        out = StageOutcome(records=scored.records, rejections=out.rejections + scored.rejections)
+        out = out.then(await judge_each(QUALITY, out.records, scenes, llm, quality_min))
     return out
+
+
+async def run_screen(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
+    """Stage 5 on one shard, as soon as its queries exist: the LLM checks overlap other shards' work."""
+    cfg = ctx.config
+    return await screen(
+        list(inputs["queries"]),
+        list(inputs["scenes"]),
+        list(inputs["personas"]),
+        ctx.llm,
+        levels=cfg.dedup,
+        config=cfg.filter,
+        answerable=cfg.answerability,
+        quality_min=cfg.quality_min,
+        advance=ctx.advance,
+    )
+
+
+def join_dataset(
+    queries: list[Query], scenes: list[Scene], personas: list[PersonaRecord]
+) -> list[DatasetRow]:
+    """The rows users load: one per kept query, with its scene and persona, in persona/session order."""
+    scene_of = {s.scene_id: s for s in scenes}
+    persona_of = {p.persona_id: p for p in personas}
+    rows = []
+    for q in sorted(queries, key=lambda q: (q.persona_id, q.session_index)):
+        s, p = scene_of[q.scene_id], persona_of[q.persona_id]
+        fallback = {*s.fallback_fields, *q.fallback_fields, *(f"persona.{f}" for f in p.fallback_fields)}
+        rows.append(
+            DatasetRow(
+                persona_id=q.persona_id,
+                session_index=q.session_index,
+                timestamp=s.timestamp,
+                scene_id=s.scene_id,
+                query_id=q.query_id,
+                kind=s.kind,
+                title=s.title,
+                description=s.description,
+                expected_response=s.expected_response,
+                context=s.context,
+                apis=s.apis,
+                revisits=s.revisits,
+                personalized_query=q.personalized_query,
+                neutralized_query=q.neutralized_query,
+                revealed_fields=list(q.revealed_fields),
+                persona=p.persona,
+                active_changes=active_changes(p.persona, q.session_index),
+                fallback_fields=sorted(fallback),
+            )
+        )
+    return rows
+
+
+async def run_dataset(inputs: Inputs, ctx: StageContext) -> StageOutcome[DatasetRow]:
+    """Stage 5 across shards (duplicates cross them), then the dataset table is joined."""
+    scenes, personas = list(inputs["scenes"]), list(inputs["personas"])
+    kept = dedup_all(list(inputs["screened"]), scenes, personas, ctx.config.dedup, ctx.config.filter)
+    return StageOutcome(records=join_dataset(kept.records, scenes, personas), rejections=kept.rejections)
+
+
+SCREEN = Stage(
+    name="screen",
+    report=STAGE,
+    inputs=("queries", "scenes", "personas"),
+    output="screened",  # an intermediate: `dataset/` holds the result
+    record=Query,
+    run=run_screen,
+    calls=(ANSWERABILITY, QUALITY),
+)
+DATASET = Stage(
+    name="filter",
+    inputs=("screened", "scenes", "personas"),
+    output="dataset",
+    record=DatasetRow,
+    run=run_dataset,
+    scope="dataset",
+    rows_in=lambda cfg, n: n["queries"],
+)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, time, timedelta
+from typing import NamedTuple
 
-from flows.catalogue import Catalogue
-from flows.llm.client import LLM
-from flows.stages.base import Progress, StageOutcome, map_async
-from schemas.drafts import PersonaDraft
-from schemas.records import (
+from personaloom.catalogue import Catalogue
+from personaloom.llm.calls import LLMCall
+from personaloom.schemas.drafts import PersonaDraft
+from personaloom.schemas.records import (
     CommunicationStyle,
     Demographics,
     Pattern,
@@ -20,8 +20,8 @@ from schemas.records import (
     PreferenceChange,
     SeedRow,
 )
+from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 
-STAGE = "personas"
 MBTI_WORDS = (
     {"E": "Extraversion", "I": "Introversion"},
     {"S": "Sensing", "N": "Intuition"},
@@ -61,7 +61,9 @@ def fallback_draft(seed: SeedRow, cat: Catalogue) -> dict[str, object]:
     return draft
 
 
-def merge_persona(seed: SeedRow, draft: PersonaDraft | None, cat: Catalogue, raw: str | None = None) -> PersonaRecord:
+def merge_persona(
+    seed: SeedRow, draft: PersonaDraft | None, cat: Catalogue, raw: str | None = None
+) -> PersonaRecord:
     """The full persona: fixed attributes from the skeleton, narrative from the draft, fallbacks recorded."""
     base = fallback_draft(seed, cat)
     written = draft.model_dump() if draft is not None else {}
@@ -101,7 +103,9 @@ def merge_persona(seed: SeedRow, draft: PersonaDraft | None, cat: Catalogue, raw
             Values_and_Interests=list(fields["Values_and_Interests"]),  # type: ignore[call-overload]
         ),
         Pattern=Pattern(**{k: str(fields[k]) for k, (sec, _) in NARRATIVE.items() if sec == "Pattern"}),
-        Preference=Preference(**{k: str(fields[k]) for k, (sec, _) in NARRATIVE.items() if sec == "Preference"}),
+        Preference=Preference(
+            **{k: str(fields[k]) for k, (sec, _) in NARRATIVE.items() if sec == "Preference"}
+        ),
         Communication=CommunicationStyle(
             formality=seed.formality,
             verbosity=seed.verbosity,
@@ -120,11 +124,35 @@ def merge_persona(seed: SeedRow, draft: PersonaDraft | None, cat: Catalogue, raw
     )
 
 
-async def synthesize_personas(
-    seeds: list[SeedRow], llm: LLM, cat: Catalogue, progress: Progress | None = None
-) -> StageOutcome[PersonaRecord]:
-    async def one(seed: SeedRow) -> PersonaRecord:
-        res = await llm.structured("personas/synthesize", PersonaDraft, stage=STAGE, max_tokens=900, seed=seed)
-        return merge_persona(seed, res.value, cat, raw=res.raw if res.value is None else None)
+class PersonaJob(NamedTuple):
+    seed: SeedRow
+    catalogue: Catalogue
 
-    return StageOutcome(records=await map_async(seeds, one, progress))
+
+SYNTHESIZE: LLMCall[PersonaJob, PersonaRecord] = LLMCall(
+    name="personas/synthesize",
+    variables=("seed",),
+    render=lambda job: {"seed": job.seed},
+    build=lambda job, res: merge_persona(
+        job.seed, res.value, job.catalogue, raw=res.raw if res.value is None else None
+    ),
+    response=PersonaDraft,
+    max_tokens=900,
+    sample=lambda s: PersonaJob(s.seed, s.catalogue),
+)
+
+
+async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[PersonaRecord]:
+    jobs = [PersonaJob(seed, ctx.catalogue) for seed in inputs["seeds"]]
+    return StageOutcome(records=await map_async(jobs, lambda job: ctx.llm.run(SYNTHESIZE, job), ctx.advance))
+
+
+STAGE = Stage(
+    name="personas",
+    inputs=("seeds",),
+    output="personas",
+    record=PersonaRecord,
+    run=run,
+    calls=(SYNTHESIZE,),
+    rows_in=lambda cfg, n: n["seeds"],
+)

@@ -6,12 +6,13 @@ implicitly reveals: what the model says it used, plus what a lexical check finds
 
 from __future__ import annotations
 
-from flows.llm.client import LLM
-from flows.stages.base import Progress, StageOutcome, map_async
-from schemas.drafts import NeutralDraft, QueryDraft
-from schemas.records import Persona, PersonaRecord, PreferenceChange, Query, Rejection, Scene
+from typing import NamedTuple
 
-STAGE = "queries"
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.drafts import NeutralDraft, QueryDraft
+from personaloom.schemas.records import Persona, PreferenceChange, Query, Rejection, Scene
+from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 
 
 def active_changes(persona: Persona, session_index: int) -> list[PreferenceChange]:
@@ -34,34 +35,96 @@ def lexical_reveals(text: str, persona: Persona) -> set[str]:
     return found
 
 
-async def generate_queries(
-    scenes: list[Scene], personas: list[PersonaRecord], llm: LLM, progress: Progress | None = None
-) -> StageOutcome[Query]:
-    by_id = {p.persona_id: p.persona for p in personas}
+class SimulateJob(NamedTuple):
+    scene: Scene
+    persona: Persona
+
+
+def build_query(job: SimulateJob, res: LLMResult[QueryDraft]) -> Query | Rejection:
+    """The opening query; neutralized later (until then the neutral text is the query, marked as fallback)."""
+    scene = job.scene
+    if res.value is None:
+        return Rejection(
+            stage="queries",
+            row_id=scene.scene_id,
+            persona_id=scene.persona_id,
+            reason="llm_invalid_output",
+            detail=res.error,
+            raw_output=res.raw,
+        )
+    text = res.value.personalized_query.strip()
+    return Query(
+        query_id=f"{scene.scene_id}-q0",
+        scene_id=scene.scene_id,
+        persona_id=scene.persona_id,
+        session_index=scene.session_index,
+        personalized_query=text,
+        neutralized_query=text,
+        revealed_fields=sorted(set(res.value.revealed_fields) | lexical_reveals(text, job.persona)),
+        fallback_fields=["neutralized_query"],
+        raw_output=None,
+    )
+
+
+SIMULATE: LLMCall[SimulateJob, Query | Rejection] = LLMCall(
+    name="queries/simulate",
+    variables=("persona", "scene", "changes"),
+    render=lambda job: {
+        "persona": job.persona,
+        "scene": job.scene,
+        "changes": active_changes(job.persona, job.scene.session_index),
+    },
+    build=build_query,
+    response=QueryDraft,
+    max_tokens=300,
+    role="simulator",
+    sample=lambda s: SimulateJob(s.scene, s.persona.persona),
+)
+
+
+class NeutralizeJob(NamedTuple):
+    query: Query
+    scene: Scene
+
+
+def neutralized(job: NeutralizeJob, res: LLMResult[NeutralDraft]) -> Query:
+    # an un-neutralized query would leak the persona into the baseline: flag it, keep the text
+    if res.value is None:
+        return job.query.model_copy(update={"raw_output": res.raw})
+    return job.query.model_copy(
+        update={"neutralized_query": res.value.neutralized_query.strip(), "fallback_fields": []}
+    )
+
+
+NEUTRALIZE: LLMCall[NeutralizeJob, Query] = LLMCall(
+    name="queries/neutralize",
+    variables=("query", "scene"),
+    render=lambda job: {"query": job.query.personalized_query, "scene": job.scene},
+    build=neutralized,
+    response=NeutralDraft,
+    max_tokens=250,
+    sample=lambda s: NeutralizeJob(s.query, s.scene),
+)
+
+
+async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
+    by_id = {p.persona_id: p.persona for p in inputs["personas"]}
 
     async def one(scene: Scene) -> Query | Rejection:
-        persona = by_id[scene.persona_id]
-        sim = await llm.structured(
-            "queries/simulate", QueryDraft, stage=STAGE, max_tokens=300,
-            persona=persona, scene=scene, changes=active_changes(persona, scene.session_index),
-        )  # fmt: skip
-        if sim.value is None:
-            return Rejection(stage=STAGE, row_id=scene.scene_id, persona_id=scene.persona_id,
-                             reason="llm_invalid_output", detail=sim.error, raw_output=sim.raw)  # fmt: skip
-        text = sim.value.personalized_query.strip()
-        neu = await llm.structured("queries/neutralize", NeutralDraft, stage=STAGE, max_tokens=250, query=text, scene=scene)
-        revealed = sorted(set(sim.value.revealed_fields) | lexical_reveals(text, persona))
-        return Query(
-            query_id=f"{scene.scene_id}-q0",
-            scene_id=scene.scene_id,
-            persona_id=scene.persona_id,
-            session_index=scene.session_index,
-            personalized_query=text,
-            # an un-neutralized query would leak the persona into the baseline: flag it, keep the text
-            neutralized_query=neu.value.neutralized_query.strip() if neu.value else text,
-            revealed_fields=revealed,
-            fallback_fields=[] if neu.value else ["neutralized_query"],
-            raw_output=None if neu.value else neu.raw,
-        )
+        query = await ctx.llm.run(SIMULATE, SimulateJob(scene, by_id[scene.persona_id]))
+        if isinstance(query, Rejection):
+            return query
+        return await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene))
 
-    return StageOutcome.split(await map_async(scenes, one, progress))
+    return StageOutcome.split(await map_async(inputs["scenes"], one, ctx.advance))
+
+
+STAGE = Stage(
+    name="queries",
+    inputs=("scenes", "personas"),
+    output="queries",
+    record=Query,
+    run=run,
+    calls=(SIMULATE, NEUTRALIZE),
+    rows_in=lambda cfg, n: n["scenes"],
+)

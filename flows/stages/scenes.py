@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from flows.catalogue import Catalogue
-from flows.llm.client import LLM
-from flows.stages.base import Progress, StageOutcome, map_async
-from flows.stages.personas import session_times
-from schemas.drafts import SceneIdea, SceneList, scene_details_model
-from schemas.records import PersonaRecord, Scene, SceneKind, SeedRow
-
-STAGE = "scenes"
+from personaloom.catalogue import Catalogue
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLM, LLMResult
+from personaloom.schemas.drafts import SceneIdea, SceneList, scene_details_model
+from personaloom.schemas.records import Persona, Scene, SceneKind, SeedRow
+from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.personas import session_times
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: a revisit points at its origin object
@@ -54,74 +55,138 @@ def fallback_context(seed: SeedRow, when: str) -> str:
     return f"{when}. The user is {seed.name}, {seed.age}, {seed.occupation} living in {seed.country}."
 
 
-async def generate_scenes(
-    seeds: list[SeedRow],
-    personas: list[PersonaRecord],
-    llm: LLM,
-    cat: Catalogue,
-    *,
-    revisit_share: float,
-    progress: Progress | None = None,
-) -> StageOutcome[Scene]:
-    by_id = {p.persona_id: p for p in personas}
-    api_names = tuple(sorted(cat.apis))
-    details_model = scene_details_model(api_names)
+class PlanJob(NamedTuple):
+    """Ask for `n` persona-specific scene ideas, unlike the common scenes already picked (`avoid`)."""
 
-    async def plan(seed: SeedRow) -> list[Topic]:
-        rng = random.Random(seed.seed ^ 0x5CE7E)
-        n_common, n_specific, n_revisit = plan_counts(len(seed.session_gaps_days), revisit_share)
-        common = rng.sample(cat.scenes, min(n_common + n_specific, len(cat.scenes)))
-        topics = [Topic("common", s.title, s.description, s.scene_id, tuple(s.apis)) for s in common[:n_common]]
-        ideas: list[SceneIdea] = []
-        if n_specific:
-            res = await llm.structured(
-                "scenes/list", SceneList, stage=STAGE, max_tokens=120 * n_specific + 60,
-                persona=by_id[seed.persona_id].persona, seed=seed, n=n_specific,
-                avoid=[t.title for t in topics],
-            )  # fmt: skip
-            ideas = list(res.value.scenes[:n_specific]) if res.value else []
-        topics += [Topic("specific", i.title, i.description) for i in ideas]
-        # Too few persona-specific ideas: spare catalogue scenes stand in, marked as fallbacks.
-        for s in common[n_common : n_common + n_specific - len(ideas)]:
-            topics.append(Topic("common", s.title, s.description, s.scene_id, tuple(s.apis), fallback=("kind",)))
-        return order_topics(rng, topics, n_revisit)
+    seed: SeedRow
+    persona: Persona
+    n: int
+    avoid: list[str]
 
 
-    async def enrich(job: tuple[SeedRow, int, Topic, list[Topic]]) -> Scene:
-        seed, index, topic, seq = job
-        when = session_times(seed)[index]
-        earlier = next(i for i, t in enumerate(seq) if t is topic.origin) if topic.origin else None
-        res = await llm.structured(
-            "scenes/enrich", details_model, stage=STAGE, max_tokens=500,
-            persona=by_id[seed.persona_id].persona, seed=seed, topic=topic, earlier=topic.origin,
-            when=when.strftime("%A %d %B %Y, %H:%M"), api_names=api_names,
-            suggested_apis=topic.suggested_apis, apis=cat.apis,
-        )  # fmt: skip
-        d = res.value
-        fallback = list(topic.fallback)
-        if d is None:
-            fallback += ["expected_response", "context", "apis"]
-        pid = seed.persona_id
-        return Scene(
-            scene_id=f"{pid}-s{index:03d}",
-            persona_id=pid,
-            session_index=index,
-            timestamp=when,
-            kind=topic.kind,
-            title=topic.title,
-            description=topic.description,
-            expected_response=d.expected_response if d else f"Helps the user with: {topic.description}",
-            context=d.context if d else fallback_context(seed, when.strftime("%A %d %B %Y")),
-            apis=[cat.apis[a] for a in dict.fromkeys(d.apis if d else topic.suggested_apis)],
-            catalogue_id=topic.catalogue_id,
-            revisits=f"{pid}-s{earlier:03d}" if earlier is not None else None,
-            fallback_fields=fallback,
-            raw_output=res.raw if d is None else None,
-        )
+LIST: LLMCall[PlanJob, list[SceneIdea]] = LLMCall(
+    name="scenes/list",
+    variables=("persona", "seed", "n", "avoid"),
+    render=lambda job: {"persona": job.persona, "seed": job.seed, "n": job.n, "avoid": job.avoid},
+    build=lambda job, res: list(res.value.scenes[: job.n]) if res.value else [],
+    response=SceneList,
+    max_tokens=lambda job: 120 * job.n + 60,
+    sample=lambda s: PlanJob(s.seed, s.persona.persona, 3, [s.scene.title]),
+)
+
+
+class EnrichJob(NamedTuple):
+    """Session `index` of a persona's plan `seq`: the topic to write concrete details for."""
+
+    seed: SeedRow
+    persona: Persona
+    index: int
+    topic: Topic
+    seq: list[Topic]
+    catalogue: Catalogue
+
+    @property
+    def when(self) -> datetime:
+        return session_times(self.seed)[self.index]
+
+    @property
+    def api_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.catalogue.apis))
+
+
+def enrich_variables(job: EnrichJob) -> dict[str, Any]:
+    topic = job.topic
+    return {
+        "persona": job.persona,
+        "seed": job.seed,
+        "topic": topic,
+        "earlier": topic.origin,
+        "when": job.when.strftime("%A %d %B %Y, %H:%M"),
+        "api_names": job.api_names,
+        "suggested_apis": topic.suggested_apis,
+        "apis": job.catalogue.apis,
+    }
+
+
+def build_scene(job: EnrichJob, res: LLMResult[Any]) -> Scene:
+    """The scene record: the plan fixes kind, title, time and revisit link; the LLM writes the details."""
+    seed, index, topic, cat = job.seed, job.index, job.topic, job.catalogue
+    when = job.when
+    earlier = next(i for i, t in enumerate(job.seq) if t is topic.origin) if topic.origin else None
+    d = res.value
+    fallback = list(topic.fallback)
+    if d is None:
+        fallback += ["expected_response", "context", "apis"]
+    pid = seed.persona_id
+    return Scene(
+        scene_id=f"{pid}-s{index:03d}",
+        persona_id=pid,
+        session_index=index,
+        timestamp=when,
+        kind=topic.kind,
+        title=topic.title,
+        description=topic.description,
+        expected_response=d.expected_response if d else f"Helps the user with: {topic.description}",
+        context=d.context if d else fallback_context(seed, when.strftime("%A %d %B %Y")),
+        apis=[cat.apis[a] for a in dict.fromkeys(d.apis if d else topic.suggested_apis)],
+        catalogue_id=topic.catalogue_id,
+        revisits=f"{pid}-s{earlier:03d}" if earlier is not None else None,
+        fallback_fields=fallback,
+        raw_output=res.raw if d is None else None,
+    )
+
+
+ENRICH: LLMCall[EnrichJob, Scene] = LLMCall(
+    name="scenes/enrich",
+    variables=("persona", "seed", "topic", "earlier", "when", "api_names", "suggested_apis", "apis"),
+    render=enrich_variables,
+    build=build_scene,
+    response=lambda job: scene_details_model(job.api_names),
+    max_tokens=500,
+    sample=lambda s: EnrichJob(s.seed, s.persona.persona, 0, s.topic, [s.topic], s.catalogue),
+)
+
+
+async def plan(
+    seed: SeedRow, persona: Persona, llm: LLM, cat: Catalogue, revisit_share: float
+) -> list[Topic]:
+    """A persona's topics in session order: common, persona-specific (by the LLM), then revisits inserted."""
+    rng = random.Random(seed.seed ^ 0x5CE7E)
+    n_common, n_specific, n_revisit = plan_counts(len(seed.session_gaps_days), revisit_share)
+    common = rng.sample(cat.scenes, min(n_common + n_specific, len(cat.scenes)))
+    topics = [Topic("common", s.title, s.description, s.scene_id, tuple(s.apis)) for s in common[:n_common]]
+    ideas: list[SceneIdea] = []
+    if n_specific:
+        ideas = await llm.run(LIST, PlanJob(seed, persona, n_specific, [t.title for t in topics]))
+    topics += [Topic("specific", i.title, i.description) for i in ideas]
+    # Too few persona-specific ideas: spare catalogue scenes stand in, marked as fallbacks.
+    for s in common[n_common : n_common + n_specific - len(ideas)]:
+        topics.append(Topic("common", s.title, s.description, s.scene_id, tuple(s.apis), fallback=("kind",)))
+    return order_topics(rng, topics, n_revisit)
+
+
+async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Scene]:
+    by_id = {p.persona_id: p.persona for p in inputs["personas"]}
+    cat, llm = ctx.catalogue, ctx.llm
 
     async def persona_scenes(seed: SeedRow) -> list[Scene]:
         # plan then enrich per persona, with no barrier across personas: the endpoint stays busy
-        seq = await plan(seed)
-        return await map_async([(seed, i, topic, seq) for i, topic in enumerate(seq)], enrich, progress)
+        persona = by_id[seed.persona_id]
+        seq = await plan(seed, persona, llm, cat, ctx.config.revisit_share)
+        jobs = [EnrichJob(seed, persona, i, topic, seq, cat) for i, topic in enumerate(seq)]
+        return await map_async(jobs, lambda job: llm.run(ENRICH, job), ctx.advance)
 
-    return StageOutcome(records=[s for scenes in await map_async(seeds, persona_scenes) for s in scenes])
+    return StageOutcome(
+        records=[s for scenes in await map_async(inputs["seeds"], persona_scenes) for s in scenes]
+    )
+
+
+STAGE = Stage(
+    name="scenes",
+    inputs=("seeds", "personas"),
+    output="scenes",
+    record=Scene,
+    run=run,
+    calls=(LIST, ENRICH),
+    rows_in=lambda cfg, n: n["personas"] * cfg.scenes_per_persona,
+)

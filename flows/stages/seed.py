@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 from datetime import date, timedelta
+from itertools import accumulate
 
-from flows.catalogue import Catalogue
-from flows.llm.client import LLM
-from flows.stages.base import Progress, StageOutcome, map_async
-from schemas.drafts import HintExpansion
-from schemas.records import PlannedChange, SeedRow
+from personaloom.catalogue import Catalogue
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.drafts import HintExpansion
+from personaloom.schemas.records import PlannedChange, SeedRow
+from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 
-STAGE = "seed"
 FIRST_DAY = date(2025, 1, 6)
 
 
@@ -21,8 +23,26 @@ def row_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"personaloom:{seed}:{index}".encode()).digest()[:8], "big") >> 1
 
 
+# Per-table lookups computed once, not per row (sampling a million skeletons must stay cheap). Keyed by
+# the table's id and holding the table itself, so a new catalogue never sees a stale entry.
+_CUMULATIVE: dict[int, tuple[list[dict], list[float]]] = {}
+_FITTING: dict[tuple[int, int], tuple[list[dict], list[dict]]] = {}
+
+
 def _weighted(rng: random.Random, items: list[dict], key: str = "weight") -> dict:
-    return rng.choices(items, weights=[float(i[key]) for i in items])[0]
+    hit = _CUMULATIVE.get(id(items))
+    if hit is None or hit[0] is not items:
+        hit = _CUMULATIVE[id(items)] = (items, list(accumulate(float(i[key]) for i in items)))
+    # the same draw as `choices(items, weights=...)`, which accumulates the weights itself
+    return rng.choices(items, cum_weights=hit[1])[0]
+
+
+def _fitting(occupations: list[dict], age: int) -> list[dict]:
+    hit = _FITTING.get((id(occupations), age))
+    if hit is None or hit[0] is not occupations:
+        fit = [o for o in occupations if o["min_age"] <= age <= o["max_age"]] or occupations
+        hit = _FITTING[(id(occupations), age)] = (occupations, fit)
+    return hit[1]
 
 
 def plan_changes(rng: random.Random, cat: Catalogue, n_changes: int, n_sessions: int) -> list[PlannedChange]:
@@ -32,7 +52,9 @@ def plan_changes(rng: random.Random, cat: Catalogue, n_changes: int, n_sessions:
     kinds = rng.sample(cat.attributes["change_kinds"], n)
     at = sorted(rng.sample(slots, n))
     return [
-        PlannedChange(field=k["field"], at_session=s, from_hint=k["from_hint"], to_hint=k["to_hint"], reason=k["reason"])
+        PlannedChange(
+            field=k["field"], at_session=s, from_hint=k["from_hint"], to_hint=k["to_hint"], reason=k["reason"]
+        )
         for k, s in zip(kinds, at, strict=True)
     ]
 
@@ -45,8 +67,7 @@ def sample_skeleton(cat: Catalogue, index: int, seed: int, *, n_sessions: int, n
     gender = _weighted(rng, attrs["genders"])["value"]
     band = _weighted(rng, attrs["age_bands"])
     age = rng.randint(int(band["min"]), int(band["max"]))
-    fitting = [o for o in cat.occupations if o["min_age"] <= age <= o["max_age"]] or cat.occupations
-    occupation = rng.choice(fitting)
+    occupation = rng.choice(_fitting(cat.occupations, age))
     given = cat.given_names.get((locale["locale"], gender)) or [
         n for (loc, _), names in cat.given_names.items() if loc == locale["locale"] for n in names
     ]
@@ -78,20 +99,55 @@ def sample_skeleton(cat: Catalogue, index: int, seed: int, *, n_sessions: int, n
     )
 
 
-def sample_skeletons(cat: Catalogue, n: int, seed: int, *, n_sessions: int, n_changes: int) -> list[SeedRow]:
-    return [sample_skeleton(cat, i, row_seed(seed, i), n_sessions=n_sessions, n_changes=n_changes) for i in range(n)]
+def sample_skeletons(
+    cat: Catalogue, rows: Iterable[int], seed: int, *, n_sessions: int, n_changes: int
+) -> list[SeedRow]:
+    """The skeletons of persona indices `rows` only: each row has its own seed, a shard samples its slice."""
+    return [
+        sample_skeleton(cat, i, row_seed(seed, i), n_sessions=n_sessions, n_changes=n_changes) for i in rows
+    ]
 
 
-async def expand_hints(rows: list[SeedRow], llm: LLM, progress: Progress | None = None) -> StageOutcome[SeedRow]:
-    """Self-instruct: the LLM turns each short hint into a concrete life situation for this skeleton.
+def _expanded(row: SeedRow, res: LLMResult[HintExpansion]) -> SeedRow:
+    """A failed expansion keeps the row with its plain hint, marked in `fallback_fields`, raw output kept."""
+    if res.value is None:
+        return row.model_copy(update={"fallback_fields": ["expanded_hint"], "raw_output": res.raw})
+    return row.model_copy(update={"expanded_hint": res.value.expanded_hint.strip()})
 
-    A failed expansion keeps the row with its plain hint, marked in `fallback_fields` with the raw output.
-    """
 
-    async def one(row: SeedRow) -> SeedRow:
-        res = await llm.structured("seed/expand_hint", HintExpansion, stage=STAGE, max_tokens=160, seed=row)
-        if res.value is None:
-            return row.model_copy(update={"fallback_fields": ["expanded_hint"], "raw_output": res.raw})
-        return row.model_copy(update={"expanded_hint": res.value.expanded_hint.strip()})
+EXPAND_HINT: LLMCall[SeedRow, SeedRow] = LLMCall(
+    name="seed/expand_hint",
+    variables=("seed",),
+    render=lambda row: {"seed": row},
+    build=_expanded,
+    response=HintExpansion,
+    max_tokens=160,
+    sample=lambda s: s.seed,
+)
 
-    return StageOutcome(records=await map_async(rows, one, progress))
+
+async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[SeedRow]:
+    """Sample this shard's skeletons; self-instruct: the LLM turns each short hint into a life situation."""
+    cfg = ctx.config
+    rows = sample_skeletons(
+        ctx.catalogue,
+        ctx.rows,
+        cfg.seed,
+        n_sessions=cfg.scenes_per_persona,
+        n_changes=cfg.changes_per_persona,
+    )
+    if not cfg.expand_hints:
+        ctx.advance(len(rows))
+        return StageOutcome(records=rows)
+    return StageOutcome(records=await map_async(rows, lambda r: ctx.llm.run(EXPAND_HINT, r), ctx.advance))
+
+
+STAGE = Stage(
+    name="seed",
+    inputs=(),
+    output="seeds",
+    record=SeedRow,
+    run=run,
+    calls=(EXPAND_HINT,),
+    rows_in=lambda cfg, n: cfg.personas,
+)

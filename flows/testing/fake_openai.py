@@ -17,7 +17,7 @@ Usage::
 
 Standalone (for benchmarks in another process)::
 
-    python -m tests.fake_openai --host 127.0.0.1 --port 0 --latency 0.2
+    python -m personaloom.testing.fake_openai --host 127.0.0.1 --port 0 --latency 0.2
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "fake-model")
 EMBEDDING_DIM = 64
 MAX_RECORDED_REQUESTS = 10_000
 MAX_DEPTH = 6  # deeper than this we pick the smallest valid value (recursive models)
+
 
 def _words(text: str) -> list[str]:
     """Whitespace-split word list (keeps the vocabulary readable in source)."""
@@ -112,8 +113,7 @@ Ferreira Novak Adeyemi Larsen Duarte Whitfield Osei Bauer Romano
 """)
 _CITIES = _words("Lisbon Denver Osaka Leeds Porto Austin Lyon Gdansk Accra Hobart Bergen Cusco")
 # Words a phrase should not end on after a maxLength cut.
-_DANGLING = {"the", "about", *_DETERMINERS, *_PREPOSITIONS, *_CONNECTORS, *_ADJECTIVES,
-             *_ADVERBS}
+_DANGLING = {"the", "about", *_DETERMINERS, *_PREPOSITIONS, *_CONNECTORS, *_ADJECTIVES, *_ADVERBS}
 _STOPWORDS = set(
     _words("""
 about above after again against also among because been before being below between
@@ -137,9 +137,7 @@ def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
-        )
+        return " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
     return "" if content is None else str(content)
 
 
@@ -204,8 +202,10 @@ class TextGen:
         if self.topic and not any(w in self.topic for w in words) and self.rng.random() < 0.5:
             words += ["about", self.rng.choice(self.topic)]
         # Fix the article before a vowel ("a airport" -> "an airport").
-        words = ["an" if w == "a" and nxt[:1] in "aeiou" else w
-                 for w, nxt in zip(words, [*words[1:], ""], strict=True)]
+        words = [
+            "an" if w == "a" and nxt[:1] in "aeiou" else w
+            for w, nxt in zip(words, [*words[1:], ""], strict=True)
+        ]
         text = " ".join(words)
         return text[0].upper() + text[1:]
 
@@ -313,8 +313,9 @@ class SchemaFaker:
         if "items" in s or "prefixItems" in s:
             return "array"
         if "default" in s and s["default"] is not None:
-            return {bool: "boolean", int: "integer", float: "number", list: "array",
-                    dict: "object"}.get(type(s["default"]), "string")
+            return {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}.get(
+                type(s["default"]), "string"
+            )
         if any(k in s for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
             return "number"
         return "string"
@@ -426,8 +427,15 @@ class SchemaFaker:
         if fmt == "date":
             return day.isoformat()
         if fmt == "date-time":
-            moment = dt.datetime(day.year, day.month, day.day, r.randint(0, 23),
-                                 r.randint(0, 59), r.randint(0, 59), tzinfo=dt.UTC)
+            moment = dt.datetime(
+                day.year,
+                day.month,
+                day.day,
+                r.randint(0, 23),
+                r.randint(0, 59),
+                r.randint(0, 59),
+                tzinfo=dt.UTC,
+            )
             return moment.isoformat().replace("+00:00", "Z")
         if fmt == "time":
             return f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}"
@@ -467,7 +475,7 @@ class SchemaFaker:
             cut = text[:hi]
             space = cut.rfind(" ")
             # Prefer a word boundary when it still satisfies minLength.
-            if space >= max(lo, 1) and not text[hi:hi + 1].isspace():
+            if space >= max(lo, 1) and not text[hi : hi + 1].isspace():
                 cut = cut[:space]
             text = cut.rstrip() if len(cut.rstrip()) >= lo else cut
             text = self._drop_dangling(text, lo)
@@ -685,8 +693,10 @@ class FakeOpenAI:
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"fake-openai-{self.port}", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-openai-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -759,8 +769,9 @@ class FakeOpenAI:
         with self._lock:
             self._stats.total += 1
             self._count(self._stats.by_path, path)
-            self._requests.append({"method": method, "path": path, "headers": headers,
-                                   "body": body, "time": time.time()})
+            self._requests.append(
+                {"method": method, "path": path, "headers": headers, "body": body, "time": time.time()}
+            )
         if self.latency > 0:
             time.sleep(self.latency)
         reply, fault = self._route(method, path, headers, body)
@@ -774,34 +785,54 @@ class FakeOpenAI:
                 self._stats.chat_ok += 1
         return reply
 
-    def _route(self, method: str, path: str, headers: dict[str, str],
-               body: Any) -> tuple[Reply | None, str | None]:
+    def _route(
+        self, method: str, path: str, headers: dict[str, str], body: Any
+    ) -> tuple[Reply | None, str | None]:
         if self.api_key is not None and not self._authorized(headers):
-            return Reply(401, _error_body(
-                "Incorrect API key provided. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.",
-                "invalid_request_error", "invalid_api_key")), None
+            return Reply(
+                401,
+                _error_body(
+                    "Incorrect API key provided. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            ), None
         path = path.removeprefix("/v1")
         if method == "GET" and path == "/models":
             return Reply(200, self._models_payload()), None
-        routes = {"/chat/completions": self._chat, "/completions": self._completion,
-                  "/embeddings": self._embeddings}
+        routes = {
+            "/chat/completions": self._chat,
+            "/completions": self._completion,
+            "/embeddings": self._embeddings,
+        }
         if path not in routes:
-            return Reply(404, _error_body(f"Unknown path {path}", "invalid_request_error",
-                                          "unknown_url")), None
+            return Reply(
+                404, _error_body(f"Unknown path {path}", "invalid_request_error", "unknown_url")
+            ), None
         if method != "POST":
             return Reply(405, _error_body("Method not allowed", "invalid_request_error", None)), None
         if not isinstance(body, dict):
-            return Reply(400, _error_body("We could not parse the JSON body of your request.",
-                                          "invalid_request_error", None)), None
+            return Reply(
+                400,
+                _error_body(
+                    "We could not parse the JSON body of your request.", "invalid_request_error", None
+                ),
+            ), None
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return Reply(400, _error_body("you must provide a model parameter",
-                                          "invalid_request_error", None, "model")), None
+            return Reply(
+                400, _error_body("you must provide a model parameter", "invalid_request_error", None, "model")
+            ), None
         if self.known_models is not None and model not in self.known_models:
-            return Reply(404, _error_body(
-                f"The model `{model}` does not exist or you do not have access to it.",
-                "invalid_request_error", "model_not_found")), None
+            return Reply(
+                404,
+                _error_body(
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    "model_not_found",
+                ),
+            ), None
         with self._lock:
             self._models_seen.add(model)
         return routes[path](body)
@@ -811,11 +842,18 @@ class FakeOpenAI:
 
     def _models_payload(self) -> dict[str, Any]:
         with self._lock:
-            names = sorted(self.known_models if self.known_models is not None
-                           else set(DEFAULT_MODELS) | self._models_seen)
-        return {"object": "list", "data": [
-            {"id": n, "object": "model", "created": 1_700_000_000, "owned_by": "fake-openai"}
-            for n in names]}
+            names = sorted(
+                self.known_models
+                if self.known_models is not None
+                else set(DEFAULT_MODELS) | self._models_seen
+            )
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 1_700_000_000, "owned_by": "fake-openai"}
+                for n in names
+            ],
+        }
 
     # -- faults ------------------------------------------------------------ #
     def _pick_fault(self, chat: bool) -> str | None:
@@ -831,14 +869,24 @@ class FakeOpenAI:
         """Faults that replace the answer entirely (429/500); None otherwise."""
         if fault == "429":
             ms = int(self.retry_after * 1000)
-            return Reply(429, _error_body(
-                "Rate limit reached for requests. Please try again shortly.",
-                "requests", "rate_limit_exceeded"),
-                {"Retry-After": f"{self.retry_after:g}", "retry-after-ms": str(ms)})
+            return Reply(
+                429,
+                _error_body(
+                    "Rate limit reached for requests. Please try again shortly.",
+                    "requests",
+                    "rate_limit_exceeded",
+                ),
+                {"Retry-After": f"{self.retry_after:g}", "retry-after-ms": str(ms)},
+            )
         if fault == "500":
-            return Reply(500, _error_body(
-                "The server had an error while processing your request. Sorry about that!",
-                "server_error", None))
+            return Reply(
+                500,
+                _error_body(
+                    "The server had an error while processing your request. Sorry about that!",
+                    "server_error",
+                    None,
+                ),
+            )
         return None
 
     def _wait_hang(self) -> bool:
@@ -861,8 +909,7 @@ class FakeOpenAI:
         return content, "stop"
 
     # -- content ------------------------------------------------------------ #
-    def generate_content(self, body: dict[str, Any], user_text: str,
-                         context: Any) -> tuple[str, str]:
+    def generate_content(self, body: dict[str, Any], user_text: str, context: Any) -> tuple[str, str]:
         """Deterministic (content, finish_reason): responder first, then fakes."""
         if self.responder is not None:
             scripted = self.responder(body)
@@ -883,8 +930,7 @@ class FakeOpenAI:
             return " ".join(words[:limit]), "length"
         return " ".join(words), "stop"
 
-    def _answer(self, body: dict[str, Any], chat: bool, user_text: str,
-                context: Any) -> Answer:
+    def _answer(self, body: dict[str, Any], chat: bool, user_text: str, context: Any) -> Answer:
         """Shared chat/legacy flow: pick a fault, then produce (maybe mangled) content."""
         fault = self._pick_fault(chat)
         err = self._error_fault(fault)
@@ -900,23 +946,40 @@ class FakeOpenAI:
     def _chat(self, body: dict[str, Any]) -> tuple[Reply | None, str | None]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return Reply(400, _error_body("'messages' is a required property",
-                                          "invalid_request_error", None, "messages")), None
-        user_text = next((_message_text(m.get("content")) for m in reversed(messages)
-                          if isinstance(m, dict) and m.get("role") == "user"), "")
+            return Reply(
+                400,
+                _error_body("'messages' is a required property", "invalid_request_error", None, "messages"),
+            ), None
+        user_text = next(
+            (
+                _message_text(m.get("content"))
+                for m in reversed(messages)
+                if isinstance(m, dict) and m.get("role") == "user"
+            ),
+            "",
+        )
         ans = self._answer(body, True, user_text, messages)
         if ans.error is not None or ans.dropped:
             return ans.error, ans.fault
         content = ans.content
-        prompt_tokens = sum(_word_count(_message_text(m.get("content")))
-                            for m in messages if isinstance(m, dict))
+        prompt_tokens = sum(
+            _word_count(_message_text(m.get("content"))) for m in messages if isinstance(m, dict)
+        )
         rid = hashlib.sha256(f"{time.time_ns()}{content}".encode()).hexdigest()[:24]
         payload = {
-            "id": f"chatcmpl-{rid}", "object": "chat.completion",
-            "created": int(time.time()), "model": body["model"],
+            "id": f"chatcmpl-{rid}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
             "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "logprobs": None, "finish_reason": ans.finish,
-                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "logprobs": None,
+                    "finish_reason": ans.finish,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                }
+            ],
             "usage": self._usage(prompt_tokens, content),
         }
         return Reply(200, payload), ans.fault
@@ -930,8 +993,10 @@ class FakeOpenAI:
         content = ans.content
         rid = hashlib.sha256(f"{time.time_ns()}{content}".encode()).hexdigest()[:24]
         payload = {
-            "id": f"cmpl-{rid}", "object": "text_completion",
-            "created": int(time.time()), "model": body["model"],
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body["model"],
             "choices": [{"index": 0, "text": content, "logprobs": None, "finish_reason": ans.finish}],
             "usage": self._usage(_word_count(text_in), content),
         }
@@ -940,8 +1005,11 @@ class FakeOpenAI:
     @staticmethod
     def _usage(prompt_tokens: int, content: str) -> dict[str, int]:
         completion = _word_count(content)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     def _embeddings(self, body: dict[str, Any]) -> tuple[Reply, None]:
         raw = body.get("input", "")
@@ -951,12 +1019,18 @@ class FakeOpenAI:
         data = []
         for i, item in enumerate(inputs):
             vec = embed(str(item), int(dim))
-            emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() \
-                if as_b64 else vec
+            emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if as_b64 else vec
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(_word_count(str(x)) for x in inputs)
-        return Reply(200, {"object": "list", "data": data, "model": body["model"],
-                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}), None
+        return Reply(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        ), None
 
 
 def embed(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
@@ -976,8 +1050,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--fault-rate", type=float, default=0.0)
-    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
-                   help="comma-separated subset of " + ",".join(DEFAULT_FAULTS))
+    p.add_argument(
+        "--faults",
+        default=",".join(DEFAULT_FAULTS),
+        help="comma-separated subset of " + ",".join(DEFAULT_FAULTS),
+    )
     p.add_argument("--retry-after", type=float, default=0.05)
     p.add_argument("--hang-seconds", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
@@ -989,9 +1066,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def spawn_fake(latency: float, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """The server in its own process (benchmarks: its CPU is not the client's): (process, base URL)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", str(latency), *extra],
-        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "personaloom.testing.fake_openai",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+            *extra,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip().removeprefix("BASE_URL=")
 
@@ -1003,9 +1091,15 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     fake = FakeOpenAI(
-        host=args.host, port=args.port, latency=args.latency, fault_rate=args.fault_rate,
-        faults=tuple(f for f in args.faults.split(",") if f), retry_after=args.retry_after,
-        hang_seconds=args.hang_seconds, seed=args.seed, api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        faults=tuple(f for f in args.faults.split(",") if f),
+        retry_after=args.retry_after,
+        hang_seconds=args.hang_seconds,
+        seed=args.seed,
+        api_key=args.api_key,
         known_models=set(args.known_models.split(",")) if args.known_models else None,
     )
     with fake:

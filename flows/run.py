@@ -1,0 +1,132 @@
+"""One run setup for build, remote shards, replay and evaluation: `open_run`.
+
+It computes, once: the endpoint (a flag, $OPENAI_BASE_URL, or the embedded model started here), the
+effective config (its `llm` is the settings actually used — the embedded model changes a few; there is
+no other LLMConfig to wonder about), the prompts (checked against the declared calls), the client,
+the seed catalogue and the run's identity (what makes a re-run resume in the same folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel
+
+from personaloom.catalogue import Catalogue, load_catalogue
+from personaloom.llm.cache import ResponseCache
+from personaloom.llm.calls import LLMCall, by_name
+from personaloom.llm.client import LLM
+from personaloom.llm.endpoint import Endpoint, open_endpoint
+from personaloom.llm.prompts import PromptLibrary
+from personaloom.paths import SEEDS_DIR
+from personaloom.version import code_version
+
+C = TypeVar("C", bound=BaseModel)
+
+# LLM settings that change speed, spending or where the endpoint is, not content: a resumed run may
+# change them (e.g. a higher budget, another concurrency).
+LLM_NOT_IDENTITY = {
+    "concurrency",
+    "rpm",
+    "tpm",
+    "timeout",
+    "max_retries",
+    "base_url",
+    "max_tokens",
+    "max_cost",
+    "prices",
+}
+
+
+@dataclass
+class Run(Generic[C]):
+    """What every task of one run shares; handed to Prefect tasks unvisited (`quote`), never hashed."""
+
+    config: C  # effective: `config.llm` is what the endpoint actually uses
+    endpoint: Endpoint
+    llm: LLM
+    catalogue: Catalogue
+    prompts: PromptLibrary
+    calls: dict[str, LLMCall[Any, Any]]
+    key: str  # the run's identity
+    staging: Path = Path()  # where a build writes (set by the build once it claims the folder)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def endpoint_label(self) -> str:
+        from personaloom.llm.client import endpoint_label
+
+        return "embedded" if self.endpoint.embedded else endpoint_label(self.endpoint.base_url)
+
+    def call_manifest(self) -> dict[str, dict[str, Any]]:
+        hashes = self.prompts.hashes
+        return {name: call.describe(hashes) for name, call in sorted(self.calls.items())}
+
+
+def run_identity(
+    config: BaseModel,
+    *,
+    exclude: dict[str, Any],
+    catalogue: Catalogue,
+    prompts: PromptLibrary,
+    calls: Iterable[LLMCall[Any, Any]],
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Same content settings, seeds, templates of the run's calls and code → same key → resume."""
+    ident = {
+        "config": config.model_dump(mode="json", exclude=exclude),
+        "seeds": catalogue.digest,
+        "prompts": {c.name: prompts.hash(c.name) for c in calls},
+        "code": code_version(),
+        **(extra or {}),
+    }
+    return hashlib.sha256(orjson.dumps(ident, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+@asynccontextmanager
+async def open_run(
+    config: C,
+    *,
+    calls: Iterable[LLMCall[Any, Any]],
+    cache: Path,
+    seeds_dir: Path | None = None,
+    endpoint: Endpoint | None = None,
+    exclude: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+) -> AsyncIterator[Run[C]]:
+    """Open the endpoint (unless given, as on a remote worker) and everything a run needs; closes the client.
+
+    `exclude` leaves settings out of the identity (default: the LLM's speed and budget settings);
+    `identity` adds what else makes the run itself (e.g. the dataset version a replay reads).
+    """
+    calls = tuple(calls)
+    async with AsyncExitStack() as stack:
+        if endpoint is None:
+            endpoint = stack.enter_context(open_endpoint(config.llm))  # type: ignore[attr-defined]
+        effective = config.model_copy(update={"llm": endpoint.config})
+        prompts = PromptLibrary(prompt_set=endpoint.config.prompt_set)
+        prompts.check(calls)
+        catalogue = load_catalogue(seeds_dir or SEEDS_DIR)
+        llm = LLM(
+            endpoint.config,
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
+            cache=ResponseCache(cache),
+            prompts=prompts,
+        )
+        stack.push_async_callback(llm.aclose)
+        key = run_identity(
+            effective,
+            exclude=exclude if exclude is not None else {"llm": LLM_NOT_IDENTITY},
+            catalogue=catalogue,
+            prompts=prompts,
+            calls=calls,
+            extra=identity,
+        )
+        yield Run(effective, endpoint, llm, catalogue, prompts, by_name(calls), key)

@@ -1,0 +1,1 @@
+"""Seed tables shipped as package data (see seeds/README.md and personaloom.catalogue)."""
