@@ -58,7 +58,7 @@ async def stage_task(run: Run[BuildConfig], stage: str, shard: int) -> float:
 # ---------------------------------------------------------------- publishing
 
 
-def publish(run: Run[BuildConfig], store: DatasetStore, stage_seconds: Counter[str]) -> str:
+def publish_version(run: Run[BuildConfig], store: DatasetStore, stage_seconds: Counter[str]) -> str:
     """Manifest and card into the staging folder, then one rename makes it the next version."""
     staging, config = run.staging, run.config
     for table in INTERMEDIATE:
@@ -150,7 +150,7 @@ async def build_dataset(
             else:
                 seconds = await _generate_remote(run, str(paths.cache), seeds_dir)
             run.timings["generate"] = time.perf_counter() - started
-            version = publish(run, store, seconds)
+            version = publish_version(run, store, seconds)
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version

@@ -112,7 +112,7 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
-def publish(
+def publish_run(
     ctx: ReplayContext, run: Run[ReplayConfig], version: str, seconds: float
 ) -> tuple[ReplayManifest, str]:
     cfg, agents = ctx.config, ctx.config.agent_names()
@@ -189,7 +189,7 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
         )
         n_shards = -(-len(users) // config.shard_size)
         await asyncio.gather(*(replay_shard(quote(ctx), s) for s in range(n_shards)))
-        manifest, markdown = publish(ctx, run, version_dir.name, time.perf_counter() - started)
+        manifest, markdown = publish_run(ctx, run, version_dir.name, time.perf_counter() - started)
     await acreate_markdown_artifact(
         markdown=markdown,
         key=artifact_key("replay", config.dataset, version_dir.name, run_dir.name),

@@ -55,6 +55,12 @@ class PlannedChange(Record):
     reason: str
 
 
+Employment = Literal[
+    "employed", "self_employed", "student", "apprentice", "retired", "homemaker", "unemployed"
+]
+LifeStage = Literal["student", "young_adult", "family", "midlife", "pre_retirement", "retired"]
+
+
 class SeedRow(Record):
     persona_id: str
     index: int
@@ -68,6 +74,8 @@ class SeedRow(Record):
     age: int
     occupation: str
     sector: str
+    employment: Employment = Field(description="work status; the occupation is the job, study or former job")
+    life_stage: LifeStage
     domain_vocabulary: list[str]
     mbti: str = Field(pattern=r"^[EI][SN][TF][JP]$")
     values_interests: list[str]

@@ -28,7 +28,7 @@ from personaloom.schemas.records import DatasetRow, PersonaRecord, Query, Reject
 from personaloom.stages.base import Advance, Inputs, Stage, StageContext, StageOutcome, map_async
 from personaloom.stages.queries import active_changes
 
-STAGE = "filter"
+NAME = "filter"  # the pipeline stage its rejections and usage count under
 
 
 def persona_key(p: PersonaRecord) -> str:
@@ -97,7 +97,7 @@ def level_dedup(
             continue
         out.rejections.append(
             Rejection(
-                stage=STAGE,
+                stage=NAME,
                 row_id=q.query_id,
                 persona_id=q.persona_id,
                 reason=reason,
@@ -123,7 +123,7 @@ def cheap_filter(queries: list[Query], config: FilterConfig) -> StageOutcome[Que
     by_id = {q.query_id: q for q in queries}
     rejections = [
         Rejection(
-            stage=STAGE,
+            stage=NAME,
             row_id=r["query_id"],
             persona_id=by_id[r["query_id"]].persona_id,
             reason=r["drop_reason"],
@@ -161,7 +161,7 @@ def _answerable(job: JudgeJob, v: Answerability, raw: str) -> Query | Rejection:
     if v.answerable:
         return q
     return Rejection(
-        stage=STAGE,
+        stage=NAME,
         row_id=q.query_id,
         persona_id=q.persona_id,
         reason="unanswerable",
@@ -175,7 +175,7 @@ def _good_enough(job: JudgeJob, v: QualityScore, raw: str) -> Query | Rejection:
     if v.score >= job.min_score:
         return q
     return Rejection(
-        stage=STAGE,
+        stage=NAME,
         row_id=q.query_id,
         persona_id=q.persona_id,
         reason="low_quality",
@@ -320,7 +320,7 @@ async def run_dataset(inputs: Inputs, ctx: StageContext) -> StageOutcome[Dataset
 
 SCREEN = Stage(
     name="screen",
-    report=STAGE,
+    report=NAME,
     inputs=("queries", "scenes", "personas"),
     output="screened",  # an intermediate: `dataset/` holds the result
     record=Query,

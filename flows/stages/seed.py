@@ -9,10 +9,11 @@ from datetime import date, timedelta
 from itertools import accumulate
 
 from personaloom.catalogue import Catalogue
+from personaloom.drift import plan_changes
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.drafts import HintExpansion
-from personaloom.schemas.records import PlannedChange, SeedRow
+from personaloom.schemas.records import SeedRow
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 
 FIRST_DAY = date(2025, 1, 6)
@@ -45,18 +46,11 @@ def _fitting(occupations: list[dict], age: int) -> list[dict]:
     return hit[1]
 
 
-def plan_changes(rng: random.Random, cat: Catalogue, n_changes: int, n_sessions: int) -> list[PlannedChange]:
-    """Life-long drift: a few preference changes at distinct sessions after the first."""
-    slots = list(range(1, n_sessions))
-    n = min(n_changes, len(slots), len(cat.attributes["change_kinds"]))
-    kinds = rng.sample(cat.attributes["change_kinds"], n)
-    at = sorted(rng.sample(slots, n))
-    return [
-        PlannedChange(
-            field=k["field"], at_session=s, from_hint=k["from_hint"], to_hint=k["to_hint"], reason=k["reason"]
-        )
-        for k, s in zip(kinds, at, strict=True)
-    ]
+def _life_stage(age: int) -> str:
+    for top, stage in ((24, "young_adult"), (39, "family"), (54, "midlife"), (66, "pre_retirement")):
+        if age <= top:
+            return stage
+    return "retired"
 
 
 def sample_skeleton(cat: Catalogue, index: int, seed: int, *, n_sessions: int, n_changes: int) -> SeedRow:
@@ -72,7 +66,7 @@ def sample_skeleton(cat: Catalogue, index: int, seed: int, *, n_sessions: int, n
         n for (loc, _), names in cat.given_names.items() if loc == locale["locale"] for n in names
     ]
     name = f"{rng.choice(given)} {rng.choice(cat.family_names[locale['locale']])}"
-    return SeedRow(
+    row = SeedRow(
         persona_id=f"p{index:06d}",
         index=index,
         seed=seed,
@@ -85,6 +79,8 @@ def sample_skeleton(cat: Catalogue, index: int, seed: int, *, n_sessions: int, n
         age=age,
         occupation=occupation["occupation"],
         sector=occupation["sector"],
+        employment="employed",  # placeholder until occupations carry a status
+        life_stage=_life_stage(age),
         domain_vocabulary=occupation["domain_vocabulary"],
         mbti=_weighted(rng, attrs["mbti"])["type"],
         values_interests=rng.sample(cat.values_interests, rng.randint(3, 5)),
@@ -95,8 +91,10 @@ def sample_skeleton(cat: Catalogue, index: int, seed: int, *, n_sessions: int, n
         hint=rng.choice(cat.hints),
         start_date=FIRST_DAY + timedelta(days=rng.randint(0, 364)),
         session_gaps_days=[0] + [rng.randint(1, 14) for _ in range(n_sessions - 1)],
-        planned_changes=plan_changes(rng, cat, n_changes, n_sessions),
+        planned_changes=[],
     )
+    # drawn last, from the same RNG: a change must fit the person sampled above (personaloom.drift)
+    return row.model_copy(update={"planned_changes": plan_changes(rng, cat, row, n_changes, n_sessions)})
 
 
 def sample_skeletons(
