@@ -8,7 +8,7 @@ PERSONAS ?= 3
 SCENES  ?= 4
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: build test lint bench clean local-llm replay serve
+.PHONY: build test lint bench clean local-llm replay serve sample
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ build: $(VENV)/.local
 	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --scenes-per-persona $(SCENES) --out $(OUT)
 
 replay: $(VENV)/.local
-	$(BIN)/personaloom replay $(DATASET) --agents none,golden,learned,rag,persona-agent,vars --k 3 --out $(OUT)
+	$(BIN)/personaloom replay $(DATASET) --agents none,demographics-only,golden,learned,rag,persona-agent,vars --k 3 --out $(OUT)
+
+# skeletons only (no LLM, no key): preview and audit the attribute mix of a build
+SAMPLE  ?= 1000
+SEED    ?= 0
+sample: $(VENV)/.core
+	$(BIN)/personaloom sample --personas $(SAMPLE) --seed $(SEED) --out $(OUT)/sample.parquet $(if $(LOCALES),--locales $(LOCALES))
 
 test: $(VENV)/.core
 	$(BIN)/python -m pytest -q

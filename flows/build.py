@@ -22,7 +22,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from personaloom.audit import audit, broken
 from personaloom.card import dataset_card
+from personaloom.errors import UserError
 from personaloom.llm.endpoint import NO_KEY, Endpoint, api_key_from_env
 from personaloom.pipeline import (
     BY_NAME,
@@ -67,6 +69,12 @@ def publish_version(run: Run[BuildConfig], store: DatasetStore, stage_seconds: C
         if not list((staging / table).glob("part-*.parquet")):
             write_records(part(staging, table, 0), TABLE_MODELS[table], [])
     reasons = Counter(read_table(staging / "rejections", Rejection, columns=["reason"])["reason"].to_pylist())
+    invariants = audit(staging, run.catalogue)
+    if bad := broken(invariants):
+        raise UserError(
+            f"ground-truth invariant broken ({'; '.join(bad)}): a personaloom bug, nothing was published; "
+            f"please report it with the staging folder {staging}"
+        )
     with store.lock():
         version, parent = store.next_version()
         manifest = Manifest(
@@ -84,6 +92,7 @@ def publish_version(run: Run[BuildConfig], store: DatasetStore, stage_seconds: C
             counts=stage_counts(staging, config),
             usage={s: run.llm.usage.get(s, StageUsage()) for s in REPORTED},
             rejection_reasons=dict(sorted(reasons.items())),
+            invariants=invariants,
             stage_seconds={s: round(stage_seconds[s], 3) for s in REPORTED},
             timings={k: round(v, 3) for k, v in run.timings.items()},
             shards=shard_infos(staging),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from personaloom.audit import INVARIANTS
 from personaloom.schemas.manifest import Manifest
+from personaloom.stages.seed import SKELETON_INVARIANTS
 
 TABLE_DOCS = {
     "dataset": "filtered sessions, persona + scene + query joined (what to load)",
@@ -37,6 +39,10 @@ def dataset_card(m: Manifest) -> str:
         f"| {r.stage} | {r.rows_in} | {r.rows_out} | {r.rejected} | {r.fallback_rows} | {r.llm_calls} | "
         f"{r.cache_hits} | {r.tokens} | {r.cost_usd:.4f} |"
         for r in m.stage_report()
+    )
+    invariant_lines = "\n".join(
+        f"| `{name}` | {n} | {(INVARIANTS | SKELETON_INVARIANTS).get(name, '')} |"
+        for name, n in m.invariants.items()
     )
     reasons = "\n".join(f"- `{r}`: {n}" for r, n in m.rejection_reasons.items()) or "- none"
     tables = "\n".join(f"- `{t}/` — {doc}" for t, doc in TABLE_DOCS.items())
@@ -84,6 +90,15 @@ output was empty or invalid.
 
 Rejection reasons:
 {reasons}
+
+## Ground truth checks
+
+Every fact an evaluation reads (each change's before and after, the changes in force at each session,
+revisit links) is computed by code and re-derived at publish; `personaloom verify` runs the same checks.
+
+| invariant | violations | what it guarantees |
+|---|---|---|
+{invariant_lines}
 
 Prompt template hashes and shard checksums are in `manifest.json`.
 """

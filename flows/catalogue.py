@@ -7,23 +7,51 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import polars as pl
 from pydantic import ValidationError
 
 from personaloom.errors import UserError
 from personaloom.paths import SEEDS_DIR
-from personaloom.schemas.records import ApiSpec, CatalogueScene
+from personaloom.schemas.records import PERSONA_PATHS, ApiSpec, CatalogueScene, Employment, LifeStage
+
+EMPLOYMENT: tuple[str, ...] = get_args(Employment)
+LIFE_STAGES: tuple[str, ...] = get_args(LifeStage)
+# the qualification-age rule: a licensed job needs `training_years` after leaving school at this age
+SCHOOL_LEAVING_AGE = 18
 
 TABLES: dict[str, tuple[str, ...]] = {
-    "locales.csv": ("locale", "country", "nationality", "languages", "weight"),
+    "locales.csv": ("locale", "country", "nationality", "weight", "agriculture_share"),
     "given_names.csv": ("locale", "gender", "name"),
     "family_names.csv": ("locale", "name"),
-    "occupations.csv": ("occupation", "sector", "min_age", "max_age", "domain_vocabulary"),
+    "occupations.csv": (
+        "occupation",
+        "sector",
+        "min_age",
+        "max_age",
+        "domain_vocabulary",
+        "status",
+        "weight",
+        "licence",
+        "training_years",
+        "apprenticeship",
+    ),
     "values_interests.csv": ("item", "category"),
-    "seed_hints.csv": ("hint", "category"),
+    "seed_hints.csv": (
+        "hint",
+        "category",
+        "min_age",
+        "max_age",
+        "gender",
+        "employment",
+        "life_stages",
+        "sectors",
+    ),
+    "employment_status.csv": ("locale", "gender", "min_age", "max_age", *EMPLOYMENT),
+    "languages.csv": ("locale", "language", "main", "share"),
     "scenes.csv": ("scene_id", "category", "title", "description", "apis"),
+    "life_events.csv": ("event", "tags", "min_age", "max_age", "employment", "life_stages"),
 }
 ATTRIBUTE_KEYS = (
     "genders",
@@ -40,8 +68,8 @@ ATTRIBUTE_KEYS = (
     "preferred_styles",
     "preferred_formats",
     "preferred_workflows",
-    "change_kinds",
 )
+CHANGE_OPS = {"step", "switch", "replace", "add", "remove"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,15 @@ class Catalogue:
     scenes: list[CatalogueScene]
     apis: dict[str, ApiSpec]
     attributes: dict[str, Any]
+    change_kinds: list[dict[str, Any]] = field(default_factory=list)  # seeds/change_kinds.json
+    life_events: list[dict[str, Any]] = field(default_factory=list)  # seeds/life_events.csv
+    # (locale, gender) → [(min_age, max_age, {status: share})] from seeds/employment_status.csv
+    employment_status: dict[tuple[str, str], list[tuple[int, int, dict[str, float]]]] = field(
+        default_factory=dict
+    )
+    # locale → {"main": [(language, share)], "other": [(language, share)]} from seeds/languages.csv
+    languages: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)
+    hint_rules: list[dict[str, Any]] = field(default_factory=list)  # seed_hints.csv with eligibility
     digest: str = field(default="", compare=False)
 
 
@@ -127,21 +164,19 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
     for row in t["family_names.csv"].iter_rows(named=True):
         family.setdefault(row["locale"], []).append(row["name"])
     locales = [
-        {**r, "languages": _split(r["languages"]), "weight": float(r["weight"])}
+        {
+            **r,
+            "weight": _number(root / "locales.csv", "weight", r["weight"]),
+            "agriculture_share": _number(
+                root / "locales.csv", "agriculture_share", r["agriculture_share"], 1
+            ),
+        }
         for r in t["locales.csv"].iter_rows(named=True)
         if r["locale"] in family
     ]
     if not locales:
         raise UserError(f"seed tables in {root}: no locale of locales.csv has family names")
-    occupations = [
-        {
-            **r,
-            "min_age": int(r["min_age"]),
-            "max_age": int(r["max_age"]),
-            "domain_vocabulary": _split(r["domain_vocabulary"]),
-        }
-        for r in t["occupations.csv"].iter_rows(named=True)
-    ]
+    skeleton = _skeleton_tables(root, t, locales, attributes)
     scenes = [
         CatalogueScene(**{**r, "apis": _split(r["apis"])}) for r in t["scenes.csv"].iter_rows(named=True)
     ]
@@ -150,6 +185,7 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
         raise UserError(
             f"seed table {root / 'scenes.csv'} names API(s) not in apis.json: {', '.join(unknown[:5])}"
         )
+    change_kinds, life_events = _drift_tables(root)
     digest = hashlib.sha256()
     for p in sorted(root.glob("*.csv")) + sorted(root.glob("*.json")):
         digest.update(p.name.encode() + p.read_bytes())
@@ -157,11 +193,278 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
         locales=locales,
         given_names=given,
         family_names=family,
-        occupations=occupations,
+        occupations=skeleton["occupations"],
         values_interests=t["values_interests.csv"]["item"].to_list(),
-        hints=t["seed_hints.csv"]["hint"].to_list(),
+        hints=[h["hint"] for h in skeleton["hint_rules"]],
         scenes=scenes,
         apis=apis,
         attributes=attributes,
+        change_kinds=change_kinds,
+        life_events=life_events,
+        employment_status=skeleton["employment_status"],
+        languages=skeleton["languages"],
+        hint_rules=skeleton["hint_rules"],
         digest=digest.hexdigest()[:16],
     )
+
+
+def _drift_tables(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The change catalogue and the life events that motivate changes, checked (see personaloom.drift)."""
+    path = root / "change_kinds.json"
+    kinds = _read_json(root, "change_kinds.json")
+    for i, k in enumerate(kinds if isinstance(kinds, list) else [None]):
+        if not isinstance(k, dict) or not {"kind", "field", "op", "direction", "tags"} <= k.keys():
+            raise UserError(f"seed file {path} entry {i} needs kind, field, op, direction and tags")
+        if k["field"] not in PERSONA_PATHS or k["field"].startswith("Demographics."):
+            raise UserError(
+                f"seed file {path} entry {k['kind']}: field {k['field']!r} is not a learnable path"
+            )
+        if k["op"] not in CHANGE_OPS or (k["op"] == "step" and k.get("delta") not in (1, -1)):
+            raise UserError(f"seed file {path} entry {k['kind']}: op must be one of {sorted(CHANGE_OPS)}")
+        if k["op"] == "switch" and not k.get("to"):
+            raise UserError(f"seed file {path} entry {k['kind']}: a switch names its target value in `to`")
+    df = _read_csv(root, "life_events.csv")
+    events = [
+        {
+            "event": r["event"],
+            "tags": set(_split(r["tags"])),
+            "min_age": int(r["min_age"]),
+            "max_age": int(r["max_age"]),
+            "employment": None if r["employment"] == "*" else set(_split(r["employment"])),
+            "life_stages": None if r["life_stages"] == "*" else set(_split(r["life_stages"])),
+        }
+        for r in df.iter_rows(named=True)
+    ]
+    return kinds, events
+
+
+# ---------------------------------------------------------------- stage 1: the skeleton tables
+
+RETIRED_MIN_AGE = 45  # the youngest a derived "retired X" may be; employment_status.csv decides who retires
+APPRENTICE_AGES = (16, 40)  # ages of a derived "apprentice X" (the share comes from employment_status.csv)
+
+
+def _number(path: Path, column: str, value: str, top: float | None = None) -> float:
+    """A number in 0..top from a seed cell, or a one-line error naming the file and the column."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise UserError(f"seed table {path}: column {column} holds {value!r}, not a number") from None
+    if not 0 <= x <= (top if top is not None else float("inf")):
+        bound = f"0..{top:g}" if top is not None else "0 or more"
+        raise UserError(f"seed table {path}: column {column} holds {value!r}, outside {bound}")
+    return x
+
+
+def _whole(path: Path, column: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"seed table {path}: column {column} holds {value!r}, not a whole number") from None
+
+
+def _choices(path: Path, column: str, value: str, allowed: Any) -> frozenset[str] | None:
+    """`*` (anyone: None) or a `;` list whose items all belong to `allowed`."""
+    if value.strip() == "*":
+        return None
+    items = frozenset(_split(value))
+    bad = sorted(items - set(allowed)) if items else [value]
+    if bad:
+        raise UserError(
+            f"seed table {path}: column {column} holds unknown value(s) {', '.join(map(repr, bad))}: "
+            f"use '*' or a ';' list of {', '.join(sorted(allowed))}"
+        )
+    return items
+
+
+def _derived(job: dict[str, Any], status: str) -> dict[str, Any]:
+    """`retired X`, `unemployed X`, `apprentice X` from job X: the former job, or the trade being learned."""
+    vocab = job["domain_vocabulary"][:3]
+    role = {**job, "occupation": f"{status} {job['occupation']}", "statuses": frozenset({status})}
+    role["base"] = job["occupation"]
+    if status == "retired":
+        role.update(min_age=max(RETIRED_MIN_AGE, job["min_age"] + 10), max_age=120)
+        role["domain_vocabulary"] = [*vocab, "pension"]
+    elif status == "unemployed":
+        role["domain_vocabulary"] = [*vocab, "job applications"]
+    else:
+        role.update(min_age=APPRENTICE_AGES[0], max_age=APPRENTICE_AGES[1], licence="", training_years=0)
+        role["domain_vocabulary"] = [*vocab, "apprenticeship"]
+    return role
+
+
+def _occupations(path: Path, df: pl.DataFrame) -> list[dict[str, Any]]:
+    """Jobs, study and home roles as listed, plus the roles derived from each job (see seeds/README.md)."""
+    listed = []
+    for r in df.iter_rows(named=True):
+        name = r["occupation"]
+        statuses = _choices(path, "status", r["status"], EMPLOYMENT)
+        if statuses is None:
+            raise UserError(f"seed table {path}: column status of {name!r} must name statuses, not '*'")
+        if r["apprenticeship"] not in ("yes", "no"):
+            raise UserError(f"seed table {path}: column apprenticeship of {name!r} must be yes or no")
+        role = {
+            "occupation": name,
+            "sector": r["sector"],
+            "min_age": _whole(path, "min_age", r["min_age"]),
+            "max_age": _whole(path, "max_age", r["max_age"]),
+            "domain_vocabulary": _split(r["domain_vocabulary"]),
+            "statuses": statuses,
+            "weight": _number(path, "weight", r["weight"]),
+            "licence": "" if r["licence"].strip() == "-" else r["licence"].strip(),
+            "training_years": _whole(path, "training_years", r["training_years"]),
+            "apprenticeship": r["apprenticeship"] == "yes",
+            "base": None,
+        }
+        if role["min_age"] > role["max_age"] or role["weight"] <= 0:
+            raise UserError(f"seed table {path}: {name!r} needs min_age <= max_age and a weight above 0")
+        if role["training_years"] and role["min_age"] < SCHOOL_LEAVING_AGE + role["training_years"]:
+            raise UserError(
+                f"seed table {path}: column min_age of {name!r} ({role['min_age']}) breaks the "
+                f"qualification-age rule: at least {SCHOOL_LEAVING_AGE} + training_years "
+                f"({role['training_years']})"
+            )
+        listed.append(role)
+    roles = list(listed)
+    for job in listed:
+        if job["statuses"] & {"employed", "self_employed"}:
+            roles.append(_derived(job, "retired"))
+        if "employed" in job["statuses"]:
+            roles.append(_derived(job, "unemployed"))
+        if job["apprenticeship"]:
+            roles.append(_derived(job, "apprentice"))
+    seen: set[str] = set()
+    for role in roles:
+        if role["occupation"] in seen:
+            raise UserError(
+                f"seed table {path}: column occupation names {role['occupation']!r} twice "
+                "(or once and as a derived retired/unemployed/apprentice role)"
+            )
+        seen.add(role["occupation"])
+    return roles
+
+
+def _employment_status(
+    path: Path, df: pl.DataFrame, locales: list[str], genders: list[str], ages: tuple[int, int]
+) -> dict[tuple[str, str], list[tuple[int, int, dict[str, float]]]]:
+    """Status shares per locale, gender and age band; each row sums to 1 and the bands cover `ages`."""
+    table: dict[tuple[str, str], list[tuple[int, int, dict[str, float]]]] = {}
+    for r in df.iter_rows(named=True):
+        if r["gender"] not in genders:
+            raise UserError(
+                f"seed table {path}: column gender holds {r['gender']!r}, not one of attributes.json"
+            )
+        shares = {s: _number(path, s, r[s], 1) for s in EMPLOYMENT}
+        lo, hi = _whole(path, "min_age", r["min_age"]), _whole(path, "max_age", r["max_age"])
+        if abs(sum(shares.values()) - 1) > 0.01:
+            raise UserError(
+                f"seed table {path}: the shares of {r['locale']} {r['gender']} {lo}-{hi} sum to "
+                f"{sum(shares.values()):.3f}, not 1: fix columns {', '.join(EMPLOYMENT)}"
+            )
+        table.setdefault((r["locale"], r["gender"]), []).append((lo, hi, shares))
+    for locale in locales:
+        keys = [k for k in table if k[0] == locale]
+        if not keys:
+            raise UserError(f"seed table {path}: column locale has no rows for {locale}: add its shares")
+        for key in keys:
+            bands = table[key] = sorted(table[key], key=lambda b: b[0])
+            edges = [bands[0][0] <= ages[0], bands[-1][1] >= ages[1]]
+            edges += [b[0] == a[1] + 1 for a, b in zip(bands, bands[1:], strict=False)]
+            if not all(edges):
+                raise UserError(
+                    f"seed table {path}: the bands of {key[0]} {key[1]} must cover ages {ages[0]}-{ages[1]} "
+                    "without gaps or overlaps (columns min_age, max_age)"
+                )
+    return table
+
+
+def _languages(
+    path: Path, df: pl.DataFrame, locales: list[str]
+) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    out: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    for r in df.iter_rows(named=True):
+        if r["main"] not in ("yes", "no"):
+            raise UserError(f"seed table {path}: column main holds {r['main']!r}: use yes or no")
+        share = _number(path, "share", r["share"], 1)
+        kind = "main" if r["main"] == "yes" else "other"
+        held = out.setdefault(r["locale"], {"main": [], "other": []})[kind]
+        if share == 0 or any(lang == r["language"] for lang, _ in held):
+            raise UserError(
+                f"seed table {path}: {r['locale']} {r['language']} (main={r['main']}) is listed twice "
+                "or has share 0 (column share)"
+            )
+        held.append((r["language"], share))
+    missing = [loc for loc in locales if not out.get(loc, {}).get("main")]
+    if missing:
+        raise UserError(f"seed table {path}: column main has no 'yes' row for {', '.join(missing)}")
+    return out
+
+
+def _hint_rules(path: Path, df: pl.DataFrame, genders: list[str], sectors: set[str]) -> list[dict[str, Any]]:
+    rules = []
+    for r in df.iter_rows(named=True):
+        rule = {
+            "hint": r["hint"],
+            "category": r["category"],
+            "min_age": _whole(path, "min_age", r["min_age"]),
+            "max_age": _whole(path, "max_age", r["max_age"]),
+            "genders": _choices(path, "gender", r["gender"], genders),
+            "employment": _choices(path, "employment", r["employment"], EMPLOYMENT),
+            "life_stages": _choices(path, "life_stages", r["life_stages"], LIFE_STAGES),
+            "sectors": _choices(path, "sectors", r["sectors"], sectors),
+        }
+        if rule["min_age"] > rule["max_age"]:
+            raise UserError(f"seed table {path}: hint {r['hint']!r} has min_age above max_age")
+        rules.append(rule)
+    return rules
+
+
+def _skeleton_tables(
+    root: Path, t: dict[str, pl.DataFrame], locales: list[dict[str, Any]], attributes: dict[str, Any]
+) -> dict[str, Any]:
+    """Occupations with statuses, employment shares, languages and hint eligibility, checked together."""
+    genders = [g["value"] for g in attributes["genders"]]
+    ages = (
+        min(int(b["min"]) for b in attributes["age_bands"]),
+        max(int(b["max"]) for b in attributes["age_bands"]),
+    )
+    codes = [loc["locale"] for loc in locales]
+    occupations = _occupations(root / "occupations.csv", t["occupations.csv"])
+    status = _employment_status(
+        root / "employment_status.csv", t["employment_status.csv"], codes, genders, ages
+    )
+    covered: dict[str, set[int]] = {s: set() for s in EMPLOYMENT}
+    for role in occupations:
+        for s in role["statuses"]:
+            covered[s].update(range(role["min_age"], role["max_age"] + 1))
+    for (locale, gender), bands in status.items():
+        for lo, hi, shares in bands:
+            for s, share in shares.items():
+                gap = [a for a in range(max(lo, ages[0]), min(hi, ages[1]) + 1) if a not in covered[s]]
+                if share > 0 and gap:
+                    raise UserError(
+                        f"seed table {root / 'employment_status.csv'}: column {s} gives {locale} {gender} "
+                        f"{lo}-{hi} a share, but no occupation with status {s} fits age {gap[0]}: "
+                        "add one to occupations.csv or set the share to 0"
+                    )
+    return {
+        "occupations": occupations,
+        "employment_status": status,
+        "languages": _languages(root / "languages.csv", t["languages.csv"], codes),
+        "hint_rules": _hint_rules(
+            root / "seed_hints.csv", t["seed_hints.csv"], genders, {o["sector"] for o in occupations}
+        ),
+    }
+
+
+def check_locales(cat: Catalogue, locales: Any, option: str = "locales") -> None:
+    """A build's or sample's `locales` must name locales of the seed tables (one-line error otherwise)."""
+    if locales is None:
+        return
+    known = [loc["locale"] for loc in cat.locales]
+    unknown = [loc for loc in locales if loc not in known]
+    if unknown or not locales:
+        raise UserError(
+            f"{option}: unknown locale(s) {', '.join(unknown) or '(none given)'}: "
+            f"choose from {', '.join(known)} (comma-separated)"
+        )

@@ -23,10 +23,20 @@ DatasetOpt = Annotated[str | None, typer.Option(help="dataset name [default: per
 PersonasOpt = Annotated[int | None, typer.Option(help="number of personas [default: 200]")]
 ScenesOpt = Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")]
 ModelOpt = Annotated[str | None, typer.Option(help="model name at the endpoint")]
+UserModelOpt = Annotated[
+    str | None, typer.Option(help="model of the user simulator, same endpoint [default: --model]")
+]
+JudgeModelOpt = Annotated[
+    str | None, typer.Option(help="model of the judges and checks, same endpoint [default: --model]")
+]
 BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")]
+LocalesOpt = Annotated[
+    str | None, typer.Option(help="comma list of locales to sample, e.g. en_US,de_DE [default: all]")
+]
+SeedsOpt = Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")]
 OUT_DEFAULT = Path("output")
 
 
@@ -120,11 +130,14 @@ def build(
     personas: PersonasOpt = None,
     scenes_per_persona: ScenesOpt = None,
     model: ModelOpt = None,
+    user_model: UserModelOpt = None,
+    judge_model: JudgeModelOpt = None,
     base_url: BaseUrlOpt = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     rpm: Annotated[int | None, typer.Option(help="requests per minute limit")] = None,
     tpm: Annotated[int | None, typer.Option(help="tokens per minute limit")] = None,
     seed: Annotated[int | None, typer.Option(help="sampler seed")] = None,
+    locales: LocalesOpt = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
     answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
@@ -157,6 +170,7 @@ def build(
             personas=personas,
             scenes_per_persona=scenes_per_persona,
             seed=seed,
+            locales=_locale_list(locales),
             shard_size=shard_size,
             expand_hints=expand_hints,
             answerability=answerability,
@@ -164,6 +178,8 @@ def build(
         ),
         dict(
             model=model,
+            user_model=user_model,
+            judge_model=judge_model,
             base_url=base_url,
             concurrency=concurrency,
             rpm=rpm,
@@ -172,17 +188,18 @@ def build(
             max_cost=max_cost,
         ),
     )
-    from personaloom.catalogue import load_catalogue
+    from personaloom.catalogue import check_locales, load_catalogue
     from personaloom.llm.budget import Budget
     from personaloom.llm.endpoint import check_endpoint
 
     if runner not in ("local", "dask", "ray"):
         raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
-    load_catalogue(
-        seeds
-    ) if seeds else load_catalogue()  # bad seed tables and endpoints fail here, before Prefect starts
+    # bad seed tables, locales and endpoints fail here, before Prefect starts
+    cat = load_catalogue(seeds) if seeds else load_catalogue()
+    check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
     check_endpoint(cfg.llm)
-    Budget.for_model(cfg.llm.model, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
+    for m in cfg.llm.models():  # every role's model needs a price under --max-cost
+        Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
     _prefect_env()
     from personaloom.build import build_dataset
     from personaloom.display import live_progress
@@ -265,6 +282,87 @@ def serve(
     prefect_serve(deployment(cfg, out, cron, name or cfg.dataset))
 
 
+# ---------------------------------------------------------------- skeletons only
+
+
+def _locale_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise UserError("--locales: give locale codes separated by commas, e.g. en_US,de_DE")
+    return items
+
+
+def _writable_file(path: Path, option: str) -> None:
+    """Fail before any work when `path` cannot become a file (a folder, or an unwritable place)."""
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder: give a file name such as {path / 'sample.parquet'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"{option} {path}: cannot create {path.parent} ({e.strerror}): choose another path"
+        ) from None
+    import os
+
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{option} {path}: not writable here: choose a path you can write to")
+
+
+@app.command()
+def sample(
+    personas: PersonasOpt = None,
+    seed: Annotated[int | None, typer.Option(help="sampler seed, as in build [default: 0]")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (the seeds table schema)")] = Path(
+        "sample.parquet"
+    ),
+    locales: LocalesOpt = None,
+    sessions: Annotated[
+        int | None, typer.Option(help="sessions per persona, as in build [default: 20]")
+    ] = None,
+    config: ConfigOpt = None,
+    seeds: SeedsOpt = None,
+) -> None:
+    """Sample persona skeletons only (no LLM): the build's stage-1 sampler, then a short audit of the mix."""
+    import time
+
+    from personaloom.catalogue import check_locales, load_catalogue
+    from personaloom.schemas.records import SeedRow
+    from personaloom.stages.seed import audit_summary, sample_skeletons
+    from personaloom.store import write_records
+
+    cfg = make_config(
+        config,
+        dict(personas=personas, seed=seed, scenes_per_persona=sessions, locales=_locale_list(locales)),
+        {},
+    )
+    cat = load_catalogue(seeds) if seeds else load_catalogue()
+    check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
+    _writable_file(out, "--out")
+    start = time.perf_counter()
+    rows = sample_skeletons(
+        cat,
+        range(cfg.personas),
+        cfg.seed,
+        n_sessions=cfg.scenes_per_persona,
+        n_changes=cfg.changes_per_persona,
+        locales=cfg.locales,
+    )
+    sampled = time.perf_counter() - start
+    try:
+        write_records(out, SeedRow, rows)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write ({e.strerror}): choose a writable path") from None
+    took = time.perf_counter() - start
+    typer.echo(
+        f"{len(rows):,} skeletons (seed {cfg.seed}) → {out}: sampled in {sampled:.2f} s, written in "
+        f"{took - sampled:.2f} s ({len(rows) / took:,.0f} rows/s)"
+    )
+    for line in audit_summary(rows, cat):
+        typer.echo(line)
+
+
 # ---------------------------------------------------------------- reading datasets
 
 
@@ -309,20 +407,31 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
 
 
 @app.command()
-def verify(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT) -> None:
-    """Recheck a version's shard checksums and row counts against its manifest."""
+def verify(
+    spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
+    out: OutOpt = OUT_DEFAULT,
+    seeds: Annotated[Path | None, typer.Option(help="the seed tables the version was built with")] = None,
+) -> None:
+    """Recheck a version: shard checksums and row counts, then every ground-truth invariant."""
+    from personaloom.catalogue import load_catalogue
     from personaloom.store import DatasetStore
-    from personaloom.verify import verify_version
+    from personaloom.verify import verify_invariants, verify_version
 
     name, version = _split_spec(spec)
     store = DatasetStore(out, name)
     folder = store.resolve(version)
-    problems = verify_version(folder, store.manifest(folder.name))
+    manifest = store.manifest(folder.name)
+    problems = verify_version(folder, manifest)
+    if not problems:  # invariants read the tables: only worth it once they are intact
+        problems = verify_invariants(folder, manifest, load_catalogue(seeds) if seeds else load_catalogue())
     for p in problems:
         typer.echo(f"{name}@{folder.name}: {p}", err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"{name}@{folder.name}: {len(store.manifest(folder.name).shards)} shards intact")
+    typer.echo(
+        f"{name}@{folder.name}: {len(manifest.shards)} shards intact, "
+        f"{len(manifest.invariants) or 'no'} invariants hold"
+    )
 
 
 # ---------------------------------------------------------------- filter any Parquet
@@ -450,13 +559,16 @@ def _int_list(text: str, option: str) -> list[int]:
 def replay(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
     agents: Annotated[
-        str, typer.Option(help="comma list of none, golden, learned, rag, persona-agent, vars")
+        str,
+        typer.Option(help="comma list of none, demographics-only, golden, learned, rag, persona-agent, vars"),
     ] = "none,golden,learned",
     k: Annotated[
         str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")
     ] = "3",
     personas: Annotated[int | None, typer.Option(help="replay only the first N personas")] = None,
     model: ModelOpt = None,
+    user_model: UserModelOpt = None,
+    judge_model: JudgeModelOpt = None,
     base_url: BaseUrlOpt = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
@@ -474,7 +586,13 @@ def replay(
     name, version = _split_spec(spec)
     llm = {
         k_: v
-        for k_, v in dict(model=model, base_url=base_url, concurrency=concurrency).items()
+        for k_, v in dict(
+            model=model,
+            user_model=user_model,
+            judge_model=judge_model,
+            base_url=base_url,
+            concurrency=concurrency,
+        ).items()
         if v is not None
     }
     fields = dict(

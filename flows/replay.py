@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from personaloom.agent.calls import agent_calls, usage_by
+from personaloom.agent.calls import agent_calls, role_settings, usage_by
 from personaloom.agent.loop import ReplayOutputs, replay_user
 from personaloom.agent.memory import HashingEmbedder
 from personaloom.agent.metrics import summarize, summary_markdown
@@ -129,6 +129,7 @@ def publish_run(
         model=cfg.llm.model,
         endpoint=run.endpoint_label,
         config=cfg,
+        roles=role_settings(agent_calls(), cfg.llm),
         agents=agents,
         personas=len(ctx.users),
         sessions=len(metrics),

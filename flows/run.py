@@ -65,8 +65,12 @@ class Run(Generic[C]):
         return "embedded" if self.endpoint.embedded else endpoint_label(self.endpoint.base_url)
 
     def call_manifest(self) -> dict[str, dict[str, Any]]:
-        hashes = self.prompts.hashes
-        return {name: call.describe(hashes) for name, call in sorted(self.calls.items())}
+        """Every declared call as the manifest records it, with the model its role resolves to."""
+        hashes, llm = self.prompts.hashes, self.config.llm  # type: ignore[attr-defined]
+        return {
+            name: {**call.describe(hashes), "model": llm.model_for(call.role)}
+            for name, call in sorted(self.calls.items())
+        }
 
 
 def run_identity(

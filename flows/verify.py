@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from personaloom.audit import audit, broken
+from personaloom.catalogue import Catalogue
 from personaloom.schemas.manifest import Manifest
 from personaloom.store import sha256_file
 
@@ -34,4 +36,14 @@ def verify_version(folder: Path, manifest: Manifest) -> list[str]:
         problems.append(
             f"dataset/: {rows_out} rows, the manifest counts {manifest.counts['filter'].rows_out}"
         )
+    return problems
+
+
+def verify_invariants(folder: Path, manifest: Manifest, catalogue: Catalogue) -> list[str]:
+    """The version's invariants re-run on its tables (a non-zero count is a bug in the build)."""
+    counts = audit(folder, catalogue)
+    problems = [f"invariant {line}" for line in broken(counts)]
+    recorded = {k: v for k, v in manifest.invariants.items() if v}
+    if recorded:
+        problems.append(f"the manifest records broken invariants: {recorded}")
     return problems

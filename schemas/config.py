@@ -12,11 +12,22 @@ from personaloom.schemas.filtering import FilterConfig
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+# Call role → the LLMConfig field naming its own model; every other role (writer, chatbot, tool, memory)
+# uses `model`. A judge should not grade its own model's writing, and the simulated user should not be
+# the model it talks to.
+ROLE_MODELS: dict[str, str] = {"simulator": "user_model", "judge": "judge_model"}
+
 
 class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("gpt-4o-mini", description="model name sent to the endpoint")
+    user_model: str | None = Field(
+        None, description="model of the user simulator (calls of role 'simulator'); default: model"
+    )
+    judge_model: str | None = Field(
+        None, description="model of the judges and checks (calls of role 'judge'); default: model"
+    )
     base_url: str | None = Field(
         None, description="OpenAI-compatible URL; default $OPENAI_BASE_URL, else the embedded model"
     )
@@ -57,6 +68,15 @@ class LLMConfig(BaseModel):
             raise ValueError("must be an http(s) URL such as http://localhost:8000/v1")
         return v
 
+    def model_for(self, role: str) -> str:
+        """The model a call of this role is sent to, on the same endpoint (see ROLE_MODELS)."""
+        override = ROLE_MODELS.get(role)
+        return (getattr(self, override) if override else None) or self.model
+
+    def models(self) -> list[str]:
+        """Every model the run may call: `model` first, then the role models that differ."""
+        return list(dict.fromkeys([self.model, *(self.model_for(r) for r in ROLE_MODELS)]))
+
 
 class DedupLevels(BaseModel):
     """Persona-aware dedup thresholds (rapidfuzz ratio, 0-100); queries use `filter.near_dup.threshold`."""
@@ -78,6 +98,11 @@ class BuildConfig(BaseModel):
     )
     changes_per_persona: int = Field(2, ge=0, le=10, description="dated preference changes over the sessions")
     seed: int = 0
+    locales: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="sample only these locales of seeds/locales.csv, e.g. en_US, de_DE (default: all)",
+    )
     shard_size: int = Field(50, ge=1, description="personas per shard (one Prefect task per stage and shard)")
     expand_hints: bool = Field(
         True, description="let the LLM expand seed hints self-instruct style (stage 1)"

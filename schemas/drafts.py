@@ -23,9 +23,10 @@ class HintExpansion(Draft):
 
 
 class ChangeDraft(Draft):
-    before: str = Field(min_length=2, max_length=160)
-    after: str = Field(min_length=2, max_length=160)
-    reason: str = Field(min_length=2, max_length=160)
+    """The LLM's part of a planned change: the new value of a narrative field, and the story."""
+
+    after: str = Field("", max_length=160, description="the field's new value (narrative fields only)")
+    reason: str = Field(min_length=2, max_length=200, description="what happened, in this person's life")
 
 
 class PersonaDraft(Draft):
@@ -58,6 +59,20 @@ def scene_details_model(api_names: tuple[str, ...]) -> type[Draft]:
     return create_model(
         "SceneDetails",
         __base__=Draft,
+        expected_response=(str, Field(min_length=10, max_length=600)),
+        context=(str, Field(min_length=10, max_length=600)),
+        apis=(list[api], Field(min_length=1, max_length=3)),
+    )
+
+
+@cache
+def revisit_details_model(api_names: tuple[str, ...]) -> type[Draft]:
+    """A revisit: the follow-up need itself (not a copy of the earlier description), then the details."""
+    api = Literal[api_names]  # type: ignore[valid-type]
+    return create_model(
+        "RevisitDetails",
+        __base__=Draft,
+        description=(str, Field(min_length=10, max_length=400)),
         expected_response=(str, Field(min_length=10, max_length=600)),
         context=(str, Field(min_length=10, max_length=600)),
         apis=(list[api], Field(min_length=1, max_length=3)),

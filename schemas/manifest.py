@@ -38,6 +38,9 @@ class CallInfo(BaseModel):
     max_tokens: int | None = Field(description="None when computed per input")
     role: str
     temperature: float | None = Field(description="None: the run's llm.temperature")
+    model: str | None = Field(
+        None, description="the model the call's role is sent to (llm.model, user_model or judge_model)"
+    )
     usage_key: str
     variables: list[str]
 
@@ -83,6 +86,9 @@ class Manifest(BaseModel):
     counts: dict[str, StageCount]
     usage: dict[str, StageUsage]
     rejection_reasons: dict[str, int]
+    invariants: dict[str, int] = Field(
+        default_factory=dict, description="violations per ground-truth invariant (personaloom.audit): all 0"
+    )
     stage_seconds: dict[str, float] = Field(
         description="seconds per stage, summed over shards (shards overlap)"
     )

@@ -45,14 +45,24 @@ class Record(BaseModel):
 # ---------------------------------------------------------------- stage 1: seeds
 
 
-class PlannedChange(Record):
-    """A life-long drift event planned by the sampler; persona synthesis writes its content."""
+ChangeOp = Literal["step", "switch", "replace", "add", "remove"]
 
+
+class PlannedChange(Record):
+    """A life-long drift event planned by code at stage 1 (personaloom.drift), eligible for this person.
+
+    `step`/`switch` set a communication-style value (`target`), `add`/`remove` edit a list field
+    (`target`: the item to add), `replace` gives a narrative field a new value the LLM writes toward
+    `direction`. `event` is the life event that motivates it.
+    """
+
+    kind: str
     field: PersonaPath
-    at_session: int = Field(ge=0)
-    from_hint: str
-    to_hint: str
-    reason: str
+    op: ChangeOp
+    at_session: int = Field(ge=1)
+    direction: str
+    event: str
+    target: str | None = None
 
 
 Employment = Literal[
@@ -68,14 +78,14 @@ class SeedRow(Record):
     locale: str
     country: str
     nationality: str
-    languages: list[str]
+    languages: list[str] = Field(description="the first language, then additional ones (seeds/languages.csv)")
     name: str
     gender: str
     age: int
     occupation: str
     sector: str
     employment: Employment = Field(description="work status; the occupation is the job, study or former job")
-    life_stage: LifeStage
+    life_stage: LifeStage = Field(description="from age and employment (stages.seed.life_stage_for)")
     domain_vocabulary: list[str]
     mbti: str = Field(pattern=r"^[EI][SN][TF][JP]$")
     values_interests: list[str]
@@ -134,7 +144,12 @@ class CommunicationStyle(Record):
 
 
 class PreferenceChange(Record):
-    """The user changes over the sessions: from `effective_session` on, `field` reads `after`."""
+    """The user changes over the sessions: from `effective_session` on, `field` reads `after`.
+
+    Code owns the bookkeeping: `before` is exactly the value in force before the change (the base persona
+    plus every earlier change), `after` is the value from then on (lists read "a, b, c"; `added` and
+    `removed` name the items a list change touched). The LLM writes only a narrative `after` and `reason`.
+    """
 
     date: date
     effective_session: int
@@ -142,6 +157,11 @@ class PreferenceChange(Record):
     before: str
     after: str
     reason: str
+    kind: str = ""
+    op: ChangeOp = "replace"
+    event: str = ""
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
 
 
 class Persona(Record):

@@ -15,7 +15,15 @@ from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.manifest import ShardInfo, StageUsage
 from personaloom.schemas.records import Record
 
-AGENT_KINDS: tuple[str, ...] = ("none", "golden", "learned", "rag", "persona-agent", "vars")
+AGENT_KINDS: tuple[str, ...] = (
+    "none",
+    "demographics-only",
+    "golden",
+    "learned",
+    "rag",
+    "persona-agent",
+    "vars",
+)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -179,9 +187,15 @@ class MetricRow(Record):
     judge_detail: float | None
     similarity_raw: str | None
     revealed_seen: int = Field(
-        description="distinct non-Demographics fields revealed in sessions up to this one"
+        description="distinct non-Demographics fields revealed (lexically) by the user messages the agent "
+        "received in sessions up to this one: the neutralized openings and the simulated follow-ups"
     )
     revealed_held: int | None
+    revealed_intended: int = Field(
+        0,
+        description="distinct non-Demographics fields the generator meant the personalized queries up to "
+        "this session to reveal (dataset revealed_fields); the agent never saw those queries",
+    )
     changes_due: int = Field(description="dated preference changes in force at this session")
     changes_tracked: int | None
     tokens: int = Field(description="agent-side tokens in this session (chatbot, tools, updates)")
@@ -205,6 +219,14 @@ class SummaryRow(BaseModel):
     tokens_per_session: float
 
 
+class RoleSettings(BaseModel):
+    """How the calls of one role were sent: its model at the endpoint and its temperature."""
+
+    model: str
+    temperature: float
+    calls: list[str] = Field(description="the declared calls (templates) of this role")
+
+
 class ReplayManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -216,6 +238,10 @@ class ReplayManifest(BaseModel):
     model: str
     endpoint: str
     config: ReplayConfig
+    roles: dict[str, RoleSettings] = Field(
+        default_factory=dict,
+        description="per call role (chatbot, tool, simulator, judge, memory): the model and temperature sent",
+    )
     agents: list[str]
     personas: int
     sessions: int

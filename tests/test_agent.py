@@ -25,10 +25,16 @@ from personaloom.agent.agents import (
 )
 from personaloom.agent.calls import Caller, agent_calls
 from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, ChatJob
-from personaloom.agent.judge import Judge, parse_rating
-from personaloom.agent.loop import World, run_session
+from personaloom.agent.judge import JUDGE_RATING, Judge, RateJob, parse_rating
+from personaloom.agent.loop import World, replay_user, run_session
 from personaloom.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
-from personaloom.agent.metrics import changes_tracked, field_similarity, revealed_held, text_similarity
+from personaloom.agent.metrics import (
+    changes_tracked,
+    field_similarity,
+    revealed_held,
+    revealed_to_agent,
+    text_similarity,
+)
 from personaloom.agent.persona import flatten, golden_at, initial_persona
 from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.tools import TOOL_EXECUTOR, ToolCall, ToolJob, parse_tool_calls, strip_tool_calls
@@ -167,7 +173,9 @@ def test_every_agent_template_is_one_declared_call_that_renders_its_sample() -> 
     for call in calls:
         rendered = prompts.render(call.name, **call.variables_for(call.sample(samples)))
         assert rendered.messages[-1]["role"] == "user", call.name
-        assert call.temperature is None and isinstance(call.max_tokens, int)
+        assert isinstance(call.max_tokens, int)
+        # judges grade at temperature 0; every other call (the user simulator too) at the run's
+        assert call.temperature == (0.0 if call.role == "judge" else None), call.name
     roles = {c.name.removeprefix("agent/"): c.role for c in calls}
     assert roles == {
         "chatbot": "chatbot",
@@ -475,6 +483,28 @@ def test_parse_rating(text: str, scores: tuple) -> None:
     assert (r.solution, r.persona) == scores and r.raw == text
 
 
+@pytest.mark.parametrize("prompt_set", ["default", "small"])
+def test_rating_prompt_carries_the_papers_anchors(prompt_set: str) -> None:
+    """10/7/5/3/0 for both scores, the persona in force, and the output format its parser reads."""
+    rendered = PromptLibrary(prompt_set=prompt_set).render(
+        JUDGE_RATING.name, **JUDGE_RATING.variables_for(RateJob(row(2), "an answer"))
+    )
+    text = rendered.messages[-1]["content"]
+    helpful, _, personal = text.partition("persona_score (personalization)")
+    for anchor in ("10 = fully helpful", "7 = helpful with minor gaps", "5 = partly helpful"):
+        assert anchor in helpful
+    assert "3 = barely helpful" in helpful and "0 = not helpful at all" in helpful
+    for anchor in ("10 = fully personalized", "7 = mostly personalized", "5 = partly personalized"):
+        assert anchor in personal
+    assert "3 = barely personalized" in personal and "0 = not personalized at all" in personal
+    assert "Preference.Preferred_Formats: detailed tables" in text  # the change in force at session 2
+    assert (
+        "<analysis>your reasoning in a few sentences</analysis><rating>solution_score; persona_score</rating>"
+        in text
+    )
+    assert parse_rating("<analysis>ok</analysis><rating>7; 3</rating>").solution == 7.0
+
+
 def test_judge_garbage_is_null_not_a_crash() -> None:
     with FakeOpenAI(responder=lambda body: "{{{ <rating> nope") as fake:
         rating = run(with_llm(fake, lambda llm: Judge(Caller(llm, "x", "p1")).rate(row(), "answer")))
@@ -545,6 +575,63 @@ def test_revealed_fields_held() -> None:
     assert revealed_held(start, start, golden, revealed) == (3, 0)
 
 
+def test_revealed_to_agent_reads_only_the_user_messages_it_received() -> None:
+    log = SessionLog(
+        0,
+        "t",
+        "q",
+        [
+            Message("user", "I need it before my triage shift.", 1),  # domain_vocabulary
+            Message("assistant", "Some gardening and jazz ideas.", 1),  # the agent's own words
+            Message("tool_result", "jazz club listings", 1, "find"),
+            Message("user", "In Portuguese please.", 2),  # Language and Nationality: given, still found
+        ],
+    )
+    assert revealed_to_agent(log, persona()) == {
+        "Communication.domain_vocabulary",
+        "Demographics.Language",
+        "Demographics.Nationality",
+    }
+
+
+def test_revealed_held_scores_what_the_agent_saw_not_the_generators_intent() -> None:
+    """The personalized query (never shown) names gardening; the generator says it reveals formats.
+
+    The agent sees only the neutralized opening and the simulated follow-ups: one of them says
+    'triage' in session 0, so domain_vocabulary is the one field revealed, and stays revealed.
+    """
+    intent = ["Preference.Preferred_Formats", "Personality.Values_and_Interests"]
+    rows = [
+        row(0, intent).model_copy(update={"personalized_query": "As a keen gardening fan, what can I cook?"}),
+        row(1, intent).model_copy(update={"neutralized_query": "Plan my week in Portuguese."}),
+    ]
+
+    def responder(body: dict) -> str | None:
+        system, user = _system(body), _user(body)
+        if "personalized AI assistant" in system:
+            return "Here is a plan."
+        if "role-play" in system:
+            if "Suggest a dinner recipe" in user and user.count("ASSISTANT:") < 2:
+                return "<Continue> Quick please, I have triage at six."
+            return "<Satisfied>"
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> dict[str, Any]:
+            cfg = ReplayConfig(dataset="d", judge=False)
+            return {
+                a: (await replay_user(rows, a, llm, cfg, HashingEmbedder())).metrics
+                for a in ("golden", "none", "demographics-only")
+            }
+
+        metrics = run(with_llm(fake, go))
+    golden = metrics["golden"]
+    assert [(m.revealed_seen, m.revealed_held, m.revealed_intended) for m in golden] == [(1, 1, 2), (1, 1, 2)]
+    assert [(m.revealed_seen, m.revealed_held) for m in metrics["none"]] == [(1, None), (1, None)]
+    assert [(m.revealed_seen, m.revealed_held) for m in metrics["demographics-only"]] == [(1, 0), (1, 0)]
+
+
 def test_change_tracking() -> None:
     changes = row(2).active_changes
     old = {"Preference.Preferred_Formats": "short bullet lists"}
@@ -575,6 +662,49 @@ def test_change_tracking() -> None:
 def test_flatten_joins_lists() -> None:
     flat = flatten(persona())
     assert flat["Communication.domain_vocabulary"] == "triage, shift" and flat["Demographics.Age"] == "34"
+
+
+# ---------------------------------------------------------------- demographics-only baseline
+
+
+def test_demographics_only_agent_knows_demographics_and_never_learns() -> None:
+    systems: list[str] = []
+    updates: list[str] = []
+
+    def responder(body: dict) -> str | None:
+        system, user = _system(body), _user(body)
+        if "personalized AI assistant" in system:
+            systems.append(system)
+            return "Here is a plan."
+        if "role-play" in system:
+            if user.count("ASSISTANT:") < 2:
+                return "<Continue> I love gardening; short bullet lists please."
+            return "<Satisfied>"
+        if "maintain a profile" in system or "rewrite" in system.lower():
+            updates.append(system)
+        return None
+
+    with FakeOpenAI(responder=responder) as fake:
+
+        async def go(llm: LLM) -> Any:
+            cfg = ReplayConfig(dataset="d", agents=["demographics-only"], ks=[1], judge=False)
+            return await replay_user(
+                [row(0), row(1), row(2)], "demographics-only", llm, cfg, HashingEmbedder()
+            )
+
+        out = run(with_llm(fake, go))
+    assert len(systems) == 6 and not updates  # two answers per session, no update call ever
+    start = initial_persona(row())
+    for system in systems:
+        assert (
+            "Demographics.Age: 34" in system and "Demographics.Career_Information: nurse in Lisbon" in system
+        )
+        for learned in ("Preference.", "Personality.", "Pattern.", "Communication.", "gardening", "bullet"):
+            assert learned not in system  # nothing beyond Demographics, no memory of earlier sessions
+    assert all({f.path: f.value for f in s.fields} == start for s in out.snapshots)
+    assert len(out.snapshots) == 4 and not any(s.persona_updated for s in out.sessions)
+    assert all(m.field_similarity == 0.0 and m.revealed_held == 0 for m in out.metrics)
+    assert [m.revealed_seen for m in out.metrics] == [1, 1, 1]  # gardening, said to it every session
 
 
 # ---------------------------------------------------------------- VARS

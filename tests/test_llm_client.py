@@ -50,6 +50,7 @@ class _S:
 class _Q:
     def __init__(self, i: int) -> None:
         self.personalized_query = f"Where should I go hiking this weekend, option {i}?"
+        self.neutralized_query = self.personalized_query
 
 
 def test_structured_output_is_validated(fake: FakeOpenAI) -> None:

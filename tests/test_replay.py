@@ -21,8 +21,8 @@ from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-AGENTS = ["none", "golden", "learned", "rag", "persona-agent", "vars"]
-NAMES = ["none", "golden", "learned-k1", "learned-k3", "rag", "persona-agent", "vars"]
+AGENTS = ["none", "demographics-only", "golden", "learned", "rag", "persona-agent", "vars"]
+NAMES = ["none", "demographics-only", "golden", "learned-k1", "learned-k3", "rag", "persona-agent", "vars"]
 
 
 def _system(body: dict) -> str:
@@ -36,6 +36,9 @@ def _user(body: dict) -> str:
 def responder(body: dict) -> str | None:
     """Scripted agent world; the build's prompts fall through to the fake's schema-valid answers."""
     system, user = _system(body), _user(body)
+    if system.startswith("You rewrite user requests"):  # the build's neutralizer: keep the task's words
+        request = re.search(r'^Request: "(.*)"$', user, re.MULTILINE)
+        return json.dumps({"neutralized_query": request.group(1) if request else "Plan it for me please."})
     if system.startswith("You are a personalized AI assistant"):
         tools = system.partition("You can call these APIs")[2]
         api = re.search(r"^- (\S+): ", tools, re.MULTILINE)
@@ -128,7 +131,7 @@ def test_replay_every_agent(out: Path) -> None:
                 agent,
                 pid,
             )
-    assert not sessions.filter(pl.col("agent").is_in(["none", "golden", "rag", "vars"]))[
+    assert not sessions.filter(pl.col("agent").is_in(["none", "demographics-only", "golden", "rag", "vars"]))[
         "persona_updated"
     ].any()
 
@@ -148,6 +151,15 @@ def test_replay_every_agent(out: Path) -> None:
         metrics.filter(pl.col("agent").is_in(["none", "rag", "vars"]))["field_similarity"].null_count()
         == 3 * n_rows
     )
+    # demographics-only: the learned agent's start, held unchanged; it holds no revealed field
+    demo = snaps.filter(pl.col("agent") == "demographics-only").explode("fields").unnest("fields")
+    start = learned.filter(pl.col("after_session") == -1)
+    assert demo.filter(pl.col("value") != "")["path"].str.starts_with("Demographics.").all()
+    assert sorted(demo.filter(pl.col("value") != "")["value"].unique()) == sorted(
+        start.filter(pl.col("value") != "")["value"].unique()
+    )
+    demo_m = metrics.filter(pl.col("agent") == "demographics-only")
+    assert (demo_m["field_similarity"] == 0.0).all() and (demo_m["revealed_held"] == 0).all()
     k1 = metrics.filter(pl.col("agent") == "learned-k1")
     assert k1["field_similarity"].drop_nulls().len() == n_rows and (k1["field_similarity"] < 1).all()
 
@@ -163,6 +175,13 @@ def test_replay_every_agent(out: Path) -> None:
     assert manifest["agents"] == NAMES and manifest["sessions"] == len(metrics) and manifest["personas"] == 2
     assert manifest["usage_by_agent"]["learned-k1"]["calls"] > 0 and "chatbot" in manifest["usage_by_role"]
     assert "agent/chatbot" in manifest["prompt_hashes"]
+    assert {r: (v["model"], v["temperature"]) for r, v in manifest["roles"].items()} == {
+        "chatbot": ("fake-model", 0.8),
+        "tool": ("fake-model", 0.8),
+        "simulator": ("fake-model", 0.8),
+        "judge": ("fake-model", 0.0),
+        "memory": ("fake-model", 0.8),
+    }
 
 
 def test_resume_redoes_only_missing_shards(out: Path) -> None:
@@ -217,3 +236,52 @@ def test_resume_redoes_only_missing_shards(out: Path) -> None:
         )
     )
     assert (run_dir / "manifest.json").exists()
+
+
+def test_roles_get_their_models_in_build_and_replay(out: Path) -> None:
+    """--user-model / --judge-model: each request goes to its role's model and temperature.
+
+    The build and replay manifests record the model of each call and role.
+    """
+    with FakeOpenAI(responder=responder) as fake:
+        llm = LLMConfig(
+            model="m-chat", user_model="m-user", judge_model="m-judge", base_url=fake.base_url, concurrency=8
+        )
+        build = BuildConfig(
+            dataset="roles", personas=1, scenes_per_persona=2, expand_hints=False, answerability=True, llm=llm
+        )
+        version = asyncio.run(build_dataset(build, out=str(out)))
+        built = len(fake.requests)
+        cfg = ReplayConfig(
+            dataset="roles", agents=["none", "demographics-only", "learned"], ks=[1], run="r", llm=llm
+        )
+        run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
+        chats = [r["body"] if "messages" in (r["body"] or {}) else None for r in fake.requests]
+
+    def sent(rs: list[dict | None], needle: str) -> set[tuple[str, float]]:
+        return {(b["model"], b["temperature"]) for b in rs if b is not None and needle in _system(b)}
+
+    build_rs, replay_rs = chats[:built], chats[built:]
+    assert sent(build_rs, "You role-play a real person") == {("m-user", 0.8)}  # queries/simulate
+    assert sent(build_rs, "You check evaluation data") == {("m-judge", 0.0)}  # filter/answerability
+    assert sent(replay_rs, "You role-play") == {("m-user", 0.8)}  # the simulated user
+    assert sent(replay_rs, "impartial judge") == {("m-judge", 0.0)}  # rating
+    assert sent(replay_rs, "You compare a user profile") == {("m-judge", 0.0)}  # similarity
+    assert sent(replay_rs, "You are a personalized AI assistant") == {("m-chat", 0.8)}
+    assert sent(replay_rs, "maintain a profile") == {("m-chat", 0.8)}
+
+    built_manifest = json.loads((out / "roles" / version / "manifest.json").read_text())
+    assert built_manifest["calls"]["queries/simulate"]["model"] == "m-user"
+    assert built_manifest["calls"]["filter/answerability"]["model"] == "m-judge"
+    assert built_manifest["calls"]["personas/synthesize"]["model"] == "m-chat"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {r: (v["model"], v["temperature"]) for r, v in manifest["roles"].items()} == {
+        "chatbot": ("m-chat", 0.8),
+        "tool": ("m-chat", 0.8),
+        "simulator": ("m-user", 0.8),
+        "judge": ("m-judge", 0.0),
+        "memory": ("m-chat", 0.8),
+    }
+    assert manifest["config"]["llm"]["judge_model"] == "m-judge"
+    summary = (run_dir / "summary.md").read_text()
+    assert "| demographics-only |" in summary

@@ -159,7 +159,7 @@ def test_persona_falls_back_to_seed_attributes_and_says_so() -> None:
         out = drive(llm := make_llm(fake), STAGE_OF["personas"].run({"seeds": seeds}, context(llm)))
         assert fake.stats.chat_ok == 4  # one call and one repair turn per persona
     rec = out.records[0]
-    assert "Usage_Pattern" in rec.fallback_fields and "Changes[0]" in rec.fallback_fields
+    assert "Usage_Pattern" in rec.fallback_fields and "Changes[0].reason" in rec.fallback_fields
     assert rec.raw_output == '{"Career_Information": ""}'
     assert rec.persona.Pattern.Usage_Pattern in cat.attributes["usage"]
     assert rec.persona.Personality.Values_and_Interests == seeds[0].values_interests

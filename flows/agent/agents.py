@@ -1,6 +1,9 @@
-"""The six agent kinds. Each holds one user's state across sessions and supplies the chatbot's context.
+"""The seven agent kinds. Each holds one user's state across sessions and supplies the chatbot's context.
 
 none          no persona, no memory
+demographics-only
+              the Demographics a learning agent starts from, never updated, no memory: the baseline
+              that separates what `learned` learns from what it is given
 golden        the ground-truth persona of each session (changes applied): the upper bound
 learned-kK    AI Persona: persona learned by the updater every K sessions, plus retrieved sessions
 rag           retrieved similar past sessions, no persona
@@ -146,6 +149,17 @@ class Agent:
         return None
 
 
+class DemographicsAgent(Agent):
+    """Knows what the learned agent starts from (`initial_persona`: Demographics only) and never learns."""
+
+    @property
+    def persona(self) -> FlatPersona | None:
+        return self.start
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        return AgentContext(persona=self.start)
+
+
 class GoldenAgent(Agent):
     _current: FlatPersona | None = None
 
@@ -257,7 +271,13 @@ def make_agent(
         return LearnedAgent(*args, k=int(m.group(1)))
     if name == "persona-agent":
         return PersonaAgent(*args, k=min(cfg.ks))
-    kinds: dict[str, type[Agent]] = {"none": Agent, "golden": GoldenAgent, "rag": RagAgent, "vars": VarsAgent}
+    kinds: dict[str, type[Agent]] = {
+        "none": Agent,
+        "demographics-only": DemographicsAgent,
+        "golden": GoldenAgent,
+        "rag": RagAgent,
+        "vars": VarsAgent,
+    }
     if name not in kinds:
         raise ValueError(f"unknown agent {name!r}")
     return kinds[name](*args)

@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLM
+from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.manifest import StageUsage
+from personaloom.schemas.replay import RoleSettings
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -62,6 +64,21 @@ def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
         agents.PERSONA_AGENT_REWRITE,
         agents.MEMORY_SUMMARY,
     )
+
+
+def role_settings(calls: tuple[LLMCall[Any, Any], ...], llm: LLMConfig) -> dict[str, RoleSettings]:
+    """Each role's model (`LLMConfig.model_for`) and temperature (declared, else the run's), as sent.
+
+    The calls of one role share a temperature by declaration; a disagreement is a programming error.
+    """
+    out: dict[str, RoleSettings] = {}
+    for c in calls:
+        temp = llm.temperature if c.temperature is None else c.temperature
+        role = out.setdefault(c.role, RoleSettings(model=llm.model_for(c.role), temperature=temp, calls=[]))
+        if role.temperature != temp:
+            raise ValueError(f"calls of role {c.role!r} declare different temperatures ({c.name})")
+        role.calls.append(c.name)
+    return out
 
 
 def usage_by(usage: dict[str, StageUsage], part: int) -> dict[str, StageUsage]:

@@ -1,8 +1,9 @@
 """The LLM judge: helpfulness and personalization of a first answer, and persona similarity.
 
 Ratings use the paper's format `<analysis>…</analysis><rating>solution_score; persona_score</rating>`
-(0–10). Judges drift from any format, so parsing is lenient and never raises: what cannot be read
-becomes a null score with the raw text kept.
+(0–10, anchored at 10/7/5/3/0 in the prompt). Both judges run at temperature 0 on the judge's model
+(`--judge-model`). Judges drift from any format, so parsing is lenient and never raises: what cannot
+be read becomes a null score with the raw text kept.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ JUDGE_RATING: LLMCall[RateJob, Rating] = LLMCall(
     response=None,
     max_tokens=400,
     role="judge",
+    temperature=0.0,  # a judge grades the same answer the same way; the user simulator keeps the run's
     sample=lambda s: RateJob(s.row, s.row.expected_response),
 )
 
@@ -123,6 +125,7 @@ JUDGE_SIMILARITY: LLMCall[SimilarityJob, Similarity] = LLMCall(
     response=SimilarityJudgement,
     max_tokens=300,
     role="judge",
+    temperature=0.0,
     sample=lambda s: SimilarityJob(_sample_learned(s.row), s.row),
 )
 

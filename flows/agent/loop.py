@@ -15,10 +15,17 @@ from personaloom.agent.calls import AGENT_ROLES, EVAL_ROLES, Caller
 from personaloom.agent.chatbot import AgentContext, Chatbot
 from personaloom.agent.judge import Judge, Rating, Similarity
 from personaloom.agent.memory import HashingEmbedder
-from personaloom.agent.metrics import changes_tracked, field_similarity, revealed_held
+from personaloom.agent.metrics import (
+    changes_tracked,
+    field_similarity,
+    learnable,
+    revealed_held,
+    revealed_to_agent,
+)
 from personaloom.agent.persona import FlatPersona, golden_at
 from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.user_simulator import UserSimulator
+from personaloom.drift import persona_at
 from personaloom.llm.client import LLM
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import MetricRow, PersonaField, ReplayConfig, SessionRow, SnapshotRow, TurnRow
@@ -126,7 +133,9 @@ def metric_row(
     judged: Judged,
     tokens: int,
     wall: float,
+    intended: int,
 ) -> MetricRow:
+    """`revealed`: fields revealed to this agent so far (seen text); `intended`: the generator's count."""
     rating, sim = judged
     persona, golden = agent.persona, golden_at(row)
     overall, sections = field_similarity(persona, golden) if persona is not None else (None, [])
@@ -152,6 +161,7 @@ def metric_row(
         similarity_raw=sim.raw if sim else None,
         revealed_seen=seen,
         revealed_held=held,
+        revealed_intended=intended,
         changes_due=due,
         changes_tracked=tracked,
         tokens=tokens,
@@ -210,12 +220,14 @@ async def replay_user(
     out = ReplayOutputs()
     if (first := snapshot(agent, pid, -1, 0, [])) is not None:
         out.snapshots.append(first)
-    revealed: set[str] = set()
+    revealed: set[str] = set()  # fields the user messages this agent received revealed, cumulative
+    intended: set[str] = set()  # what the generator meant the (personalized) queries to reveal
     for position, row in enumerate(rows, start=1):
         started, before = time.perf_counter(), (caller.totals(AGENT_ROLES), caller.totals(EVAL_ROLES))
         log, malformed = await run_session(await agent.context(row), row, world, cfg.max_user_turns)
         changed = await agent.observe(log, position)
-        revealed |= set(row.revealed_fields)
+        revealed |= revealed_to_agent(log, persona_at(row.persona, row.session_index))
+        intended |= learnable(row.revealed_fields)
         judged = await _judge(world, row, log, agent.persona, cfg.judge)
         wall = time.perf_counter() - started
         srow = session_row(agent, row, position, log, malformed, changed is not None, caller, before, wall)
@@ -233,6 +245,7 @@ async def replay_user(
                 judged,
                 srow.agent_prompt_tokens + srow.agent_completion_tokens,
                 wall,
+                len(intended),
             )
         )
     return out

@@ -4,8 +4,11 @@ Definitions (all against the golden persona *at that session*, dated changes app
 - field similarity: rapidfuzz token_sort_ratio/100 per field (both empty = 1, one empty = 0), averaged
   per section; the overall score averages the sections other than Demographics, which learning agents
   are given at the start and never update.
-- revealed fields held: of the non-Demographics fields revealed by the queries of sessions up to this
-  one, those whose learned value is closer to the golden value than the starting value was AND at least
+- revealed fields held: of the non-Demographics fields revealed *to the agent* in sessions up to this
+  one — found lexically (`personaloom.stages.queries.lexical_reveals`) in the user messages the agent
+  actually received: the neutralized opening and the simulated user's follow-ups, never the
+  personalized query it did not see (`row.revealed_fields` is the generator's intent, reported apart)
+  — those whose learned value is closer to the golden value than the starting value was AND at least
   HELD_MIN similar to it (sim(learned, golden) > sim(start, golden) and ≥ 0.5): the agent changed the
   field, toward the truth, and not merely to any text (any text beats an empty start a little).
 - change tracking: of the dated changes in force (the newest per field, Demographics excluded), those
@@ -22,8 +25,10 @@ from rapidfuzz import fuzz
 from rapidfuzz.utils import default_process
 
 from personaloom.agent.persona import SECTIONS, FlatPersona, is_protected
-from personaloom.schemas.records import PreferenceChange
+from personaloom.agent.sessions import SessionLog
+from personaloom.schemas.records import Persona, PreferenceChange
 from personaloom.schemas.replay import MetricRow, SectionScore, SummaryRow
+from personaloom.stages.queries import lexical_reveals  # the build's own lexical check, not a copy
 
 HELD_MIN = 0.5
 
@@ -46,6 +51,17 @@ def field_similarity(learned: FlatPersona, golden: FlatPersona) -> tuple[float, 
     ]
     scored = [s.score for s in sections if s.section != "Demographics"]
     return round(fmean(scored), 4) if scored else 0.0, sections
+
+
+def revealed_to_agent(log: SessionLog, persona: Persona) -> set[str]:
+    """Fields the user messages the agent received in this session reveal (lexically), of `persona`: the
+    persona in force at that session."""
+    return {f for m in log.messages if m.role == "user" for f in lexical_reveals(m.content, persona)}
+
+
+def learnable(revealed: set[str] | list[str]) -> set[str]:
+    """The revealed fields an agent could learn: Demographics are given at the start, never learned."""
+    return {p for p in revealed if not is_protected(p)}
 
 
 def revealed_held(
@@ -156,7 +172,9 @@ def summary_markdown(title: str, rows: list[SummaryRow]) -> str:
         "persona with the changes in force (judge: mean of consistency and detail; "
         "fields: rapidfuzz per field, Demographics "
         "excluded). Utterances: user turns per session (3 also when never satisfied). "
-        "– : the agent holds no persona, or no "
+        "Revealed held: of the fields the user's messages to the agent revealed (lexically), those the "
+        "learned persona holds. demographics-only: the Demographics a learning agent starts from, never "
+        "updated (the baseline for what learning adds). – : the agent holds no persona, or no "
         "judge score could be parsed.",
     ]
     return "\n".join(lines) + "\n"

@@ -47,11 +47,17 @@ class Budget:
             )
         return cls(max_tokens=max_tokens, max_cost=max_cost, price=price or (0.0, 0.0))
 
-    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6
+    def cost_of(
+        self, prompt_tokens: int, completion_tokens: int, price: tuple[float, float] | None = None
+    ) -> float:
+        """USD at `price` (the model actually called), default the run's model's price."""
+        p = self.price if price is None else price
+        return (prompt_tokens * p[0] + completion_tokens * p[1]) / 1e6
 
-    def spend(self, prompt_tokens: int, completion_tokens: int) -> float:
-        cost = self.cost_of(prompt_tokens, completion_tokens)
+    def spend(
+        self, prompt_tokens: int, completion_tokens: int, price: tuple[float, float] | None = None
+    ) -> float:
+        cost = self.cost_of(prompt_tokens, completion_tokens, price)
         self.tokens += prompt_tokens + completion_tokens
         self.cost += cost
         return cost

@@ -122,6 +122,12 @@ class LLM:
         self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
         self.limiter = RateLimiter(config.rpm, config.tpm)
         self.budget = Budget.for_model(config.model, config.max_tokens, config.max_cost, config.prices)
+        # USD per 1M tokens of each model the run may call (roles may have their own model): the spend
+        # of a call is priced at the model actually called; an unpriced model fails here under --max-cost
+        self.prices = {
+            m: Budget.for_model(m, config.max_tokens, config.max_cost, config.prices).price
+            for m in config.models()
+        }
         self.usage: dict[str, StageUsage] = defaultdict(StageUsage)
         self._sem: asyncio.Semaphore | None = None
         self._schemas: dict[type[BaseModel], dict[str, Any]] = {}
@@ -141,18 +147,23 @@ class LLM:
     # ------------------------------------------------------------------ public calls
 
     async def run(self, call: LLMCall[In, Out], item: In, *, stage: str | None = None) -> Out:
-        """A declared call on one input: render, ask, validate (or keep the raw text), then `call.build`."""
+        """A declared call on one input: render, ask, validate (or keep the raw text), then `call.build`.
+
+        The call's role picks its model (`LLMConfig.model_for`: simulator → user_model, judge →
+        judge_model, else model), on the same endpoint.
+        """
         variables = call.variables_for(item)
         key = stage or call.usage_key
         tokens, temp = call.tokens_for(item), call.temperature
+        model = self.config.model_for(call.role)
         schema = call.response_for(item)
         if schema is None:
             res: LLMResult[Any] = await self.text(
-                call.name, stage=key, max_tokens=tokens, temperature=temp, **variables
+                call.name, stage=key, max_tokens=tokens, temperature=temp, model=model, **variables
             )
         else:
             res = await self.structured(
-                call.name, schema, stage=key, max_tokens=tokens, temperature=temp, **variables
+                call.name, schema, stage=key, max_tokens=tokens, temperature=temp, model=model, **variables
             )
         return call.build(item, res)
 
@@ -164,6 +175,7 @@ class LLM:
         stage: str,
         max_tokens: int = 512,
         temperature: float | None = None,
+        model: str | None = None,
         **variables: Any,
     ) -> LLMResult[T]:
         """Render `prompt`, ask for JSON matching `schema`, validate; one repair turn; raw kept on failure."""
@@ -176,6 +188,7 @@ class LLM:
             stage=stage,
             max_tokens=max_tokens,
             temperature=temperature,
+            model=model,
             response_format=fmt,
         )
         reply = await ask(messages)
@@ -206,12 +219,18 @@ class LLM:
         stage: str,
         max_tokens: int = 512,
         temperature: float | None = None,
+        model: str | None = None,
         **variables: Any,
     ) -> LLMResult[Any]:
         """Plain text answer (chatbot turns, tool simulation)."""
         rendered = self.prompts.render(prompt, **variables)
         reply = await self._complete(
-            rendered, list(rendered.messages), stage=stage, max_tokens=max_tokens, temperature=temperature
+            rendered,
+            list(rendered.messages),
+            stage=stage,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            model=model,
         )
         if reply is None:
             self.usage[stage].failures += 1
@@ -263,10 +282,11 @@ class LLM:
         stage: str,
         max_tokens: int,
         temperature: float | None = None,
+        model: str | None = None,
         response_format: dict[str, Any] | None = None,
     ) -> _Reply | None:
         params: dict[str, Any] = {
-            "model": self.config.model,
+            "model": model or self.config.model,
             "messages": messages,
             "temperature": self.config.temperature if temperature is None else temperature,
             "max_tokens": max_tokens,
@@ -290,7 +310,7 @@ class LLM:
         )
         usage.prompt_tokens += prompt_t
         usage.completion_tokens += completion_t
-        usage.cost_usd += self.budget.spend(prompt_t, completion_t)
+        usage.cost_usd += self.budget.spend(prompt_t, completion_t, self._price(params["model"]))
         reply = _Reply(content, choice.get("finish_reason"), cached=False)
         if self.cache is not None:
             self.cache.put(key, {"content": content, "finish_reason": reply.finish_reason, "usage": tokens})
@@ -325,7 +345,7 @@ class LLM:
                 if e.status_code >= 500 or e.status_code in (408, 409):
                     delay = _retry_after(e.response) or _backoff(attempt)
                 else:
-                    raise LLMError(self._fatal_message(e)) from None
+                    raise LLMError(self._fatal_message(e, params["model"])) from None
             except (openai.APITimeoutError, openai.APIConnectionError):
                 delay = _backoff(attempt)
             except orjson.JSONDecodeError:
@@ -334,7 +354,19 @@ class LLM:
                 await asyncio.sleep(delay)
         return None
 
-    def _fatal_message(self, e: openai.APIStatusError) -> str:
+    def _price(self, model: str) -> tuple[float, float]:
+        """USD per 1M tokens of `model`: known for every model of the config, else the run's price."""
+        return self.prices.get(model, self.budget.price)
+
+    def _model_flag(self, model: str) -> str:
+        """The option(s) that chose `model`, for the one-line error."""
+        c = self.config
+        flags = [
+            f for f, m in (("--user-model", c.user_model), ("--judge-model", c.judge_model)) if m == model
+        ]
+        return " / ".join(flags) if model != c.model and flags else "--model"
+
+    def _fatal_message(self, e: openai.APIStatusError, model: str) -> str:
         status = e.status_code
         if status == 401:
             return (
@@ -342,13 +374,11 @@ class LLM:
                 "set OPENAI_API_KEY to a valid key for this endpoint"
             )
         if status == 403:
-            return (
-                f"{self.endpoint} refused access (403): "
-                f"check the key's permissions for model {self.config.model!r}"
-            )
+            return f"{self.endpoint} refused access (403): check the key's permissions for model {model!r}"
         if status == 404:
             return (
-                f"model {self.config.model!r} not found at {self.endpoint} (404): check --model or --base-url"
+                f"model {model!r} not found at {self.endpoint} (404): "
+                f"check {self._model_flag(model)} or --base-url"
             )
         detail = str(getattr(e, "message", "") or "").replace(self._api_key, "***") if self._api_key else ""
         return f"{self.endpoint} answered {status}: {detail[:200]}".rstrip(": ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +15,10 @@ import httpx
 from personaloom.errors import UserError
 from personaloom.llm.client import endpoint_label
 from personaloom.llm.local import LocalServer
-from personaloom.schemas.config import LLMConfig
+from personaloom.schemas.config import ROLE_MODELS, LLMConfig
 
 OPENAI_URL = "https://api.openai.com/v1"
+logger = logging.getLogger(__name__)
 NO_KEY = "sk-no-key"  # local servers ignore the key but the client needs a non-empty one
 
 
@@ -91,10 +93,16 @@ def open_endpoint(
             preflight(base, key or NO_KEY)
         yield Endpoint(base, key or NO_KEY, config.model_copy(update={"base_url": base}))
         return
+    if ignored := [f"{f}={getattr(config, f)}" for f in ROLE_MODELS.values() if getattr(config, f)]:
+        logger.warning(
+            "the embedded endpoint serves one model: every role uses it (ignored %s)", ", ".join(ignored)
+        )
     with LocalServer() as server:
         small = config.model_copy(
             update={
                 "model": server.model,
+                "user_model": None,  # one local model for every role (LLMConfig.model_for falls back)
+                "judge_model": None,
                 "base_url": None,  # recorded as embedded, the port is ephemeral
                 "structured_output": "json_object",  # llama.cpp's form of schema-constrained output
                 "prompt_set": "small",

@@ -18,6 +18,8 @@ from personaloom.paths import PROMPTS_DIR
 if TYPE_CHECKING:
     from personaloom.llm.calls import LLMCall
 
+# Template folders whose calls write dataset text (their worked examples must not reappear in it).
+GENERATION = ("seed/", "personas/", "scenes/", "queries/")
 # Names a template may use without a call providing them (jinja2's own globals).
 GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace"}
 # A template defines a `system` block and a `user` block; both become chat messages.
@@ -68,6 +70,15 @@ class PromptLibrary:
             }
         )
         return {n: self.hash(n) for n in names}
+
+    def examples(
+        self, prefixes: tuple[str, ...] = ("seed/", "personas/", "scenes/", "queries/")
+    ) -> list[str]:
+        """The worked examples (quoted literal strings) of every template under these folders."""
+        from personaloom.filtering.grounding import example_texts
+
+        names = [n for n in self.hashes if n.startswith(prefixes)]
+        return [e for n in names for e in example_texts(self._path(n).read_text(encoding="utf-8"))]
 
     def check(self, calls: Iterable[LLMCall[Any, Any]]) -> None:
         """Every call's template exists and uses only the variables the call declares (one-line UserError)."""

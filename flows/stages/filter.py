@@ -18,6 +18,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
 from personaloom.filtering import filter_texts, find_near_duplicates
+from personaloom.filtering.grounding import ExampleIndex, drifted
 from personaloom.filtering.normalize import normalize
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLM, LLMResult
@@ -237,6 +238,46 @@ def dedup_all(
     return by_level.then(cheap_filter(by_level.records, config))
 
 
+def grounded(queries: list[Query], scenes: list[Scene], examples: ExampleIndex) -> StageOutcome[Query]:
+    """Rows whose texts echo a prompt's worked example, or whose neutralized query left the task, go."""
+    scene_of = {s.scene_id: s for s in scenes}
+    out: StageOutcome[Query] = StageOutcome()
+    for q in queries:
+        s = scene_of[q.scene_id]
+        texts = {
+            "personalized_query": q.personalized_query,
+            "neutralized_query": q.neutralized_query,
+            "scene.description": s.description,
+            "scene.expected_response": s.expected_response,
+            "scene.context": s.context,
+        }
+        copy = next(((f, hit) for f, t in texts.items() if (hit := examples.copied(t))), None)
+        if copy is not None:
+            where, (example, score) = copy
+            reason, detail = "copied_example", f"{where} repeats a prompt example: {example[:80]}"
+        elif drifted(q.neutralized_query, q.personalized_query, f"{s.title} {s.description} {s.context}"):
+            reason, detail, score = (
+                "neutralization_drift",
+                "the neutralized query shares no task content",
+                None,
+            )
+        else:
+            out.records.append(q)
+            continue
+        out.rejections.append(
+            Rejection(
+                stage=NAME,
+                row_id=q.query_id,
+                persona_id=q.persona_id,
+                reason=reason,
+                detail=detail,
+                score=score,
+                raw_output=q.neutralized_query if reason == "neutralization_drift" else None,
+            )
+        )
+    return out
+
+
 async def screen(
     queries: list[Query],
     scenes: list[Scene],
@@ -251,6 +292,7 @@ async def screen(
 ) -> StageOutcome[Query]:
     """One shard: cheap checks, then the LLM checks on what survives them."""
     out = dedup_all(queries, scenes, personas, levels, config)
+    out = out.then(grounded(out.records, scenes, ExampleIndex(llm.prompts.examples())))
     if advance is not None:
         advance(len(out.rejections) + (0 if answerable else len(out.records)))
     if answerable:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import NamedTuple
 
 from personaloom.catalogue import Catalogue
+from personaloom.drift import resolve_changes
 from personaloom.llm.calls import LLMCall
 from personaloom.schemas.drafts import PersonaDraft
 from personaloom.schemas.records import (
@@ -17,7 +18,6 @@ from personaloom.schemas.records import (
     Personality,
     PersonaRecord,
     Preference,
-    PreferenceChange,
     SeedRow,
 )
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
@@ -51,11 +51,19 @@ def session_times(seed: SeedRow) -> list[datetime]:
     return out
 
 
+def career_line(seed: SeedRow) -> str:
+    """What the person does, worded by work status (the occupation names a study, a trade or a former job)."""
+    if seed.employment in ("employed", "self_employed"):
+        how = "Self-employed" if seed.employment == "self_employed" else "Works"
+        return f"{how} as {seed.occupation} ({seed.sector})."
+    return f"{seed.occupation[0].upper()}{seed.occupation[1:]} ({seed.sector})."
+
+
 def fallback_draft(seed: SeedRow, cat: Catalogue) -> dict[str, object]:
     """Every narrative field filled from the seed tables, deterministic per persona."""
     rng = random.Random(seed.seed ^ 0xFA11)
     draft: dict[str, object] = {f: rng.choice(cat.attributes[pool]) for f, (_, pool) in NARRATIVE.items()}
-    draft["Career_Information"] = f"Works as {seed.occupation} ({seed.sector})."
+    draft["Career_Information"] = career_line(seed)
     draft["Values_and_Interests"] = list(seed.values_interests)
     draft["domain_vocabulary"] = list(seed.domain_vocabulary)
     return draft
@@ -69,22 +77,6 @@ def merge_persona(
     written = draft.model_dump() if draft is not None else {}
     fields = {k: written.get(k) or v for k, v in base.items()}
     fallback = sorted(k for k in base if not written.get(k))
-    times = session_times(seed)
-    changes = []
-    for i, plan in enumerate(seed.planned_changes):
-        text = draft.changes[i] if draft is not None and i < len(draft.changes) else None
-        if text is None:
-            fallback.append(f"Changes[{i}]")
-        changes.append(
-            PreferenceChange(
-                date=times[plan.at_session].date(),
-                effective_session=plan.at_session,
-                field=plan.field,
-                before=text.before if text else plan.from_hint,
-                after=text.after if text else plan.to_hint,
-                reason=text.reason if text else plan.reason,
-            )
-        )
     letters = [MBTI_WORDS[i][c] for i, c in enumerate(seed.mbti)]
     persona = Persona(
         Demographics=Demographics(
@@ -113,8 +105,14 @@ def merge_persona(
             domain_vocabulary=list(fields["domain_vocabulary"]),  # type: ignore[call-overload]
             emotional_tone=seed.emotional_tone,
         ),
-        Changes=changes,
+        Changes=[],
     )
+    # code owns the bookkeeping of every change; the draft gives only narrative values and stories
+    drafts = list(draft.changes) if draft is not None else []
+    when = [t.date() for t in session_times(seed)]
+    changes, change_fallback = resolve_changes(seed, persona, drafts, cat, when)
+    persona = persona.model_copy(update={"Changes": changes})
+    fallback += change_fallback
     return PersonaRecord(
         persona_id=seed.persona_id,
         seed=seed.seed,

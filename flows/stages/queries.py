@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from personaloom.drift import active_changes, persona_at
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.drafts import NeutralDraft, QueryDraft
-from personaloom.schemas.records import Persona, PreferenceChange, Query, Rejection, Scene
+from personaloom.schemas.records import Persona, Query, Rejection, Scene
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
-
-
-def active_changes(persona: Persona, session_index: int) -> list[PreferenceChange]:
-    """Preference changes in force at this session (the user as they are now, not as they began)."""
-    return [c for c in persona.Changes if c.effective_session <= session_index]
 
 
 def lexical_reveals(text: str, persona: Persona) -> set[str]:
@@ -35,9 +31,17 @@ def lexical_reveals(text: str, persona: Persona) -> set[str]:
     return found
 
 
+class Earlier(NamedTuple):
+    """The session a revisit continues: its scene and what the user asked then."""
+
+    scene: Scene
+    query: str
+
+
 class SimulateJob(NamedTuple):
     scene: Scene
-    persona: Persona
+    persona: Persona  # the base persona; the prompt sees the one in force at the scene's session
+    earlier: Earlier | None = None
 
 
 def build_query(job: SimulateJob, res: LLMResult[QueryDraft]) -> Query | Rejection:
@@ -68,17 +72,18 @@ def build_query(job: SimulateJob, res: LLMResult[QueryDraft]) -> Query | Rejecti
 
 SIMULATE: LLMCall[SimulateJob, Query | Rejection] = LLMCall(
     name="queries/simulate",
-    variables=("persona", "scene", "changes"),
+    variables=("persona", "scene", "changes", "earlier"),
     render=lambda job: {
-        "persona": job.persona,
+        "persona": persona_at(job.persona, job.scene.session_index),
         "scene": job.scene,
         "changes": active_changes(job.persona, job.scene.session_index),
+        "earlier": job.earlier,
     },
     build=build_query,
     response=QueryDraft,
     max_tokens=300,
     role="simulator",
-    sample=lambda s: SimulateJob(s.scene, s.persona.persona),
+    sample=lambda s: SimulateJob(s.scene, s.persona.persona, Earlier(s.scene, s.query.personalized_query)),
 )
 
 
@@ -109,14 +114,25 @@ NEUTRALIZE: LLMCall[NeutralizeJob, Query] = LLMCall(
 
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
     by_id = {p.persona_id: p.persona for p in inputs["personas"]}
+    scene_of = {s.scene_id: s for s in inputs["scenes"]}
+    done: dict[str, Query | Rejection] = {}
 
     async def one(scene: Scene) -> Query | Rejection:
-        query = await ctx.llm.run(SIMULATE, SimulateJob(scene, by_id[scene.persona_id]))
-        if isinstance(query, Rejection):
-            return query
-        return await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene))
+        earlier = None
+        if scene.revisits is not None:  # the user picks up where they left off, in their own words
+            then = done[scene.revisits]
+            if isinstance(then, Query):
+                earlier = Earlier(scene_of[scene.revisits], then.personalized_query)
+        query = await ctx.llm.run(SIMULATE, SimulateJob(scene, by_id[scene.persona_id], earlier))
+        if not isinstance(query, Rejection):
+            query = await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene))
+        done[scene.scene_id] = query
+        return query
 
-    return StageOutcome.split(await map_async(inputs["scenes"], one, ctx.advance))
+    # sessions that revisit an earlier one go second, once what the user asked then is known
+    await map_async([s for s in inputs["scenes"] if s.revisits is None], one, ctx.advance)
+    await map_async([s for s in inputs["scenes"] if s.revisits is not None], one, ctx.advance)
+    return StageOutcome.split(done[s.scene_id] for s in inputs["scenes"])
 
 
 STAGE = Stage(

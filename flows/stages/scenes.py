@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from personaloom.catalogue import Catalogue
+from personaloom.drift import active_changes, persona_at
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLM, LLMResult
-from personaloom.schemas.drafts import SceneIdea, SceneList, scene_details_model
+from personaloom.schemas.drafts import SceneIdea, SceneList, revisit_details_model, scene_details_model
 from personaloom.schemas.records import Persona, Scene, SceneKind, SeedRow
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 from personaloom.stages.personas import session_times
@@ -76,7 +77,11 @@ LIST: LLMCall[PlanJob, list[SceneIdea]] = LLMCall(
 
 
 class EnrichJob(NamedTuple):
-    """Session `index` of a persona's plan `seq`: the topic to write concrete details for."""
+    """Session `index` of a persona's plan `seq`: the topic to write concrete details for.
+
+    `persona` is the base persona; the prompt sees the persona in force at this session. A revisit
+    carries the earlier session's scene (`earlier`), written first, so it can continue it.
+    """
 
     seed: SeedRow
     persona: Persona
@@ -84,6 +89,7 @@ class EnrichJob(NamedTuple):
     topic: Topic
     seq: list[Topic]
     catalogue: Catalogue
+    earlier: Scene | None = None
 
     @property
     def when(self) -> datetime:
@@ -97,10 +103,10 @@ class EnrichJob(NamedTuple):
 def enrich_variables(job: EnrichJob) -> dict[str, Any]:
     topic = job.topic
     return {
-        "persona": job.persona,
+        "persona": persona_at(job.persona, job.index),
+        "changes": active_changes(job.persona, job.index),
         "seed": job.seed,
         "topic": topic,
-        "earlier": topic.origin,
         "when": job.when.strftime("%A %d %B %Y, %H:%M"),
         "api_names": job.api_names,
         "suggested_apis": topic.suggested_apis,
@@ -108,15 +114,29 @@ def enrich_variables(job: EnrichJob) -> dict[str, Any]:
     }
 
 
+def revisit_variables(job: EnrichJob) -> dict[str, Any]:
+    earlier = job.earlier
+    assert earlier is not None  # a revisit is enriched after the session it continues
+    variables = enrich_variables(job)
+    del variables["topic"], variables["seed"], variables["apis"]
+    return {**variables, "earlier": earlier, "earlier_when": earlier.timestamp.strftime("%A %d %B %Y")}
+
+
 def build_scene(job: EnrichJob, res: LLMResult[Any]) -> Scene:
     """The scene record: the plan fixes kind, title, time and revisit link; the LLM writes the details."""
     seed, index, topic, cat = job.seed, job.index, job.topic, job.catalogue
     when = job.when
-    earlier = next(i for i, t in enumerate(job.seq) if t is topic.origin) if topic.origin else None
     d = res.value
     fallback = list(topic.fallback)
     if d is None:
         fallback += ["expected_response", "context", "apis"]
+    description = topic.description
+    if job.earlier is not None:
+        if d is not None:
+            description = d.description
+        else:
+            description = f"Follow-up on: {job.earlier.description}"
+            fallback.append("description")
     pid = seed.persona_id
     return Scene(
         scene_id=f"{pid}-s{index:03d}",
@@ -125,12 +145,12 @@ def build_scene(job: EnrichJob, res: LLMResult[Any]) -> Scene:
         timestamp=when,
         kind=topic.kind,
         title=topic.title,
-        description=topic.description,
-        expected_response=d.expected_response if d else f"Helps the user with: {topic.description}",
+        description=description,
+        expected_response=d.expected_response if d else f"Helps the user with: {description}",
         context=d.context if d else fallback_context(seed, when.strftime("%A %d %B %Y")),
         apis=[cat.apis[a] for a in dict.fromkeys(d.apis if d else topic.suggested_apis)],
         catalogue_id=topic.catalogue_id,
-        revisits=f"{pid}-s{earlier:03d}" if earlier is not None else None,
+        revisits=job.earlier.scene_id if job.earlier is not None else None,
         fallback_fields=fallback,
         raw_output=res.raw if d is None else None,
     )
@@ -138,12 +158,29 @@ def build_scene(job: EnrichJob, res: LLMResult[Any]) -> Scene:
 
 ENRICH: LLMCall[EnrichJob, Scene] = LLMCall(
     name="scenes/enrich",
-    variables=("persona", "seed", "topic", "earlier", "when", "api_names", "suggested_apis", "apis"),
+    variables=("persona", "changes", "seed", "topic", "when", "api_names", "suggested_apis", "apis"),
     render=enrich_variables,
     build=build_scene,
     response=lambda job: scene_details_model(job.api_names),
     max_tokens=500,
     sample=lambda s: EnrichJob(s.seed, s.persona.persona, 0, s.topic, [s.topic], s.catalogue),
+)
+REVISIT: LLMCall[EnrichJob, Scene] = LLMCall(
+    name="scenes/revisit",
+    variables=("persona", "changes", "when", "api_names", "suggested_apis", "earlier", "earlier_when"),
+    render=revisit_variables,
+    build=build_scene,
+    response=lambda job: revisit_details_model(job.api_names),
+    max_tokens=600,
+    sample=lambda s: EnrichJob(
+        s.seed,
+        s.persona.persona,
+        1,
+        replace(s.topic, kind="revisit", title=f"Follow-up: {s.topic.title}", origin=s.topic),
+        [s.topic],
+        s.catalogue,
+        earlier=s.scene,
+    ),
 )
 
 
@@ -173,8 +210,19 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Scene]:
         # plan then enrich per persona, with no barrier across personas: the endpoint stays busy
         persona = by_id[seed.persona_id]
         seq = await plan(seed, persona, llm, cat, ctx.config.revisit_share)
-        jobs = [EnrichJob(seed, persona, i, topic, seq, cat) for i, topic in enumerate(seq)]
-        return await map_async(jobs, lambda job: llm.run(ENRICH, job), ctx.advance)
+        position = {id(t): i for i, t in enumerate(seq)}
+        written: dict[int, Scene] = {}
+
+        async def write(i: int) -> None:
+            origin = seq[i].origin
+            # a revisit continues the session it returns to: written after it, with it in the prompt
+            earlier = written[position[id(origin)]] if origin is not None else None
+            job = EnrichJob(seed, persona, i, seq[i], seq, cat, earlier)
+            written[i] = await llm.run(REVISIT if earlier is not None else ENRICH, job)
+
+        await map_async([i for i, t in enumerate(seq) if t.origin is None], write, ctx.advance)
+        await map_async([i for i, t in enumerate(seq) if t.origin is not None], write, ctx.advance)
+        return [written[i] for i in range(len(seq))]
 
     return StageOutcome(
         records=[s for scenes in await map_async(inputs["seeds"], persona_scenes) for s in scenes]
@@ -187,6 +235,6 @@ STAGE = Stage(
     output="scenes",
     record=Scene,
     run=run,
-    calls=(LIST, ENRICH),
+    calls=(LIST, ENRICH, REVISIT),
     rows_in=lambda cfg, n: n["personas"] * cfg.scenes_per_persona,
 )

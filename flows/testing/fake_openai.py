@@ -142,8 +142,13 @@ def _message_text(content: Any) -> str:
 
 
 def _request_words(text: str) -> list[str]:
-    """Content words of the user's text, to echo into replies."""
-    words = re.findall(r"[A-Za-z][A-Za-z'-]{3,}", text)
+    """Content words of the user's text, to echo into replies.
+
+    When the text quotes material (a request to rewrite, a message to judge), the echo comes from the
+    first quoted passage, as a model's answer would: it is what the task is about.
+    """
+    quoted = re.findall(r'"([^"]{20,})"', text)
+    words = re.findall(r"[A-Za-z][A-Za-z'-]{3,}", quoted[0] if quoted else text)
     seen: dict[str, None] = {}
     for w in words:
         lw = w.lower().strip("'-")
