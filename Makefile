@@ -8,7 +8,7 @@ PERSONAS ?= 3
 SCENES  ?= 4
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: build test lint bench clean local-llm replay serve sample
+.PHONY: build test lint bench clean local-llm replay serve sample gc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +45,16 @@ lint: $(VENV)/.core
 bench: $(VENV)/.core
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/filter_bench.py --rows 1000000
+	$(BIN)/python bench/multilingual_filter_bench.py
 
 CRON ?= 0 3 * * *
 serve: $(VENV)/.local
-	$(BIN)/personaloom serve --cron "$(CRON)" --dataset $(DATASET) --out $(OUT)
+	$(BIN)/personaloom serve --cron "$(CRON)" --dataset $(DATASET) --out $(OUT) $(if $(GROW),--grow $(GROW))
+
+# remove all but the newest KEEP versions (never latest; files shared with kept versions stay)
+KEEP ?= 5
+gc: $(VENV)/.core
+	$(BIN)/personaloom gc $(DATASET) --keep $(KEEP) --out $(OUT)
 
 local-llm: $(VENV)/.local
 	$(BIN)/personaloom local-llm

@@ -2,7 +2,7 @@
 
 Reports, from one run: LLM calls and wall time of
   - a first build;
-  - the identical re-run after it completed (a new version from the cache);
+  - the identical re-run after it completed, with --force (a new version from the cache);
   - a build killed with SIGKILL at ~50% of its calls, then re-run (the re-run's calls and wall time);
   - a build against a server injecting 10% faults (429, 500, hangs, malformed JSON, truncation);
 each as a ratio to the first build. Wall times include Prefect's start-up (~12-20 s here).
@@ -93,7 +93,7 @@ def main() -> None:
                 env,
             )  # Prefect DB
             c1, t1 = build(args, fake, Path(tmp) / "a", env)
-            c2, t2 = build(args, fake, Path(tmp) / "a", env)
+            c2, t2 = build([*args, "--force"], fake, Path(tmp) / "a", env)  # else: up to date, no version
             c3a, t3a = build(args, fake, Path(tmp) / "b", env, kill_at=c1 // 2)
             c3, t3 = build(args, fake, Path(tmp) / "b", env)
         with FakeOpenAI(

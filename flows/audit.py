@@ -25,7 +25,8 @@ INVARIANTS: dict[str, str] = {
     "change_list_by_items": "a list field changes by adding or removing one named item",
     "change_one_step": "a communication-style change moves one step on its scale",
     "change_event_eligible": "the life event behind a planned change can happen to this person",
-    "persona_matches_skeleton": "the persona keeps its skeleton's name, age and languages",
+    "persona_matches_skeleton": "the persona keeps its skeleton's name (in the locale's script), age, "
+    "languages and interaction language",
     "active_changes_per_session": "each dataset row carries exactly the changes in force at its session",
     "revisit_links_earlier_session": "a revisit links an earlier session of the same persona",
     "session_times_increase": "a persona's sessions are in time order",
@@ -52,7 +53,9 @@ def _persona_checks(seeds: dict[str, SeedRow], personas: list[PersonaRecord], ca
         n_sessions = len(seed.session_gaps_days) if seed else 10**6
         found.update({name for name, _ in change_violations(p.persona, n_sessions, scales)})
         d = p.persona.Demographics
-        if seed is not None and (d.Name, d.Age, d.Language) != (seed.name, seed.age, seed.languages):
+        kept = (d.Name, d.Age, d.Language, d.Interaction_Language)
+        skeleton = (seed.name, seed.age, seed.languages, seed.interaction_language or "en") if seed else None
+        if skeleton is not None and kept != skeleton:
             found["persona_matches_skeleton"] += 1
     return found
 

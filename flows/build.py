@@ -25,6 +25,7 @@ from prefect.utilities.annotations import quote
 from personaloom.audit import audit, broken
 from personaloom.card import dataset_card
 from personaloom.errors import UserError
+from personaloom.languages import dataset_languages
 from personaloom.llm.endpoint import NO_KEY, Endpoint, api_key_from_env
 from personaloom.pipeline import (
     BY_NAME,
@@ -35,19 +36,20 @@ from personaloom.pipeline import (
     SHARD_STAGES,
     TABLE_MODELS,
     build_calls,
-    n_shards,
+    new_personas,
     part,
     planned_rows,
     run_shard_stages,
     run_stage,
+    shards,
     stage_counts,
 )
 from personaloom.progress import progress_sink
-from personaloom.run import Run, open_run
+from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, open_run
 from personaloom.schemas.config import BuildConfig, RunPaths
-from personaloom.schemas.manifest import Manifest, StageUsage
+from personaloom.schemas.manifest import Manifest, PersonaSpan, StageUsage
 from personaloom.schemas.records import Rejection
-from personaloom.store import DatasetStore, read_table, shard_infos, write_records
+from personaloom.store import DatasetStore, link_or_copy, read_table, shard_infos, write_records
 from personaloom.version import code_version
 
 
@@ -57,17 +59,123 @@ async def stage_task(run: Run[BuildConfig], stage: str, shard: int) -> float:
     return await run_stage(run, BY_NAME[stage], shard)
 
 
+# ---------------------------------------------------------------- what to build: fresh, grown, rebuilt
+
+# Settings a grown version may change from its parent: how many personas (the growth itself), how they
+# are cut into shard tasks, and the LLM's speed, budget and endpoint settings.
+GROW_MAY_CHANGE = ("personas", "shard_size", *(f"llm.{k}" for k in LLM_NOT_IDENTITY))
+PART = re.compile(r"part-(?:.*-)?(\d+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A build's relation to the dataset's latest version."""
+
+    config: BuildConfig  # personas: the total of the version this build publishes
+    mode: Literal["build", "grow", "rebuild"]
+    parent: Manifest | None = None  # the version a grown build continues
+    first_persona: int = 0
+    first_shard: int = 0
+
+    @property
+    def identity(self) -> dict[str, object] | None:
+        """What a grown build's identity adds: which version it continues (a grow is never a no-op)."""
+        if self.parent is None:
+            return None
+        return {
+            "grow": {"parent": f"{self.parent.version}:{self.parent.identity}", "from": self.first_persona}
+        }
+
+
+def plan_build(store: DatasetStore, config: BuildConfig, grow: int | None, rebuild: bool) -> Plan:
+    """Fresh build, growth past the latest version (`grow` new personas), or the latest's personas again."""
+    if grow is not None and rebuild:
+        raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
+    latest = store.latest()
+    if grow is not None:
+        if grow < 1:
+            raise UserError(f"--grow {grow}: add at least 1 persona")
+        if latest is None:  # growth from nothing: the first version holds the first `grow` personas
+            return Plan(config.model_copy(update={"personas": grow}), "build")
+        parent = store.manifest(latest)
+        first = parent.config.personas
+        numbers = [int(m.group(1)) for s in parent.shards if (m := PART.search(s.path))]
+        return Plan(
+            config.model_copy(update={"personas": first + grow}),
+            "grow",
+            parent=parent,
+            first_persona=first,
+            first_shard=max(numbers, default=-1) + 1,
+        )
+    if rebuild:
+        if latest is None:
+            raise UserError(f"--rebuild: dataset {store.dataset!r} has no version to rebuild yet")
+        m = store.manifest(latest)
+        for name in ("seed", "locales"):
+            if getattr(config, name) != getattr(m.config, name):
+                raise UserError(
+                    f"--rebuild keeps the personas of {store.dataset}@{latest}, sampled with {name} "
+                    f"{getattr(m.config, name)}: drop --{name} or build without --rebuild"
+                )
+        return Plan(config.model_copy(update={"personas": m.config.personas}), "rebuild")
+    return Plan(config, "build")
+
+
+def check_growable(run: Run[BuildConfig], parent: Manifest) -> None:
+    """A grown version holds one set of settings: the new personas are made as its parent's were."""
+    from personaloom.diff import setting_changes
+
+    changed = list(
+        setting_changes(
+            parent.config.model_dump(mode="json"), run.config.model_dump(mode="json"), GROW_MAY_CHANGE
+        )
+    )
+    calls = run.call_manifest()
+    changed += [
+        f"prompt {name}"
+        for name, info in parent.calls.items()
+        if name in calls and calls[name]["template_hash"] != info.template_hash
+    ]
+    if parent.seeds_digest is not None and parent.seeds_digest != run.catalogue.digest:
+        changed.append("seed tables")
+    if changed:
+        raise UserError(
+            f"--grow continues {parent.dataset}@{parent.version} with its settings, but "
+            f"{', '.join(changed[:4])}{' …' if len(changed) > 4 else ''} changed: "
+            "use --rebuild to regenerate its personas with new settings"
+        )
+
+
 # ---------------------------------------------------------------- publishing
 
 
-def publish_version(run: Run[BuildConfig], store: DatasetStore, stage_seconds: Counter[str]) -> str:
-    """Manifest and card into the staging folder, then one rename makes it the next version."""
+def inherit(run: Run[BuildConfig], parent: Manifest) -> dict[str, str]:
+    """Hard-link every shard of the parent into the staging folder; path → the version that wrote it."""
+    assert run.growth is not None
+    for shard in parent.shards:
+        link_or_copy(run.growth.parent / shard.path, run.staging / shard.path)
+    return {s.path: s.inherited_from or parent.version for s in parent.shards}
+
+
+def publish_version(
+    run: Run[BuildConfig],
+    store: DatasetStore,
+    stage_seconds: Counter[str],
+    plan: Plan | None = None,
+) -> str:
+    """Manifest and card into the staging folder, then one rename makes it the next version.
+
+    A grown build's staging folder receives its parent's shards as hard links first: the manifest's
+    counts, rejection reasons, invariants and checksums are then those of the whole version.
+    """
+    plan = plan or Plan(run.config, "build")
     staging, config = run.staging, run.config
     for table in INTERMEDIATE:
         shutil.rmtree(staging / table, ignore_errors=True)
+    inherited = inherit(run, plan.parent) if plan.parent is not None else {}
     for table in PUBLISHED:  # every table is published, even with zero rows (a schema-only part)
         if not list((staging / table).glob("part-*.parquet")):
-            write_records(part(staging, table, 0), TABLE_MODELS[table], [])
+            write_records(part(staging, table, shards(run).start), TABLE_MODELS[table], [])
     reasons = Counter(read_table(staging / "rejections", Rejection, columns=["reason"])["reason"].to_pylist())
     invariants = audit(staging, run.catalogue)
     if bad := broken(invariants):
@@ -75,8 +183,25 @@ def publish_version(run: Run[BuildConfig], store: DatasetStore, stage_seconds: C
             f"ground-truth invariant broken ({'; '.join(bad)}): a personaloom bug, nothing was published; "
             f"please report it with the staging folder {staging}"
         )
+    infos = shard_infos(staging)
+    if plan.parent is not None:
+        recorded = {s.path: s.sha256 for s in plan.parent.shards}
+        parent_of = f"{config.dataset}@{plan.parent.version}"
+        for info in infos:
+            if info.path in inherited:
+                if info.sha256 != recorded[info.path]:
+                    raise UserError(
+                        f"{parent_of}: {info.path} differs from its manifest, nothing was published: "
+                        f"run `personaloom verify {parent_of}`"
+                    )
+                info.inherited_from = inherited[info.path]
     with store.lock():
         version, parent = store.next_version()
+        if plan.parent is not None and parent != plan.parent.version:
+            raise UserError(
+                f"{config.dataset}@{parent} was published while this build grew @{plan.parent.version}: "
+                "run the same command again to grow the latest version"
+            )
         manifest = Manifest(
             dataset=config.dataset,
             version=version,
@@ -93,9 +218,14 @@ def publish_version(run: Run[BuildConfig], store: DatasetStore, stage_seconds: C
             usage={s: run.llm.usage.get(s, StageUsage()) for s in REPORTED},
             rejection_reasons=dict(sorted(reasons.items())),
             invariants=invariants,
+            languages=dataset_languages(staging),
             stage_seconds={s: round(stage_seconds[s], 3) for s in REPORTED},
             timings={k: round(v, 3) for k, v in run.timings.items()},
-            shards=shard_infos(staging),
+            shards=infos,
+            identity=run.key,
+            seeds_digest=run.catalogue.digest,
+            mode=plan.mode,
+            built=PersonaSpan(first=new_personas(run).start, end=config.personas),
         )
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         (staging / "README.md").write_text(dataset_card(manifest))
@@ -136,8 +266,18 @@ async def build_dataset(
     cache_dir: str | None = None,
     seeds_dir: str | None = None,
     runner: Literal["local", "dask", "ray"] = "local",
+    grow: int | None = None,
+    rebuild: bool = False,
+    force: bool = False,
 ) -> str:
     """Build a new version of `config.dataset` under `out`; returns the version name (e.g. v0003).
+
+    A build whose identity (content settings, seeds, prompts of the declared calls, code) equals the
+    latest version's publishes nothing and returns that version, unless `force`. `grow=N` adds N personas
+    past the latest version (`config.personas` is ignored): persona indices continue, only the new
+    personas run through the stages, their rows are deduplicated against every earlier row, and the
+    version is the parent's shards (hard links) plus the new ones. `rebuild` regenerates the latest
+    version's personas (same indices and seed) with this config, e.g. another model or prompt set.
 
     runner="local" runs the shards as concurrent tasks in this process, sharing one LLM client and its
     limits; "dask"/"ray" submit one task per shard to the flow's task runner (set it with
@@ -147,8 +287,18 @@ async def build_dataset(
     entered = time.perf_counter()
     paths = RunPaths(out=Path(out), cache_dir=Path(cache_dir) if cache_dir else None)
     seeds = Path(seeds_dir) if seeds_dir else None
-    async with open_run(config, calls=build_calls(), cache=paths.cache, seeds_dir=seeds) as run:
-        store = DatasetStore(paths.out, config.dataset)
+    store = DatasetStore(paths.out, config.dataset)
+    plan = plan_build(store, config, grow, rebuild)
+    async with open_run(
+        plan.config, calls=build_calls(), cache=paths.cache, seeds_dir=seeds, identity=plan.identity
+    ) as run:
+        latest = store.latest()
+        if latest is not None and not force and store.manifest(latest).identity == run.key:
+            logger.info("up to date: %s@%s", config.dataset, latest)
+            return latest
+        if plan.parent is not None:
+            check_growable(run, plan.parent)
+            run.growth = Growth(store.resolve(plan.parent.version), plan.first_persona, plan.first_shard)
         run.staging = store.staging(run.key)
         with store.claim(run.staging):
             run.timings["endpoint_start"] = time.perf_counter() - entered
@@ -159,7 +309,7 @@ async def build_dataset(
             else:
                 seconds = await _generate_remote(run, str(paths.cache), seeds_dir)
             run.timings["generate"] = time.perf_counter() - started
-            version = publish_version(run, store, seconds)
+            version = publish_version(run, store, seconds, plan)
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version
@@ -169,21 +319,21 @@ async def _generate(run: Run[BuildConfig]) -> Counter[str]:
     """Every stage into the staging folder; shards run concurrently and share the LLM's limits."""
     llm = run.llm
     progress_sink.usage = lambda: dict(llm.usage)
-    progress_sink.plan(planned_rows(run.config))
+    progress_sink.plan(planned_rows(run.config.model_copy(update={"personas": len(new_personas(run))})))
     seconds: Counter[str] = Counter()
 
     async def shard_chain(shard: int) -> None:
         for stage in SHARD_STAGES:
             seconds[stage.reports_as] += await stage_task(quote(run), stage.name, shard)
 
-    await asyncio.gather(*(shard_chain(s) for s in range(n_shards(run.config))))
+    await asyncio.gather(*(shard_chain(s) for s in shards(run)))
     await _dataset_stages(run, seconds)
     return seconds
 
 
 async def _dataset_stages(run: Run[BuildConfig], seconds: Counter[str]) -> None:
-    for stage in DATASET_STAGES:
-        seconds[stage.reports_as] += await stage_task(quote(run), stage.name, 0)
+    for stage in DATASET_STAGES:  # over every shard this run wrote, into the first one's part
+        seconds[stage.reports_as] += await stage_task(quote(run), stage.name, shards(run).start)
 
 
 # ---------------------------------------------------------------- remote runners (Dask, Ray)
@@ -200,6 +350,9 @@ class ShardJob:
     staging: str
     seeds_dir: str | None
     shard: int
+    parent: str | None = None  # a grown build's parent version folder and offsets (personaloom.run.Growth)
+    first_persona: int = 0
+    first_shard: int = 0
 
 
 @dataclass(frozen=True)
@@ -229,20 +382,29 @@ async def run_shard(job: ShardJob) -> ShardReport:
         config, calls=build_calls(), cache=Path(job.cache), seeds_dir=seeds, endpoint=endpoint
     ) as run:
         run.staging = Path(job.staging)
+        if job.parent is not None:
+            run.growth = Growth(Path(job.parent), job.first_persona, job.first_shard)
         seconds = await run_shard_stages(run, job.shard)
         usage = {stage: u.model_dump() for stage, u in run.llm.usage.items()}
     return ShardReport(usage=usage, seconds=dict(seconds))
 
 
 async def _generate_remote(run: Run[BuildConfig], cache: str, seeds_dir: str | None) -> Counter[str]:
-    ep = run.endpoint
+    ep, growth = run.endpoint, run.growth
     futures = [
         remote_shard_task.submit(
             ShardJob(
-                run.config.model_dump_json(), ep.base_url, ep.embedded, cache, str(run.staging), seeds_dir, s
+                run.config.model_dump_json(),
+                ep.base_url,
+                ep.embedded,
+                cache,
+                str(run.staging),
+                seeds_dir,
+                s,
+                *((str(growth.parent), growth.first_persona, growth.first_shard) if growth else ()),
             )
         )
-        for s in range(n_shards(run.config))
+        for s in shards(run)
     ]
     seconds: Counter[str] = Counter()
     for report in await asyncio.gather(*(asyncio.to_thread(f.result) for f in futures)):

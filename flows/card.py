@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from personaloom.audit import INVARIANTS
+from personaloom.languages import language_name
 from personaloom.schemas.manifest import Manifest
 from personaloom.stages.seed import SKELETON_INVARIANTS
 
@@ -13,6 +14,7 @@ TABLE_DOCS = {
     "queries": "personalized and neutralized opening queries with the persona fields they reveal",
     "seeds": "sampled persona skeletons with their per-row sampler seed",
     "rejections": "every row removed by any stage, with reason, score and raw output",
+    "probes": "multiple-choice evaluation items (PersonaMem types) with answer key and evidence sessions",
 }
 
 
@@ -26,6 +28,41 @@ def _size_category(rows: int) -> str:
         if rows < limit:
             return label
     return "1M<n<10M"
+
+
+EXPORTS = """
+## Training and PersonaMem exports
+
+`personaloom export DATASET@vN --format sft|dpo|persona-mem [--context-tokens N]` writes the probes
+for other tools. Each history is the user's kept sessions up to the item's checkpoint as chat messages
+(capped, or padded with other personas' sessions, to about N tokens).
+
+- `sft`: `sft.jsonl`, one `{"messages": [...]}` per example (TRL `SFTTrainer`): per persona, one per kept
+  session (the history before it, its personalized query, its expected response), then one per probe
+  (the history, the question, the correct reply).
+- `dpo`: `dpo.jsonl`, conversational `prompt`/`chosen`/`rejected` (TRL `DPOTrainer`), one pair per probe:
+  chosen fits the preference in force; rejected is the outdated pre-change reply when the item has one,
+  else the generic or another persona's reply.
+- `persona-mem`: `questions.csv` and `shared_contexts.jsonl` as PersonaMem's
+  `inference_standalone_openai.py` reads them: one shared context per persona, each question cut at its
+  checkpoint by `end_index_in_shared_context`.
+
+Training and evaluating on the same version's probes measures memorisation: hold out personas or
+versions.
+"""
+
+
+def _lineage(m: Manifest) -> str:
+    """How this version relates to its parent, as a card bullet ("" for a fresh build)."""
+    if m.mode == "grow" and m.built is not None:
+        shared = sum(1 for s in m.shards if s.inherited_from)
+        return (
+            f"\n- grown from {m.parent}: personas {m.built.first}–{m.built.end - 1} added; {shared} of "
+            f"{len(m.shards)} shards inherited unchanged (hard links)"
+        )
+    if m.mode == "rebuild":
+        return f"\n- the personas of {m.parent}, regenerated with this version's settings"
+    return ""
 
 
 def dataset_card(m: Manifest) -> str:
@@ -45,11 +82,15 @@ def dataset_card(m: Manifest) -> str:
         for name, n in m.invariants.items()
     )
     reasons = "\n".join(f"- `{r}`: {n}" for r, n in m.rejection_reasons.items()) or "- none"
+    found = m.languages or {"en": rows}  # versions built before language ID counted nothing: English
+    language_tags = "\n".join(f"- {code}" for code in found)
+    language_lines = "\n".join(f"| {code} | {language_name(code)} | {n} |" for code, n in found.items())
     tables = "\n".join(f"- `{t}/` — {doc}" for t, doc in TABLE_DOCS.items())
+    exports = EXPORTS if "probes" in m.counts and m.counts["probes"].rows_out else ""
     return f"""---
 license: cc-by-4.0
 language:
-- en
+{language_tags}
 pretty_name: {m.dataset} {m.version}
 size_categories:
 - {_size_category(rows)}
@@ -71,7 +112,7 @@ Synthetic, life-long persona dataset built by personaloom (five-stage pipeline a
 
 - built {m.created_at:%Y-%m-%d %H:%M} UTC by code {m.code_version}
 - model `{m.model}` at {m.endpoint}; seed {m.seed}; parent version {m.parent or "none"}
-- {m.config.personas} personas × {m.config.scenes_per_persona} sessions → {rows} dataset rows
+- {m.config.personas} personas × {m.config.scenes_per_persona} sessions → {rows} dataset rows{_lineage(m)}
 
 ## Tables
 
@@ -81,7 +122,7 @@ Load with `polars.scan_parquet("dataset/*.parquet")`, DuckDB `read_parquet('data
 or `datasets.load_dataset("parquet", data_files="dataset/*.parquet")`.
 Rows with a non-empty `fallback_fields` had fields filled from the seed tables because the model's
 output was empty or invalid.
-
+{exports}
 ## How it was built
 
 | stage | rows in | rows out | rejected | rows with fallbacks | LLM calls | cache hits | tokens | cost USD |
@@ -90,6 +131,17 @@ output was empty or invalid.
 
 Rejection reasons:
 {reasons}
+
+## Languages
+
+Each persona writes to the assistant in one language (`persona.Demographics.Interaction_Language`, drawn
+from the persona's languages); every prompt asks for it, and stage 5 drops a query that language ID finds
+in another language (`wrong_language`). Dataset rows per language found by language ID (fastText lid.176)
+in the personalized query:
+
+| language | name | rows |
+|---|---|---|
+{language_lines}
 
 ## Ground truth checks
 

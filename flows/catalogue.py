@@ -22,9 +22,17 @@ LIFE_STAGES: tuple[str, ...] = get_args(LifeStage)
 SCHOOL_LEAVING_AGE = 18
 
 TABLES: dict[str, tuple[str, ...]] = {
-    "locales.csv": ("locale", "country", "nationality", "weight", "agriculture_share"),
-    "given_names.csv": ("locale", "gender", "name"),
-    "family_names.csv": ("locale", "name"),
+    "locales.csv": (
+        "locale",
+        "country",
+        "nationality",
+        "weight",
+        "agriculture_share",
+        "name_order",
+        "english_share",
+    ),
+    "given_names.csv": ("locale", "gender", "name", "native"),
+    "family_names.csv": ("locale", "name", "native"),
     "occupations.csv": (
         "occupation",
         "sector",
@@ -50,6 +58,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "employment_status.csv": ("locale", "gender", "min_age", "max_age", *EMPLOYMENT),
     "languages.csv": ("locale", "language", "main", "share"),
+    "language_codes.csv": ("language", "code", "assistant"),
     "scenes.csv": ("scene_id", "category", "title", "description", "apis"),
     "life_events.csv": ("event", "tags", "min_age", "max_age", "employment", "life_stages"),
 }
@@ -70,13 +79,18 @@ ATTRIBUTE_KEYS = (
     "preferred_workflows",
 )
 CHANGE_OPS = {"step", "switch", "replace", "add", "remove"}
+# Columns that may be empty: a name's native form is blank where the locale writes the Latin script.
+MAY_BE_EMPTY = frozenset({"native"})
+NAME_ORDERS = ("given_first", "family_first")
+# A name: (romanized or Latin form, native-script form or "" when the locale writes Latin script).
+Name = tuple[str, str]
 
 
 @dataclass(frozen=True)
 class Catalogue:
     locales: list[dict[str, Any]]
-    given_names: dict[tuple[str, str], list[str]]
-    family_names: dict[str, list[str]]
+    given_names: dict[tuple[str, str], list[Name]]
+    family_names: dict[str, list[Name]]
     occupations: list[dict[str, Any]]
     values_interests: list[str]
     hints: list[str]
@@ -91,6 +105,8 @@ class Catalogue:
     )
     # locale → {"main": [(language, share)], "other": [(language, share)]} from seeds/languages.csv
     languages: dict[str, dict[str, list[tuple[str, float]]]] = field(default_factory=dict)
+    # language name → (ISO 639-1 code or None, written to an assistant) from seeds/language_codes.csv
+    language_codes: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     hint_rules: list[dict[str, Any]] = field(default_factory=list)  # seed_hints.csv with eligibility
     digest: str = field(default="", compare=False)
 
@@ -114,7 +130,7 @@ def _read_csv(root: Path, name: str) -> pl.DataFrame:
         raise UserError(
             f"seed table {path} lacks column(s) {', '.join(missing)}: expected {', '.join(TABLES[name])}"
         )
-    nulls = [c for c in TABLES[name] if df[c].null_count()]
+    nulls = [c for c in TABLES[name] if c not in MAY_BE_EMPTY and df[c].null_count()]
     if nulls:
         raise UserError(f"seed table {path} has empty values in column(s) {', '.join(nulls)}: fill them")
     return df
@@ -157,20 +173,14 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
             f"seed file {root / 'apis.json'} has an invalid API spec: {str(e).splitlines()[0]}"
         ) from None
 
-    given: dict[tuple[str, str], list[str]] = {}
+    given: dict[tuple[str, str], list[Name]] = {}
     for row in t["given_names.csv"].iter_rows(named=True):
-        given.setdefault((row["locale"], row["gender"]), []).append(row["name"])
-    family: dict[str, list[str]] = {}
+        given.setdefault((row["locale"], row["gender"]), []).append((row["name"], row["native"] or ""))
+    family: dict[str, list[Name]] = {}
     for row in t["family_names.csv"].iter_rows(named=True):
-        family.setdefault(row["locale"], []).append(row["name"])
+        family.setdefault(row["locale"], []).append((row["name"], row["native"] or ""))
     locales = [
-        {
-            **r,
-            "weight": _number(root / "locales.csv", "weight", r["weight"]),
-            "agriculture_share": _number(
-                root / "locales.csv", "agriculture_share", r["agriculture_share"], 1
-            ),
-        }
+        _locale_row(root / "locales.csv", r)
         for r in t["locales.csv"].iter_rows(named=True)
         if r["locale"] in family
     ]
@@ -203,9 +213,24 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
         life_events=life_events,
         employment_status=skeleton["employment_status"],
         languages=skeleton["languages"],
+        language_codes=skeleton["language_codes"],
         hint_rules=skeleton["hint_rules"],
         digest=digest.hexdigest()[:16],
     )
+
+
+def _locale_row(path: Path, r: dict[str, Any]) -> dict[str, Any]:
+    if r["name_order"] not in NAME_ORDERS:
+        raise UserError(
+            f"seed table {path}: column name_order of {r['locale']} holds {r['name_order']!r}: "
+            f"use {' or '.join(NAME_ORDERS)}"
+        )
+    return {
+        **r,
+        "weight": _number(path, "weight", r["weight"]),
+        "agriculture_share": _number(path, "agriculture_share", r["agriculture_share"], 1),
+        "english_share": _number(path, "english_share", r["english_share"], 1),
+    }
 
 
 def _drift_tables(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -400,6 +425,31 @@ def _languages(
     return out
 
 
+def _language_codes(
+    path: Path, df: pl.DataFrame, languages: dict[str, dict[str, list[tuple[str, float]]]]
+) -> dict[str, tuple[str | None, bool]]:
+    """Language name → (ISO 639-1 code or None, whether its speakers write to an assistant in it)."""
+    out: dict[str, tuple[str | None, bool]] = {}
+    for r in df.iter_rows(named=True):
+        code = r["code"].strip()
+        if r["assistant"] not in ("yes", "no"):
+            raise UserError(f"seed table {path}: column assistant of {r['language']!r} must be yes or no")
+        if code != "-" and not (len(code) == 2 and code.isascii() and code.isalpha() and code.islower()):
+            raise UserError(
+                f"seed table {path}: column code of {r['language']!r} holds {code!r}: "
+                "use a two-letter ISO 639-1 code or '-'"
+            )
+        if code == "-" and r["assistant"] == "yes":
+            raise UserError(
+                f"seed table {path}: {r['language']!r} is written to an assistant but has no code"
+            )
+        out[r["language"]] = (None if code == "-" else code, r["assistant"] == "yes")
+    named = sorted({lang for t in languages.values() for rows in t.values() for lang, _ in rows} - out.keys())
+    if named:
+        raise UserError(f"seed table {path}: add a row for language(s) {', '.join(named)} of languages.csv")
+    return out
+
+
 def _hint_rules(path: Path, df: pl.DataFrame, genders: list[str], sectors: set[str]) -> list[dict[str, Any]]:
     rules = []
     for r in df.iter_rows(named=True):
@@ -447,10 +497,12 @@ def _skeleton_tables(
                         f"{lo}-{hi} a share, but no occupation with status {s} fits age {gap[0]}: "
                         "add one to occupations.csv or set the share to 0"
                     )
+    languages = _languages(root / "languages.csv", t["languages.csv"], codes)
     return {
         "occupations": occupations,
         "employment_status": status,
-        "languages": _languages(root / "languages.csv", t["languages.csv"], codes),
+        "languages": languages,
+        "language_codes": _language_codes(root / "language_codes.csv", t["language_codes.csv"], languages),
         "hint_rules": _hint_rules(
             root / "seed_hints.csv", t["seed_hints.csv"], genders, {o["sector"] for o in occupations}
         ),
@@ -467,4 +519,32 @@ def check_locales(cat: Catalogue, locales: Any, option: str = "locales") -> None
         raise UserError(
             f"{option}: unknown locale(s) {', '.join(unknown) or '(none given)'}: "
             f"choose from {', '.join(known)} (comma-separated)"
+        )
+
+
+def check_languages(cat: Catalogue, languages: Any, option: str = "languages", locales: Any = None) -> None:
+    """A build's `languages` must be ISO 639-1 codes people write to an assistant in, and someone in the
+    build's `locales` must speak one of them (one-line error otherwise)."""
+    if languages is None:
+        return
+    known = sorted({code for code, ok in cat.language_codes.values() if ok and code})
+    unknown = [code for code in languages if code not in known]
+    if unknown or not languages:
+        raise UserError(
+            f"{option}: unknown language code(s) {', '.join(unknown) or '(none given)'}: "
+            f"choose from {', '.join(known)} (ISO 639-1, comma-separated)"
+        )
+    pool = list(locales) if locales else list(cat.languages)
+    written = {lang: code for lang, (code, ok) in cat.language_codes.items() if ok and code}
+    spoken = {
+        written[lang]
+        for loc in pool
+        for rows in cat.languages.get(loc, {}).values()
+        for lang, _ in rows
+        if lang in written
+    }
+    if not spoken & set(languages):
+        raise UserError(
+            f"{option}: nobody in {', '.join(pool) if locales else 'any locale'} writes to an assistant in "
+            f"{', '.join(languages)}: add a locale where it is spoken (--locales)"
         )

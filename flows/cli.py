@@ -36,7 +36,17 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="JSON or TOML f
 LocalesOpt = Annotated[
     str | None, typer.Option(help="comma list of locales to sample, e.g. en_US,de_DE [default: all]")
 ]
+LanguagesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="comma list of ISO 639-1 codes: only personas writing in these, e.g. en,zh [default: all]"
+    ),
+]
 SeedsOpt = Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")]
+GrowOpt = Annotated[
+    int | None,
+    typer.Option(help="add N personas past the latest version (its settings; only the new ones are built)"),
+]
 OUT_DEFAULT = Path("output")
 
 
@@ -138,9 +148,11 @@ def build(
     tpm: Annotated[int | None, typer.Option(help="tokens per minute limit")] = None,
     seed: Annotated[int | None, typer.Option(help="sampler seed")] = None,
     locales: LocalesOpt = None,
+    languages: LanguagesOpt = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
     answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
+    probes: Annotated[bool | None, typer.Option(help="evaluation items (probes/) after stage 5")] = None,
     quality_min: Annotated[
         int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")
     ] = None,
@@ -161,8 +173,19 @@ def build(
     out: OutOpt = OUT_DEFAULT,
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
     progress: Annotated[bool, typer.Option(help="live progress display")] = True,
+    grow: GrowOpt = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="regenerate the latest version's personas (same indices, seed) with new settings",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="publish even when nothing changed since the latest version")
+    ] = False,
 ) -> None:
-    """Build a new dataset version through the five stages."""
+    """Build a new dataset version through the five stages (nothing when the latest is up to date)."""
     cfg = make_config(
         config,
         dict(
@@ -171,9 +194,11 @@ def build(
             scenes_per_persona=scenes_per_persona,
             seed=seed,
             locales=_locale_list(locales),
+            languages=_locale_list(languages, "--languages", "en,zh"),
             shard_size=shard_size,
             expand_hints=expand_hints,
             answerability=answerability,
+            probes=probes,
             quality_min=quality_min,
         ),
         dict(
@@ -188,7 +213,11 @@ def build(
             max_cost=max_cost,
         ),
     )
-    from personaloom.catalogue import check_locales, load_catalogue
+    if grow is not None and rebuild:
+        raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
+    if grow is not None or rebuild:
+        cfg = on_latest_settings(cfg, out, personas, "--grow" if grow is not None else "--rebuild")
+    from personaloom.catalogue import check_languages, check_locales, load_catalogue
     from personaloom.llm.budget import Budget
     from personaloom.llm.endpoint import check_endpoint
 
@@ -197,13 +226,18 @@ def build(
     # bad seed tables, locales and endpoints fail here, before Prefect starts
     cat = load_catalogue(seeds) if seeds else load_catalogue()
     check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
+    check_languages(cat, cfg.languages, "--languages" if languages else f"{config}: languages", cfg.locales)
     check_endpoint(cfg.llm)
     for m in cfg.llm.models():  # every role's model needs a price under --max-cost
         Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
     _prefect_env()
-    from personaloom.build import build_dataset
+    from personaloom.build import build_dataset, plan_build
     from personaloom.display import live_progress
+    from personaloom.store import DatasetStore
 
+    store = DatasetStore(out, cfg.dataset)
+    plan_build(store, cfg, grow, rebuild)  # a bad --grow or --rebuild fails here, in one line
+    before = set(store.versions())
     _quiet_prefect_tracebacks()
     flow = (
         build_dataset.with_options(task_runner=task_runner(runner, address))
@@ -218,9 +252,38 @@ def build(
                 cache_dir=str(cache_dir) if cache_dir else None,
                 seeds_dir=str(seeds) if seeds else None,
                 runner=runner,
+                grow=grow,
+                rebuild=rebuild,
+                force=force,
             )
         )
+    if version in before:  # the latest version was built with this very identity: nothing to publish
+        typer.echo(f"up to date: {cfg.dataset}@{version} (--force publishes anyway)")
+        return
     _print_summary(out, cfg.dataset, version)
+
+
+def on_latest_settings(cfg: Any, out: Path, personas: int | None, flag: str) -> Any:
+    """--grow and --rebuild start from the latest version's settings; the options given override them.
+
+    Left out: the persona count (the growth decides it) and the LLM's endpoint, speed and budget settings.
+    """
+    from personaloom.run import LLM_NOT_IDENTITY
+    from personaloom.schemas.config import BuildConfig
+    from personaloom.store import DatasetStore
+
+    if personas is not None:
+        raise UserError(f"--personas with {flag}: the latest version decides the personas (--grow N adds N)")
+    store = DatasetStore(out, cfg.dataset)
+    latest = store.latest()
+    if latest is None:
+        return cfg
+    base = store.manifest(latest).config.model_dump(
+        mode="json", exclude={"personas": True, "llm": set(LLM_NOT_IDENTITY)}
+    )
+    given = cfg.model_dump(mode="json", include=cfg.model_fields_set - {"llm", "personas"})
+    llm = {**base.pop("llm"), **cfg.llm.model_dump(mode="json", include=cfg.llm.model_fields_set)}
+    return BuildConfig.model_validate({**base, **given, "llm": llm})
 
 
 def task_runner(runner: str, address: str | None) -> Any:
@@ -266,31 +329,40 @@ def serve(
     config: ConfigOpt = None,
     name: Annotated[str | None, typer.Option(help="deployment name [default: the dataset name]")] = None,
     out: OutOpt = OUT_DEFAULT,
+    grow: GrowOpt = None,
 ) -> None:
-    """Serve the build flow as a Prefect deployment on a cron schedule (each run makes a new version)."""
+    """Serve the build flow as a Prefect deployment on a cron schedule.
+
+    Each run publishes a new version when something changed (settings, seed tables, prompts, code), or,
+    with --grow N, a version holding N more personas than the one before.
+    """
     cfg = make_config(
         config,
         dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona),
         dict(model=model, base_url=base_url),
     )
+    if grow is not None:
+        cfg = on_latest_settings(cfg, out, personas, "--grow")
     _prefect_env()
     from prefect import serve as prefect_serve
 
     from personaloom.schedule import deployment
 
     _quiet_prefect_tracebacks()
-    prefect_serve(deployment(cfg, out, cron, name or cfg.dataset))
+    prefect_serve(deployment(cfg, out, cron, name or cfg.dataset, grow=grow))
 
 
 # ---------------------------------------------------------------- skeletons only
 
 
-def _locale_list(text: str | None) -> list[str] | None:
+def _locale_list(
+    text: str | None, option: str = "--locales", example: str = "en_US,de_DE"
+) -> list[str] | None:
     if text is None:
         return None
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
-        raise UserError("--locales: give locale codes separated by commas, e.g. en_US,de_DE")
+        raise UserError(f"{option}: give codes separated by commas, e.g. {example}")
     return items
 
 
@@ -318,6 +390,7 @@ def sample(
         "sample.parquet"
     ),
     locales: LocalesOpt = None,
+    languages: LanguagesOpt = None,
     sessions: Annotated[
         int | None, typer.Option(help="sessions per persona, as in build [default: 20]")
     ] = None,
@@ -327,18 +400,25 @@ def sample(
     """Sample persona skeletons only (no LLM): the build's stage-1 sampler, then a short audit of the mix."""
     import time
 
-    from personaloom.catalogue import check_locales, load_catalogue
+    from personaloom.catalogue import check_languages, check_locales, load_catalogue
     from personaloom.schemas.records import SeedRow
     from personaloom.stages.seed import audit_summary, sample_skeletons
     from personaloom.store import write_records
 
     cfg = make_config(
         config,
-        dict(personas=personas, seed=seed, scenes_per_persona=sessions, locales=_locale_list(locales)),
+        dict(
+            personas=personas,
+            seed=seed,
+            scenes_per_persona=sessions,
+            locales=_locale_list(locales),
+            languages=_locale_list(languages, "--languages", "en,zh"),
+        ),
         {},
     )
     cat = load_catalogue(seeds) if seeds else load_catalogue()
     check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
+    check_languages(cat, cfg.languages, "--languages" if languages else f"{config}: languages", cfg.locales)
     _writable_file(out, "--out")
     start = time.perf_counter()
     rows = sample_skeletons(
@@ -348,6 +428,7 @@ def sample(
         n_sessions=cfg.scenes_per_persona,
         n_changes=cfg.changes_per_persona,
         locales=cfg.locales,
+        languages=cfg.languages,
     )
     sampled = time.perf_counter() - start
     try:
@@ -378,9 +459,10 @@ def versions(dataset: str, out: OutOpt = OUT_DEFAULT) -> None:
     for v in store.versions():
         m = store.manifest(v)
         mark = " (latest)" if v == latest else ""
+        grown = f"  {m.mode} +{m.built.count} personas" if m.mode == "grow" and m.built else ""
         typer.echo(
             f"{v}{mark}  {m.created_at:%Y-%m-%d %H:%M}  rows={m.rows}  model={m.model}  "
-            f"parent={m.parent or '-'}"
+            f"parent={m.parent or '-'}  personas={m.config.personas}{grown or ('  ' + m.mode)}"
         )
 
 
@@ -404,6 +486,23 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
         typer.echo(f"{r.stage:<10}" + "".join(f"{c:>10}" for c in cells) + f"{r.seconds:>10.1f}")
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
+    _show_languages(path, m.languages)
+
+
+def _show_languages(path: Path, found: dict[str, int]) -> None:
+    """Counts per interaction language (the persona's) and the languages language ID found."""
+    from personaloom.languages import language_breakdown
+
+    table = language_breakdown(path)
+    if table.height:
+        counts = table.columns[2:]
+        typer.echo(f"{'language':<18}" + "".join(f"{c:>10}" for c in counts))
+        for row in table.iter_rows(named=True):
+            typer.echo(
+                f"{row['language'] + ' ' + row['name']:<18}" + "".join(f"{row[c]:>10}" for c in counts)
+            )
+    if found:
+        typer.echo("language ID of dataset rows: " + ", ".join(f"{code}={n}" for code, n in found.items()))
 
 
 @app.command()
@@ -428,10 +527,51 @@ def verify(
         typer.echo(f"{name}@{folder.name}: {p}", err=True)
     if problems:
         raise typer.Exit(1)
+    shared = sum(1 for s in manifest.shards if s.inherited_from)
     typer.echo(
-        f"{name}@{folder.name}: {len(manifest.shards)} shards intact, "
-        f"{len(manifest.invariants) or 'no'} invariants hold"
+        f"{name}@{folder.name}: {len(manifest.shards)} shards intact"
+        + (f" ({shared} inherited from earlier versions)" if shared else "")
+        + f", {len(manifest.invariants) or 'no'} invariants hold"
     )
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(metavar="DATASET@vA")],
+    b: Annotated[str, typer.Argument(metavar="DATASET@vB")],
+    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    out: OutOpt = OUT_DEFAULT,
+) -> None:
+    """What changed between two versions: rows per table, settings, model, prompts, code, distributions."""
+    from personaloom.diff import diff_versions
+
+    if fmt not in ("text", "json"):
+        raise UserError(f"--format {fmt!r}: choose text or json")
+    (name, va), (name_b, vb) = _split_spec(a), _split_spec(b)
+    if name != name_b:
+        raise UserError(f"diff compares two versions of one dataset: {name!r} and {name_b!r} differ")
+    result = diff_versions(out, name, va, vb)
+    if fmt == "json":
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        typer.echo("\n".join(result.lines()))
+
+
+@app.command()
+def gc(
+    dataset: str,
+    keep: Annotated[int, typer.Option(help="versions to keep, newest first (latest is always kept)")] = 5,
+    out: OutOpt = OUT_DEFAULT,
+) -> None:
+    """Remove old versions of a dataset; files a kept version shares with them (hard links) stay."""
+    from personaloom.store import DatasetStore
+
+    store = DatasetStore(out, dataset)
+    store.resolve(None)  # a missing dataset fails in one line
+    removed = store.remove_old(keep)
+    for version, freed in removed.items():
+        typer.echo(f"removed {dataset}@{version} ({freed / 1e6:.1f} MB freed)")
+    typer.echo(f"{dataset}: kept {', '.join(store.versions())}; removed {len(removed)}")
 
 
 # ---------------------------------------------------------------- filter any Parquet
@@ -455,6 +595,10 @@ def filter_cmd(
     lang: Annotated[
         str | None, typer.Option(help="keep only these languages, e.g. en,de (enables language ID)")
     ] = None,
+    lang_column: Annotated[
+        str | None,
+        typer.Option(help="column of each row's intended language (ISO 639-1): others → wrong_language"),
+    ] = None,
 ) -> None:
     """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts."""
     from personaloom.filter_file import filter_parquet
@@ -468,6 +612,7 @@ def filter_cmd(
         max_words=max_words,
         id_column=id_column,
         lang=lang,
+        lang_column=lang_column,
     )
 
 
@@ -573,6 +718,10 @@ def replay(
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
     judge: Annotated[bool, typer.Option(help="LLM judge ratings and persona similarity")] = True,
+    embedding_model: Annotated[
+        str | None,
+        typer.Option(help="embed agent memories with this model of the endpoint's /embeddings API"),
+    ] = None,
     run: Annotated[
         str | None, typer.Option("--run", help="run folder name [default: derived from the settings]")
     ] = None,
@@ -604,6 +753,7 @@ def replay(
         shard_size=shard_size,
         judge=judge,
         run=run,
+        embedding_model=embedding_model,
     )
     try:
         cfg = ReplayConfig.model_validate(
@@ -623,6 +773,63 @@ def replay(
 
     _quiet_prefect_tracebacks()
     run_dir = asyncio.run(replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
+    typer.echo((Path(run_dir) / "summary.md").read_text())
+    typer.echo(f"→ {run_dir}")
+
+
+@app.command()
+def evaluate(
+    spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    mode: Annotated[
+        str, typer.Option(help="mcq: pick one of four replies; open: answer freely, judged")
+    ] = "mcq",
+    judge_model: Annotated[str | None, typer.Option(help="model that grades open answers")] = None,
+    context_tokens: Annotated[
+        int | None, typer.Option(help="cap or pad each item's history (tokens)")
+    ] = None,
+    personas: Annotated[int | None, typer.Option(help="only the first N personas' items")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
+    run: Annotated[
+        str | None, typer.Option("--run", help="run folder name [default: from the settings]")
+    ] = None,
+    out: OutOpt = OUT_DEFAULT,
+    cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
+) -> None:
+    """Score a model on a version's probes; results go to vN/eval/RUN/, with random and oracle rows."""
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.schemas.probes import EvalConfig
+
+    name, version = _split_spec(spec)
+    llm = {
+        k: v
+        for k, v in dict(
+            model=model, base_url=base_url, concurrency=concurrency, judge_model=judge_model
+        ).items()
+        if v is not None
+    }
+    fields = dict(
+        dataset=name, version=version, mode=mode, context_tokens=context_tokens, personas=personas, run=run
+    )
+    try:
+        cfg = EvalConfig.model_validate(
+            {**{f: v for f, v in fields.items() if v is not None}, "llm": LLMConfig(**llm)}
+        )
+    except ValidationError as e:
+        raise UserError(_validation_line(e, None)) from None
+    from personaloom.llm.endpoint import check_endpoint
+    from personaloom.store import DatasetStore
+
+    DatasetStore(out, name).resolve(version)  # a missing dataset fails here, before Prefect starts
+    check_endpoint(cfg.llm)
+    _prefect_env()
+    from personaloom.evaluate import evaluate_dataset
+
+    _quiet_prefect_tracebacks()
+    run_dir = asyncio.run(
+        evaluate_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None)
+    )
     typer.echo((Path(run_dir) / "summary.md").read_text())
     typer.echo(f"→ {run_dir}")
 
@@ -657,25 +864,44 @@ def plot(
 def export(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
     fmt: Annotated[
-        str | None, typer.Option("--format", help="jsonl or csv (nested columns become JSON strings in CSV)")
+        str | None,
+        typer.Option(
+            "--format",
+            help="jsonl or csv: every table (nested columns become JSON strings in CSV); sft or dpo: the "
+            "probes as TRL training JSONL; persona-mem: questions.csv + shared_contexts.jsonl for PersonaMem",
+        ),
     ] = None,
     out: OutOpt = OUT_DEFAULT,
     dest: DestOpt = None,
+    context_tokens: Annotated[
+        int | None,
+        typer.Option(help="sft, dpo, persona-mem: cap or pad each history to about N tokens"),
+    ] = None,
 ) -> None:
-    """Write every table of a version (replay runs included) as JSON Lines or CSV.
+    """Write every table of a version (replay runs included), or its probes as training or PersonaMem files.
 
     Default --dest: exports/DATASET-vN-FORMAT/.
     """
-    from personaloom.export import export_version
+    from personaloom.export import FORMATS, ITEM_FORMATS, export_items, export_version
     from personaloom.store import DatasetStore
 
     name, version = _split_spec(spec)
-    if fmt not in ("jsonl", "csv"):  # checked here, not by click, so a missing or bad value is one plain line
+    choices = (*FORMATS, *ITEM_FORMATS)
+    if fmt not in choices:  # checked here, not by click, so a missing or bad value is one plain line
         raise UserError(
-            f"--format: {'unknown format ' + repr(fmt) if fmt else 'required'}: choose jsonl or csv"
+            f"--format: {'unknown format ' + repr(fmt) if fmt else 'required'}: choose {', '.join(choices)}"
+        )
+    if context_tokens is not None and fmt in FORMATS:
+        raise UserError(
+            f"--context-tokens: only for {', '.join(ITEM_FORMATS)} ({fmt} copies the tables as is)"
         )
     folder = DatasetStore(out, name).resolve(version)
     target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
+    if fmt in ITEM_FORMATS:
+        files = export_items(out, name, folder.name, fmt, target, context_tokens)  # type: ignore[arg-type]
+        rows = ", ".join(f"{f} ({n} rows)" for f, n in files.items())
+        typer.echo(f"{name}@{folder.name}: probes as {fmt}: {rows} → {target}")
+        return
     written = export_version(out, name, folder.name, fmt, target)  # type: ignore[arg-type]  # checked above
     typer.echo(f"{name}@{folder.name}: {len(written)} tables as {fmt} → {target}")
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from matplotlib.axes import Axes
@@ -18,8 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from personaloom.errors import UserError
+from personaloom.languages import language_breakdown
 from personaloom.schemas.manifest import Manifest
 from personaloom.store import TABLES, DatasetStore
+
+if TYPE_CHECKING:
+    from personaloom.diff import VersionDiff
 
 TOP_N = 12  # categories per bar chart; the rest are summed into "other" so labels stay readable
 LABEL_CHARS = 30
@@ -225,6 +230,11 @@ def query_lengths(view: VersionView) -> pl.DataFrame:
         pl.col("personalized_query").str.count_matches(r"\S+").alias("personalized"),
         pl.col("neutralized_query").str.count_matches(r"\S+").alias("neutralized"),
     ).collect()
+
+
+def language_counts(view: VersionView) -> pl.DataFrame:
+    """Rows of each table per interaction language (the persona's ISO 639-1 code), most personas first."""
+    return language_breakdown(view.path)
 
 
 def metric_columns(metrics: pl.LazyFrame) -> list[str]:
@@ -434,6 +444,30 @@ def query_lengths_figure(view: VersionView) -> Figure:
     return fig
 
 
+def languages_figure(view: VersionView) -> Figure:
+    """Dataset rows and rejected rows per interaction language, and what language ID found."""
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    counts = language_counts(view)
+    left.set_title(f"{view.label}: rows per persona language")
+    if counts.height == 0 or "dataset" not in counts.columns:
+        _no_data(left, "dataset rows")
+    else:
+        labels = [f"{c} {n}" for c, n in zip(counts["language"], counts["name"], strict=True)][::-1]
+        y = list(range(len(labels)))
+        kept = counts["dataset"].to_list()[::-1]
+        left.barh(y, kept, color="#4C72B0", label="dataset")
+        if "rejected" in counts.columns:
+            left.barh(y, counts["rejected"].to_list()[::-1], left=kept, color="#C44E52", label="rejected")
+        left.set_yticks(y, labels)
+        left.set_xlabel("rows")
+        left.legend()
+    found = view.manifest.languages
+    codes = pl.Series("language", [code for code, n in found.items() for _ in range(n)], dtype=pl.String)
+    _bar_counts(right, codes, "language ID of the dataset rows")
+    return fig
+
+
 def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
     """One panel per metric, x = session index, one line per agent; None when the run wrote no metrics."""
     curves = learning_curves(run)
@@ -474,18 +508,57 @@ def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
     return fig
 
 
+def eval_accuracy(view: VersionView) -> pl.DataFrame:
+    """Accuracy per evaluation run, model and distance (sessions from evidence to question)."""
+    parts = sorted(view.path.glob("eval/*/results/part-*.parquet"))
+    if not parts:
+        return pl.DataFrame()
+    return (
+        pl.scan_parquet(parts)
+        .group_by("run", "model", "distance_sessions")
+        .agg(pl.col("correct").mean().alias("accuracy"), pl.len().alias("items"))
+        .sort("run", "model", "distance_sessions")
+        .collect()
+    )
+
+
+def eval_figure(view: VersionView) -> Figure | None:
+    """Accuracy against distance, one line per model of each `personaloom evaluate` run."""
+    acc = eval_accuracy(view)
+    if acc.height == 0:
+        return None
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (run, model), part in acc.group_by("run", "model", maintain_order=True):
+        ax.plot(
+            part["distance_sessions"].to_list(),
+            part["accuracy"].to_list(),
+            marker="o",
+            label=f"{run}: {model}",
+        )
+    ax.set_title(f"{view.label}: probe accuracy against distance")
+    ax.set_xlabel("sessions between the evidence and the question")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend()
+    return fig
+
+
 FIGURES: dict[str, Callable[[VersionView], Figure]] = {
     "stages": stages_figure,
     "personas": personas_figure,
     "communication": communication_figure,
     "scene_kinds": scene_kinds_figure,
     "query_lengths": query_lengths_figure,
+    "languages": languages_figure,
 }
 
 
 def figures(view: VersionView) -> dict[str, Figure]:
     """Every figure of the version, keyed by a file-name-safe name; replay curves only when a run exists."""
     figs = {name: draw(view) for name, draw in FIGURES.items()}
+    if (accuracy := eval_figure(view)) is not None:
+        figs["eval-accuracy_by_distance"] = accuracy
     for run in view.replays.values():
         fig = learning_curves_figure(view, run)
         if fig is not None:
@@ -503,3 +576,60 @@ def write_pngs(view: VersionView, dest: Path | str, dpi: int = 110) -> list[Path
         fig.savefig(path, dpi=dpi)
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------- two versions (`personaloom diff`)
+
+
+def open_compare(view: VersionView) -> VersionView | None:
+    """The version to compare `view` with: PERSONALOOM_COMPARE (v3, 3, ...), else its parent, else None."""
+    out, chosen = view.path.parent.parent, os.environ.get("PERSONALOOM_COMPARE")
+    if chosen:
+        return open_version(out, view.dataset, chosen)
+    parent = view.manifest.parent
+    if parent is None or parent not in DatasetStore(out, view.dataset).versions():
+        return None  # a first version, or its parent was removed (`personaloom gc`)
+    return open_version(out, view.dataset, parent)
+
+
+def compare(a: VersionView, b: VersionView) -> VersionDiff:
+    """What changed from `a` to `b`: the same report as `personaloom diff` (`.lines()` prints it)."""
+    from personaloom.diff import diff_versions
+
+    return diff_versions(b.path.parent.parent, b.dataset, a.version, b.version)
+
+
+def shift_table(diff: VersionDiff) -> pl.DataFrame:
+    """One row per (attribute, category): counts and shares in both versions, the change in points."""
+    rows = [
+        {"attribute": s.attribute, "tvd": s.tvd, **c.model_dump(), "delta_pp": 100 * (c.share_b - c.share_a)}
+        for s in diff.shifts
+        for c in s.categories
+    ]
+    schema = {"attribute": pl.String, "tvd": pl.Float64, "value": pl.String, "a": pl.Int64, "b": pl.Int64}
+    schema |= {"share_a": pl.Float64, "share_b": pl.Float64, "delta_pp": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def compare_figure(diff: VersionDiff) -> Figure:
+    """Per attribute, the share of each category in both versions (largest shifts first)."""
+    shifts = [s for s in diff.shifts if s.categories]
+    ncols = 2
+    nrows = max(1, -(-len(shifts) // ncols))
+    fig = Figure(figsize=(13, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, s in zip(axes, shifts, strict=False):
+        cats = s.categories[:8]
+        y = list(range(len(cats)))[::-1]
+        ax.barh([v + 0.2 for v in y], [c.share_a for c in cats], height=0.4, label=diff.a, color="#8C8C8C")
+        ax.barh([v - 0.2 for v in y], [c.share_b for c in cats], height=0.4, label=diff.b, color="#4C72B0")
+        ax.set_yticks(y, [_short(c.value) for c in cats])
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(f"{s.attribute} (TVD {s.tvd:.3f})")
+        ax.set_xlabel("share")
+    for ax in axes[len(shifts) :]:
+        ax.set_axis_off()
+    if shifts:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(f"{diff.dataset}: {diff.a} → {diff.b}")
+    return fig

@@ -1,20 +1,35 @@
-"""Export a version's Parquet tables as JSON Lines or CSV, for tools that read neither Parquet nor Arrow."""
+"""Export a version for other tools.
+
+Its Parquet tables as JSON Lines or CSV (for tools that read neither Parquet nor Arrow), or its probes as
+training and evaluation files: `sft` (chat JSONL for TRL's SFTTrainer), `dpo` (prompt/chosen/rejected
+JSONL for TRL's DPOTrainer) and `persona-mem` (`questions.csv` + `shared_contexts.jsonl`, the layout
+PersonaMem's `inference_standalone_openai.py` reads).
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import polars as pl
 
 from personaloom.errors import UserError
-from personaloom.store import TABLES, DatasetStore
+from personaloom.probes import history, message_tokens
+from personaloom.schemas.probes import OptionKind, ProbeItem
+from personaloom.schemas.records import DatasetRow
+from personaloom.store import TABLES, DatasetStore, read_records
 
 FORMATS = ("jsonl", "csv")
 Format = Literal["jsonl", "csv"]
+ITEM_FORMATS = ("sft", "dpo", "persona-mem")
+ItemFormat = Literal["sft", "dpo", "persona-mem"]
 
 
 def _json_strings(series: pl.Series) -> pl.Series:
@@ -81,4 +96,236 @@ def export_version(
     shutil.copyfile(
         version_dir / "manifest.json", dest / "manifest.json"
     )  # provenance travels with the export
+    return written
+
+
+# ---------------------------------------------------------------- probes as training and evaluation files
+
+Message = dict[str, str]
+# The reply a DPO pair rejects: the pre-change preference first (the mistake memory must avoid), then the
+# reply that fits anybody, then another user's preference; every item has at least one of the three.
+REJECTED: tuple[OptionKind, ...] = ("outdated", "generic", "other_persona", "contradiction")
+PERSONA_MEM_COLUMNS = (
+    "persona_id",
+    "question_id",
+    "question_type",
+    "topic",
+    "stereotypical",
+    "context_length_in_tokens",
+    "context_length_in_letters",
+    "distance_to_ref_in_blocks",
+    "distance_to_ref_in_tokens",
+    "num_irrelevant_tokens",
+    "distance_to_ref_proportion_in_context",
+    "user_question_or_message",
+    "correct_answer",
+    "all_options",
+    "shared_context_id",
+    "end_index_in_shared_context",
+)
+LETTERS = "abcd"
+
+
+def _user(text: str) -> Message:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> Message:
+    return {"role": "assistant", "content": text}
+
+
+class _Histories:
+    """Each persona's kept sessions, and the history before a point, capped or padded like `evaluate`'s.
+
+    Padding comes from the other personas' sessions (unrelated to the user), in persona then session order.
+    """
+
+    def __init__(self, rows: Iterable[DatasetRow], context_tokens: int | None) -> None:
+        self.rows: dict[str, list[DatasetRow]] = defaultdict(list)
+        for r in sorted(rows, key=lambda r: (r.persona_id, r.session_index)):
+            self.rows[r.persona_id].append(r)
+        self.context_tokens = context_tokens
+
+    def filler(self, persona_id: str) -> list[DatasetRow]:
+        if self.context_tokens is None:  # nothing to pad to
+            return []
+        return [r for pid, rs in self.rows.items() if pid != persona_id for r in rs]
+
+    def before(self, persona_id: str, upto: int, keep: Sequence[int] = ()) -> list[Message]:
+        """Sessions up to `upto` (inclusive) as chat messages."""
+        return history(
+            self.rows[persona_id],
+            upto,
+            context_tokens=self.context_tokens,
+            filler=self.filler(persona_id),
+            keep=keep,
+        )
+
+
+def _correct(item: ProbeItem) -> str:
+    return item.options[item.answer]
+
+
+def sft_examples(items: Sequence[ProbeItem], h: _Histories) -> Iterator[dict[str, Any]]:
+    """Per persona: one example per kept session, then one per probe.
+
+    A session example is the history before it, the session's personalized query and its expected response
+    (the reply that fits the persona in force then); a probe example is the history up to the checkpoint,
+    the probe's question and its correct option.
+    """
+    by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
+    for item in items:
+        by_persona[item.persona_id].append(item)
+    for pid, rows in h.rows.items():
+        for r in rows:
+            past = h.before(pid, r.session_index - 1)
+            yield {"messages": [*past, _user(r.personalized_query), _assistant(r.expected_response)]}
+        for item in by_persona.get(pid, []):
+            past = h.before(pid, item.checkpoint_session, item.evidence_sessions)
+            yield {"messages": [*past, _user(item.question), _assistant(_correct(item))]}
+
+
+def dpo_pairs(items: Sequence[ProbeItem], h: _Histories) -> Iterator[dict[str, Any]]:
+    """One pair per probe: chosen fits the preference in force, rejected is the first of REJECTED it has."""
+    for item in items:
+        kind = next(k for k in REJECTED if k in item.option_kinds)
+        past = h.before(item.persona_id, item.checkpoint_session, item.evidence_sessions)
+        yield {
+            "prompt": [*past, _user(item.question)],
+            "chosen": [_assistant(_correct(item))],
+            "rejected": [_assistant(item.options[item.option_kinds.index(kind)])],
+        }
+
+
+def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """PersonaMem's question rows and shared contexts (id → messages).
+
+    The items of one persona share one context: its history up to the persona's last checkpoint, keeping
+    every item's evidence and checkpoint sessions when `context_tokens` caps it. An item's
+    `end_index_in_shared_context` counts the messages up to its checkpoint session's reply (their loader
+    slices `context[:end_index]`); distances count the sessions and tokens after the item's last evidence
+    session that the model reads, and `num_irrelevant_tokens` the other personas' padding.
+    """
+    by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
+    for item in items:
+        by_persona[item.persona_id].append(item)
+    questions: list[dict[str, Any]] = []
+    contexts: dict[str, list[Message]] = {}
+    for pid, its in by_persona.items():
+        rows = h.rows[pid]
+        last = max(i.checkpoint_session for i in its)
+        keep = sorted({s for i in its for s in (*i.evidence_sessions, i.checkpoint_session)})
+        shared = h.before(pid, last, keep)
+        # The same history without padding, each reply replaced by its session index: which of the user's
+        # sessions the context holds, in order (capping drops sessions before padding is added).
+        tagged = history(
+            rows,
+            last,
+            context_tokens=h.context_tokens,
+            keep=keep,
+            replies={r.session_index: str(r.session_index) for r in rows},
+        )
+        pad = len(shared) - len(tagged)
+        assert [m["content"] for m in shared[pad::2]] == [m["content"] for m in tagged[::2]], pid
+        sessions = [int(m["content"]) for m in tagged[1::2]]
+        end_of = {s: pad + 2 * (k + 1) for k, s in enumerate(sessions)}
+        sid = hashlib.sha256(orjson.dumps(shared)).hexdigest()
+        contexts[sid] = shared
+        irrelevant = message_tokens(shared[:pad])
+        for item in its:
+            end = end_of[item.checkpoint_session]
+            ref = end_of[max(item.evidence_sessions)]
+            context = shared[:end]
+            tokens = message_tokens(context)
+            distance = message_tokens(shared[ref:end])
+            questions.append(
+                {
+                    "persona_id": pid,
+                    "question_id": item.probe_id,
+                    "question_type": item.type,
+                    "topic": item.path,
+                    "stereotypical": "",  # not labelled: our preferences are sampled, not stereotyped
+                    "context_length_in_tokens": tokens,
+                    "context_length_in_letters": sum(len(m["content"]) for m in context),
+                    "distance_to_ref_in_blocks": (end - ref) // 2,
+                    "distance_to_ref_in_tokens": distance,
+                    "num_irrelevant_tokens": irrelevant,
+                    "distance_to_ref_proportion_in_context": f"{100 * distance / max(tokens, 1):.2f}%",
+                    "user_question_or_message": item.question,
+                    "correct_answer": f"({LETTERS[item.answer]})",
+                    "all_options": str([f"({LETTERS[k]}) {o}" for k, o in enumerate(item.options)]),
+                    "shared_context_id": sid,
+                    "end_index_in_shared_context": end,
+                }
+            )
+    return questions, contexts
+
+
+def _atomic(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_jsonl(path: Path, lines: Iterable[Any]) -> int:
+    tmp, n = _atomic(path), 0
+    with tmp.open("wb") as f:
+        for line in lines:
+            f.write(orjson.dumps(line) + b"\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
+    tmp = _atomic(path)
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return len(rows)
+
+
+def export_items(
+    out: Path | str,
+    dataset: str,
+    version: str | None,
+    fmt: ItemFormat,
+    dest: Path | str,
+    context_tokens: int | None = None,
+) -> dict[str, int]:
+    """Write the version's probes as `fmt` files in `dest` (plus the manifest); returns file → rows.
+
+    Each item's history is the user's kept sessions up to its checkpoint (capped, or padded with other
+    personas' sessions, to about `context_tokens`), as `personaloom evaluate` asks it.
+    """
+    if fmt not in ITEM_FORMATS:
+        raise UserError(f"--format: unknown format {fmt!r}: choose one of {', '.join(ITEM_FORMATS)}")
+    if context_tokens is not None and context_tokens < 1:
+        raise UserError(f"--context-tokens: must be at least 1, got {context_tokens}")
+    version_dir = DatasetStore(Path(out), dataset).resolve(version)
+    items = sorted(
+        read_records(version_dir / "probes", ProbeItem),
+        key=lambda i: (i.persona_id, i.checkpoint_session, i.probe_id),
+    )
+    if not items:
+        raise UserError(
+            f"{dataset}@{version_dir.name} has no probes to export as {fmt}: build a version with probes "
+            "(the default, `personaloom build --probes`)"
+        )
+    h = _Histories(read_records(version_dir / "dataset", DatasetRow), context_tokens)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if fmt == "sft":
+        written = {"sft.jsonl": _write_jsonl(dest / "sft.jsonl", sft_examples(items, h))}
+    elif fmt == "dpo":
+        written = {"dpo.jsonl": _write_jsonl(dest / "dpo.jsonl", dpo_pairs(items, h))}
+    else:
+        questions, contexts = persona_mem(items, h)
+        written = {
+            "questions.csv": _write_csv(dest / "questions.csv", questions, PERSONA_MEM_COLUMNS),
+            "shared_contexts.jsonl": _write_jsonl(
+                dest / "shared_contexts.jsonl", ({sid: ctx} for sid, ctx in contexts.items())
+            ),
+        }
+    shutil.copyfile(version_dir / "manifest.json", dest / "manifest.json")
     return written

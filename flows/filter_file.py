@@ -68,17 +68,30 @@ def filter_parquet(
     max_words: int | None = None,
     id_column: str | None = None,
     lang: str | None = None,
+    lang_column: str | None = None,
 ) -> tuple[int, int]:
-    """Write OUT/kept.parquet and OUT/rejections.parquet; returns (kept, rejected) row counts."""
+    """Write OUT/kept.parquet and OUT/rejections.parquet; returns (kept, rejected) row counts.
+
+    `lang_column` names each row's intended language (ISO 639-1): rows detected in another language
+    are dropped as wrong_language, with the detected language and its probability.
+    """
     df = read_input(path, column)
     if id_column is not None and id_column not in df.columns:
         raise UserError(f"{path} has no column {id_column!r} for --id-column")
+    if lang_column is not None:
+        if lang_column not in df.columns:
+            raise UserError(f"{path} has no column {lang_column!r} for --lang-column")
+        if df.schema[lang_column] != pl.String:
+            raise UserError(
+                f"column {lang_column!r} of {path} holds {df.schema[lang_column]}, not ISO 639-1 codes "
+                "such as zh or ru: pass a text --lang-column"
+            )
     cfg = filter_config(threshold, min_words, max_words, lang)
 
     def report(stage: str, done: int, total: int) -> None:
         print(f"\r{stage:<12} {done:>10,}/{total:,}", end="", file=sys.stderr, flush=True)
 
-    result = filter_texts(df, column, cfg, id_column=id_column, progress=report)
+    result = filter_texts(df, column, cfg, id_column=id_column, progress=report, lang_column=lang_column)
     print(file=sys.stderr)
     write_parquet(out / "kept.parquet", result.kept.to_arrow())
     write_parquet(out / "rejections.parquet", result.rejected.to_arrow())

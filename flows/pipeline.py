@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from personaloom import probes
 from personaloom.llm.calls import LLMCall
 from personaloom.progress import progress_sink
 from personaloom.schemas.manifest import StageCount
@@ -37,6 +38,7 @@ STAGES: tuple[Stage, ...] = (
     queries.STAGE,
     filter_stage.SCREEN,
     filter_stage.DATASET,
+    probes.STAGE,
 )
 SHARD_STAGES = tuple(s for s in STAGES if s.scope == "shard")
 DATASET_STAGES = tuple(s for s in STAGES if s.scope == "dataset")
@@ -54,10 +56,11 @@ def build_calls() -> tuple[LLMCall[Any, Any], ...]:
 
 
 def all_calls() -> tuple[LLMCall[Any, Any], ...]:
-    """Every LLM call the project makes: the build's stages, then the reference agent's."""
+    """Every LLM call the project makes: the build's stages, the reference agent's, the evaluation's."""
     from personaloom.agent.calls import agent_calls
+    from personaloom.evaluate import EVAL_CALLS
 
-    return build_calls() + agent_calls()
+    return build_calls() + agent_calls() + EVAL_CALLS
 
 
 def part(staging: Path, table: str, shard: int, prefix: str = "") -> Path:
@@ -68,36 +71,72 @@ def rejections_part(staging: Path, stage: Stage, shard: int) -> Path:
     return part(staging, "rejections", shard, f"{stage.name}-")
 
 
-def shard_rows(config: BuildConfig, shard: int) -> range:
+def shard_rows(config: BuildConfig, shard: int, first_persona: int = 0, first_shard: int = 0) -> range:
+    """Persona indices of `shard`: `shard_size` each from `first_persona`, shards numbered from `first_shard`.
+
+    A fresh build starts both at 0; a grown build continues past its parent's personas and shard numbers.
+    """
     size = config.shard_size
-    return range(shard * size, min(config.personas, (shard + 1) * size))
+    start = first_persona + (shard - first_shard) * size
+    return range(start, min(config.personas, start + size))
 
 
-def n_shards(config: BuildConfig) -> int:
-    return -(-config.personas // config.shard_size)
+def n_shards(config: BuildConfig, first_persona: int = 0) -> int:
+    return -(-(config.personas - first_persona) // config.shard_size)
+
+
+def _offsets(run: Run) -> tuple[int, int]:
+    return (run.growth.first_persona, run.growth.first_shard) if run.growth else (0, 0)
+
+
+def new_personas(run: Run) -> range:
+    """The persona indices this run generates: all of them, or those past its parent's (a grown build)."""
+    return range(_offsets(run)[0], run.config.personas)
+
+
+def shards(run: Run) -> range:
+    """The shard numbers this run writes; its dataset stages write under the first."""
+    first_persona, first_shard = _offsets(run)
+    return range(first_shard, first_shard + n_shards(run.config, first_persona))
+
+
+def earlier_rows(run: Run) -> Callable[[str], list[Any]]:
+    """A published table's rows of the version a grown build continues (none for a fresh build)."""
+    parent = run.growth.parent if run.growth else None
+
+    def rows(table: str) -> list[Any]:
+        return read_records(parent / table, TABLE_MODELS[table]) if parent is not None else []
+
+    return rows
 
 
 def _read_inputs(run: Run, stage: Stage, shard: int) -> dict[str, list[Any]]:
     if stage.scope == "shard":
         return {t: read_records(part(run.staging, t, shard), TABLE_MODELS[t]) for t in stage.inputs}
     return {
-        t: [
-            r
-            for s in range(n_shards(run.config))
-            for r in read_records(part(run.staging, t, s), TABLE_MODELS[t])
-        ]
+        t: [r for s in shards(run) for r in read_records(part(run.staging, t, s), TABLE_MODELS[t])]
         for t in stage.inputs
     }
 
 
 async def run_stage(run: Run, stage: Stage, shard: int) -> float:
-    """Run one stage on one shard (shard 0 for a dataset stage); returns its seconds (0 when already done)."""
+    """Run one stage on one shard (a dataset stage: the first of `shards(run)`); returns its seconds.
+
+    0 when the shard was already done (its output part exists).
+    """
     out = part(run.staging, stage.output, shard)
     if out.exists():
         return 0.0
     inputs = _read_inputs(run, stage, shard)
-    rows = shard_rows(run.config, shard) if stage.scope == "shard" else range(run.config.personas)
-    ctx = StageContext(run.config, run.llm, run.catalogue, rows, progress_sink.advancer(stage.reports_as))
+    rows = shard_rows(run.config, shard, *_offsets(run)) if stage.scope == "shard" else new_personas(run)
+    ctx = StageContext(
+        run.config,
+        run.llm,
+        run.catalogue,
+        rows,
+        progress_sink.advancer(stage.reports_as),
+        earlier=earlier_rows(run),
+    )
     started = time.perf_counter()
     outcome = await stage.run(inputs, ctx)
     seconds = time.perf_counter() - started
@@ -123,10 +162,16 @@ def stage_counts(staging: Path, config: BuildConfig) -> dict[str, StageCount]:
     for table in TABLE_MODELS:
         if table in ("rejections", *INTERMEDIATE):
             continue
-        tbl = read_table(staging / table, TABLE_MODELS[table], columns=["fallback_fields"])
+        model = TABLE_MODELS[table]
+        if "fallback_fields" in model.model_fields:
+            tbl = read_table(staging / table, model, columns=["fallback_fields"])
+            fallback[table] = sum(1 for f in tbl.column("fallback_fields").to_pylist() if f)
+        else:
+            tbl = read_table(staging / table, model)
+            fallback[table] = 0
         rows[table] = tbl.num_rows
-        fallback[table] = sum(1 for f in tbl.column("fallback_fields").to_pylist() if f)
     by_stage = Counter(read_table(staging / "rejections", Rejection, columns=["stage"])["stage"].to_pylist())
+    rows |= {f"rejected:{s.reports_as}": by_stage[s.reports_as] for s in STAGES}
     counts: dict[str, StageCount] = {}
     for stage in STAGES:
         if stage.rows_in is None:  # a step inside a reported stage (screen, inside filter)
@@ -148,5 +193,7 @@ def planned_rows(config: BuildConfig) -> dict[str, int]:
         "personas": config.personas,
         "scenes": config.personas * config.scenes_per_persona,
         "queries": config.personas * config.scenes_per_persona,
+        "probes": config.personas * len(probes.TYPES) if config.probes else 0,
+        "rejected:probes": 0,
     }
     return {s.reports_as: s.rows_in(config, planned) for s in STAGES if s.rows_in is not None}

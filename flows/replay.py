@@ -23,7 +23,7 @@ from prefect.utilities.annotations import quote
 
 from personaloom.agent.calls import agent_calls, role_settings, usage_by
 from personaloom.agent.loop import ReplayOutputs, replay_user
-from personaloom.agent.memory import HashingEmbedder
+from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
 from personaloom.agent.metrics import summarize, summary_markdown
 from personaloom.errors import UserError
 from personaloom.llm.client import LLM
@@ -52,7 +52,7 @@ class ReplayContext:
     llm: LLM
     users: dict[str, list[DatasetRow]]  # persona_id → rows, in replay order of personas
     run_dir: Path
-    embedder: HashingEmbedder
+    embedder: Embedder
 
     def part(self, table: str, shard: int) -> Path:
         return self.run_dir / table / f"part-{shard:05d}.parquet"
@@ -179,7 +179,11 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
             # written last: the run is complete, and a finished run is never rewritten
             logger.info("replay %s is already complete", run_dir)
             return str(run_dir)
-        ctx = ReplayContext(run.config, run.llm, users, run_dir, HashingEmbedder())
+        embedder: Embedder = HashingEmbedder()
+        if config.embedding_model:  # the endpoint's /embeddings API; its dimension from a first call
+            embedder = EndpointEmbedder(run.llm, config.embedding_model)
+            await embedder.prepare()
+        ctx = ReplayContext(run.config, run.llm, users, run_dir, embedder)
         logger.info(
             "replaying %s (%d personas, agents %s) with %s into %s",
             version_dir,

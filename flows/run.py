@@ -44,6 +44,15 @@ LLM_NOT_IDENTITY = {
 }
 
 
+@dataclass(frozen=True)
+class Growth:
+    """A build that adds personas past a published version (`build --grow`): where it starts."""
+
+    parent: Path  # the version folder whose kept rows the new rows are deduplicated against
+    first_persona: int  # persona indices continue: the new personas are first_persona..config.personas-1
+    first_shard: int  # shard numbers continue past every part the parent holds
+
+
 @dataclass
 class Run(Generic[C]):
     """What every task of one run shares; handed to Prefect tasks unvisited (`quote`), never hashed."""
@@ -56,6 +65,7 @@ class Run(Generic[C]):
     calls: dict[str, LLMCall[Any, Any]]
     key: str  # the run's identity
     staging: Path = Path()  # where a build writes (set by the build once it claims the folder)
+    growth: Growth | None = None  # set by a grown build: it generates only the personas past its parent
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -1,6 +1,8 @@
 """Scheduled builds: the build flow as a Prefect deployment with a cron schedule.
 
-Each scheduled run builds a new version of the same dataset; its parent is the version before it.
+Each scheduled run builds the same dataset: with `grow`, a new version holding `grow` more personas than
+the one before (its parent); without, a new version only when something changed (settings, seed
+tables, prompts, code), else the run publishes nothing and reports the dataset up to date.
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ def check_cron(cron: str) -> None:
         ) from None
 
 
-def deployment(config: BuildConfig, out: Path, cron: str, name: str) -> Any:
-    """A RunnerDeployment of `build_dataset` (apply it, or serve it)."""
+def deployment(config: BuildConfig, out: Path, cron: str, name: str, grow: int | None = None) -> Any:
+    """A RunnerDeployment of `build_dataset` (apply it, or serve it); `grow`: personas added per run."""
     from personaloom.build import build_dataset
 
     check_cron(cron)
+    if grow is not None and grow < 1:
+        raise UserError(f"--grow {grow}: add at least 1 persona per run")
+    # an absolute output root: scheduled runs may start from another working directory
+    parameters: dict[str, Any] = {"config": config.model_dump(mode="json"), "out": str(Path(out).resolve())}
+    if grow is not None:
+        parameters["grow"] = grow
     return build_dataset.to_deployment(
         name=name,
         cron=cron,
-        # an absolute output root: scheduled runs may start from another working directory
-        parameters={"config": config.model_dump(mode="json"), "out": str(Path(out).resolve())},
+        parameters=parameters,
         description=f"scheduled build of dataset {config.dataset!r}",
         tags=["personaloom", config.dataset],
     )

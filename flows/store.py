@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from personaloom.schemas.arrow import arrow_schema, to_table
 from personaloom.schemas.manifest import Manifest, ShardInfo
 
 VERSION = re.compile(r"^v(\d{4,})$")
-TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset")
+TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset", "probes")
 
 
 def sha256_file(path: Path) -> str:
@@ -63,6 +64,27 @@ def read_table(
 
 def read_records(path: Path, model: type[BaseModel]) -> list:
     return [model.model_validate(r) for r in read_table(path, model).to_pylist()]
+
+
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """`dst` becomes a hard link to `src` (True), or a copy where the filesystem refuses links (False).
+
+    A link already in place (a resumed publish) is kept. Shards are never modified in place (every write
+    is a new file renamed over the old name), so a linked file stays what both versions recorded.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        if os.path.samefile(src, dst):
+            return True
+        dst.unlink()
+    try:
+        os.link(src, dst)
+        return True
+    except OSError:  # another filesystem, no link support, too many links: a copy, written atomically
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        return False
 
 
 def shard_infos(root: Path) -> list[ShardInfo]:
@@ -164,6 +186,37 @@ class DatasetStore:
         latest = self.latest()
         n = int(latest[1:]) + 1 if latest else 1
         return f"v{n:04d}", latest
+
+    def remove_old(self, keep: int) -> dict[str, int]:
+        """Remove all but the newest `keep` versions (never `latest`); returns bytes freed per version.
+
+        Safe by construction: a shard a newer version inherits is a hard link (or a copy), so removing
+        the older version unlinks one name of the file and the newer version keeps it. Each version is
+        first renamed out of sight (atomic), then deleted: a reader sees it whole or not at all.
+        """
+        if keep < 1:
+            raise UserError(f"--keep {keep}: keep at least 1 version (the latest is never removed)")
+        trash = self.root / ".trash"
+        removed: dict[str, int] = {}
+        with self.lock():
+            shutil.rmtree(trash, ignore_errors=True)  # what an interrupted removal left behind
+            versions = self.versions()
+            link = self.root / "latest"
+            protected = {versions[-1]} if versions else set()
+            if link.is_symlink():
+                protected.add(Path(os.readlink(link)).name)
+            for version in [v for v in versions[:-keep] if v not in protected]:
+                folder = self.root / version
+                removed[version] = sum(
+                    st.st_size
+                    for f in folder.rglob("*")
+                    if f.is_file() and not f.is_symlink() and (st := f.stat()).st_nlink == 1
+                )
+                trash.mkdir(exist_ok=True)
+                gone = trash / version
+                os.rename(folder, gone)
+                shutil.rmtree(gone)
+        return removed
 
     def publish(self, staging: Path, version: str) -> Path:
         """Rename the finished staging folder into place and point `latest` at it (under `lock()`)."""

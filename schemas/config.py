@@ -103,11 +103,18 @@ class BuildConfig(BaseModel):
         min_length=1,
         description="sample only these locales of seeds/locales.csv, e.g. en_US, de_DE (default: all)",
     )
+    languages: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="only personas who write to an assistant in these ISO 639-1 languages, e.g. en, zh "
+        "(seeds/language_codes.csv; default: every language the locales speak)",
+    )
     shard_size: int = Field(50, ge=1, description="personas per shard (one Prefect task per stage and shard)")
     expand_hints: bool = Field(
         True, description="let the LLM expand seed hints self-instruct style (stage 1)"
     )
     answerability: bool = Field(True, description="stage 5 LLM answerability check")
+    probes: bool = Field(True, description="build evaluation items (probes/) from the kept sessions")
     quality_min: int | None = Field(
         None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)"
     )

@@ -19,6 +19,50 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "i can't assist",
     "i'm sorry, but i can't",
     "i'm sorry, but i cannot",
+    # the same model boilerplate in the other supported languages (lowercase; no bare "sorry" either)
+    "作为一个人工智能",
+    "作为一个ai",
+    "作为人工智能语言模型",
+    "我无法协助",
+    "ai言語モデルとして",
+    "大規模言語モデルとして",
+    "aiアシスタントとして、私は",
+    "お手伝いすることはできません",
+    "ai 언어 모델로서",
+    "인공지능 언어 모델로서",
+    "도와드릴 수 없습니다",
+    "ในฐานะโมเดลภาษา",
+    "ในฐานะปัญญาประดิษฐ์",
+    "ฉันไม่สามารถช่วยเรื่องนี้ได้",
+    "بصفتي نموذج",
+    "بصفتي نموذجًا",
+    "كنموذج لغوي",
+    "بصفتي ذكاء اصطناعي",
+    "بصفتي ذكاءً اصطناعيًا",
+    "لا يمكنني المساعدة في ذلك",
+    "لا أستطيع المساعدة في ذلك",
+    "как языковая модель",
+    "будучи языковой моделью",
+    "как искусственный интеллект, я",
+    "я не могу помочь с этим",
+    "भाषा मॉडल के रूप में",
+    "एआई के रूप में, मैं",
+    "मैं इसमें आपकी मदद नहीं कर सकता",
+    "como modelo de lenguaje",
+    "como un modelo de lenguaje",
+    "no puedo ayudarte con eso",
+    "en tant que modèle de langage",
+    "en tant qu'ia",
+    "als ki-sprachmodell",
+    "als sprachmodell kann ich",
+    "como um modelo de linguagem",
+    "come modello linguistico",
+    "als taalmodel",
+    "bir yapay zeka dil modeli olarak",
+    "là một mô hình ngôn ngữ",
+    "sebagai model bahasa",
+    "jako model językowy",
+    "som en språkmodell",
 )
 
 # Chat-template and placeholder debris left by a model that echoed its prompt.
@@ -89,6 +133,30 @@ DEFAULT_DANGLING_WORDS: tuple[str, ...] = (
     "are",
     "was",
     "were",
+    # other languages: only words that are not also English words a sentence may end on ("die",
+    # "den", "son", "no", "do", "min" are left out); matched as written, so "LA" or "UN" is no "la", "un"
+    *"и в на с к по о об от из для что чтобы но или а при без до у за который которая которые".split(),
+    *"في من إلى الى على عن مع أن ان لكن أو او التي الذي الذين ثم لأن".split(),
+    *"और या के की का को में से पर कि लेकिन जो तथा एवं क्योंकि".split(),
+    *"y o pero el los las una unos unas del para por con en de que porque aunque cuando".split(),
+    *"mi su sus mis".split(),
+    *"et ou mais le la les un une des du au aux avec dans sur qui donc parce mes sa ses".split(),
+    *"und oder aber der dem des das ein eine einen einem einer für von zu zum zur auf dass weil wenn".split(),
+    *"e ou mas os um uma da dos das na nos meu minha".split(),
+    *"il lo gli di da per che della dei nel nella mio mia perché".split(),
+    *"maar het een voor met naar dat omdat mijn och eller att för som ett".split(),
+    *"oraz ale lub albo od dla że który która które mój moja".split(),
+    *"ve veya ama ile için bir dan atau tetapi yang di ke dari untuk dengan pada karena".split(),
+    *"và hoặc nhưng của cho với trong để mà kwa katika au lakini za cha vya".split(),
+)
+
+# The same for scripts written without spaces: a text ending on one of these (no punctuation after it)
+# was cut off. Matched as a suffix, so only endings that no common word ends with (Japanese は, に, が,
+# で, の and と end valid sentences and words: left out).
+DEFAULT_DANGLING_ENDINGS: tuple[str, ...] = (
+    *"和 与 及 以及 或者 但是 而且 并且 因为 所以 如果 虽然 关于 对于".split(),
+    *"を や および そして しかし または ならびに".split(),
+    *"และ แต่ เพราะ ซึ่ง เพื่อ กับ โดย ถ้า จาก".split(),
 )
 
 
@@ -118,6 +186,17 @@ class RuleConfig(BaseModel):
         default_factory=lambda: list(DEFAULT_DANGLING_WORDS),
         description="a text without terminal punctuation ending on one of these is truncated",
     )
+    dangling_endings: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DANGLING_ENDINGS),
+        description="the same for Chinese, Japanese and Thai: a text ending on one of these is truncated",
+    )
+    # Scripts without spaces: characters count as words at these rates (min_words, max_words and the
+    # unique ratio's threshold then mean the same length in every script)
+    han_chars_per_word: float = Field(1.5, gt=0, description="Chinese characters (kanji) per word")
+    kana_chars_per_word: float = Field(2.0, gt=0, description="Japanese kana per word")
+    sea_chars_per_word: float = Field(
+        3.0, gt=0, description="Thai, Lao, Khmer and Burmese letters per word (combining marks not counted)"
+    )
 
     @model_validator(mode="after")
     def _words_order(self) -> RuleConfig:
@@ -142,6 +221,13 @@ class NearDupConfig(BaseModel):
     max_df: int = Field(50, ge=2, description="drop shingles found in more rows")
     max_bucket_size: int = Field(
         16, ge=2, description="LSH buckets larger than this emit a star+chain, not all pairs"
+    )
+    char_shingle_size: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="characters per shingle for texts mostly in scripts without spaces (Chinese, Japanese, "
+        "Thai): words fail there, so they are shingled and verified on characters",
     )
     verify_on: Literal["words", "chars"] = Field(
         "words",
@@ -171,6 +257,18 @@ class LangIdConfig(BaseModel):
     enabled: bool = False
     allowed: list[str] = Field(default_factory=lambda: ["en"], description="ISO 639-1 codes kept")
     min_score: float = Field(0.5, ge=0, le=1, description="below this the row is dropped as 'language'")
+    match_intended: bool = Field(
+        True,
+        description="when rows name their intended language (a build; `filter --lang-column`), drop a row "
+        "detected in another language as 'wrong_language'",
+    )
+    mismatch_min_score: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a row is 'wrong_language' only when another language is detected at least this surely "
+        "and the intended one is not among the model's top 3 at 0.05 or more",
+    )
 
 
 class FilterConfig(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +66,22 @@ class ShardInfo(BaseModel):
     rows: int
     bytes: int
     sha256: str
+    inherited_from: str | None = Field(
+        None,
+        description="the version whose build wrote this shard, when this version inherits it unchanged "
+        "(a hard link to that version's file); None: written by this version's build",
+    )
+
+
+class PersonaSpan(BaseModel):
+    """Persona indices [first, end): row i is persona i of the dataset's seed (`row_seed(seed, i)`)."""
+
+    first: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+    @property
+    def count(self) -> int:
+        return self.end - self.first
 
 
 class Manifest(BaseModel):
@@ -89,6 +106,11 @@ class Manifest(BaseModel):
     invariants: dict[str, int] = Field(
         default_factory=dict, description="violations per ground-truth invariant (personaloom.audit): all 0"
     )
+    languages: dict[str, int] = Field(
+        default_factory=dict,
+        description="dataset rows per language found by language ID (fastText lid.176) in their personalized "
+        "query, most first",
+    )
     stage_seconds: dict[str, float] = Field(
         description="seconds per stage, summed over shards (shards overlap)"
     )
@@ -96,6 +118,20 @@ class Manifest(BaseModel):
         default_factory=dict, description="wall seconds: endpoint_start, generate"
     )
     shards: list[ShardInfo]
+    identity: str | None = Field(
+        None,
+        description="the build's run key (content settings, seeds, prompts of the declared calls, code): "
+        "a build with the latest version's identity publishes nothing",
+    )
+    seeds_digest: str | None = Field(None, description="digest of the seed tables the build sampled from")
+    mode: Literal["build", "grow", "rebuild"] = Field(
+        "build",
+        description="build: every persona generated; grow: parent's rows + new personas; "
+        "rebuild: the parent's personas regenerated with other settings",
+    )
+    built: PersonaSpan | None = Field(
+        None, description="persona indices this version's build generated (a grown version inherits the rest)"
+    )
 
     def stage_report(self) -> list[StageReport]:
         """The per-stage table, one row per pipeline stage, in pipeline order."""

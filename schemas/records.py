@@ -79,7 +79,16 @@ class SeedRow(Record):
     country: str
     nationality: str
     languages: list[str] = Field(description="the first language, then additional ones (seeds/languages.csv)")
-    name: str
+    interaction_language: str | None = Field(
+        None,
+        description="ISO 639-1 code of the language this person writes to an assistant in, one of "
+        "`languages` (seeds/language_codes.csv); every generated text of the persona is in it "
+        "(None: sampled before interaction languages existed, English)",
+    )
+    name: str = Field(description="in the locale's own script (given_names.csv/family_names.csv `native`)")
+    name_romanized: str | None = Field(
+        None, description="the name in Latin script (the same as `name` where the locale writes Latin script)"
+    )
     gender: str
     age: int
     occupation: str
@@ -112,6 +121,9 @@ class Demographics(Record):
     Nationality: str
     Language: list[str]
     Career_Information: str
+    Interaction_Language: str = Field(
+        "en", description="ISO 639-1 code of the language the persona writes in (the skeleton's)"
+    )
 
 
 class Personality(Record):

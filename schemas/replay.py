@@ -69,6 +69,11 @@ class ReplayConfig(BaseModel):
         2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment"
     )
     judge: bool = Field(True, description="LLM judge ratings and persona similarity")
+    embedding_model: str | None = Field(
+        None,
+        description="embed memories with this model of the endpoint's /embeddings API [default: an offline "
+        "hashing embedder]",
+    )
     vars: VarsParams = Field(default_factory=VarsParams)
     llm: LLMConfig = Field(default_factory=LLMConfig)
 

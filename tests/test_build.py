@@ -102,12 +102,13 @@ def test_full_build_layout_and_readers(
     assert "Bearer" not in json.dumps(m)
 
 
-def test_rerun_makes_no_llm_call_and_adds_a_version(out: Path, tmp_path: Path) -> None:
+def test_rerun_is_up_to_date_and_forced_makes_no_llm_call(out: Path, tmp_path: Path) -> None:
     with FakeOpenAI(latency=0.02) as fake:
         cfg = config(fake)
         build(cfg, out)
         first = fake.stats.by_path["/v1/chat/completions"]
-        v2 = build(cfg, out)
+        assert build(cfg, out) == "v0001"  # the same identity as the latest version: nothing published
+        v2 = asyncio.run(build_dataset(cfg, out=str(out), force=True))
         assert fake.stats.by_path["/v1/chat/completions"] == first > 0
     store = DatasetStore(out, "demo")
     assert v2 == "v0002" and store.versions() == ["v0001", "v0002"]

@@ -76,7 +76,7 @@ def test_build_twice_then_read(tmp_path: Path) -> None:
         t1 = time.perf_counter()
         assert first.returncode == 0, first.stderr[-2000:]
         calls = fake.stats.by_path["/v1/chat/completions"]
-        second = run(*args, "--base-url", fake.base_url, env=env)
+        second = run(*args, "--base-url", fake.base_url, "--force", env=env)  # else: up to date
         t2 = time.perf_counter()
         assert second.returncode == 0, second.stderr[-2000:]
         assert fake.stats.by_path["/v1/chat/completions"] == calls > 20 * 3 * 3

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
 EXE = [sys.executable, "-m", "personaloom"]
-BASE_FIGURES = {"stages", "personas", "communication", "scene_kinds", "query_lengths"}
+BASE_FIGURES = {"stages", "personas", "communication", "scene_kinds", "query_lengths", "languages"}
 RUN = "r1"
 
 
@@ -219,7 +219,7 @@ def test_five_readers_agree(
 
     files = str(version_dir / table / "part-*.parquet")
     n = parquet_rows(version_dir / table)
-    assert n > 0 or table == "rejections"
+    assert n > 0 or table in ("rejections", "probes")  # these two may be empty on the fake model
     assert duckdb.sql(f"select count(*) from read_parquet('{files}')").fetchall()[0][0] == n
     assert len(pd.read_parquet(version_dir / table)) == n
     assert pl.scan_parquet(files).select(pl.len()).collect().item() == n

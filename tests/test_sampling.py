@@ -220,7 +220,8 @@ def test_rule_languages_locale() -> None:
     assert broken(a_row(languages=["English", "German"])) == {"languages_locale"}  # main not first
     assert broken(a_row(languages=["German", "Klingon"])) == {"languages_locale"}
     assert broken(a_row(languages=["German", "German"])) == {"languages_locale"}
-    assert broken(a_row(languages=[])) == {"languages_locale"}
+    # no language at all: nor is the interaction language one of them
+    assert broken(a_row(languages=[])) == {"languages_locale", "interaction_language"}
     assert broken(a_row(languages=["German", "English", "Russian"])) == set()
 
 

@@ -1,4 +1,4 @@
-"""Scheduled builds: a cron deployment whose runs (executed as a worker would) make new versions."""
+"""Scheduled builds: a cron deployment whose runs (executed as a worker would) make growing versions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from personaloom.schedule import deployment
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_scheduled_runs_make_versions_with_parents(out: Path) -> None:
+def test_scheduled_runs_with_grow_make_growing_versions(out: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
@@ -31,7 +32,7 @@ def test_scheduled_runs_make_versions_with_parents(out: Path) -> None:
             scenes_per_persona=2,
             llm=LLMConfig(model="m", base_url=fake.base_url),
         )
-        dep = deployment(cfg, out, "0 3 * * *", "nightly-test")
+        dep = deployment(cfg, out, "0 3 * * *", "nightly-test", grow=2)
         dep_id = dep.apply()
 
         async def schedule() -> list:
@@ -54,4 +55,10 @@ def test_scheduled_runs_make_versions_with_parents(out: Path) -> None:
             assert done.returncode == 0, done.stderr[-3000:]
     store = DatasetStore(out, "nightly")
     assert store.versions() == ["v0001", "v0002"]
-    assert store.manifest("v0002").parent == "v0001"
+    first, second = store.manifest("v0001"), store.manifest("v0002")
+    assert first.config.personas == 2 and first.parent is None  # the first run grows from nothing
+    assert second.parent == "v0001" and second.mode == "grow" and second.config.personas == 4
+    assert second.built is not None and (second.built.first, second.built.end) == (2, 4)
+    seeds = pl.read_parquet(store.resolve("v0002") / "seeds" / "*.parquet")
+    assert sorted(seeds["index"]) == [0, 1, 2, 3]
+    assert {s.path for s in second.shards if s.inherited_from == "v0001"} == {s.path for s in first.shards}

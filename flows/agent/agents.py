@@ -23,8 +23,8 @@ import numpy as np
 
 from personaloom.agent.calls import Caller
 from personaloom.agent.chatbot import AgentContext, Chatbot, transcript
-from personaloom.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
-from personaloom.agent.persona import FlatPersona, golden_at, initial_persona
+from personaloom.agent.memory import Embedder, VarsState, satisfaction_reward
+from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of
 from personaloom.agent.sessions import SessionLog, SessionManager, sample_session
 from personaloom.agent.updater import (
     PersonaUpdate,
@@ -47,6 +47,7 @@ LEARNED = re.compile(r"^learned-k(\d+)$")
 class FeedbackJob(NamedTuple):
     session: SessionLog  # what actually happened
     simulated: str  # the answer the current persona gives to the session's opening query
+    language: str = "en"  # ISO 639-1 code of the user's language
 
 
 def feedback_item(job: FeedbackJob, res: LLMResult[Any]) -> dict[str, object]:
@@ -56,19 +57,22 @@ def feedback_item(job: FeedbackJob, res: LLMResult[Any]) -> dict[str, object]:
 
 PERSONA_AGENT_FEEDBACK: LLMCall[FeedbackJob, dict[str, object]] = LLMCall(
     name="agent/persona_agent_feedback",
-    variables=("query", "simulated", "transcript", "satisfied"),
+    variables=("query", "simulated", "transcript", "satisfied", "language"),
     render=lambda job: {
         "query": job.session.query,
         "simulated": job.simulated,
         "transcript": transcript(job.session.dialogue()),
         "satisfied": job.session.satisfied,
+        "language": job.language,
     },
     build=feedback_item,
     response=None,
     max_tokens=300,
     role="memory",
     sample=lambda s: FeedbackJob(
-        sample_session(s.row), "Sure! Here are a few general options, each with the steps to follow."
+        sample_session(s.row),
+        "Sure! Here are a few general options, each with the steps to follow.",
+        language_of(s.row),
     ),
 )
 
@@ -76,12 +80,13 @@ PERSONA_AGENT_FEEDBACK: LLMCall[FeedbackJob, dict[str, object]] = LLMCall(
 class RewriteJob(NamedTuple):
     persona: FlatPersona
     feedback: list[dict[str, object]]  # one PERSONA_AGENT_FEEDBACK item per recent session
+    language: str = "en"
 
 
 PERSONA_AGENT_REWRITE: LLMCall[RewriteJob, tuple[FlatPersona, list[str]]] = LLMCall(
     name="agent/persona_agent_rewrite",
-    variables=("persona", "feedback"),
-    render=lambda job: {"persona": editable(job.persona), "feedback": job.feedback},
+    variables=("persona", "feedback", "language"),
+    render=lambda job: {"persona": editable(job.persona), "feedback": job.feedback, "language": job.language},
     build=lambda job, res: updated(job.persona, res),
     response=PersonaUpdate,
     max_tokens=700,
@@ -95,6 +100,7 @@ PERSONA_AGENT_REWRITE: LLMCall[RewriteJob, tuple[FlatPersona, list[str]]] = LLMC
                 "feedback": "The user accepted a plain answer; nothing shows a preference it missed.",
             }
         ],
+        language_of(s.row),
     ),
 )
 
@@ -102,18 +108,25 @@ PERSONA_AGENT_REWRITE: LLMCall[RewriteJob, tuple[FlatPersona, list[str]]] = LLMC
 class SummaryJob(NamedTuple):
     previous: str | None  # the semantic memory so far
     sessions: list[SessionLog]  # the sessions since the last summary
+    language: str = "en"
 
 
 MEMORY_SUMMARY: LLMCall[SummaryJob, str | None] = LLMCall(
     name="agent/memory_summary",
-    variables=("previous", "sessions"),
-    render=lambda job: {"previous": job.previous, "sessions": session_views(job.sessions)},
+    variables=("previous", "sessions", "language"),
+    render=lambda job: {
+        "previous": job.previous,
+        "sessions": session_views(job.sessions),
+        "language": job.language,
+    },
     build=lambda job, res: res.value.strip() if res.value else job.previous,  # a failure keeps the old one
     response=None,
     max_tokens=300,
     role="memory",
     sample=lambda s: SummaryJob(
-        f"- Preferred formats: {golden_at(s.row)['Preference.Preferred_Formats']}", [sample_session(s.row)]
+        f"- Preferred formats: {golden_at(s.row)['Preference.Preferred_Formats']}",
+        [sample_session(s.row)],
+        language_of(s.row),
     ),
 )
 
@@ -128,13 +141,14 @@ class Agent:
         cfg: ReplayConfig,
         first: DatasetRow,
         total: int,
-        embedder: HashingEmbedder,
+        embedder: Embedder,
         k: int = 1,
     ) -> None:
         self.name, self.caller, self.cfg, self.total, self.k = name, caller, cfg, total, k
         self.embedder = embedder
         self.sessions = SessionManager(embedder)
         self.start: FlatPersona = initial_persona(first)  # reference point of "revealed fields held"
+        self.language = language_of(first)  # the user's language: every call of the agent works in it
 
     @property
     def persona(self) -> FlatPersona | None:
@@ -145,7 +159,7 @@ class Agent:
 
     async def observe(self, log: SessionLog, position: int) -> list[str] | None:
         """Learn from a finished session; the changed paths when the persona was revised, else None."""
-        self.sessions.add(log)
+        await self.sessions.add(log)
         return None
 
 
@@ -174,7 +188,7 @@ class GoldenAgent(Agent):
 
 class RagAgent(Agent):
     async def context(self, row: DatasetRow) -> AgentContext:
-        return AgentContext(memory=self.sessions.similar(row.neutralized_query, self.cfg.retrieve))
+        return AgentContext(memory=await self.sessions.similar(row.neutralized_query, self.cfg.retrieve))
 
 
 class LearnedAgent(Agent):
@@ -189,14 +203,17 @@ class LearnedAgent(Agent):
 
     async def context(self, row: DatasetRow) -> AgentContext:
         return AgentContext(
-            persona=self._persona, memory=self.sessions.similar(row.neutralized_query, self.cfg.retrieve)
+            persona=self._persona,
+            memory=await self.sessions.similar(row.neutralized_query, self.cfg.retrieve),
         )
 
     async def observe(self, log: SessionLog, position: int) -> list[str] | None:
-        self.sessions.add(log)
+        await self.sessions.add(log)
         if not update_due(position, self.k, self.total):
             return None
-        self._persona, changed = await self.updater.update(self._persona, self.sessions.last(self.k))
+        self._persona, changed = await self.updater.update(
+            self._persona, self.sessions.last(self.k), self.language
+        )
         return changed
 
 
@@ -215,13 +232,13 @@ class PersonaAgent(LearnedAgent):
         return ctx
 
     async def observe(self, log: SessionLog, position: int) -> list[str] | None:
-        self.sessions.add(log)
+        await self.sessions.add(log)
         if not update_due(position, self.k, self.total):
             return None
         recent = self.sessions.last(self.cfg.align_n)
         feedback = await asyncio.gather(*(self._feedback(s) for s in recent))
         self._persona, changed = await self.caller.run(
-            "align", PERSONA_AGENT_REWRITE, RewriteJob(self._persona, feedback)
+            "align", PERSONA_AGENT_REWRITE, RewriteJob(self._persona, feedback, self.language)
         )
         await self._summarize()
         return changed
@@ -231,11 +248,14 @@ class PersonaAgent(LearnedAgent):
 
         Then let the LLM say how it differs from what the user wanted.
         """
-        simulated = await self.chatbot.draft(AgentContext(persona=self._persona), s.query, role="align")
-        return await self.caller.run("align", PERSONA_AGENT_FEEDBACK, FeedbackJob(s, simulated))
+        ctx = AgentContext(persona=self._persona)
+        simulated = await self.chatbot.draft(ctx, s.query, role="align", language=self.language)
+        return await self.caller.run(
+            "align", PERSONA_AGENT_FEEDBACK, FeedbackJob(s, simulated, self.language)
+        )
 
     async def _summarize(self) -> None:
-        job = SummaryJob(self.summary, self.sessions.last(self.k))
+        job = SummaryJob(self.summary, self.sessions.last(self.k), self.language)
         self.summary = await self.caller.run("memory", MEMORY_SUMMARY, job)
 
 
@@ -250,21 +270,21 @@ class VarsAgent(Agent):
         self._selected: list[int] = []
 
     async def context(self, row: DatasetRow) -> AgentContext:
-        self._selected = self.state.select(self.embedder.embed(row.neutralized_query), self.vectors)
+        self._selected = self.state.select(await self.embedder.aembed(row.neutralized_query), self.vectors)
         return AgentContext(memory=[self.items[i] for i in self._selected])
 
     async def observe(self, log: SessionLog, position: int) -> list[str] | None:
-        self.sessions.add(log)
+        await self.sessions.add(log)
         reward = satisfaction_reward(log.satisfied, log.user_turns, self.cfg.max_user_turns)
         self.state.update([self.vectors[i] for i in self._selected], reward)
         for text in log.follow_ups:
             self.items.append(text)
-            self.vectors.append(self.embedder.embed(text))
+            self.vectors.append(await self.embedder.aembed(text))
         return None
 
 
 def make_agent(
-    name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: HashingEmbedder
+    name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: Embedder
 ) -> Agent:
     args = (name, caller, cfg, first, total, embedder)
     if m := LEARNED.match(name):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from personaloom.agent.calls import Caller
-from personaloom.agent.persona import FlatPersona, golden_at, persona_lines
+from personaloom.agent.persona import FlatPersona, golden_at, language_of, persona_lines
 from personaloom.agent.sessions import Message, SessionLog, sample_session
 from personaloom.agent.tools import ToolExecutor, parse_tool_calls, strip_tool_calls
 from personaloom.llm.calls import LLMCall
@@ -39,11 +39,12 @@ class ChatJob(NamedTuple):
     apis: list[ApiSpec]
     tools_left: bool  # False: the prompt asks for an answer now, without API calls
     messages: list[Message]
+    language: str = "en"  # ISO 639-1 code of the language the user writes in
 
 
 CHATBOT: LLMCall[ChatJob, str] = LLMCall(
     name="agent/chatbot",
-    variables=("persona", "memory", "summary", "apis", "tools_left", "transcript"),
+    variables=("persona", "memory", "summary", "apis", "tools_left", "transcript", "language"),
     render=lambda job: {
         "persona": persona_lines(job.ctx.persona),
         "memory": job.ctx.memory,
@@ -51,6 +52,7 @@ CHATBOT: LLMCall[ChatJob, str] = LLMCall(
         "apis": [a.model_dump() for a in job.apis],
         "tools_left": job.tools_left,
         "transcript": transcript(job.messages),
+        "language": job.language,
     },
     build=lambda job, res: res.value or "",  # the raw reply: tool calls are parsed by the caller
     response=None,
@@ -61,6 +63,7 @@ CHATBOT: LLMCall[ChatJob, str] = LLMCall(
         s.row.apis,
         True,
         [Message("user", s.row.neutralized_query, 1)],
+        language_of(s.row),
     ),
 )
 
@@ -83,16 +86,17 @@ class Chatbot:
                 return answer
             for call in parsed.calls:
                 log.messages.append(Message("tool_call", call.render(), user_turn, call.name))
-                result, _ok = await self.executor.run(call, row.apis, row.context)
+                result, _ok = await self.executor.run(call, row.apis, row.context, language_of(row))
                 log.messages.append(Message("tool_result", result, user_turn, call.name))
             for err in parsed.errors:
                 log.messages.append(Message("tool_result", f"ERROR: {err}", user_turn))
         raise AssertionError("unreachable: the last round always answers")
 
     async def _ask(self, ctx: AgentContext, row: DatasetRow, log: SessionLog, tools_left: bool) -> str:
-        return await self.caller.run("chatbot", CHATBOT, ChatJob(ctx, row.apis, tools_left, log.messages))
+        job = ChatJob(ctx, row.apis, tools_left, log.messages, language_of(row))
+        return await self.caller.run("chatbot", CHATBOT, job)
 
-    async def draft(self, ctx: AgentContext, query: str, role: str) -> str:
+    async def draft(self, ctx: AgentContext, query: str, role: str, language: str = "en") -> str:
         """A tool-free answer to an opening query alone (PersonaAgent's simulated response)."""
-        job = ChatJob(ctx, [], False, [Message("user", query, 1)])
+        job = ChatJob(ctx, [], False, [Message("user", query, 1)], language)
         return strip_tool_calls(await self.caller.run(role, CHATBOT, job))

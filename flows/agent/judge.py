@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from personaloom.agent.calls import Caller
-from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, persona_lines
+from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of, persona_lines
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.records import DatasetRow
@@ -84,12 +84,13 @@ class RateJob(NamedTuple):
 
 JUDGE_RATING: LLMCall[RateJob, Rating] = LLMCall(
     name="agent/judge_rating",
-    variables=("persona", "scene", "query", "answer"),
+    variables=("persona", "scene", "query", "answer", "language"),
     render=lambda job: {
         "persona": persona_lines(golden_at(job.row)),
         "scene": job.row.model_dump(include={"title", "description", "expected_response"}),
         "query": job.row.neutralized_query,
         "answer": job.answer,
+        "language": language_of(job.row),
     },
     build=lambda job, res: parse_rating(res.value or ""),
     response=None,
@@ -119,8 +120,12 @@ def _sample_learned(row: DatasetRow) -> FlatPersona:
 
 JUDGE_SIMILARITY: LLMCall[SimilarityJob, Similarity] = LLMCall(
     name="agent/judge_similarity",
-    variables=("learned", "golden"),
-    render=lambda job: {"learned": persona_lines(job.learned), "golden": persona_lines(golden_at(job.row))},
+    variables=("learned", "golden", "language"),
+    render=lambda job: {
+        "learned": persona_lines(job.learned),
+        "golden": persona_lines(golden_at(job.row)),
+        "language": language_of(job.row),
+    },
     build=build_similarity,
     response=SimilarityJudgement,
     max_tokens=300,

@@ -14,7 +14,7 @@ from personaloom.agent.agents import Agent, make_agent
 from personaloom.agent.calls import AGENT_ROLES, EVAL_ROLES, Caller
 from personaloom.agent.chatbot import AgentContext, Chatbot
 from personaloom.agent.judge import Judge, Rating, Similarity
-from personaloom.agent.memory import HashingEmbedder
+from personaloom.agent.memory import Embedder
 from personaloom.agent.metrics import (
     changes_tracked,
     field_similarity,
@@ -209,7 +209,7 @@ def session_row(
 
 
 async def replay_user(
-    rows: list[DatasetRow], agent_name: str, llm: LLM, cfg: ReplayConfig, embedder: HashingEmbedder
+    rows: list[DatasetRow], agent_name: str, llm: LLM, cfg: ReplayConfig, embedder: Embedder
 ) -> ReplayOutputs:
     """One persona's sessions (already in session order) through one agent."""
     rows = sorted(rows, key=lambda r: r.session_index)

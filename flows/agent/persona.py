@@ -41,6 +41,12 @@ def initial_persona(row: DatasetRow) -> FlatPersona:
     return {p: (golden[p] if p.startswith(PROTECTED_SECTION + ".") else "") for p in PERSONA_PATHS}
 
 
+def language_of(row: DatasetRow) -> str:
+    """ISO 639-1 code of the language the user writes in: the agent, its simulated user and its judge
+    work in it (the user's messages show it, so every agent may know it)."""
+    return row.persona.Demographics.Interaction_Language
+
+
 def is_protected(path: str) -> bool:
     return path.startswith(PROTECTED_SECTION + ".")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from personaloom.agent.memory import EpisodicMemory, HashingEmbedder
+from personaloom.agent.memory import Embedder, EpisodicMemory
 from personaloom.schemas.records import DatasetRow
 
 
@@ -66,19 +66,19 @@ def sample_session(row: DatasetRow) -> SessionLog:
 class SessionManager:
     """Stores one user's sessions; `last(n)` feeds persona updates, `similar(q, k)` feeds retrieval."""
 
-    def __init__(self, embedder: HashingEmbedder) -> None:
+    def __init__(self, embedder: Embedder) -> None:
         self.sessions: list[SessionLog] = []
         self._memory = EpisodicMemory(embedder)
 
-    def add(self, log: SessionLog) -> None:
+    async def add(self, log: SessionLog) -> None:
         self.sessions.append(log)
-        self._memory.add(log.digest())
+        await self._memory.add(log.digest())
 
     def last(self, n: int) -> list[SessionLog]:
         return self.sessions[-n:] if n > 0 else []
 
-    def similar(self, query: str, k: int) -> list[str]:
-        return self._memory.search(query, k)
+    async def similar(self, query: str, k: int) -> list[str]:
+        return await self._memory.search(query, k)
 
     def __len__(self) -> int:
         return len(self.sessions)

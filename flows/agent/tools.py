@@ -86,6 +86,7 @@ class ToolJob(NamedTuple):
     spec: ApiSpec
     call: ToolCall
     context: str
+    language: str = "en"  # ISO 639-1: free text of the result is in the user's language
 
 
 def tool_result(job: ToolJob, res: LLMResult[Any]) -> tuple[str, bool]:
@@ -97,30 +98,33 @@ def tool_result(job: ToolJob, res: LLMResult[Any]) -> tuple[str, bool]:
 EXAMPLE = re.compile(r"e\.g\. '([^']+)'")
 
 
-def _sample_tool_job(spec: ApiSpec, context: str) -> ToolJob:
+def _sample_tool_job(spec: ApiSpec, context: str, language: str = "en") -> ToolJob:
     """A call of `spec` with a plausible value for every argument: the description's example, if any."""
     args: dict[str, Any] = {}
     for a in spec.arguments:
         example = EXAMPLE.search(a.description)
         numeric = a.type in ("integer", "number")
         args[a.name] = 2 if numeric else example.group(1) if example else a.name.replace("_", " ")
-    return ToolJob(spec, ToolCall(spec.name, args), context)
+    return ToolJob(spec, ToolCall(spec.name, args), context, language)
 
 
 TOOL_EXECUTOR: LLMCall[ToolJob, tuple[str, bool]] = LLMCall(
     name="agent/tool_executor",
-    variables=("api", "arguments", "context"),
+    variables=("api", "arguments", "context", "language"),
     render=lambda job: {
         "api": job.spec.model_dump(),
         "arguments": json.dumps(job.call.arguments, ensure_ascii=False),
         "context": job.context,
+        "language": job.language,
     },
     build=tool_result,
     response=None,
     max_tokens=300,
     role="tool",
     sample=lambda s: _sample_tool_job(
-        s.row.apis[0] if s.row.apis else next(iter(s.catalogue.apis.values())), s.row.context
+        s.row.apis[0] if s.row.apis else next(iter(s.catalogue.apis.values())),
+        s.row.context,
+        s.seed.interaction_language or "en",
     ),
 )
 
@@ -131,10 +135,12 @@ class ToolExecutor:
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
 
-    async def run(self, call: ToolCall, apis: list[ApiSpec], scene_context: str) -> tuple[str, bool]:
+    async def run(
+        self, call: ToolCall, apis: list[ApiSpec], scene_context: str, language: str = "en"
+    ) -> tuple[str, bool]:
         """(result text, ok). Invalid calls get an error result without an LLM call."""
         problem = check_call(call, apis)
         if problem is not None:
             return f"ERROR: {problem}", False
         spec = next(a for a in apis if a.name == call.name)
-        return await self.caller.run("tool", TOOL_EXECUTOR, ToolJob(spec, call, scene_context))
+        return await self.caller.run("tool", TOOL_EXECUTOR, ToolJob(spec, call, scene_context, language))

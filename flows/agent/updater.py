@@ -79,17 +79,24 @@ def updated(persona: FlatPersona, res: LLMResult[Any]) -> tuple[FlatPersona, lis
 class UpdateJob(NamedTuple):
     persona: FlatPersona
     sessions: list[SessionLog]  # the last k sessions
+    language: str = "en"  # ISO 639-1: values are written in the user's language
 
 
 PERSONA_UPDATE: LLMCall[UpdateJob, tuple[FlatPersona, list[str]]] = LLMCall(
     name="agent/persona_update",
-    variables=("persona", "sessions"),
-    render=lambda job: {"persona": editable(job.persona), "sessions": session_views(job.sessions)},
+    variables=("persona", "sessions", "language"),
+    render=lambda job: {
+        "persona": editable(job.persona),
+        "sessions": session_views(job.sessions),
+        "language": job.language,
+    },
     build=lambda job, res: updated(job.persona, res),
     response=PersonaUpdate,
     max_tokens=700,
     role="memory",
-    sample=lambda s: UpdateJob(initial_persona(s.row), [sample_session(s.row)]),
+    sample=lambda s: UpdateJob(
+        initial_persona(s.row), [sample_session(s.row)], s.seed.interaction_language or "en"
+    ),
 )
 
 
@@ -97,5 +104,7 @@ class PersonaUpdater:
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
 
-    async def update(self, persona: FlatPersona, sessions: list[SessionLog]) -> tuple[FlatPersona, list[str]]:
-        return await self.caller.run("update", PERSONA_UPDATE, UpdateJob(persona, sessions))
+    async def update(
+        self, persona: FlatPersona, sessions: list[SessionLog], language: str = "en"
+    ) -> tuple[FlatPersona, list[str]]:
+        return await self.caller.run("update", PERSONA_UPDATE, UpdateJob(persona, sessions, language))

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from personaloom.agent.calls import Caller
 from personaloom.agent.chatbot import transcript
-from personaloom.agent.persona import golden_at, persona_lines
+from personaloom.agent.persona import golden_at, language_of, persona_lines
 from personaloom.agent.sessions import SessionLog, sample_session
 from personaloom.llm.calls import LLMCall
 from personaloom.schemas.records import DatasetRow
@@ -57,7 +57,7 @@ class VerdictJob(NamedTuple):
 
 USER_JUDGE: LLMCall[VerdictJob, Verdict] = LLMCall(
     name="agent/user_judge",
-    variables=("persona", "user_name", "changes", "scene", "transcript", "turns_left"),
+    variables=("persona", "user_name", "changes", "scene", "transcript", "turns_left", "language"),
     render=lambda job: {
         "persona": persona_lines(golden_at(job.row)),
         "user_name": job.row.persona.Demographics.Name,
@@ -65,6 +65,7 @@ USER_JUDGE: LLMCall[VerdictJob, Verdict] = LLMCall(
         "scene": job.row.model_dump(include={"title", "description", "context", "expected_response"}),
         "transcript": transcript(job.log.dialogue()),
         "turns_left": job.turns_left,
+        "language": language_of(job.row),
     },
     build=lambda job, res: parse_verdict(res.value or ""),
     response=None,

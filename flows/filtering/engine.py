@@ -1,4 +1,4 @@
-"""filter_texts: rules -> exact dedup -> near-dup -> (optional) language ID.
+"""filter_texts: rules -> exact dedup -> near-dup -> language ID (optional, or per row's intended language).
 
 Cheap checks run first so the expensive ones see fewer rows. Every input row ends up in exactly
 one of `kept` / `rejected`; a rejected row carries why (drop_reason) and, for duplicates, which
@@ -23,6 +23,7 @@ Progress = Callable[[str, int, int], None]
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 LANGUAGE = "language"
+WRONG_LANGUAGE = "wrong_language"
 
 
 @dataclass
@@ -33,8 +34,8 @@ class FilterOutcome:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def drop_reasons(config: FilterConfig) -> list[str]:
-    """Every drop reason this config can produce, in check order."""
+def drop_reasons(config: FilterConfig, intended: bool = False) -> list[str]:
+    """Every drop reason this config can produce, in check order (`intended`: rows name their language)."""
     reasons = [rule.name for rule in build_rules(config.rules)]
     if config.exact_dedup:
         reasons.append(EXACT)
@@ -42,7 +43,25 @@ def drop_reasons(config: FilterConfig) -> list[str]:
         reasons.append(NEAR)
     if config.lang_id.enabled:
         reasons.append(LANGUAGE)
+    if intended and config.lang_id.match_intended:
+        reasons.append(WRONG_LANGUAGE)
     return reasons
+
+
+def detected_columns(columns: list[str]) -> tuple[str, str]:
+    """Where rejected rows hold the detected language and its probability: `lang`, `lang_score`, or
+    `detected_lang`, `detected_lang_score` when the input has a column of either name (its own)."""
+    if {"lang", "lang_score"} & set(columns):
+        return "detected_lang", "detected_lang_score"
+    return "lang", "lang_score"
+
+
+def wrong_language_detail(row: dict, lang_column: str = "language") -> str | None:
+    """'detected ru (0.98), intended zh' for a rejected row dropped as wrong_language, else None."""
+    if row.get("drop_reason") != WRONG_LANGUAGE:
+        return None
+    lang, score = detected_columns([lang_column])
+    return f"detected {row.get(lang)} ({row.get(score) or 0:.2f}), intended {row.get(lang_column)}"
 
 
 def evaluate_rules(df: pl.DataFrame, column: str, config: FilterConfig) -> pl.DataFrame:
@@ -87,10 +106,15 @@ def filter_texts(
     config: FilterConfig,
     id_column: str | None = None,
     progress: Progress | None = None,
+    lang_column: str | None = None,
 ) -> FilterOutcome:
     """Filter the texts of `df[column]`. Returns kept rows (original columns and order) and
     rejected rows with drop_reason, rule_score, dup_of, dup_score, dup_method (+ lang, lang_score
-    when language ID is enabled)."""
+    when language ID ran; detected_lang, detected_lang_score when the input has a `lang` column).
+
+    `lang_column` names each row's intended language (ISO 639-1; null: unknown): a row detected in
+    another language is dropped as `wrong_language`, its rule_score the detection's probability.
+    """
     report = progress or (lambda stage, done, total: None)
     n = df.height
     stats: dict[str, float] = {"rows": n}
@@ -152,24 +176,37 @@ def filter_texts(
         report("near_dup", alive.shape[0], alive.shape[0])
 
     langs = scores = None
-    if config.lang_id.enabled and alive.shape[0]:
-        from personaloom.filtering.langid import detect_languages
+    intended = lang_column is not None and config.lang_id.match_intended
+    if (config.lang_id.enabled or intended) and alive.shape[0]:
+        from personaloom.filtering.langid import mismatch, top_languages
 
         report("lang_id", 0, alive.shape[0])
         t = time.perf_counter()
         texts = df[column].cast(pl.String).gather(alive)
-        found_lang, found_score = detect_languages(texts)
+        tops = top_languages(texts)
+        found_lang = np.array([top[0][0] if top else None for top in tops], dtype=object)
+        found_score = np.array([top[0][1] if top else np.nan for top in tops], dtype=np.float64)
         langs = np.full(n, None, dtype=object)
         scores = np.full(n, np.nan, dtype=np.float64)
         langs[alive] = found_lang
         scores[alive] = found_score
-        allowed = set(config.lang_id.allowed)
-        bad = np.array([lang not in allowed for lang in found_lang], dtype=bool) | ~(
-            found_score >= config.lang_id.min_score
-        )
-        # A dropped group representative takes its duplicates' dup_of along: they stay
-        # pointing at it (in `rejected`, reason "language"), as their text is the same language.
-        reason[alive[bad]] = LANGUAGE
+        bad = np.zeros(alive.shape[0], dtype=bool)
+        if config.lang_id.enabled:
+            allowed = set(config.lang_id.allowed)
+            bad = np.array([lang not in allowed for lang in found_lang], dtype=bool) | ~(
+                found_score >= config.lang_id.min_score
+            )
+            # A dropped group representative takes its duplicates' dup_of along: they stay
+            # pointing at it (in `rejected`, reason "language"), as their text is the same language.
+            reason[alive[bad]] = LANGUAGE
+        if intended:
+            want = df[lang_column].cast(pl.String).gather(alive).to_list()  # type: ignore[index]
+            minimum = config.lang_id.mismatch_min_score
+            rows = zip(tops, want, texts.fill_null("").to_list(), strict=True)
+            wrong = ~bad & np.array([mismatch(top, w, minimum, text) for top, w, text in rows], dtype=bool)
+            reason[alive[wrong]] = WRONG_LANGUAGE
+            rule_score[alive[wrong]] = found_score[wrong]
+            bad |= wrong
         alive = alive[~bad]
         stats["langid_s"] = time.perf_counter() - t
         stats["langid_rows_per_s"] = found_lang.shape[0] / max(stats["langid_s"], 1e-9)
@@ -190,14 +227,15 @@ def filter_texts(
         pl.Series("dup_method", dup_method[rejected_idx].tolist(), dtype=pl.String),
     ]
     if langs is not None and scores is not None:
+        names = detected_columns(df.columns)
         extra += [
-            pl.Series("lang", langs[rejected_idx].tolist(), dtype=pl.String),
-            pl.Series("lang_score", scores[rejected_idx], dtype=pl.Float64).fill_nan(None),
+            pl.Series(names[0], langs[rejected_idx].tolist(), dtype=pl.String),
+            pl.Series(names[1], scores[rejected_idx], dtype=pl.Float64).fill_nan(None),
         ]
     kept = df.filter(pl.Series(keep_mask))
     rejected = df.gather(rejected_idx).with_columns(extra)
 
-    counts = {name: 0 for name in drop_reasons(config)}
+    counts = {name: 0 for name in drop_reasons(config, lang_column is not None)}
     for name, count in zip(*np.unique(reason[rejected_idx].astype(str), return_counts=True), strict=True):
         counts[str(name)] = int(count)
     counts["kept"] = kept.height

@@ -13,12 +13,14 @@ from collections.abc import Iterable
 
 from rapidfuzz import fuzz
 
+from personaloom.languages import WORD
+
 MIN_CHARS = 25  # shorter strings are instructions or keys, not examples worth matching
 COPY_SCORE = 90.0  # rapidfuzz partial ratio: the example, nearly verbatim, inside the text (or vice versa)
 SHINGLE = 4  # words per shingle for the cheap pre-check before the fuzzy score
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _QUOTED = re.compile(r'"([^"\n]{25,})"')  # MIN_CHARS
-_WORD = re.compile(r"\w+", re.U)
+_WORD = WORD  # a word in any script, combining marks included
 # scripts written without spaces between words: content is compared by character pairs there
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\u0e00-\u0e7f]")
 STOPWORDS = frozenset(

@@ -8,6 +8,9 @@ Why each step exists (measured on templated persona queries, see bench/filter_be
   normalized text, and only pairs at or above the threshold become edges. Unverified LSH chained
   template siblings together and dropped 19-56% of unique rows.
 - Groups are the connected components of verified edges; the earliest row of each group is kept.
+- Texts mostly in a script written without spaces (Chinese, Japanese, Thai) have no words to shingle:
+  a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`) and
+  verified on characters, in the same LSH index as the others (their shingle hashes are salted apart).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import polars as pl
 from rapidfuzz import fuzz, process
 
 from personaloom.filtering.normalize import normalize
+from personaloom.filtering.rules import SPACED_WORD, UNSPACED_CHAR, has_unspaced
 from personaloom.schemas.filtering import NearDupConfig
 
 _U64 = np.uint64
 _MASK32 = _U64(0xFFFFFFFF)
+_CHAR_SALT = _U64(0xC4A125A17C4A125A)  # keeps character shingles apart from word shingles
 
 
 @dataclass
@@ -57,6 +62,27 @@ def tokenize(normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     lengths = words.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = words.explode().drop_nulls()
     hashes = flat.hash(seed=0x51).to_numpy()
+    return hashes, lengths
+
+
+def char_rows(normalized: pl.Series) -> np.ndarray:
+    """Rows to shingle on characters: more characters of unspaced scripts than words of spaced ones."""
+    frame = pl.DataFrame({"t": normalized})
+    mixed = frame.select(has_unspaced(pl.col("t"))).to_series()
+    if not mixed.any():
+        return np.zeros(normalized.len(), dtype=bool)
+    counts = frame.select(
+        pl.col("t").str.count_matches(UNSPACED_CHAR).fill_null(0).alias("chars"),
+        pl.col("t").str.count_matches(SPACED_WORD).fill_null(0).alias("words"),
+    )
+    return (counts["chars"] > counts["words"]).to_numpy() & mixed.to_numpy()
+
+
+def tokenize_chars(normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Character hashes of every row (spaces dropped), flattened, and the number of characters per row."""
+    chars = normalized.replace("", None).str.replace_all(" ", "").str.split("")
+    lengths = chars.list.len().fill_null(0).to_numpy().astype(np.int64)
+    hashes = chars.explode().drop_nulls().hash(seed=0x51).to_numpy()
     return hashes, lengths
 
 
@@ -243,12 +269,25 @@ def find_near_duplicates(
     dup_of = np.full(n, -1, dtype=np.int64)
     dup_score = np.full(n, np.nan, dtype=np.float64)
 
-    hashes, lengths = tokenize(series)
-    words = word_strings(hashes, lengths) if config.verify_on == "words" else None
+    by_char = char_rows(series)
+    n_char = int(by_char.sum())
+    blank = pl.Series([""] * n, dtype=pl.String)
+    spaced = series.zip_with(pl.Series(~by_char), blank) if n_char else series
+    hashes, lengths = tokenize(spaced)
+    texts = word_strings(hashes, lengths) if config.verify_on == "words" else series.to_list()
+    if n_char:  # shingled and verified on characters, spaces dropped
+        unspaced = series.zip_with(pl.Series(by_char), blank)
+        c_hashes, c_lengths = tokenize_chars(unspaced)
+        rows = np.flatnonzero(by_char).tolist()
+        for i, text in zip(rows, unspaced.gather(rows).to_list(), strict=True):
+            texts[i] = text.replace(" ", "")
     timings["tokenize_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     sh, doc = word_shingles(hashes, lengths, config.shingle_size)
+    if n_char:
+        c_sh, c_doc = word_shingles(c_hashes, c_lengths, config.char_shingle_size)
+        sh, doc = np.concatenate([sh, c_sh ^ _CHAR_SALT]), np.concatenate([doc, c_doc])
     n_shingles = sh.shape[0]
     del hashes
     timings["shingle_s"] = time.perf_counter() - t
@@ -268,7 +307,7 @@ def find_near_duplicates(
     timings["lsh_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scores = verify_pairs(words if words is not None else series.to_list(), pairs)
+    scores = verify_pairs(texts, pairs)
     ok = scores >= config.threshold
     eu, ev, es = pairs[ok, 0], pairs[ok, 1], scores[ok]
     timings["verify_s"] = time.perf_counter() - t
@@ -286,6 +325,7 @@ def find_near_duplicates(
 
     stats: dict[str, float] = {
         "rows": n,
+        "char_rows": n_char,
         "shingles": n_shingles,
         "shingles_kept": n_kept,
         "rows_with_signature": int(sig_rows.shape[0]),

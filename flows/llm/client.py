@@ -237,6 +237,54 @@ class LLM:
             return LLMResult(None, "", error="endpoint failed after retries")
         return LLMResult(reply.content, reply.content, cached=reply.cached)  # type: ignore[arg-type]
 
+    async def embed(self, texts: list[str], model: str, *, stage: str = "embedding") -> list[list[float]]:
+        """Vectors from the endpoint's `/embeddings` API, through the response cache, with retries.
+
+        An endpoint that keeps failing is an LLMError: an agent's memory cannot work without it.
+        """
+        params = {"model": model, "input": texts, "encoding_format": "float"}
+        key = cache_key({"embeddings": params})
+        usage = self.usage[stage]
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            usage.cache_hits += 1
+            return hit["vectors"]
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                usage.retries += 1
+            self.budget.check()
+            started = time.perf_counter()
+            try:
+                async with self.sem:
+                    raw = await self.client.post("/embeddings", body=params, cast_to=bytes)
+                body = orjson.loads(raw)
+                vectors = [d["embedding"] for d in sorted(body["data"], key=lambda d: d["index"])]
+                if len(vectors) != len(texts):
+                    raise ValueError("wrong number of vectors")
+            except openai.APIStatusError as e:
+                if e.status_code < 500 and e.status_code not in (408, 409, 429):
+                    raise LLMError(self._fatal_message(e, model)) from None
+                await asyncio.sleep(_retry_after(e.response) or _backoff(attempt))
+                continue
+            except (
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+                orjson.JSONDecodeError,
+                KeyError,
+                ValueError,
+            ):
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            usage.calls += 1
+            usage.seconds += time.perf_counter() - started
+            tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+            usage.prompt_tokens += tokens
+            usage.cost_usd += self.budget.spend(tokens, 0, self._price(model))
+            if self.cache is not None:
+                self.cache.put(key, {"vectors": vectors})
+            return vectors
+        usage.failures += 1
+        raise LLMError(f"embeddings from {self.endpoint} with model {model!r} failed after retries")
+
     # ------------------------------------------------------------------ internals
 
     def _response_format(self, schema: type[BaseModel]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import jinja2
 from jinja2 import meta
 
 from personaloom.errors import UserError
+from personaloom.languages import language_name
 from personaloom.paths import PROMPTS_DIR
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class PromptLibrary:
             keep_trailing_newline=False,
             autoescape=False,
         )
+        # "Write in {{ seed.interaction_language | language_name }}": one template for every language
+        self.env.filters["language_name"] = language_name
 
     def _path(self, name: str) -> Path:
         for base in (self.root / self.prompt_set, self.root / "default"):

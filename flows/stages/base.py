@@ -62,6 +62,9 @@ class StageContext:
     catalogue: Catalogue
     rows: range  # persona indices this shard owns (every persona for a stage over the whole dataset)
     advance: Advance = lambda n: None  # progress: rows of this stage done
+    # A published table's rows of the version a grown build continues ([] for a fresh build): a dataset
+    # stage deduplicates its new rows against them as already kept, and never judges them again.
+    earlier: Callable[[str], Sequence[Any]] = lambda table: []
 
 
 Inputs = Mapping[str, Sequence[Any]]

@@ -9,7 +9,8 @@ duplicates that cross shards. Every dropped row becomes a Rejection.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,6 +19,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
 from personaloom.filtering import filter_texts, find_near_duplicates
+from personaloom.filtering.engine import wrong_language_detail
 from personaloom.filtering.grounding import ExampleIndex, drifted
 from personaloom.filtering.normalize import normalize
 from personaloom.llm.calls import LLMCall
@@ -111,15 +113,30 @@ def level_dedup(
     return out
 
 
-def cheap_filter(queries: list[Query], config: FilterConfig) -> StageOutcome[Query]:
-    """Rules + exact + near-duplicate dedup over the personalized queries of the whole dataset."""
+def interaction_languages(personas: Iterable[PersonaRecord]) -> dict[str, str]:
+    """persona_id → the ISO 639-1 code its texts are meant to be in."""
+    return {p.persona_id: p.persona.Demographics.Interaction_Language for p in personas}
+
+
+def cheap_filter(
+    queries: list[Query], config: FilterConfig, languages: Mapping[str, str] | None = None
+) -> StageOutcome[Query]:
+    """Rules + exact + near-duplicate dedup over the personalized queries of the whole dataset.
+
+    With `languages` (persona_id → ISO code), a query detected in another language is `wrong_language`.
+    """
     if not queries:
         return StageOutcome()
     df = pl.DataFrame(
-        {"query_id": [q.query_id for q in queries], "text": [q.personalized_query for q in queries]},
-        schema={"query_id": pl.String, "text": pl.String},
+        {
+            "query_id": [q.query_id for q in queries],
+            "text": [q.personalized_query for q in queries],
+            "language": [languages.get(q.persona_id) if languages else None for q in queries],
+        },
+        schema={"query_id": pl.String, "text": pl.String, "language": pl.String},
     )
-    result = filter_texts(df, "text", config, id_column="query_id")
+    lang_column = "language" if languages else None
+    result = filter_texts(df, "text", config, id_column="query_id", lang_column=lang_column)
     kept_ids = set(result.kept["query_id"].to_list())
     by_id = {q.query_id: q for q in queries}
     rejections = [
@@ -132,6 +149,7 @@ def cheap_filter(queries: list[Query], config: FilterConfig) -> StageOutcome[Que
             dup_of=r["dup_of"],
             dup_score=r["dup_score"],
             dup_method=r["dup_method"],
+            detail=wrong_language_detail(r),
             raw_output=r["text"],
         )
         for r in result.rejected.iter_rows(named=True)
@@ -143,6 +161,7 @@ class JudgeJob(NamedTuple):
     query: Query
     scene: Scene
     min_score: int = 0  # the quality bar (quality only)
+    language: str = "en"  # ISO 639-1 code of the language the query is meant to be in
 
 
 def _judged(check: str, decide: Callable[[JudgeJob, Any, str], Query | Rejection]) -> Callable[..., Any]:
@@ -189,26 +208,26 @@ def _good_enough(job: JudgeJob, v: QualityScore, raw: str) -> Query | Rejection:
 # AI Persona's check: can an assistant answer this query in its scene? Unanswerable rows are rejected.
 ANSWERABILITY: LLMCall[JudgeJob, Query | Rejection] = LLMCall(
     name="filter/answerability",
-    variables=("query", "scene"),
-    render=lambda job: {"query": job.query, "scene": job.scene},
+    variables=("query", "scene", "language"),
+    render=lambda job: {"query": job.query, "scene": job.scene, "language": job.language},
     build=_judged("answerability", _answerable),
     response=Answerability,
     max_tokens=120,
     role="judge",
     temperature=0.0,
-    sample=lambda s: JudgeJob(s.query, s.scene),
+    sample=lambda s: JudgeJob(s.query, s.scene, 0, s.seed.interaction_language or "en"),
 )
 # Optional quality score (rubric in prompts/default/filter/quality.j2); below `min_score` is rejected.
 QUALITY: LLMCall[JudgeJob, Query | Rejection] = LLMCall(
     name="filter/quality",
-    variables=("query", "scene"),
-    render=lambda job: {"query": job.query, "scene": job.scene},
+    variables=("query", "scene", "language"),
+    render=lambda job: {"query": job.query, "scene": job.scene, "language": job.language},
     build=_judged("quality", _good_enough),
     response=QualityScore,
     max_tokens=120,
     role="judge",
     temperature=0.0,
-    sample=lambda s: JudgeJob(s.query, s.scene, 6),
+    sample=lambda s: JudgeJob(s.query, s.scene, 6, s.seed.interaction_language or "en"),
 )
 
 
@@ -219,11 +238,22 @@ async def judge_each(
     llm: LLM,
     min_score: int = 0,
     advance: Advance | None = None,
+    languages: Mapping[str, str] | None = None,
 ) -> StageOutcome[Query]:
-    """Ask an LLM judge about each query in its scene."""
+    """Ask an LLM judge about each query in its scene (in its persona's language, from `languages`)."""
     scene_of = {s.scene_id: s for s in scenes}
-    jobs = [JudgeJob(q, scene_of[q.scene_id], min_score) for q in queries]
+    lang = languages or {}
+    jobs = [JudgeJob(q, scene_of[q.scene_id], min_score, lang.get(q.persona_id, "en")) for q in queries]
     return StageOutcome.split(await map_async(jobs, lambda job: llm.run(call, job), advance))
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Rows an earlier version of the dataset already holds (a grown build): kept by definition."""
+
+    queries: Sequence[Query] = ()  # the kept queries (those in the earlier `dataset` table)
+    scenes: Sequence[Scene] = ()
+    personas: Sequence[PersonaRecord] = ()
 
 
 def dedup_all(
@@ -232,10 +262,26 @@ def dedup_all(
     personas: list[PersonaRecord],
     levels: DedupLevels,
     config: FilterConfig,
+    earlier: Kept | None = None,
 ) -> StageOutcome[Query]:
-    """The cheap checks: persona and scene levels, then rules and exact/near-duplicate queries."""
-    by_level = level_dedup(queries, scenes, personas, levels)
-    return by_level.then(cheap_filter(by_level.records, config))
+    """The cheap checks: persona and scene levels, then rules and exact/near-duplicate queries.
+
+    With `earlier`, the new rows are checked against every earlier row too. Earlier rows come first, so a
+    group of duplicates holding one keeps it (the earliest row of a group is kept), and only the new
+    queries are judged: a new near-duplicate of an old row is rejected, an old row never is.
+    """
+    languages = interaction_languages([*(earlier.personas if earlier else ()), *personas])
+    if earlier is None:
+        by_level = level_dedup(queries, scenes, personas, levels)
+        return by_level.then(cheap_filter(by_level.records, config, languages))
+    by_level = level_dedup(queries, [*earlier.scenes, *scenes], [*earlier.personas, *personas], levels)
+    old = {q.query_id for q in earlier.queries}
+    checked = cheap_filter([*earlier.queries, *by_level.records], config, languages)
+    new_only = StageOutcome(
+        records=[q for q in checked.records if q.query_id not in old],
+        rejections=[r for r in checked.rejections if r.row_id not in old],
+    )
+    return by_level.then(new_only)
 
 
 def grounded(queries: list[Query], scenes: list[Scene], examples: ExampleIndex) -> StageOutcome[Query]:
@@ -295,10 +341,13 @@ async def screen(
     out = out.then(grounded(out.records, scenes, ExampleIndex(llm.prompts.examples())))
     if advance is not None:
         advance(len(out.rejections) + (0 if answerable else len(out.records)))
+    languages = interaction_languages(personas)
     if answerable:
-        out = out.then(await judge_each(ANSWERABILITY, out.records, scenes, llm, advance=advance))
+        out = out.then(
+            await judge_each(ANSWERABILITY, out.records, scenes, llm, advance=advance, languages=languages)
+        )
     if quality_min is not None:
-        out = out.then(await judge_each(QUALITY, out.records, scenes, llm, quality_min))
+        out = out.then(await judge_each(QUALITY, out.records, scenes, llm, quality_min, languages=languages))
     return out
 
 
@@ -356,7 +405,15 @@ def join_dataset(
 async def run_dataset(inputs: Inputs, ctx: StageContext) -> StageOutcome[DatasetRow]:
     """Stage 5 across shards (duplicates cross them), then the dataset table is joined."""
     scenes, personas = list(inputs["scenes"]), list(inputs["personas"])
-    kept = dedup_all(list(inputs["screened"]), scenes, personas, ctx.config.dedup, ctx.config.filter)
+    earlier = None
+    if earlier_personas := ctx.earlier("personas"):  # a grown build: dedup against every earlier row
+        kept_ids = {r.query_id for r in ctx.earlier("dataset")}
+        earlier = Kept(
+            queries=[q for q in ctx.earlier("queries") if q.query_id in kept_ids],
+            scenes=ctx.earlier("scenes"),
+            personas=earlier_personas,
+        )
+    kept = dedup_all(list(inputs["screened"]), scenes, personas, ctx.config.dedup, ctx.config.filter, earlier)
     return StageOutcome(records=join_dataset(kept.records, scenes, personas), rejections=kept.rejections)
 
 

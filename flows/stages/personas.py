@@ -86,6 +86,7 @@ def merge_persona(
             Nationality=seed.nationality,
             Language=seed.languages,
             Career_Information=str(fields["Career_Information"]),
+            Interaction_Language=seed.interaction_language or "en",
         ),
         Personality=Personality(
             Extraversion_or_Introversion=letters[0],

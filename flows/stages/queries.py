@@ -90,6 +90,7 @@ SIMULATE: LLMCall[SimulateJob, Query | Rejection] = LLMCall(
 class NeutralizeJob(NamedTuple):
     query: Query
     scene: Scene
+    language: str = "en"  # ISO 639-1: the neutralized query stays in the persona's language
 
 
 def neutralized(job: NeutralizeJob, res: LLMResult[NeutralDraft]) -> Query:
@@ -103,12 +104,12 @@ def neutralized(job: NeutralizeJob, res: LLMResult[NeutralDraft]) -> Query:
 
 NEUTRALIZE: LLMCall[NeutralizeJob, Query] = LLMCall(
     name="queries/neutralize",
-    variables=("query", "scene"),
-    render=lambda job: {"query": job.query.personalized_query, "scene": job.scene},
+    variables=("query", "scene", "language"),
+    render=lambda job: {"query": job.query.personalized_query, "scene": job.scene, "language": job.language},
     build=neutralized,
     response=NeutralDraft,
     max_tokens=250,
-    sample=lambda s: NeutralizeJob(s.query, s.scene),
+    sample=lambda s: NeutralizeJob(s.query, s.scene, s.seed.interaction_language or "en"),
 )
 
 
@@ -123,9 +124,11 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
             then = done[scene.revisits]
             if isinstance(then, Query):
                 earlier = Earlier(scene_of[scene.revisits], then.personalized_query)
-        query = await ctx.llm.run(SIMULATE, SimulateJob(scene, by_id[scene.persona_id], earlier))
+        persona = by_id[scene.persona_id]
+        query = await ctx.llm.run(SIMULATE, SimulateJob(scene, persona, earlier))
         if not isinstance(query, Rejection):
-            query = await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene))
+            language = persona.Demographics.Interaction_Language
+            query = await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene, language))
         done[scene.scene_id] = query
         return query
 

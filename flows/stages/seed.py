@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from bisect import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -11,7 +12,7 @@ from datetime import date, timedelta
 from itertools import accumulate
 from typing import TypeVar
 
-from personaloom.catalogue import EMPLOYMENT, SCHOOL_LEAVING_AGE, Catalogue, check_locales
+from personaloom.catalogue import EMPLOYMENT, SCHOOL_LEAVING_AGE, Catalogue, Name, check_locales
 from personaloom.drift import plan_changes
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
@@ -51,7 +52,13 @@ SKELETON_INVARIANTS: dict[str, str] = {
     "life_stage": "life_stage follows from age and employment status (life_stage_for)",
     "hint_eligible": "the hint is one of seed_hints.csv and fits age, gender, employment, life stage, sector",
     "languages_locale": "a main language of the locale first, each language from the locale's table, once",
+    "interaction_language": "the interaction language is the code of one of the person's languages that "
+    "people write to an assistant in (language_codes.csv)",
 }
+# Draws of a skeleton when a build restricts its interaction languages, among the locales where someone
+# speaks one of them: the rarest language of seeds/ (Welsh, 0.8% in en_GB) fails 2,000 draws 1e-7 of the time.
+MAX_LANGUAGE_DRAWS = 2_000
+_UNSPACED_NAME = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 def _weighted(rng: random.Random, items: list[dict], key: str = "weight") -> dict:
@@ -125,6 +132,15 @@ class _Lookups:
         self._by_status = {s: [o for o in cat.occupations if s in o["statuses"]] for s in EMPLOYMENT}
         self._roles: dict[tuple[str, str, int], tuple[list[dict], list[float]]] = {}
         self._languages: dict[str, tuple[list[str], list[float], list[tuple[str, float]]]] = {}
+        codes = cat.language_codes
+        # language name → ISO code, for the languages people write to an assistant in
+        self.written = {lang: code for lang, (code, ok) in codes.items() if ok and code}
+        self.fallback = {loc: _fallback_language(t, self.written) for loc, t in cat.languages.items()}
+        # locale → the interaction languages its people can have (their languages' codes, the fallback's)
+        self.reachable = {
+            loc: {self.written[lang] for rows in t.values() for lang, _ in rows if lang in self.written}
+            for loc, t in cat.languages.items()
+        }
         self._hints: dict[tuple[int, str, str, str, str], list[str]] = {}
         self._hint_groups: dict[tuple[str, str, str, str], list[dict]] = {}
 
@@ -210,6 +226,50 @@ class _Lookups:
         return hit
 
 
+def _fallback_language(table: dict[str, list[tuple[str, float]]], written: dict[str, str]) -> str | None:
+    """The locale's most widely held language that people write to an assistant in (main or other)."""
+    held = [(share, lang) for rows in table.values() for lang, share in rows if lang in written]
+    return max(held, key=lambda h: h[0])[1] if held else None
+
+
+def full_name(given: Name, family: Name, order: str) -> tuple[str, str]:
+    """(name in the locale's script, name in Latin script), in the locale's order.
+
+    Han, kana and Hangul names are written without a space between family and given name.
+    """
+    parts = [given, family] if order == "given_first" else [family, given]
+    romanized = " ".join(p[0] for p in parts)
+    if not all(p[1] for p in parts):
+        return romanized, romanized
+    sep = "" if all(_UNSPACED_NAME.search(p[1]) for p in parts) else " "
+    return sep.join(p[1] for p in parts), romanized
+
+
+def interaction_language(
+    rng: random.Random, look: _Lookups, locale: dict, languages: list[str], allowed: frozenset[str] | None
+) -> tuple[list[str], str | None]:
+    """(languages, ISO code of the language the person writes to an assistant in; None: none allowed).
+
+    The first of their languages people write to an assistant in; English instead with the locale's
+    `english_share` when they speak it. Someone whose languages are all unwritten there (Nahuatl, Luhya)
+    also holds the locale's most widely held written language. With `allowed` (a build's `languages`),
+    a natural draw outside it falls back to their first allowed language, or to None when they speak none.
+    """
+    codes = [look.written[lang] for lang in languages if lang in look.written]
+    if not codes:
+        extra = look.fallback[locale["locale"]]
+        if extra is None:
+            raise UserError(f"seed tables: no language of {locale['locale']} is written to an assistant")
+        languages = [*languages, extra]
+        codes = [look.written[extra]]
+    code = codes[0]
+    if code != "en" and "en" in codes and rng.random() < locale["english_share"]:
+        code = "en"
+    if allowed is not None and code not in allowed:
+        code = next((c for c in codes if c in allowed), None)
+    return languages, code
+
+
 def _lookups(cat: Catalogue) -> _Lookups:
     hit = _LOOKUPS.get(id(cat))
     if hit is None or hit.cat is not cat:
@@ -225,8 +285,56 @@ def sample_skeleton(
     n_sessions: int,
     n_changes: int,
     locales: Sequence[str] | None = None,
+    languages: Sequence[str] | None = None,
 ) -> SeedRow:
-    """One persona skeleton from its own seed: status and occupation conditioned on locale, gender and age."""
+    """One persona skeleton from its own seed: status and occupation conditioned on locale, gender and age.
+
+    `languages` (ISO 639-1 codes) keeps only people who write to an assistant in one of them: a draw
+    whose person speaks none is drawn again from a seed derived from this one, and the row stores the
+    seed that made it, so `sample_skeleton(cat, index, row.seed, languages=...)` gives the row back.
+    """
+    if not languages:
+        row = _sample_skeleton(cat, index, seed, n_sessions, n_changes, locales, None)
+        assert row is not None
+        return row
+    allowed = frozenset(languages)
+    places = writing_locales(cat, locales, allowed)
+    draw = seed
+    for attempt in range(MAX_LANGUAGE_DRAWS):
+        row = _sample_skeleton(cat, index, draw, n_sessions, n_changes, places, allowed)
+        if row is not None:
+            return row
+        draw = row_seed(seed, -1 - attempt)
+    raise UserError(
+        f"languages: persona {index} drew no writer of {', '.join(sorted(allowed))} in {MAX_LANGUAGE_DRAWS} "
+        f"draws from {', '.join(places)}: restrict --locales to where the language is spoken"
+    )
+
+
+def writing_locales(cat: Catalogue, locales: Sequence[str] | None, allowed: frozenset[str]) -> list[str]:
+    """The locales (of `locales`, default all) where someone writes in one of `allowed` (else UserError)."""
+    look = _lookups(cat)
+    if locales is not None:
+        check_locales(cat, locales)
+    pool = list(locales) if locales else [loc["locale"] for loc in cat.locales]
+    places = [loc for loc in pool if look.reachable.get(loc, set()) & allowed]
+    if not places:
+        raise UserError(
+            f"languages: nobody in {', '.join(pool) if locales else 'any locale'} writes to an assistant in "
+            f"{', '.join(sorted(allowed))}: add a locale where it is spoken"
+        )
+    return places
+
+
+def _sample_skeleton(
+    cat: Catalogue,
+    index: int,
+    seed: int,
+    n_sessions: int,
+    n_changes: int,
+    locales: Sequence[str] | None,
+    allowed: frozenset[str] | None,
+) -> SeedRow | None:
     rng = random.Random(seed)
     attrs = cat.attributes
     look = _lookups(cat)
@@ -240,7 +348,7 @@ def sample_skeleton(
     given = cat.given_names.get((code, gender)) or [
         n for (loc, _), names in cat.given_names.items() if loc == code for n in names
     ]
-    name = f"{rng.choice(given)} {rng.choice(cat.family_names[code])}"
+    name, romanized = full_name(rng.choice(given), rng.choice(cat.family_names[code]), locale["name_order"])
     mains, main_cum, others = look.languages(code)
     languages = [_pick(rng, mains, main_cum)]
     for language, share in others:  # one draw per listed language, held already or not
@@ -256,6 +364,7 @@ def sample_skeleton(
         nationality=locale["nationality"],
         languages=languages,
         name=name,
+        name_romanized=romanized,
         gender=gender,
         age=age,
         occupation=occupation["occupation"],
@@ -276,7 +385,15 @@ def sample_skeleton(
         planned_changes=[],
     )
     # drawn last, from the same RNG: a change must fit the person sampled above (personaloom.drift)
-    return row.model_copy(update={"planned_changes": plan_changes(rng, cat, row, n_changes, n_sessions)})
+    planned = plan_changes(rng, cat, row, n_changes, n_sessions)
+    # then the language they write to an assistant in (drawn after everything else, so the rest of a
+    # skeleton is the same whether or not a build restricts its languages)
+    languages, written = interaction_language(rng, look, locale, languages, allowed)
+    if written is None:
+        return None
+    return row.model_copy(
+        update={"planned_changes": planned, "languages": languages, "interaction_language": written}
+    )
 
 
 def sample_skeletons(
@@ -287,14 +404,22 @@ def sample_skeletons(
     n_sessions: int,
     n_changes: int,
     locales: Sequence[str] | None = None,
+    languages: Sequence[str] | None = None,
 ) -> list[SeedRow]:
     """The skeletons of persona indices `rows` only: each row has its own seed, a shard samples its slice.
 
-    `locales` restricts the locales drawn (a build's `locales`, `personaloom sample --locales`).
+    `locales` restricts the locales drawn (a build's `locales`, `personaloom sample --locales`),
+    `languages` the interaction languages (a build's `languages`, `--languages`).
     """
     return [
         sample_skeleton(
-            cat, i, row_seed(seed, i), n_sessions=n_sessions, n_changes=n_changes, locales=locales
+            cat,
+            i,
+            row_seed(seed, i),
+            n_sessions=n_sessions,
+            n_changes=n_changes,
+            locales=locales,
+            languages=languages,
         )
         for i in rows
     ]
@@ -328,6 +453,7 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[SeedRow]:
         n_sessions=cfg.scenes_per_persona,
         n_changes=cfg.changes_per_persona,
         locales=cfg.locales,
+        languages=cfg.languages,
     )
     if not cfg.expand_hints:
         ctx.advance(len(rows))
@@ -383,6 +509,10 @@ def skeleton_violations(row: SeedRow, cat: Catalogue) -> list[tuple[str, str]]:
     langs = row.languages
     if not langs or langs[0] not in mains or not set(langs) <= known or len(set(langs)) != len(langs):
         found.append(("languages_locale", f"{langs} in {row.locale} (main: {', '.join(sorted(mains))})"))
+    written = {look.written[lang] for lang in langs if lang in look.written}
+    # None: a row sampled before interaction languages existed (its text is English), nothing to check
+    if row.interaction_language is not None and row.interaction_language not in written:
+        found.append(("interaction_language", f"{row.interaction_language} for {langs}"))
     return found
 
 
@@ -418,6 +548,8 @@ def audit_summary(rows: Sequence[SeedRow], cat: Catalogue) -> list[str]:
     spread = ", ".join(f"{k if k < 4 else '4+'}: {n_langs[k] / len(rows):.1%}" for k in sorted(n_langs))
     mean = sum(len(r.languages) for r in rows) / len(rows)
     lines.append(f"languages per person: mean {mean:.2f} ({spread})")
+    writes = Counter(r.interaction_language or "en" for r in rows).most_common()
+    lines.append("interaction languages: " + ", ".join(f"{c} {n / len(rows):.1%}" for c, n in writes))
     mix = Counter(r.locale for r in rows).most_common()
     lines.append("locales: " + ", ".join(f"{loc} {n / len(rows):.1%}" for loc, n in mix))
     per_row = [{name for name, _ in skeleton_violations(r, cat)} for r in rows]

@@ -126,6 +126,191 @@ would your yours yourself please write give make tell return json using must
 )
 
 
+# Everyday words of other languages: a prompt that says which language to write in ("Write the message
+# in Japanese") gets its text in that language, so pipelines that check the language of what they get
+# (language ID) see what a real model would write. Languages without a list get English.
+_LEXICONS: dict[str, tuple[tuple[str, ...], str]] = {  # language name → (words, joiner)
+    "Chinese": (
+        _words(
+            "今天 明天 我们 需要 一个 计划 时间 朋友 工作 家里 城市 附近 推荐 简单 方便 价格 比较 准备 周末 "
+            "旅行 学习 安排 问题 办法 可以 帮忙 超市 晚饭 医院 公司 电话 天气 早上 孩子 老师 便宜 重要 马上"
+        ),
+        "",
+    ),
+    "Japanese": (
+        _words(
+            "今日は 明日の 私たちが 計画を 時間に 友達と 仕事の 家族で 近くの "
+            "おすすめの 簡単な 便利な 値段を "
+            "週末に 旅行の 勉強を 予定が 問題を 方法で 手伝って スーパーで 晩ごはんを 病院に 会社の 天気が "
+            "朝に 子どもと 先生に 安い 大切な すぐに したいです ください ですね ありがとう ました"
+        ),
+        "",
+    ),
+    "Thai": (
+        _words(
+            "วันนี้ พรุ่งนี้ พวกเรา ต้องการ แผน เวลา เพื่อน งาน ครอบครัว ใกล้ๆ แนะนำ ง่าย สะดวก ราคา "
+            "เปรียบเทียบ เตรียม สุดสัปดาห์ เที่ยว เรียน นัด ปัญหา วิธี ช่วย ตลาด อาหารเย็น โรงพยาบาล บริษัท "
+            "โทรศัพท์ อากาศ ตอนเช้า ลูก ครู ถูก สำคัญ ทันที อยาก ครับ ค่ะ ขอบคุณ"
+        ),
+        "",
+    ),
+    "Korean": (
+        _words(
+            "오늘 내일 우리 필요한 계획 시간 친구 일 가족 근처 추천 간단한 편리한 가격 비교 준비 주말 여행 "
+            "공부 일정 문제 방법 도와주세요 시장 저녁 병원 회사 전화 날씨 아침 아이 선생님 중요한 바로 좋아요"
+        ),
+        " ",
+    ),
+    "Arabic": (
+        _words(
+            "اليوم غدا نحن نحتاج خطة وقت صديق عمل عائلة قريب أنصح سهل مريح سعر مقارنة تحضير عطلة سفر دراسة "
+            "موعد مشكلة طريقة مساعدة سوق عشاء مستشفى شركة هاتف طقس صباح أطفال معلم رخيص مهم فورا أريد جميل"
+        ),
+        " ",
+    ),
+    "Russian": (
+        _words(
+            "сегодня завтра мы нужно план время друг работа семья рядом советую просто удобно цена сравнить "
+            "подготовить выходные поездка учёба встреча проблема способ помочь магазин ужин больница компания"
+            " "
+            "телефон погода утром дети учитель дешево важно сразу хочу хороший"
+        ),
+        " ",
+    ),
+    "Hindi": (
+        _words(
+            "आज कल हम ज़रूरत योजना समय दोस्त काम परिवार पास सुझाव आसान कीमत तुलना तैयारी छुट्टी यात्रा पढ़ाई "
+            "मुलाकात समस्या तरीका मदद बाज़ार खाना अस्पताल कंपनी फ़ोन मौसम सुबह बच्चे शिक्षक सस्ता ज़रूरी "
+            "तुरंत चाहिए"
+        ),
+        " ",
+    ),
+    "Spanish": (
+        _words(
+            "hoy mañana nosotros necesito plan tiempo amigo trabajo familia cerca recomiendo fácil cómodo "
+            "precio "
+            "comparar preparar viaje estudio cita problema manera ayuda mercado cena hospital empresa "
+            "teléfono "
+            "niños profesor barato importante ahora quiero gracias bueno grande para"
+        ),
+        " ",
+    ),
+    "German": (
+        _words(
+            "heute morgen wir brauche Plan Zeit Freund Arbeit Familie nahe empfehle einfach bequem Preis "
+            "vergleichen vorbereiten Wochenende Reise lernen Termin Problem Hilfe Markt Abendessen "
+            "Krankenhaus "
+            "Firma Telefon Wetter Kinder Lehrer günstig wichtig sofort möchte danke gut"
+        ),
+        " ",
+    ),
+    "French": (
+        _words(
+            "aujourd'hui demain nous besoin plan temps ami travail famille près conseille facile pratique "
+            "prix "
+            "comparer préparer voyage étude rendez-vous problème façon aide marché dîner hôpital entreprise "
+            "téléphone météo enfants professeur important veux merci bon grand"
+        ),
+        " ",
+    ),
+    "Portuguese": (
+        _words(
+            "hoje amanhã nós preciso plano tempo amigo trabalho família perto recomendo fácil prático preço "
+            "comparar preparar viagem estudo consulta problema jeito ajuda mercado jantar hospital empresa "
+            "telefone manhã crianças professor barato importante agora quero obrigado"
+        ),
+        " ",
+    ),
+    "Italian": (
+        _words(
+            "oggi domani noi bisogno piano tempo amico lavoro famiglia vicino consiglio facile comodo prezzo "
+            "confrontare preparare viaggio studio appuntamento problema modo aiuto mercato cena ospedale "
+            "azienda "
+            "telefono mattina bambini insegnante economico importante subito voglio grazie"
+        ),
+        " ",
+    ),
+    "Dutch": (
+        _words(
+            "vandaag morgen wij nodig plan tijd vriend werk familie dichtbij aanraden makkelijk handig prijs "
+            "vergelijken voorbereiden weekend reis studie afspraak probleem manier hulp markt avondeten "
+            "ziekenhuis "
+            "bedrijf telefoon weer ochtend kinderen leraar goedkoop belangrijk bedankt"
+        ),
+        " ",
+    ),
+    "Swedish": (
+        _words(
+            "idag imorgon vi behöver plan tid vän arbete familj nära rekommenderar enkel bekväm pris jämföra "
+            "förbereda helgen resa studier möte problem sätt hjälp marknad middag sjukhus företag telefon "
+            "väder "
+            "barn lärare billig viktig genast vill tack bra"
+        ),
+        " ",
+    ),
+    "Polish": (
+        _words(
+            "dzisiaj jutro my potrzebuję plan czas przyjaciel praca rodzina blisko polecam łatwy wygodny cena"
+            " "
+            "porównać przygotować weekend podróż nauka spotkanie problem sposób pomoc targ kolacja szpital "
+            "firma "
+            "telefon pogoda rano dzieci nauczyciel tani ważny chcę dziękuję dobry"
+        ),
+        " ",
+    ),
+    "Turkish": (
+        _words(
+            "bugün yarın biz gerekiyor plan zaman arkadaş iş aile yakın öneririm kolay rahat fiyat "
+            "karşılaştırmak "
+            "hazırlamak yolculuk ders randevu sorun yol yardım pazar akşam yemeği hastane şirket telefon hava"
+            " "
+            "sabah çocuklar öğretmen ucuz önemli hemen istiyorum teşekkürler"
+        ),
+        " ",
+    ),
+    "Vietnamese": (
+        _words(
+            "hôm nay ngày mai chúng tôi cần kế hoạch thời gian bạn bè công việc gia đình gần giới thiệu dễ "
+            "tiện "
+            "giá so sánh chuẩn bị cuối tuần du lịch học cuộc hẹn vấn đề cách giúp chợ bữa tối bệnh viện"
+        ),
+        " ",
+    ),
+    "Indonesian": (
+        _words(
+            "hari ini besok kami perlu rencana waktu teman kerja keluarga dekat sarankan mudah nyaman harga "
+            "bandingkan siapkan akhir pekan perjalanan belajar janji masalah cara bantuan pasar makan malam "
+            "rumah sakit perusahaan telepon cuaca pagi guru murah penting segera ingin"
+        ),
+        " ",
+    ),
+    "Swahili": (
+        _words(
+            "leo kesho sisi nahitaji mpango wakati rafiki kazi familia karibu napendekeza rahisi bei "
+            "linganisha "
+            "andaa wikendi safari masomo miadi tatizo njia msaada soko chakula hospitali kampuni simu asubuhi"
+            " "
+            "watoto mwalimu muhimu haraka nataka asante nzuri kubwa"
+        ),
+        " ",
+    ),
+}
+_DIRECTIVE = re.compile(
+    r"\b(?:[Ww]rite|[Rr]eply|[Aa]nswer)\b[^\n]*?\bin (English|" + "|".join(_LEXICONS) + r")\b"
+)
+
+
+def target_language(body: dict[str, Any]) -> str | None:
+    """The language the request's last directive asks for ("Write ... in Thai"), when the fake knows it."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        text = "\n".join(_message_text(m.get("content")) for m in messages if isinstance(m, dict))
+    else:
+        text = str(body.get("prompt") or "")
+    found = _DIRECTIVE.findall(text)
+    return found[-1] if found and found[-1] in _LEXICONS else None
+
+
 def _sha256_seed(*parts: Any) -> int:
     """Stable 64-bit seed from JSON-able parts (hash() is salted per process)."""
     blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
@@ -219,6 +404,22 @@ class TextGen:
 
     def person_name(self) -> str:
         return f"{self.rng.choice(_FIRST_NAMES)} {self.rng.choice(_LAST_NAMES)}"
+
+
+class LexiconGen(TextGen):
+    """Phrases of another language's everyday words (`_LEXICONS`), in random order."""
+
+    def __init__(self, rng: random.Random, language: str) -> None:
+        super().__init__(rng, [])
+        self.words, self.joiner = _LEXICONS[language]
+
+    def phrase(self, lo: int = 6, hi: int = 16) -> str:
+        text = self.joiner.join(self.rng.choice(self.words) for _ in range(self.rng.randint(lo, hi)))
+        return text[0].upper() + text[1:]
+
+    def sentences(self, n: int) -> str:
+        end = "。" if not self.joiner else "."
+        return " ".join(self.phrase(7, 16) + end for _ in range(n))
 
 
 # --------------------------------------------------------------------------- #
@@ -922,7 +1123,12 @@ class FakeOpenAI:
                 return scripted, "stop"
         json_mode, schema = extract_schema(body)
         seed = _sha256_seed(self.seed, body.get("model"), context, schema, body.get("seed"))
-        gen = TextGen(random.Random(seed), _request_words(user_text))
+        language = target_language(body)
+        gen = (
+            LexiconGen(random.Random(seed), language)
+            if language is not None
+            else TextGen(random.Random(seed), _request_words(user_text))
+        )
         if schema:
             return json.dumps(SchemaFaker(schema, gen).generate(), ensure_ascii=False), "stop"
         if json_mode:

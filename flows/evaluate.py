@@ -1,0 +1,315 @@
+"""Prefect flow `evaluate_dataset`: a version's probes against any OpenAI-compatible model.
+
+Each item is asked after the user's history up to its checkpoint (capped or padded with
+`context_tokens`); in `mcq` mode the model picks one of the four replies, in `open` mode it answers
+freely and a judge checks the answer against the key. Two reference rows come with every run: `random`
+(a seeded guess: chance) and `oracle` (reads the answer key and must score 1.0, or the items are broken).
+Output: vNNNN/eval/<run>/results/part-*.parquet, summary.md (also a Prefect artifact), manifest.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from personaloom.errors import UserError
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.probes import history, message_tokens
+from personaloom.replay import artifact_key, claim_run_dir
+from personaloom.run import LLM_NOT_IDENTITY, Run, open_run
+from personaloom.schemas.drafts import Draft
+from personaloom.schemas.probes import EvalConfig, EvalManifest, EvalResult, ProbeItem
+from personaloom.schemas.records import DatasetRow
+from personaloom.store import DatasetStore, read_records, shard_infos, write_records
+from personaloom.version import code_version
+
+LETTERS = "abcd"
+DISTANCE_BUCKETS = ((0, "0"), (2, "1-2"), (5, "3-5"), (10**9, "6+"))
+CONTEXT_BUCKETS = ((1_000, "<1k"), (4_000, "1k-4k"), (16_000, "4k-16k"), (10**12, "16k+"))
+NOT_IDENTITY = {"run": True, "shard_size": True, "llm": LLM_NOT_IDENTITY}
+
+
+class Asked(NamedTuple):
+    item: ProbeItem
+    history: list[dict[str, str]]
+
+
+def pick_letter(text: str) -> int | None:
+    """The option named after <final_answer> (else anywhere), PersonaMem-style; None unless exactly one."""
+    tail = text.split("<final_answer>")[-1].lower()
+    for scope in (tail, text.lower()):
+        found = set(re.findall(r"\(([a-d])\)", scope)) or set(re.findall(r"\b([a-d])\b", scope))
+        if len(found) == 1:
+            return LETTERS.index(found.pop())
+    return None
+
+
+def _mcq_result(asked: Asked, res: LLMResult[Any]) -> tuple[int | None, str]:
+    return (pick_letter(res.raw) if res.raw else None), res.raw
+
+
+ANSWER_MCQ: LLMCall[Asked, tuple[int | None, str]] = LLMCall(
+    name="eval/mcq",
+    variables=("history", "question", "options"),
+    render=lambda a: {"history": a.history, "question": a.item.question, "options": a.item.options},
+    build=_mcq_result,
+    response=None,
+    max_tokens=400,
+    role="chatbot",
+    sample=lambda s: Asked(_sample_item(s), []),
+)
+ANSWER_OPEN: LLMCall[Asked, str] = LLMCall(
+    name="eval/open",
+    variables=("history", "question"),
+    render=lambda a: {"history": a.history, "question": a.item.question},
+    build=lambda a, res: res.raw,
+    response=None,
+    max_tokens=400,
+    role="chatbot",
+    sample=lambda s: Asked(_sample_item(s), []),
+)
+
+
+class OpenVerdict(Draft):
+    follows_key: bool
+    reason: str = ""
+
+
+class Graded(NamedTuple):
+    item: ProbeItem
+    answer: str
+
+
+def _outdated(item: ProbeItem) -> str:
+    return item.options[item.option_kinds.index("outdated")] if "outdated" in item.option_kinds else ""
+
+
+JUDGE_OPEN: LLMCall[Graded, bool | None] = LLMCall(
+    name="eval/judge_open",
+    variables=("question", "truth", "outdated", "answer"),
+    render=lambda g: {
+        "question": g.item.question,
+        "truth": g.item.truth,
+        "outdated": _outdated(g.item),
+        "answer": g.answer,
+    },
+    build=lambda g, res: res.value.follows_key if res.value is not None else None,
+    response=OpenVerdict,
+    max_tokens=150,
+    role="judge",
+    temperature=0.0,
+    sample=lambda s: Graded(_sample_item(s), "Here are three short bullet points."),
+)
+EVAL_CALLS: tuple[LLMCall[Any, Any], ...] = (ANSWER_MCQ, ANSWER_OPEN, JUDGE_OPEN)
+
+
+def _sample_item(s: Any) -> ProbeItem:
+    return ProbeItem(
+        probe_id="p000000-c003-latest",
+        persona_id=s.persona.persona_id,
+        checkpoint_session=3,
+        type="recalling_the_latest_user_preferences",
+        path="Preference.Preferred_Formats",
+        question="Can you summarise the offers I got?",
+        options=["Three short bullets: ...", "A long walk-through: ...", "A table: ...", "A story: ..."],
+        answer=0,
+        option_kinds=["correct", "outdated", "other_persona", "contradiction"],
+        truth="short bullet points",
+        evidence_sessions=[2],
+        distance_sessions=1,
+        distance_tokens=100,
+        seed=1,
+    )
+
+
+# ---------------------------------------------------------------- asking
+
+
+def asked_items(
+    items: Sequence[ProbeItem], rows: Sequence[DatasetRow], context_tokens: int | None
+) -> list[Asked]:
+    """Each item with its history; padding comes from the other personas' sessions (unrelated to the user)."""
+    by_persona: dict[str, list[DatasetRow]] = defaultdict(list)
+    for r in rows:
+        by_persona[r.persona_id].append(r)
+    out = []
+    for item in items:
+        filler = [r for pid, rs in sorted(by_persona.items()) if pid != item.persona_id for r in rs]
+        messages = history(
+            by_persona[item.persona_id],
+            item.checkpoint_session,
+            context_tokens=context_tokens,
+            filler=filler,
+            keep=item.evidence_sessions,
+        )
+        out.append(Asked(item, messages))
+    return out
+
+
+async def answer(run: Run[EvalConfig], asked: Asked) -> EvalResult:
+    cfg, item = run.config, asked.item
+    common = {
+        "run": "",
+        "model": cfg.llm.model,
+        "probe_id": item.probe_id,
+        "persona_id": item.persona_id,
+        "type": item.type,
+        "mode": cfg.mode,
+        "distance_sessions": item.distance_sessions,
+        "context_tokens": message_tokens(asked.history),
+        "answer": item.answer,
+    }
+    if cfg.mode == "mcq":
+        predicted, raw = await run.llm.run(ANSWER_MCQ, asked)
+        return EvalResult(**common, predicted=predicted, correct=predicted == item.answer, raw=raw)
+    reply = await run.llm.run(ANSWER_OPEN, asked)
+    follows = await run.llm.run(JUDGE_OPEN, Graded(item, reply))
+    return EvalResult(**common, predicted=item.answer if follows else None, correct=bool(follows), raw=reply)
+
+
+def references(asked: Sequence[Asked], mode: str) -> list[EvalResult]:
+    """`random` guesses with the item's seed; `oracle` reads the key and checks it names the correct reply."""
+    out = []
+    for a in asked:
+        item = a.item
+        common = {
+            "run": "",
+            "probe_id": item.probe_id,
+            "persona_id": item.persona_id,
+            "type": item.type,
+            "mode": mode,
+            "distance_sessions": item.distance_sessions,
+            "context_tokens": message_tokens(a.history),
+            "answer": item.answer,
+        }
+        guess = random.Random(item.seed ^ 0xE7A1).randrange(4)
+        out.append(EvalResult(**common, model="random", predicted=guess, correct=guess == item.answer))
+        key_ok = item.option_kinds[item.answer] == "correct"
+        out.append(EvalResult(**common, model="oracle", predicted=item.answer, correct=key_ok))
+    return out
+
+
+@task(name="eval-shard", cache_policy=NO_CACHE)
+async def eval_shard(run: Run[EvalConfig], asked: list[Asked], part: Path) -> None:
+    if part.exists():
+        return
+    results = list(await asyncio.gather(*(answer(run, a) for a in asked))) + references(
+        asked, run.config.mode
+    )
+    write_records(part, EvalResult, [r.model_copy(update={"run": part.parent.parent.name}) for r in results])
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _bucket(value: int, buckets: tuple[tuple[int, str], ...]) -> str:
+    return next(label for top, label in buckets if value <= top)
+
+
+def _accuracy(rows: Sequence[EvalResult]) -> float:
+    return round(sum(r.correct for r in rows) / len(rows), 3) if rows else 0.0
+
+
+def summarize(results: Sequence[EvalResult]) -> tuple[dict[str, float], str]:
+    models = list(dict.fromkeys(r.model for r in results))
+    overall = {m: _accuracy([r for r in results if r.model == m]) for m in models}
+    lines = ["| by | group | " + " | ".join(models) + " | items |", "|---|---|" + "---|" * (len(models) + 1)]
+    groups: list[tuple[str, Any]] = [
+        ("all", lambda r: "all"),
+        ("type", lambda r: r.type),
+        ("distance (sessions)", lambda r: _bucket(r.distance_sessions, DISTANCE_BUCKETS)),
+        ("context (tokens)", lambda r: _bucket(r.context_tokens, CONTEXT_BUCKETS)),
+    ]
+    for label, key in groups:
+        values = sorted({key(r) for r in results})
+        for v in values:
+            cells = [_accuracy([r for r in results if r.model == m and key(r) == v]) for m in models]
+            n = sum(1 for r in results if r.model == models[0] and key(r) == v)
+            lines.append(f"| {label} | {v} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {n} |")
+    return overall, "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the flow
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    cfg = flow_run.parameters.get("config")
+    name = cfg.dataset if isinstance(cfg, EvalConfig) else (cfg or {}).get("dataset", "dataset")
+    return f"evaluate-{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@flow(name="evaluate_dataset", flow_run_name=_run_name, validate_parameters=True)
+async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: str | None = None) -> str:
+    """Evaluate `config.llm.model` on the probes of a dataset version; returns the run folder."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    logger = get_run_logger()
+    store = DatasetStore(Path(out), config.dataset)
+    version_dir = store.resolve(config.version)
+    items = read_records(version_dir / "probes", ProbeItem)
+    if not items:
+        raise UserError(
+            f"{config.dataset}@{version_dir.name} has no probes: build a version with probes (the default, "
+            "`personaloom build --probes`)"
+        )
+    if config.personas:
+        keep = sorted({i.persona_id for i in items})[: config.personas]
+        items = [i for i in items if i.persona_id in keep]
+    rows = read_records(version_dir / "dataset", DatasetRow)
+    cache = Path(cache_dir) if cache_dir else Path(out) / ".cache"
+    ident = {"version": str(version_dir.resolve())}
+    async with open_run(config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident) as run:
+        run_dir = version_dir / "eval" / (config.run or f"e-{run.key}")
+        claim_run_dir(run_dir, run.key)
+        asked = asked_items(items, rows, config.context_tokens)
+        size = config.shard_size
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                eval_shard(
+                    quote(run),
+                    quote(asked[i : i + size]),
+                    run_dir / "results" / f"part-{i // size:05d}.parquet",
+                )
+                for i in range(0, len(asked), size)
+            )
+        )
+        results = read_records(run_dir / "results", EvalResult)
+        overall, table = summarize(results)
+        title = f"Evaluation of {config.llm.model} on {config.dataset}@{version_dir.name} ({config.mode})"
+        markdown = f"# {title}\n\n{len(items)} items; accuracy per row, oracle must be 1.0.\n\n{table}\n"
+        (run_dir / "summary.md").write_text(markdown)
+        manifest = EvalManifest(
+            dataset=config.dataset,
+            version=version_dir.name,
+            run=run_dir.name,
+            created_at=datetime.now(UTC),
+            code_version=code_version(),
+            model=run.config.llm.model,
+            endpoint=run.endpoint_label,
+            config=run.config,
+            items=len(items),
+            accuracy=overall,
+            usage=dict(run.llm.usage),
+            shards=shard_infos(run_dir),
+        )
+        (run_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        logger.info("evaluated %d items in %.1f s → %s", len(items), time.perf_counter() - started, run_dir)
+    await acreate_markdown_artifact(
+        markdown=markdown, key=artifact_key("eval", config.dataset, version_dir.name, run_dir.name)
+    )
+    return str(run_dir)

@@ -1,0 +1,94 @@
+"""Evaluation items built from the ground truth (PersonaMem-style probes) and their evaluation results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from personaloom.schemas.config import LLMConfig
+from personaloom.schemas.manifest import ShardInfo, StageUsage
+from personaloom.schemas.records import PersonaPath, Record
+
+# PersonaMem's question types, by their own names, so its harness reads our items unchanged.
+ProbeType = Literal[
+    "recalling_facts_mentioned_by_the_user",
+    "recalling_the_latest_user_preferences",
+    "tracking_the_full_sequence_of_preference_updates",
+    "recalling_the_reasons_behind_previous_updates",
+    "recommendation_aligned_with_users_latest_preferences",
+    "identifying_new_things_not_mentioned_by_the_user",
+    "generalizing_past_reasons_in_memory_to_new_scenarios",
+]
+OptionKind = Literal["correct", "generic", "outdated", "other_persona", "contradiction"]
+
+
+class ProbeItem(Record):
+    """One multiple-choice item: a user message at a checkpoint and four full assistant replies.
+
+    Code owns the key: `truth` (the value in force at the checkpoint), which option embodies it
+    (`answer`), what each distractor embodies (`option_kinds`), and which sessions revealed it.
+    """
+
+    probe_id: str
+    persona_id: str
+    checkpoint_session: int
+    type: ProbeType
+    path: PersonaPath = Field(description="the persona field the item probes")
+    question: str = Field(description="the user's message at the checkpoint")
+    options: list[str] = Field(min_length=4, max_length=4)
+    answer: int = Field(ge=0, le=3)
+    option_kinds: list[OptionKind] = Field(min_length=4, max_length=4)
+    truth: str = Field(description="the ground-truth value in force that the correct reply follows")
+    evidence_sessions: list[int] = Field(description="kept sessions up to the checkpoint that reveal it")
+    distance_sessions: int = Field(description="sessions from the last evidence to the checkpoint")
+    distance_tokens: int = Field(description="approximate tokens of history between evidence and checkpoint")
+    seed: int = Field(description="shuffles the options; regenerates the item alone")
+
+
+class EvalResult(Record):
+    """One item answered by one model (or the `random` and `oracle` references)."""
+
+    run: str
+    model: str
+    probe_id: str
+    persona_id: str
+    type: str
+    mode: Literal["mcq", "open"]
+    distance_sessions: int
+    context_tokens: int
+    answer: int
+    predicted: int | None = Field(description="the option chosen; None when the reply named none")
+    correct: bool
+    raw: str = ""
+
+
+class EvalConfig(BaseModel):
+    """`personaloom evaluate`: which version's probes, which model, how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    version: str | None = None
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    mode: Literal["mcq", "open"] = "mcq"
+    context_tokens: int | None = Field(None, ge=64, description="cap or pad each item's history to this size")
+    personas: int | None = Field(None, ge=1, description="only the first N personas' items")
+    shard_size: int = Field(200, ge=1, description="items per task (one results part each)")
+    run: str | None = Field(None, description="run folder name under eval/ (default: derived from settings)")
+
+
+class EvalManifest(BaseModel):
+    dataset: str
+    version: str
+    run: str
+    created_at: datetime
+    code_version: str
+    model: str
+    endpoint: str
+    config: EvalConfig
+    items: int
+    accuracy: dict[str, float] = Field(description="overall accuracy per row: the model, random, oracle")
+    usage: dict[str, StageUsage]
+    shards: list[ShardInfo]
