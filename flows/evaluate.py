@@ -92,17 +92,14 @@ class Graded(NamedTuple):
     answer: str
 
 
-def _outdated(item: ProbeItem) -> str:
-    return item.options[item.option_kinds.index("outdated")] if "outdated" in item.option_kinds else ""
-
-
 JUDGE_OPEN: LLMCall[Graded, bool | None] = LLMCall(
     name="eval/judge_open",
-    variables=("question", "truth", "outdated", "answer"),
+    variables=("question", "truth", "outdated", "answer", "language"),
     render=lambda g: {
         "question": g.item.question,
         "truth": g.item.truth,
-        "outdated": _outdated(g.item),
+        "outdated": g.item.outdated,
+        "language": g.item.language,
         "answer": g.answer,
     },
     build=lambda g, res: res.value.follows_key if res.value is not None else None,
@@ -127,6 +124,7 @@ def _sample_item(s: Any) -> ProbeItem:
         answer=0,
         option_kinds=["correct", "outdated", "other_persona", "contradiction"],
         truth="short bullet points",
+        outdated="long detailed walk-throughs",
         evidence_sessions=[2],
         distance_sessions=1,
         distance_tokens=100,

@@ -64,6 +64,7 @@ class ProbeDraft(Draft):
     other_persona: str = ""
     contradiction: str = ""
     generic: str = ""
+    fabricated: str = ""
 
 
 def _seed(*parts: object) -> int:
@@ -184,12 +185,17 @@ def coverage(reply: str, value: str) -> float:
 
 
 def option_plan(spec: Spec) -> list[OptionKind]:
-    """The correct reply first, then three distractors: outdated and other-persona values when they exist."""
+    """The correct reply first, then three distractors: outdated and other-persona values when they exist.
+
+    A persona with no change on the field and no other persona to borrow from (a one-persona build)
+    still gets three: a contradiction, a generic reply, and a preference the user never stated.
+    """
     have: list[tuple[OptionKind, bool]] = [
         ("outdated", bool(spec.outdated)),
         ("other_persona", bool(spec.other)),
         ("contradiction", True),
         ("generic", True),
+        ("fabricated", True),
     ]
     return ["correct", *[k for k, ok in have if ok][:3]]
 
@@ -250,6 +256,8 @@ def build_probe(spec: Spec, res: LLMResult[Any]) -> ProbeItem | Rejection:
         answer=order.index(0),
         option_kinds=[kinds[i] for i in order],
         truth=spec.truth,
+        outdated=spec.outdated,
+        language=spec.persona.Demographics.Interaction_Language,
         evidence_sessions=list(spec.evidence),
         distance_sessions=spec.distance_sessions,
         distance_tokens=spec.distance_tokens,
@@ -259,9 +267,10 @@ def build_probe(spec: Spec, res: LLMResult[Any]) -> ProbeItem | Rejection:
 
 WRITE: LLMCall[Spec, ProbeItem | Rejection] = LLMCall(
     name="probes/write",
-    variables=("persona", "kind", "field", "truth", "outdated", "other", "distractors"),
+    variables=("persona", "kind", "field", "truth", "outdated", "other", "distractors", "language"),
     render=lambda s: {
         "persona": s.persona,
+        "language": s.persona.Demographics.Interaction_Language,
         "kind": s.kind,
         "field": s.path,
         "truth": s.truth,

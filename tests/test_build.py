@@ -81,12 +81,15 @@ def test_full_build_layout_and_readers(
     assert c["scenes"]["rows_out"] == 24
     assert c["queries"]["rows_in"] == c["queries"]["rows_out"] + c["queries"]["rejected"]
     assert c["filter"]["rows_in"] == c["filter"]["rows_out"] + c["filter"]["rejected"]
+    assert c["probes"]["rows_in"] == c["probes"]["rows_out"] + c["probes"]["rejected"]
     rejected = pl.read_parquet(root / "rejections" / "*.parquet")
     assert (
         len(rejected)
-        == c["queries"]["rejected"] + c["filter"]["rejected"]
+        == sum(stage["rejected"] for stage in c.values())
         == sum(m["rejection_reasons"].values())
     )
+    by_stage = rejected.group_by("stage").len()
+    assert dict(by_stage.iter_rows()) == {s: v["rejected"] for s, v in c.items() if v["rejected"]}
     assert m["usage"]["personas"]["calls"] >= 6 and m["usage"]["queries"]["prompt_tokens"] > 0
 
     ds = pl.read_parquet(root / "dataset" / "*.parquet")

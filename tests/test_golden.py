@@ -1,7 +1,9 @@
 """The same seed gives the same dataset: a build on the fake server matches the recorded digests.
 
-`tests/data/golden_build.json` was recorded by the build code before stages were declared (commit
-867b759); a change that alters what a build writes must update it on purpose, and say why.
+`tests/data/golden_build.json` was first recorded before stages were declared (commit 867b759) and
+matched unchanged after; since re-recorded on purpose for the ground-truth skeletons and drift
+(issue 10), probes (issue 11) and languages (issue 12). A change that alters what a build writes must
+update it on purpose (`python tests/test_golden.py --record`), and say why.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from personaloom.testing.fake_openai import FakeOpenAI
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 GOLDEN = Path(__file__).parent / "data" / "golden_build.json"
-TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset")
+TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset", "probes")
 
 
 def digest(root: Path) -> dict:
@@ -55,3 +57,21 @@ def test_same_seed_same_dataset_as_recorded(out: Path) -> None:
     assert set(m["calls"]) == {c.name for c in build_calls()}  # the manifest lists every declared call
     assert m["calls"]["filter/answerability"]["role"] == "judge"
     assert all(m["stage_seconds"][s] > 0 for s in m["counts"]), m["stage_seconds"]
+
+
+if __name__ == "__main__":  # python tests/test_golden.py --record
+    import sys
+    import tempfile
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    if sys.argv[1:] != ["--record"]:
+        sys.exit("usage: python tests/test_golden.py --record")
+    with prefect_test_harness(), tempfile.TemporaryDirectory() as tmp, FakeOpenAI() as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=8)
+        cfg = BuildConfig(
+            dataset="golden", personas=5, scenes_per_persona=4, shard_size=2, seed=7, quality_min=5, llm=llm
+        )
+        version = asyncio.run(build_dataset(cfg, out=tmp))
+        GOLDEN.write_text(json.dumps(digest(Path(tmp) / "golden" / version), indent=1, sort_keys=True) + "\n")
+    print(f"recorded {GOLDEN}")

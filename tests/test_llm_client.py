@@ -33,7 +33,9 @@ def ask(llm: LLM, n: int = 1, **kw):
         try:
             return await asyncio.gather(
                 *(
-                    llm.structured("filter/answerability", Answer, stage="t", query=_Q(i), scene=_S(), **kw)
+                    llm.structured(
+                        "filter/answerability", Answer, stage="t", query=_Q(i), scene=_S(), language="en", **kw
+                    )
                     for i in range(n)
                 )
             )

@@ -51,10 +51,35 @@ def test_probes_of_several_types_with_a_code_owned_key(version: Path) -> None:
         if item.type in ("recalling_facts_mentioned_by_the_user", "recalling_the_latest_user_preferences"):
             now = persona_at(by_persona[item.persona_id].persona, item.checkpoint_session)
             assert item.truth == as_text(get_value(now, item.path))  # the value in force, not LLM text
+        if item.type == "recalling_the_latest_user_preferences":
+            base = by_persona[item.persona_id].persona
+            changed = [c for c in base.Changes if c.field == item.path]
+            last = max(c.effective_session for c in changed if c.effective_session <= item.checkpoint_session)
+            before = persona_at(base, last - 1)  # code's before: the value in force the session before
+            assert item.outdated == as_text(get_value(before, item.path)) != item.truth
+        assert item.language == by_persona[item.persona_id].persona.Demographics.Interaction_Language
     m = json.loads((version / "manifest.json").read_text())
     c = m["counts"]["probes"]
     assert c["rows_out"] == len(items) and c["rows_in"] == c["rows_out"] + c["rejected"]
     assert "probes/write" in m["calls"]
+
+
+def test_one_persona_gets_four_options_in_its_own_language(tmp_path: Path) -> None:
+    """No other persona to borrow a value from: the third distractor is a preference never stated."""
+    with FakeOpenAI(responder=probe_writer) as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
+        cfg = BuildConfig(dataset="one", personas=1, scenes_per_persona=8, seed=3, locales=["ja_JP"], llm=llm)
+        asyncio.run(build_dataset(cfg, out=str(tmp_path)))
+        asked = [r["body"] for r in fake.requests if "Ground truth (what holds" in json.dumps(r["body"])]
+    items = read_records(tmp_path / "one" / "v0001" / "probes", ProbeItem)
+    assert items and asked
+    for item in items:
+        assert len(item.options) == 4 and "other_persona" not in item.option_kinds
+        assert item.language == "ja"
+        assert ("outdated" in item.option_kinds) == bool(item.outdated)
+        if not item.outdated:
+            assert "fabricated" in item.option_kinds
+    assert all("in Japanese, the language this user writes" in json.dumps(b, ensure_ascii=False) for b in asked)
 
 
 def test_answer_positions_are_shuffled_by_seed(version: Path) -> None:

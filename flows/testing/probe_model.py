@@ -22,7 +22,7 @@ def probe_writer(body: dict[str, Any]) -> str | None:
         return None
     truth = _quoted(user, "Ground truth")
     wanted = re.findall(
-        r'"(outdated|other_persona|contradiction|generic)": "\.\.\."', user.split("Return")[-1]
+        r'"(outdated|other_persona|contradiction|generic|fabricated)": "\.\.\."', user.split("Return")[-1]
     )
     replies = {
         "question": "Could you help me with my next step on this?",
@@ -31,5 +31,6 @@ def probe_writer(body: dict[str, Any]) -> str | None:
         "other_persona": f"Here it is as you want it: {_quoted(user, 'What holds for a different user')}.",
         "contradiction": "I will do the very opposite of your usual habits this time, to shake things up.",
         "generic": "Here is a standard answer that would suit anybody asking this.",
+        "fabricated": "Since you love loud surprises and bright neon colours, here is a bold new plan.",
     }
     return json.dumps({k: v for k, v in replies.items() if k in ("question", "correct", *wanted)})
