@@ -41,7 +41,7 @@ class ProbeItem(Record):
     answer: int = Field(ge=0, le=3)
     option_kinds: list[OptionKind] = Field(min_length=4, max_length=4)
     truth: str = Field(description="the ground-truth value in force that the correct reply follows")
-    outdated: str = Field("", description="the value in force before the latest change, when the item has one")
+    outdated: str = Field("", description="the value before the latest change, when the item has one")
     language: str = Field("en", description="the user's language of interaction (question and options)")
     evidence_sessions: list[int] = Field(description="kept sessions up to the checkpoint that reveal it")
     distance_sessions: int = Field(description="sessions from the last evidence to the checkpoint")

@@ -29,13 +29,13 @@ def make(fake: FakeOpenAI, tmp_path=None, key: str = "sk-test", **cfg) -> LLM:
 
 
 def ask(llm: LLM, n: int = 1, **kw):
+    kw.setdefault("language", "en")
+
     async def go():
         try:
             return await asyncio.gather(
                 *(
-                    llm.structured(
-                        "filter/answerability", Answer, stage="t", query=_Q(i), scene=_S(), language="en", **kw
-                    )
+                    llm.structured("filter/answerability", Answer, stage="t", query=_Q(i), scene=_S(), **kw)
                     for i in range(n)
                 )
             )

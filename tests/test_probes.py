@@ -79,7 +79,8 @@ def test_one_persona_gets_four_options_in_its_own_language(tmp_path: Path) -> No
         assert ("outdated" in item.option_kinds) == bool(item.outdated)
         if not item.outdated:
             assert "fabricated" in item.option_kinds
-    assert all("in Japanese, the language this user writes" in json.dumps(b, ensure_ascii=False) for b in asked)
+    said = "in Japanese, the language this user writes"
+    assert all(said in json.dumps(b, ensure_ascii=False) for b in asked)
 
 
 def test_answer_positions_are_shuffled_by_seed(version: Path) -> None:
