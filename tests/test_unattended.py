@@ -62,6 +62,8 @@ def test_faults_are_absorbed_and_the_manifest_reconciles(out: Path) -> None:
     assert c["filter"]["rows_in"] == c["filter"]["rows_out"] + c["filter"]["rejected"]
     rejected = pl.read_parquet(root / "rejections" / "*.parquet")
     dataset = pl.read_parquet(root / "dataset" / "*.parquet")
+    assert (rejected["stage"] == "probes").sum() == c["probes"]["rejected"]
+    rejected = rejected.filter(pl.col("stage") != "probes")  # probes reject items, not queries
     requested = {f"p{p:06d}-s{s:03d}-q0" for p in range(6) for s in range(3)}
     assert (
         set(dataset["query_id"]) | set(rejected["row_id"].str.replace(r"^(p\d+-s\d+)$", "${1}-q0"))
