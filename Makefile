@@ -8,7 +8,7 @@ PERSONAS ?= 3
 SCENES  ?= 4
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: build test lint bench clean local-llm replay serve sample gc
+.PHONY: build test lint bench clean local-llm replay serve server sample gc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: $(VENV)/.core
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/filter_bench.py --rows 1000000
 	$(BIN)/python bench/multilingual_filter_bench.py
+
+# one standing Prefect server: later builds, replays and evaluations start in seconds (Ctrl-C stops it)
+server: $(VENV)/.core
+	$(BIN)/personaloom server
 
 CRON ?= 0 3 * * *
 serve: $(VENV)/.local

@@ -298,18 +298,53 @@ WRITE: LLMCall[Spec, ProbeItem | Rejection] = LLMCall(
 )
 
 
+def _finals(rows: Sequence[DatasetRow]) -> dict[str, Persona]:
+    """Each persona in force at its last kept session."""
+    last: dict[str, DatasetRow] = {}
+    for r in rows:
+        if r.persona_id not in last or r.session_index > last[r.persona_id].session_index:
+            last[r.persona_id] = r
+    return {pid: persona_at(r.persona, r.session_index) for pid, r in last.items()}
+
+
+def _key(item: ProbeItem) -> str:
+    """Two items ask the same when their question and correct reply read the same (case, spacing aside)."""
+    correct = item.options[item.answer]
+    return " ".join(f"{item.question}\n{correct}".casefold().split())
+
+
+def dedup(items: Sequence[ProbeItem], earlier: Sequence[ProbeItem] = ()) -> StageOutcome[ProbeItem]:
+    """Drop an item that repeats an earlier version's item or one before it in this run."""
+    seen = {_key(i): i.probe_id for i in earlier}
+    out: StageOutcome[ProbeItem] = StageOutcome()
+    for item in items:
+        if (first := seen.setdefault(_key(item), item.probe_id)) != item.probe_id:
+            out.rejections.append(
+                Rejection(
+                    stage=NAME,
+                    row_id=item.probe_id,
+                    persona_id=item.persona_id,
+                    reason="duplicate_probe",
+                    detail=f"duplicate of {first}",
+                    raw_output=item.question,
+                )
+            )
+        else:
+            out.records.append(item)
+    return out
+
+
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[ProbeItem]:
     if not ctx.config.probes:
         return StageOutcome()
     by_persona: dict[str, list[DatasetRow]] = defaultdict(list)
     for row in inputs["dataset"]:
         by_persona[row.persona_id].append(row)
-    finals = {
-        pid: persona_at(rows[0].persona, max(r.session_index for r in rows))
-        for pid, rows in by_persona.items()
-    }
+    # a grown build: earlier personas lend other-persona distractors, earlier items are not repeated
+    finals = _finals(ctx.earlier("dataset")) | _finals(inputs["dataset"])
     specs = [s for pid in sorted(by_persona) for s in plan_specs(by_persona[pid], finals)]
-    return StageOutcome.split(await map_async(specs, lambda s: ctx.llm.run(WRITE, s), ctx.advance))
+    written = StageOutcome.split(await map_async(specs, lambda s: ctx.llm.run(WRITE, s), ctx.advance))
+    return written.then(dedup(written.records, ctx.earlier("probes")))
 
 
 STAGE = Stage(

@@ -13,7 +13,7 @@ import pytest
 from personaloom.build import build_dataset
 from personaloom.drift import as_text, get_value, persona_at
 from personaloom.evaluate import evaluate_dataset, pick_letter
-from personaloom.probes import ProbeDraft, Spec, history, message_tokens, option_plan, validate
+from personaloom.probes import ProbeDraft, Spec, dedup, history, message_tokens, option_plan, validate
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import EvalConfig, ProbeItem
 from personaloom.schemas.records import DatasetRow
@@ -81,6 +81,21 @@ def test_one_persona_gets_four_options_in_its_own_language(tmp_path: Path) -> No
             assert "fabricated" in item.option_kinds
     said = "in Japanese, the language this user writes"
     assert all(said in json.dumps(b, ensure_ascii=False) for b in asked)
+
+
+def test_items_repeating_an_earlier_one_are_rejected_with_its_id(version: Path) -> None:
+    items = read_records(version / "probes", ProbeItem)
+    earlier, new = items[:3], items[3:6]
+    again = items[0].model_copy(
+        update={"probe_id": "p999999-c009-latest", "question": items[0].question.upper()}
+    )
+    twin = new[0].model_copy(update={"probe_id": "p999998-c009-latest"})
+    out = dedup([*new, again, twin], earlier)
+    assert out.records == new
+    assert [(r.row_id, r.reason, r.detail) for r in out.rejections] == [
+        ("p999999-c009-latest", "duplicate_probe", f"duplicate of {items[0].probe_id}"),
+        ("p999998-c009-latest", "duplicate_probe", f"duplicate of {new[0].probe_id}"),
+    ]
 
 
 def test_answer_positions_are_shuffled_by_seed(version: Path) -> None:
