@@ -373,7 +373,10 @@ def server(
         typer.echo(f"Prefect server at {api_url}: personaloom commands now use it (Ctrl-C stops it)")
         typer.echo(f"other Prefect clients: export PREFECT_API_URL={api_url}")
 
-    serve_forever(host, port, ready=ready)
+    try:
+        serve_forever(host, port, ready=ready)
+    except KeyboardInterrupt:
+        typer.echo("Prefect server stopped")
 
 
 # ---------------------------------------------------------------- skeletons only
@@ -603,7 +606,9 @@ def gc(
 
 @app.command(name="filter")
 def filter_cmd(
-    input: Annotated[Path, typer.Argument(metavar="IN.parquet", help="Parquet file with a text column")],
+    input: Annotated[
+        Path, typer.Argument(metavar="IN.parquet", help="Parquet file (or folder of parts) with text")
+    ],
     column: Annotated[str, typer.Option(help="the text column")] = "text",
     out: Annotated[Path, typer.Option("--out", help="folder for kept.parquet and rejections.parquet")] = Path(
         "filtered"
@@ -623,8 +628,16 @@ def filter_cmd(
         str | None,
         typer.Option(help="column of each row's intended language (ISO 639-1): others → wrong_language"),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="filter the rows in this many slices, spilling to OUT/.spill-*: bounded memory, "
+            "duplicates across slices still found, same result"
+        ),
+    ] = None,
 ) -> None:
-    """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts."""
+    """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts (IN: a
+    file, or a folder of Parquet parts read in name order)."""
     from personaloom.filter_file import filter_parquet
 
     filter_parquet(
@@ -637,6 +650,7 @@ def filter_cmd(
         id_column=id_column,
         lang=lang,
         lang_column=lang_column,
+        shards=shards,
     )
 
 

@@ -98,6 +98,12 @@ def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
     home.mkdir(parents=True, exist_ok=True)
     state = home / STATE_FILE
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # `kill`, a service manager, an ignored Ctrl-C: stop the same clean way
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # even when started in the background, where SIGINT is ignored
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180

@@ -82,8 +82,11 @@ def test_a_standing_server_is_found_by_later_commands(tmp_path: Path) -> None:
         )
         assert second.returncode == 2 and f"already runs at {api_url}" in second.stderr
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # as a service manager stops it
         server.wait(timeout=60)
+    assert server.returncode == 0 and "Prefect server stopped" in (
+        server.stdout.read() if server.stdout else ""
+    )
     assert not (home / STATE_FILE).exists()  # stopped: later commands start their own again
 
 
