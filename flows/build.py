@@ -13,6 +13,8 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,23 +391,43 @@ async def run_shard(job: ShardJob) -> ShardReport:
     return ShardReport(usage=usage, seconds=dict(seconds))
 
 
+@contextmanager
+def _workers_use_this_server() -> Iterator[None]:
+    """Tasks submitted in this block report to the Prefect server this flow run talks to.
+
+    A remote task gets the flow's Prefect settings, not the address of the temporary server Prefect
+    started when PREFECT_API_URL is unset: each Dask or Ray worker would then start one of its own
+    (12–22 s each) before its first shard.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    ctx = FlowRunContext.get()
+    if PREFECT_API_URL.value() or ctx is None:
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: str(ctx.client.api_url).rstrip("/")}):
+        yield
+
+
 async def _generate_remote(run: Run[BuildConfig], cache: str, seeds_dir: str | None) -> Counter[str]:
     ep, growth = run.endpoint, run.growth
-    futures = [
-        remote_shard_task.submit(
-            ShardJob(
-                run.config.model_dump_json(),
-                ep.base_url,
-                ep.embedded,
-                cache,
-                str(run.staging),
-                seeds_dir,
-                s,
-                *((str(growth.parent), growth.first_persona, growth.first_shard) if growth else ()),
+    with _workers_use_this_server():  # the settings go with each task when it is submitted
+        futures = [
+            remote_shard_task.submit(
+                ShardJob(
+                    run.config.model_dump_json(),
+                    ep.base_url,
+                    ep.embedded,
+                    cache,
+                    str(run.staging),
+                    seeds_dir,
+                    s,
+                    *((str(growth.parent), growth.first_persona, growth.first_shard) if growth else ()),
+                )
             )
-        )
-        for s in shards(run)
-    ]
+            for s in shards(run)
+        ]
     seconds: Counter[str] = Counter()
     for report in await asyncio.gather(*(asyncio.to_thread(f.result) for f in futures)):
         seconds.update(report.seconds)

@@ -305,7 +305,10 @@ def task_runner(runner: str, address: str | None) -> Any:
         from prefect_ray import RayTaskRunner
     except ImportError:
         raise UserError("--runner ray needs prefect-ray: pip install -e '.[ray]'") from None
-    return RayTaskRunner(address=address) if address else RayTaskRunner()
+    if address:
+        return RayTaskRunner(address=address)
+    # a local instance for this build: no dashboard (it triples Ray's start-up here), quiet logs
+    return RayTaskRunner(init_kwargs={"include_dashboard": False, "logging_level": "WARNING"})
 
 
 def _print_summary(out: Path, dataset: str, version: str) -> None:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 import pytest
+from prefect.client.schemas.objects import StateType
+from prefect.task_runners import TaskRunner
 
 from personaloom.build import build_dataset
 from personaloom.errors import UserError
@@ -242,26 +249,87 @@ def test_seed_table_missing_a_column(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_dask_runner_output_equals_local(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.settings import PREFECT_API_URL
-    from prefect_dask import DaskTaskRunner
+def build_remote_equals_local(out: Path, runner: Literal["dask", "ray"], task_runner: TaskRunner) -> None:
+    """Build with the local runner, then with `task_runner`: the same rows, usage and seconds reported back.
 
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the workers are other processes
+    The shard tasks ran as task runs of the flow run, on the server the flow talks to.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     with FakeOpenAI() as fake:
         c = cfg(fake, personas=4, shard_size=2)
         build(c, out / "local")
-        on_dask = build_dataset.with_options(
-            task_runner=DaskTaskRunner(
-                cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1}
-            )
-        )
-        assert asyncio.run(on_dask(c, out=str(out / "dask"), runner="dask")) == "v0001"
+        remote = build_dataset.with_options(task_runner=task_runner)
+        state = asyncio.run(remote(c, out=str(out / runner), runner=runner, return_state=True))
+        assert state.result() == "v0001"
     local = pl.read_parquet(out / "local" / "u" / "v0001" / "dataset" / "*.parquet")
-    remote = pl.read_parquet(out / "dask" / "u" / "v0001" / "dataset" / "*.parquet")
-    assert len(local) > 0 and local.equals(remote)
-    m = DatasetStore(out / "dask", "u").manifest()
+    rows = pl.read_parquet(out / runner / "u" / "v0001" / "dataset" / "*.parquet")
+    assert len(local) > 0 and local.equals(rows)
+    m = DatasetStore(out / runner, "u").manifest()
     assert m.usage["personas"].calls >= 4 and m.counts["scenes"].rows_out == 12
     # the shard tasks report their stages' seconds back, as the local runner's tasks do
     assert all(m.stage_seconds[s] > 0 for s in ("seed", "personas", "scenes", "queries", "filter")), (
         m.stage_seconds
     )
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    shard_states = [t.state_type for t in tasks if t.name.startswith("shard-")]
+    assert shard_states == [StateType.COMPLETED] * 2, [(t.name, t.state_type) for t in tasks]
+
+
+def test_dask_runner_output_equals_local(out: Path) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    cluster = {"n_workers": 2, "processes": True, "threads_per_worker": 1}
+    build_remote_equals_local(out, "dask", DaskTaskRunner(cluster_kwargs=cluster))
+
+
+def test_dask_and_ray_tasks_get_the_address_of_the_flows_server() -> None:
+    """Without PREFECT_API_URL the flow talks to a temporary server; tasks sent to workers get its address."""
+    from prefect import flow
+    from prefect.context import serialize_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from personaloom.build import _workers_use_this_server
+
+    @flow
+    def submit_side() -> tuple[str | None, str | None]:
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):  # as in a shell without it
+            alone = serialize_context()["settings_context"]["settings"]
+            with _workers_use_this_server():
+                sent = serialize_context()["settings_context"]["settings"]  # what Dask and Ray submit
+        return alone["api"]["url"], sent["api"]["url"]
+
+    assert submit_side() == (None, PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A local Ray instance of 2 CPUs: offline, quiet, its files in a temporary folder, always shut down."""
+    import ray
+
+    # ray.init turns token auth on for a new cluster when RAY_AUTH_MODE is unset; with the token given
+    # here it writes none to ~/.ray/auth_token. (Setting the mode here fails: Ray read it when imported.)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # ray.init turns it off itself, but not on nightlies
+    # Ray's Unix sockets live under its temp folder, and a socket path holds at most 107 bytes:
+    # pytest's tmp_path is too deep for them, and the default /tmp/ray is left behind
+    temp = tempfile.mkdtemp(prefix="ray-")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp)
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_AUTH_MODE", None)  # ray.init set it for this process
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_ray_runner_output_equals_local(out: Path) -> None:
+    from prefect_ray import RayTaskRunner
+
+    build_remote_equals_local(out, "ray", RayTaskRunner())  # it uses the running instance
