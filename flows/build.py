@@ -47,7 +47,7 @@ from personaloom.pipeline import (
     stage_counts,
 )
 from personaloom.progress import progress_sink
-from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, open_run
+from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_run
 from personaloom.schemas.config import BuildConfig, RunPaths
 from personaloom.schemas.manifest import Manifest, PersonaSpan, StageUsage
 from personaloom.schemas.records import Rejection
@@ -253,15 +253,7 @@ async def publish_artifacts(store: DatasetStore, version: str) -> None:
 # ---------------------------------------------------------------- the flow
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    cfg = flow_run.parameters.get("config")
-    name = cfg.dataset if isinstance(cfg, BuildConfig) else (cfg or {}).get("dataset", "personas")
-    return f"build-{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-
-
-@flow(name="build_dataset", flow_run_name=_run_name, validate_parameters=True)
+@flow(name="build_dataset", flow_run_name=flow_run_namer("build"), validate_parameters=True)
 async def build_dataset(
     config: BuildConfig,
     out: str = "output",

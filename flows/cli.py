@@ -94,6 +94,27 @@ def _prefect_env() -> None:
     use_standing_server()  # a running `personaloom server` saves each command its own 12–22 s start
 
 
+def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Path) -> Any:
+    """A replay's or evaluation's config from the flags given, checked before Prefect starts.
+
+    Bad values, a missing dataset or version and an unreachable endpoint each fail in one line.
+    """
+    from personaloom.llm.endpoint import check_endpoint
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.store import DatasetStore
+
+    given = {f: v for f, v in fields.items() if v is not None}
+    try:
+        cfg = model.model_validate(
+            {**given, "llm": LLMConfig(**{k: v for k, v in llm.items() if v is not None})}
+        )
+    except ValidationError as e:
+        raise UserError(_validation_line(e, None)) from None
+    DatasetStore(out, cfg.dataset).resolve(cfg.version)
+    check_endpoint(cfg.llm)
+    return cfg
+
+
 def _split_spec(spec: str) -> tuple[str, str | None]:
     name, _, version = spec.partition("@")
     return name, version or None
@@ -770,21 +791,16 @@ def replay(
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
 ) -> None:
     """Replay a dataset version through the reference agents; results go to DATASET/vN/replay/RUN/."""
-    from personaloom.schemas.config import LLMConfig
     from personaloom.schemas.replay import ReplayConfig
 
     name, version = _split_spec(spec)
-    llm = {
-        k_: v
-        for k_, v in dict(
-            model=model,
-            user_model=user_model,
-            judge_model=judge_model,
-            base_url=base_url,
-            concurrency=concurrency,
-        ).items()
-        if v is not None
-    }
+    llm = dict(
+        model=model,
+        user_model=user_model,
+        judge_model=judge_model,
+        base_url=base_url,
+        concurrency=concurrency,
+    )
     fields = dict(
         dataset=name,
         version=version,
@@ -796,19 +812,7 @@ def replay(
         run=run,
         embedding_model=embedding_model,
     )
-    try:
-        cfg = ReplayConfig.model_validate(
-            {**{f: v for f, v in fields.items() if v is not None}, "llm": LLMConfig(**llm)}
-        )
-    except ValidationError as e:
-        raise UserError(_validation_line(e, None)) from None
-    from personaloom.llm.endpoint import check_endpoint
-    from personaloom.store import DatasetStore
-
-    DatasetStore(out, name).resolve(
-        version
-    )  # a missing dataset fails here, in one line, before Prefect starts
-    check_endpoint(cfg.llm)
+    cfg = _run_config(ReplayConfig, fields, llm, out)
     _prefect_env()
     from personaloom.replay import replay_dataset
 
@@ -839,31 +843,14 @@ def evaluate(
     cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
 ) -> None:
     """Score a model on a version's probes; results go to vN/eval/RUN/, with random and oracle rows."""
-    from personaloom.schemas.config import LLMConfig
     from personaloom.schemas.probes import EvalConfig
 
     name, version = _split_spec(spec)
-    llm = {
-        k: v
-        for k, v in dict(
-            model=model, base_url=base_url, concurrency=concurrency, judge_model=judge_model
-        ).items()
-        if v is not None
-    }
+    llm = dict(model=model, base_url=base_url, concurrency=concurrency, judge_model=judge_model)
     fields = dict(
         dataset=name, version=version, mode=mode, context_tokens=context_tokens, personas=personas, run=run
     )
-    try:
-        cfg = EvalConfig.model_validate(
-            {**{f: v for f, v in fields.items() if v is not None}, "llm": LLMConfig(**llm)}
-        )
-    except ValidationError as e:
-        raise UserError(_validation_line(e, None)) from None
-    from personaloom.llm.endpoint import check_endpoint
-    from personaloom.store import DatasetStore
-
-    DatasetStore(out, name).resolve(version)  # a missing dataset fails here, before Prefect starts
-    check_endpoint(cfg.llm)
+    cfg = _run_config(EvalConfig, fields, llm, out)
     _prefect_env()
     from personaloom.evaluate import evaluate_dataset
 

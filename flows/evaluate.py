@@ -28,7 +28,7 @@ from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.probes import history, message_tokens
 from personaloom.replay import artifact_key, claim_run_dir
-from personaloom.run import LLM_NOT_IDENTITY, Run, open_run
+from personaloom.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.drafts import Draft
 from personaloom.schemas.probes import EvalConfig, EvalManifest, EvalResult, ProbeItem
 from personaloom.schemas.records import DatasetRow
@@ -242,15 +242,7 @@ def summarize(results: Sequence[EvalResult]) -> tuple[dict[str, float], str]:
 # ---------------------------------------------------------------- the flow
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    cfg = flow_run.parameters.get("config")
-    name = cfg.dataset if isinstance(cfg, EvalConfig) else (cfg or {}).get("dataset", "dataset")
-    return f"evaluate-{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-
-
-@flow(name="evaluate_dataset", flow_run_name=_run_name, validate_parameters=True)
+@flow(name="evaluate_dataset", flow_run_name=flow_run_namer("evaluate"), validate_parameters=True)
 async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: str | None = None) -> str:
     """Evaluate `config.llm.model` on the probes of a dataset version; returns the run folder."""
     from prefect.artifacts import acreate_markdown_artifact

@@ -27,7 +27,7 @@ from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
 from personaloom.agent.metrics import summarize, summary_markdown
 from personaloom.errors import UserError
 from personaloom.llm.client import LLM
-from personaloom.run import LLM_NOT_IDENTITY, Run, open_run
+from personaloom.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
     MetricRow,
@@ -147,15 +147,7 @@ def publish_run(
 # ---------------------------------------------------------------- the flow
 
 
-def _flow_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    cfg = flow_run.parameters.get("config")
-    name = cfg.dataset if isinstance(cfg, ReplayConfig) else (cfg or {}).get("dataset", "dataset")
-    return f"replay-{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-
-
-@flow(name="replay_dataset", flow_run_name=_flow_run_name, validate_parameters=True)
+@flow(name="replay_dataset", flow_run_name=flow_run_namer("replay"), validate_parameters=True)
 async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: str | None = None) -> str:
     """Replay `config.dataset`@`config.version` through `config.agents`; returns the run folder."""
     from prefect.artifacts import acreate_markdown_artifact

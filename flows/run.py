@@ -9,9 +9,10 @@ the seed catalogue and the run's identity (what makes a re-run resume in the sam
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -144,3 +145,16 @@ async def open_run(
             extra=identity,
         )
         yield Run(effective, endpoint, llm, catalogue, prompts, by_name(calls), key)
+
+
+def flow_run_namer(kind: str) -> Callable[[], str]:
+    """Prefect's `flow_run_name` for a flow whose `config` parameter names a dataset: KIND-DATASET-TIME."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        cfg = flow_run.parameters.get("config")
+        dataset = getattr(cfg, "dataset", None) or (cfg if isinstance(cfg, dict) else {}).get("dataset")
+        return f"{kind}-{dataset or 'dataset'}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+    return name
