@@ -1,23 +1,31 @@
 """Benchmark of the stage-5 filter engine on templated text with planted duplicates.
 
 Run (from the repo root):
-    .venv/bin/python bench/filter_bench.py                    # 100k, 300k, 1M: one subprocess each
-    .venv/bin/python bench/filter_bench.py --rows 1000000     # one size
-    .venv/bin/python bench/filter_bench.py --rows 1000000 --langid
-    .venv/bin/python bench/filter_bench.py --shards 10 --rows 10000000
+    .venv/bin/python bench/filter_bench.py                        # 100k, 300k, 1M in memory
+    .venv/bin/python bench/filter_bench.py --rows 1000000         # one size
+    .venv/bin/python bench/filter_bench.py --rows 1000000 --cheap --langid   # + rules/exact alone, lang ID
+    .venv/bin/python bench/filter_bench.py --rows 10000000 --shards 10        # sharded: bounded memory
 
 The generator builds ~25-word user queries from a few hundred templates x slot fillers, so
 siblings of one template share most of their words and must be KEPT; then it plants
 near-duplicates of random rows (1-3 word edits: substitute/insert/delete, plus case,
-whitespace and punctuation changes) and exact copies. Every row carries its ground-truth group
-(the base row it was made from), so recall and wrong drops are counted exactly.
-Each size runs in its own subprocess so peak RSS (getrusage maxrss) is per size.
+whitespace and punctuation changes) and exact copies, and shuffles all rows: with --shards N,
+(N-1)/N of the planted pairs are split across shards. Every row carries its ground-truth group
+(the base row it was made from), so recall and wrong drops are counted exactly, and so is the
+recall of pairs split across shards.
+
+Rows are generated once per size into bench/results/filter_rows<N>_seed7.parquet (in a child
+process; 10M rows take ~6 min). The filter then runs in its own child process through the function
+`personaloom filter` runs (the equivalent command is printed), so its wall time, CPU time and peak
+RSS (os.wait4's ru_maxrss of that child) are the filter's own; the quality is computed afterwards
+from its rejections.parquet.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -209,124 +217,171 @@ def generate(n_rows: int, seed: int = 7, n_templates: int = 400) -> pl.DataFrame
     )
 
 
-def evaluate(df: pl.DataFrame, rejected: pl.DataFrame) -> dict[str, float]:
+RESULTS = Path(__file__).resolve().parent / "results"
+SEED = 7
+
+
+def dataset(n_rows: int) -> tuple[Path, float | None]:
+    """The generated rows of this size (made by a child process the first time): path, seconds to make."""
+    path = RESULTS / f"filter_rows{n_rows}_seed{SEED}.parquet"
+    if path.exists():
+        return path, None
+    t = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--generate", "--rows", str(n_rows)], check=True)
+    return path, time.perf_counter() - t
+
+
+def write_dataset(n_rows: int) -> None:
+    path = RESULTS / f"filter_rows{n_rows}_seed{SEED}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    generate(n_rows, seed=SEED).write_parquet(tmp)
+    tmp.replace(path)
+
+
+def evaluate(truth: pl.DataFrame, rejected: pl.DataFrame, shards: int = 0) -> dict[str, object]:
     """Recall of planted duplicates and unique rows wrongly dropped, against ground truth.
 
-    A group (base row + its planted copies) should keep exactly one row; a drop is correct when
-    dup_of names a row of the same group.
+    A group (base row + its planted copies) should keep exactly one row (its earliest); a drop is
+    correct when dup_of names a row of the same group. `row_id` is the row's position (as text), so with
+    `shards` the pairs split across shards are counted too.
     """
-    group = dict(zip(df["row_id"].to_list(), df["group"].to_list(), strict=True))
-    rej = rejected.select("row_id", "group", "kind", "drop_reason", "dup_of")
-    dups = rej.filter(pl.col("dup_of").is_not_null())
-    dup_group = np.array([group[d] for d in dups["dup_of"].to_list()], dtype=np.int64)
-    correct = dups["group"].to_numpy() == dup_group
-    expected_drops = df.height - df["group"].n_unique()
-    planted_near = df.filter(~pl.col("kind").is_in(["base", "exact"])).height
-    near_found = int((correct & ~dups["kind"].is_in(["base", "exact"]).to_numpy()).sum())
-    # a base row dropped as a dup of its own planted copy (the copy came first) is correct
-    wrong = int((~correct).sum())
-    rule_dropped = rej.filter(pl.col("dup_of").is_null()).height
+    n = truth.height
+    rows = truth.select("row_id", "group", "kind").with_row_index("at")
+    rows = rows.join(rows.group_by("group").agg(pl.col("at").min().alias("first")), on="group")
+    target = rows.select(
+        pl.col("row_id").alias("dup_of"), pl.col("group").alias("dup_group"), pl.col("at").alias("dup_at")
+    )
+    rej = rejected.select("row_id", "dup_of").join(rows, on="row_id").join(target, on="dup_of", how="left")
+    dups = rej.filter(pl.col("dup_of").is_not_null()).with_columns(
+        (pl.col("group") == pl.col("dup_group")).alias("ok")
+    )
+    correct = int(dups["ok"].sum())
+    expected = n - rows["group"].n_unique()
     by_kind = (
-        dups.with_columns(pl.Series("ok", correct))
-        .group_by("kind")
+        dups.group_by("kind")
         .agg(pl.col("ok").sum().alias("found"))
-        .join(df.group_by("kind").len(), on="kind", how="right")
+        .join(rows.group_by("kind").len(), on="kind", how="right")
         .sort("kind")
     )
-    return {
-        "expected_dup_drops": expected_drops,
-        "correct_dup_drops": int(correct.sum()),
-        "recall_all_planted": int(correct.sum()) / max(expected_drops, 1),
-        "planted_near": planted_near,
-        "planted_near_found_approx": near_found,
-        "wrong_drops": wrong,
-        "wrong_drop_rate": wrong / df.height,
-        "rule_drops": rule_dropped,
+    out: dict[str, object] = {
+        "expected_dup_drops": expected,
+        "correct_dup_drops": correct,
+        "recall_all_planted": correct / max(expected, 1),
+        "wrong_drops": dups.height - correct,
+        "wrong_drop_rate": (dups.height - correct) / n,
+        "rule_drops": rej.height - dups.height,
         "by_kind": {r["kind"]: [r["found"] or 0, r["len"]] for r in by_kind.iter_rows(named=True)},
     }
+    if shards > 1:
+
+        def shard(c: str) -> pl.Expr:
+            return pl.col(c) * shards // n
+
+        split = rows.filter((pl.col("at") != pl.col("first")) & (shard("at") != shard("first"))).height
+        found = dups.filter(pl.col("ok") & (shard("at") != shard("dup_at"))).height
+        out.update(
+            cross_shard_expected=split, cross_shard_found=found, cross_shard_recall=found / max(split, 1)
+        )
+    return out
 
 
-def run_one(n_rows: int, langid: bool) -> dict[str, object]:
+def out_dir(n_rows: int, shards: int) -> Path:
+    return RESULTS / (f"filtered-{n_rows}" + (f"-{shards}shards" if shards else ""))
+
+
+def run_child(n_rows: int, shards: int, out: Path, cheap: bool, langid: bool) -> dict[str, object]:
+    """In the child: filter the dataset as `personaloom filter` does; stats as JSON."""
+    from personaloom.filter_file import filter_parquet
+
+    path = RESULTS / f"filter_rows{n_rows}_seed{SEED}.parquet"
     t = time.perf_counter()
-    df = generate(n_rows)
-    gen_s = time.perf_counter() - t
-    out: dict[str, object] = {"rows": df.height, "generate_s": round(gen_s, 2)}
-
-    config = FilterConfig()
-    # rules + exact only: the cheap path's throughput
-    cheap = FilterConfig(near_dup={"enabled": False})
-    t = time.perf_counter()
-    filter_texts(df, "text", cheap, id_column="row_id")
-    out["rules_exact_s"] = round(time.perf_counter() - t, 2)
-    out["rules_exact_rows_per_s"] = round(df.height / out["rules_exact_s"])  # type: ignore[operator]
-
-    t = time.perf_counter()
-    outcome = filter_texts(df, "text", config, id_column="row_id")
-    out["full_wall_s"] = round(time.perf_counter() - t, 2)
-    out["counts"] = outcome.counts
-    out["stats"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in outcome.stats.items()}
-    out["quality"] = evaluate(df, outcome.rejected)
-    assert outcome.kept.height + outcome.rejected.height == df.height
-
+    outcome = filter_parquet(path, column="text", out=out, id_column="row_id", shards=shards or None)
+    res: dict[str, object] = {"filter_wall_s": round(time.perf_counter() - t, 2), "counts": outcome.counts}
+    res["stats"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in outcome.stats.items()}
+    res["peak_rss_mb_after_filter"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if cheap:  # rules + exact only: the cheap path's throughput
+        df = pl.read_parquet(path)
+        t = time.perf_counter()
+        filter_texts(df, "text", FilterConfig(near_dup={"enabled": False}), id_column="row_id")
+        res["rules_exact_s"] = round(time.perf_counter() - t, 2)
+        res["rules_exact_rows_per_s"] = round(df.height / res["rules_exact_s"])  # type: ignore[operator]
     if langid:
         from personaloom.filtering.langid import detect_languages, load_model
 
         load_model()
-        sample = df["text"].head(min(df.height, 200_000))
+        sample = pl.read_parquet(path, n_rows=200_000)["text"]
         t = time.perf_counter()
         langs, _ = detect_languages(sample)
-        secs = time.perf_counter() - t
-        out["langid_rows_per_s"] = round(sample.len() / secs)
-        out["langid_share_en"] = round(float(np.mean(langs == "en")), 4)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+        res["langid_rows_per_s"] = round(sample.len() / (time.perf_counter() - t))
+        res["langid_share_en"] = round(float(np.mean(langs == "en")), 4)
+    return res
 
 
-def run_sharded(n_rows: int, n_shards: int) -> dict[str, object]:
-    """Memory-bounded path for ~10M rows: peak memory is that of one shard, not of all rows.
-
-    What it does: rows are processed shard by shard (n_rows / n_shards each). Exact dedup is
-    global: a sorted array of normalized-text hashes (8 bytes per row, 80 MB at 10M) drops a
-    row whose text was seen in an earlier shard. Near-dup runs within each shard only.
-
-    The honest limit: a near-duplicate pair split across two shards is NOT found. Each shard
-    here is generated independently, so this run measures time and memory, not cross-shard
-    recall. The design that closes the gap (not implemented): pass 1 streams shards to get
-    global shingle document frequencies (partitioned by shingle hash, spilled to disk); pass 2
-    streams shards again to compute MinHash band keys per row (16 x 8 bytes per row); rows are
-    then grouped by band key globally (one sort per band, like the in-memory path, since LSH only
-    pairs rows with equal keys), and only candidate rows' texts are re-read for verification.
-    """
-    from personaloom.filtering.normalize import normalize, text_hash_expr
-
-    per = n_rows // n_shards
-    seen = np.zeros(0, dtype=np.uint64)
-    totals: dict[str, int] = {}
-    t0 = time.perf_counter()
-    for shard in range(n_shards):
-        df = generate(per, seed=1000 + shard)
-        df = df.with_columns(text_hash_expr(pl.lit(normalize(df["text"]))).alias("__h"))
-        hashes = df["__h"].fill_null(0).to_numpy()
-        cross = np.isin(hashes, seen)  # seen: sorted unique hashes of all earlier shards
-        outcome = filter_texts(
-            df.filter(~pl.Series(cross)).drop("__h"), "text", FilterConfig(), id_column="row_id"
+def measure(n_rows: int, args: argparse.Namespace) -> None:
+    path, made = dataset(n_rows)
+    out = out_dir(n_rows, args.shards)
+    flags = ["--cheap"] * args.cheap + ["--langid"] * args.langid
+    cmd = [sys.executable, __file__, "--child", "--rows", str(n_rows), "--shards", str(args.shards), *flags]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(proc.returncode)
+    res = json.loads(stdout.strip().splitlines()[-1])
+    truth = pl.read_parquet(path, columns=["row_id", "group", "kind"])
+    q = evaluate(truth, pl.read_parquet(out / "rejections.parquet"), args.shards)
+    s = res["stats"]
+    rel, out = shown(path), shown(out)
+    same = f"personaloom filter {rel} --column text --id-column row_id --out {out}" + (
+        f" --shards {args.shards}" if args.shards else ""
+    )
+    print(
+        f"\n== {truth.height:,} rows, {args.shards or 'no'} shards "
+        f"(rows {'generated in ' + format(made, '.0f') + ' s' if made else 'cached'}: {rel})\n"
+        f"filter wall: {res['filter_wall_s']} s (process {wall:.1f} s incl. start-up; "
+        f"CPU user+sys {usage.ru_utime + usage.ru_stime:.1f} s)   "
+        f"peak RSS: {usage.ru_maxrss / 1024:,.0f} MB\n"
+        f"same as: {same}\n"
+        f"phases: {phases(s)}\n"
+        f"candidate pairs: {s.get('candidate_pairs', s.get('near_candidate_pairs', 0)):,} "
+        f"verified: {s.get('verified_pairs', s.get('near_verified_pairs', 0)):,}\n"
+        f"recall (all planted dups, exact+near): {q['recall_all_planted']:.5f} "
+        f"({q['correct_dup_drops']:,}/{q['expected_dup_drops']:,})"
+        + (
+            f"; pairs split across shards: {q['cross_shard_recall']:.5f} "
+            f"({q['cross_shard_found']:,}/{q['cross_shard_expected']:,})"
+            if "cross_shard_recall" in q
+            else ""
         )
-        seen = np.union1d(seen, hashes)
-        totals["cross_shard_exact"] = totals.get("cross_shard_exact", 0) + int(cross.sum())
-        for k, v in outcome.counts.items():
-            totals[k] = totals.get(k, 0) + v
-        print(
-            f"  shard {shard}: {per} rows, kept {outcome.counts['kept']}, "
-            f"rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
-            flush=True,
-        )
-    return {
-        "rows": per * n_shards,
-        "shards": n_shards,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "counts": totals,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
+        + f"\nwrong drops: {q['wrong_drops']} ({q['wrong_drop_rate'] * 1e5:.2f} per 100k rows), "
+        f"rule drops: {q['rule_drops']}\n"
+        f"found/planted by kind: {q['by_kind']}\n"
+        f"counts: {res['counts']}"
+    )
+    if "rules_exact_s" in res:
+        print(f"rules+exact only: {res['rules_exact_s']} s = {res['rules_exact_rows_per_s']:,} rows/s")
+    if "langid_rows_per_s" in res:
+        print(f"langid: {res['langid_rows_per_s']:,} rows/s (en share {res['langid_share_en']})")
+
+
+def shown(path: Path) -> Path:
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def phases(s: dict[str, float]) -> str:
+    """Seconds per phase, as the in-memory or the sharded filter reports them."""
+    names = (
+        ("rules", "exact", "near", "near_shingle", "near_df_prune", "near_minhash", "near_lsh", "near_verify")
+        if "rules_s" in s
+        else ("screen", "df", "minhash", "lsh", "verify", "write")
+    )
+    return " ".join(
+        f"{name.removeprefix('near_')} {s[name + '_s']:.1f}" for name in names if name + "_s" in s
+    )
 
 
 def main() -> None:
@@ -334,47 +389,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=None, help="one size (default: 100k, 300k, 1M)")
+    parser.add_argument(
+        "--shards", type=int, default=0, help="filter in this many shards (personaloom --shards)"
+    )
+    parser.add_argument("--cheap", action="store_true", help="also measure rules + exact dedup alone")
     parser.add_argument("--langid", action="store_true", help="also measure language ID rows/s")
-    parser.add_argument("--shards", type=int, default=0, help="run --rows in this many shards")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.shards:
-        print(json.dumps(run_sharded(args.rows or 10_000_000, args.shards), indent=1))
+    if args.generate:
+        write_dataset(args.rows)
         return
     if args.child:
-        print(json.dumps(run_one(args.rows, args.langid)))
-        return
-    sizes = [args.rows] if args.rows else [100_000, 300_000, 1_000_000]
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    for n in sizes:
-        cmd = [sys.executable, __file__, "--child", "--rows", str(n)] + (["--langid"] if args.langid else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            print(proc.stderr)
-            raise SystemExit(proc.returncode)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        q, s = res["quality"], res["stats"]
         print(
-            f"\n== {res['rows']:,} rows (generated in {res['generate_s']} s)\n"
-            f"full filter wall: {res['full_wall_s']} s   peak RSS: {res['peak_rss_mb']} MB\n"
-            f"rules+exact only: {res['rules_exact_s']} s = {res['rules_exact_rows_per_s']:,} rows/s\n"
-            f"phases: rules {s.get('rules_s')} exact {s.get('exact_s')} near {s.get('near_s')} | "
-            f"tokenize {s.get('near_tokenize_s')} shingle {s.get('near_shingle_s')} "
-            f"df {s.get('near_df_prune_s')} minhash {s.get('near_minhash_s')} lsh {s.get('near_lsh_s')} "
-            f"verify {s.get('near_verify_s')} components {s.get('near_components_s')}\n"
-            f"candidate pairs: {s.get('near_candidate_pairs'):,} "
-            f"({s.get('near_candidate_pairs') / res['rows']:.4f}/row)"
-            f"  verified: {s.get('near_verified_pairs'):,}\n"
-            f"recall (all planted dups, exact+near): {q['recall_all_planted']:.5f} "
-            f"({q['correct_dup_drops']:,}/{q['expected_dup_drops']:,})\n"
-            f"wrong drops: {q['wrong_drops']} ({q['wrong_drop_rate'] * 1e5:.2f} per 100k rows), "
-            f"rule drops: {q['rule_drops']}\n"
-            f"found/planted by kind: {q['by_kind']}\n"
-            f"counts: {res['counts']}"
+            json.dumps(
+                run_child(args.rows, args.shards, out_dir(args.rows, args.shards), args.cheap, args.langid)
+            )
         )
-        if "langid_rows_per_s" in res:
-            print(f"langid: {res['langid_rows_per_s']:,} rows/s (en share {res['langid_share_en']})")
+        return
+    print("command:", " ".join([".venv/bin/python", *sys.argv]))
+    for n in [args.rows] if args.rows else [100_000, 300_000, 1_000_000]:
+        measure(n, args)
 
 
 if __name__ == "__main__":

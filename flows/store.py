@@ -31,16 +31,49 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_parquet(path: Path, table: pa.Table) -> None:
     """zstd Parquet, written to a temp name and renamed: a kill never leaves half a shard."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_name(path)
     if table.num_rows:
         pq.write_table(table, tmp, compression="zstd")
     else:
         # schema only, no row group: `datasets` sizes its batches by the first row group and fails on 0
         pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
     os.replace(tmp, path)
+
+
+class ParquetAppender:
+    """One Parquet file written table after table (as `write_parquet`: zstd, a temp name renamed by
+    `close`; `abort` drops an unclosed one). Empty tables add no row group, only the schema."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = _temp_name(path)
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+        if table.num_rows:
+            self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_records(path: Path, model: type[BaseModel], records: Iterable[BaseModel]) -> int:

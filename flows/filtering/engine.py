@@ -100,6 +100,152 @@ def exact_duplicates(hashes: np.ndarray, norm: pl.Series, candidates: np.ndarray
     return out
 
 
+@dataclass
+class Verdicts:
+    """Per input row, in input order: why it is dropped (None: kept) and, for a duplicate, the row number
+    of the kept row it duplicates (-1: none), how alike they are and how that was found. The in-memory
+    and the sharded filter both fill one; `part` is a view of some rows, so a shard writes through it."""
+
+    reason: np.ndarray  # object: drop reason or None
+    rule_score: np.ndarray  # float64
+    dup_of: np.ndarray  # int64 row number, -1 when not a duplicate
+    dup_score: np.ndarray  # float64
+    dup_method: np.ndarray  # object: "exact", "near" or None
+    lang: np.ndarray | None = None  # object: detected language, where language ID ran
+    lang_score: np.ndarray | None = None  # float64
+
+    @classmethod
+    def blank(cls, n: int) -> Verdicts:
+        return cls(
+            reason=np.full(n, None, dtype=object),
+            rule_score=np.full(n, np.nan, dtype=np.float64),
+            dup_of=np.full(n, -1, dtype=np.int64),
+            dup_score=np.full(n, np.nan, dtype=np.float64),
+            dup_method=np.full(n, None, dtype=object),
+        )
+
+    def track_languages(self) -> None:
+        """Add the detected-language columns (language ID runs)."""
+        self.lang = np.full(self.reason.shape[0], None, dtype=object)
+        self.lang_score = np.full(self.reason.shape[0], np.nan, dtype=np.float64)
+
+    def part(self, start: int, stop: int) -> Verdicts:
+        cut = slice(start, stop)
+        lang, score = self.lang, self.lang_score
+        return Verdicts(
+            self.reason[cut],
+            self.rule_score[cut],
+            self.dup_of[cut],
+            self.dup_score[cut],
+            self.dup_method[cut],
+            None if lang is None else lang[cut],
+            None if score is None else score[cut],
+        )
+
+    def alive(self) -> np.ndarray:
+        """Indices of the rows no check has dropped yet."""
+        return np.flatnonzero(is_none(self.reason))
+
+    def screened(self, evaluated: pl.DataFrame) -> None:
+        """Take the rules' verdicts (`evaluate_rules` output)."""
+        self.reason[:] = evaluated["drop_reason"].to_numpy().astype(object)
+        self.rule_score[:] = evaluated["rule_score"].to_numpy().astype(np.float64)
+
+    def duplicates(self, rows: np.ndarray, of: np.ndarray, score: np.ndarray | float, method: str) -> None:
+        self.reason[rows] = EXACT if method == "exact" else NEAR
+        self.dup_of[rows] = of
+        self.dup_score[rows] = score
+        self.dup_method[rows] = method
+
+    def repoint_exact(self) -> None:
+        """An exact copy of a row that turned out to be a near-duplicate points at the kept row of that
+        group, so every dup_of names a kept row (row numbers index these arrays: all rows, not a part)."""
+        exact_rows = np.flatnonzero(self.dup_method == "exact")
+        moved = exact_rows[self.dup_method[self.dup_of[exact_rows]] == "near"]
+        target = self.dup_of[moved]
+        self.reason[moved] = NEAR
+        self.dup_score[moved] = self.dup_score[target]
+        self.dup_method[moved] = "near"
+        self.dup_of[moved] = self.dup_of[target]
+
+    def counts(self, config: FilterConfig, intended: bool) -> dict[str, int]:
+        """Rows per drop reason (every reason the config can produce, 0 or not), and kept rows."""
+        counts = {name: 0 for name in drop_reasons(config, intended)}
+        dropped = self.reason[~is_none(self.reason)].astype(str)
+        for name, count in zip(*np.unique(dropped, return_counts=True), strict=True):
+            counts[str(name)] = int(count)
+        counts["kept"] = self.reason.shape[0] - dropped.shape[0]
+        return counts
+
+
+def check_languages(
+    texts: pl.Series, intended: pl.Series | None, config: FilterConfig, verdicts: Verdicts, alive: np.ndarray
+) -> np.ndarray:
+    """Language ID of the `alive` rows (`texts`, `intended`: theirs, in order); drops rows in a language
+    not allowed (`language`) or not the row's intended one (`wrong_language`). Returns the rows left."""
+    from personaloom.filtering.langid import mismatch, top_languages
+
+    assert verdicts.lang is not None and verdicts.lang_score is not None
+    tops = top_languages(texts)
+    found_lang = np.array([top[0][0] if top else None for top in tops], dtype=object)
+    found_score = np.array([top[0][1] if top else np.nan for top in tops], dtype=np.float64)
+    verdicts.lang[alive] = found_lang
+    verdicts.lang_score[alive] = found_score
+    bad = np.zeros(alive.shape[0], dtype=bool)
+    if config.lang_id.enabled:
+        allowed = set(config.lang_id.allowed)
+        bad = np.array([lang not in allowed for lang in found_lang], dtype=bool) | ~(
+            found_score >= config.lang_id.min_score
+        )
+        # A dropped group representative takes its duplicates' dup_of along: they stay
+        # pointing at it (in `rejected`, reason "language"), as their text is the same language.
+        verdicts.reason[alive[bad]] = LANGUAGE
+    if intended is not None:
+        minimum = config.lang_id.mismatch_min_score
+        rows = zip(tops, intended.to_list(), texts.fill_null("").to_list(), strict=True)
+        wrong = ~bad & np.array([mismatch(top, w, minimum, text) for top, w, text in rows], dtype=bool)
+        verdicts.reason[alive[wrong]] = WRONG_LANGUAGE
+        verdicts.rule_score[alive[wrong]] = found_score[wrong]
+        bad |= wrong
+    return alive[~bad]
+
+
+def split_rows(
+    df: pl.DataFrame, verdicts: Verdicts, dup_ids: Callable[[np.ndarray], list[str | None]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kept rows, rejected rows with their verdict columns) of `df`, whose rows `verdicts` describes.
+    `dup_ids` names the rows that dup_of numbers (row numbers, all >= 0)."""
+    keep_mask = is_none(verdicts.reason)
+    rejected_idx = np.flatnonzero(~keep_mask)
+    rejected_dup = verdicts.dup_of[rejected_idx]
+    has_dup = rejected_dup >= 0
+    dup_names = np.full(rejected_idx.shape[0], None, dtype=object)
+    if has_dup.any():
+        dup_names[has_dup] = dup_ids(rejected_dup[has_dup])
+    extra = [
+        pl.Series("drop_reason", verdicts.reason[rejected_idx].tolist(), dtype=pl.String),
+        pl.Series("rule_score", verdicts.rule_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
+        pl.Series("dup_of", dup_names.tolist(), dtype=pl.String),
+        pl.Series("dup_score", verdicts.dup_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
+        pl.Series("dup_method", verdicts.dup_method[rejected_idx].tolist(), dtype=pl.String),
+    ]
+    if verdicts.lang is not None and verdicts.lang_score is not None:
+        names = detected_columns(df.columns)
+        extra += [
+            pl.Series(names[0], verdicts.lang[rejected_idx].tolist(), dtype=pl.String),
+            pl.Series(names[1], verdicts.lang_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
+        ]
+    return df.filter(pl.Series(keep_mask)), df.gather(rejected_idx).with_columns(extra)
+
+
+def row_names(df: pl.DataFrame, id_column: str | None) -> Callable[[np.ndarray], list[str | None]]:
+    """Row numbers -> their `id_column` values, or the row numbers as text without one."""
+    if id_column is None:
+        return lambda rows: [str(r) for r in rows.tolist()]
+    ids = df[id_column].cast(pl.String)
+    return lambda rows: ids.gather(rows).to_list()
+
+
 def filter_texts(
     df: pl.DataFrame,
     column: str,
@@ -123,28 +269,20 @@ def filter_texts(
     report("rules", 0, n)
     t = time.perf_counter()
     evaluated = evaluate_rules(df, column, config)
-    reason = evaluated["drop_reason"].to_numpy().astype(object)
-    rule_score = evaluated["rule_score"].to_numpy().astype(np.float64)
     norm = evaluated["norm"]
     hashes = evaluated["hash"].fill_null(0).to_numpy()
+    verdicts = Verdicts.blank(n)
+    verdicts.screened(evaluated)
+    alive = verdicts.alive()
     stats["rules_s"] = time.perf_counter() - t
     report("rules", n, n)
-
-    dup_of = np.full(n, -1, dtype=np.int64)
-    dup_score = np.full(n, np.nan, dtype=np.float64)
-    dup_method = np.full(n, None, dtype=object)
-    alive = np.flatnonzero(is_none(reason))
 
     if config.exact_dedup and alive.shape[0]:
         report("exact_dedup", 0, alive.shape[0])
         t = time.perf_counter()
         first = exact_duplicates(hashes, norm, alive)
         hit = first >= 0
-        rows = alive[hit]
-        reason[rows] = EXACT
-        dup_of[rows] = first[hit]
-        dup_score[rows] = 100.0
-        dup_method[rows] = "exact"
+        verdicts.duplicates(alive[hit], first[hit], 100.0, "exact")
         alive = alive[~hit]
         stats["exact_s"] = time.perf_counter() - t
         report("exact_dedup", alive.shape[0], alive.shape[0])
@@ -156,89 +294,28 @@ def filter_texts(
         t = time.perf_counter()
         near = find_near_duplicates(norm.gather(alive), config.near_dup, normalized=True)
         hit = near.dup_of >= 0
-        rows = alive[hit]
-        reason[rows] = NEAR
-        dup_of[rows] = alive[near.dup_of[hit]]
-        dup_score[rows] = near.dup_score[hit]
-        dup_method[rows] = "near"
-        # An exact copy of a row that turned out to be a near-duplicate points at the kept row
-        # of that group, so every dup_of names a kept row.
-        exact_rows = np.flatnonzero(dup_method == "exact")
-        moved = exact_rows[dup_method[dup_of[exact_rows]] == "near"]
-        target = dup_of[moved]
-        reason[moved] = NEAR
-        dup_score[moved] = dup_score[target]
-        dup_method[moved] = "near"
-        dup_of[moved] = dup_of[target]
+        verdicts.duplicates(alive[hit], alive[near.dup_of[hit]], near.dup_score[hit], "near")
+        verdicts.repoint_exact()
         alive = alive[~hit]
         stats["near_s"] = time.perf_counter() - t
         stats.update({f"near_{k}": v for k, v in near.stats.items()})
         report("near_dup", alive.shape[0], alive.shape[0])
 
-    langs = scores = None
     intended = lang_column is not None and config.lang_id.match_intended
     if (config.lang_id.enabled or intended) and alive.shape[0]:
-        from personaloom.filtering.langid import mismatch, top_languages
-
         report("lang_id", 0, alive.shape[0])
         t = time.perf_counter()
+        verdicts.track_languages()
         texts = df[column].cast(pl.String).gather(alive)
-        tops = top_languages(texts)
-        found_lang = np.array([top[0][0] if top else None for top in tops], dtype=object)
-        found_score = np.array([top[0][1] if top else np.nan for top in tops], dtype=np.float64)
-        langs = np.full(n, None, dtype=object)
-        scores = np.full(n, np.nan, dtype=np.float64)
-        langs[alive] = found_lang
-        scores[alive] = found_score
-        bad = np.zeros(alive.shape[0], dtype=bool)
-        if config.lang_id.enabled:
-            allowed = set(config.lang_id.allowed)
-            bad = np.array([lang not in allowed for lang in found_lang], dtype=bool) | ~(
-                found_score >= config.lang_id.min_score
-            )
-            # A dropped group representative takes its duplicates' dup_of along: they stay
-            # pointing at it (in `rejected`, reason "language"), as their text is the same language.
-            reason[alive[bad]] = LANGUAGE
-        if intended:
-            want = df[lang_column].cast(pl.String).gather(alive).to_list()  # type: ignore[index]
-            minimum = config.lang_id.mismatch_min_score
-            rows = zip(tops, want, texts.fill_null("").to_list(), strict=True)
-            wrong = ~bad & np.array([mismatch(top, w, minimum, text) for top, w, text in rows], dtype=bool)
-            reason[alive[wrong]] = WRONG_LANGUAGE
-            rule_score[alive[wrong]] = found_score[wrong]
-            bad |= wrong
-        alive = alive[~bad]
+        want = df[lang_column].cast(pl.String).gather(alive) if intended else None  # type: ignore[index]
+        checked = alive.shape[0]
+        alive = check_languages(texts, want, config, verdicts, alive)
         stats["langid_s"] = time.perf_counter() - t
-        stats["langid_rows_per_s"] = found_lang.shape[0] / max(stats["langid_s"], 1e-9)
+        stats["langid_rows_per_s"] = checked / max(stats["langid_s"], 1e-9)
         report("lang_id", alive.shape[0], alive.shape[0])
 
-    keep_mask = is_none(reason)
-    rejected_idx = np.flatnonzero(~keep_mask)
-    ids = df[id_column].cast(pl.String) if id_column is not None else pl.Series(np.arange(n)).cast(pl.String)
-    rejected_dup = dup_of[rejected_idx]
-    has_dup = rejected_dup >= 0
-    dup_ids = np.full(rejected_idx.shape[0], None, dtype=object)
-    dup_ids[has_dup] = ids.gather(rejected_dup[has_dup]).to_numpy()
-    extra = [
-        pl.Series("drop_reason", reason[rejected_idx].tolist(), dtype=pl.String),
-        pl.Series("rule_score", rule_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
-        pl.Series("dup_of", dup_ids.tolist(), dtype=pl.String),
-        pl.Series("dup_score", dup_score[rejected_idx], dtype=pl.Float64).fill_nan(None),
-        pl.Series("dup_method", dup_method[rejected_idx].tolist(), dtype=pl.String),
-    ]
-    if langs is not None and scores is not None:
-        names = detected_columns(df.columns)
-        extra += [
-            pl.Series(names[0], langs[rejected_idx].tolist(), dtype=pl.String),
-            pl.Series(names[1], scores[rejected_idx], dtype=pl.Float64).fill_nan(None),
-        ]
-    kept = df.filter(pl.Series(keep_mask))
-    rejected = df.gather(rejected_idx).with_columns(extra)
-
-    counts = {name: 0 for name in drop_reasons(config, lang_column is not None)}
-    for name, count in zip(*np.unique(reason[rejected_idx].astype(str), return_counts=True), strict=True):
-        counts[str(name)] = int(count)
-    counts["kept"] = kept.height
+    kept, rejected = split_rows(df, verdicts, row_names(df, id_column))
+    counts = verdicts.counts(config, lang_column is not None)
     stats["total_s"] = time.perf_counter() - t_all
     stats["rows_per_s"] = n / max(stats["total_s"], 1e-9)
     return FilterOutcome(kept=kept, rejected=rejected, counts=counts, stats=stats)

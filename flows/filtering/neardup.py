@@ -11,11 +11,18 @@ Why each step exists (measured on templated persona queries, see bench/filter_be
 - Texts mostly in a script written without spaces (Chinese, Japanese, Thai) have no words to shingle:
   a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`) and
   verified on characters, in the same LSH index as the others (their shingle hashes are salted apart).
+
+Every step is a function of one part of the rows that the sharded filter (personaloom.filtering.sharded)
+runs shard by shard, joining parts on disk: shingle counts are sorted (shingle, count) arrays that merge
+by addition, an LSH band is a sorted array of (band key, row) entries that merges by sorting, and rows
+carry their global number. `find_near_duplicates` runs the same steps on one part in memory, so both
+find the same pairs and keep the same row.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +36,9 @@ from personaloom.schemas.filtering import NearDupConfig
 _U64 = np.uint64
 _MASK32 = _U64(0xFFFFFFFF)
 _CHAR_SALT = _U64(0xC4A125A17C4A125A)  # keeps character shingles apart from word shingles
+_FOLD = _U64(0x9E3779B97F4A7C15)  # odd multiplier folding a band's signature values into one hash
+MAX_ROWS = 1 << 32  # a band entry packs its row number into 32 bits
+VERIFY_CHUNK = 1 << 21  # pairs scored per rapidfuzz call: bounds the Python strings alive at once
 
 
 @dataclass
@@ -36,6 +46,52 @@ class NearDupResult:
     dup_of: np.ndarray  # int64 per row: index of the kept row of its group, -1 = kept
     dup_score: np.ndarray  # float64 per row: verification score of the edge that linked it, NaN if kept
     stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Texts:
+    """What rows are verified on, as Unicode code points: one per word (see `of_words`) or one per
+    character. Arrays, not Python strings (~4 bytes a word): only rows in candidate pairs are decoded."""
+
+    codes: np.ndarray  # uint32 code points, row after row
+    lengths: np.ndarray  # int64 code points per row
+
+    @classmethod
+    def of_words(cls, hashes: np.ndarray, lengths: np.ndarray) -> Texts:
+        """One character per word: the word hash -> a code point in the supplementary planes, so
+        rapidfuzz's fast string kernels compute word-level edit scores. Two words collide with
+        probability ~1e-6 per pair of distinct words: negligible."""
+        return cls((hashes % _U64(0xF0000) + _U64(0x10000)).astype(np.uint32), lengths.astype(np.int64))
+
+    @classmethod
+    def of_strings(cls, strings: list[str]) -> Texts:
+        codes = np.frombuffer("".join(strings).encode("utf-32-le"), dtype=np.uint32)
+        return cls(codes, np.fromiter(map(len, strings), dtype=np.int64, count=len(strings)))
+
+    def take(self, rows: np.ndarray) -> Texts:
+        starts = (np.cumsum(self.lengths) - self.lengths)[rows]
+        lengths = self.lengths[rows]
+        return Texts(self.codes[np.repeat(starts, lengths) + _ranks(lengths)], lengths)
+
+    @staticmethod
+    def concat(parts: Sequence[Texts]) -> Texts:
+        return Texts(np.concatenate([p.codes for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+    def strings(self) -> list[str]:
+        """Every row as a Python string: one decode of all code points, then slices."""
+        text = self.codes.astype("<u4", copy=False).tobytes().decode("utf-32-le")
+        ends = np.cumsum(self.lengths)
+        return [text[a:b] for a, b in zip((ends - self.lengths).tolist(), ends.tolist(), strict=True)]
+
+
+@dataclass
+class Shingled:
+    """What near-dup needs of some rows: their shingles (grouped by row) and the text each is verified on."""
+
+    sh: np.ndarray  # uint64 shingle hashes; one row's shingles are contiguous
+    doc: np.ndarray  # int64 row of each shingle (index into the rows shingled)
+    texts: Texts  # per row: one character per word, or the row's characters (see `shingle`)
+    n_char: int  # rows shingled on characters
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -53,6 +109,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     np.right_shift(x, _U64(31), out=tmp)
     np.bitwise_xor(x, tmp, out=x)
     return x
+
+
+# ---------------------------------------------------------------- shingles
 
 
 def tokenize(normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -87,168 +146,296 @@ def tokenize_chars(normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def word_shingles(hashes: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hash of each k-word window (rows shorter than k get one window of all their words).
+    """Hash of each k-word window (rows shorter than k get one window of all their words, zero-padded).
 
-    Returns (shingle hash uint64, row index int32), in row order.
+    Returns (shingle hash uint64, row index int64), in row order.
     """
-    n_tok = hashes.shape[0]
-    lens32 = lengths.astype(np.int32)
-    doc = np.repeat(np.arange(lengths.shape[0], dtype=np.int32), lens32)
-    row_len = np.repeat(lens32, lens32)
-    # words left in the row from each position (1 = last word); int32 keeps memory traffic low
-    left = row_len - (
-        np.arange(n_tok, dtype=np.int32) - np.repeat((np.cumsum(lens32) - lens32).astype(np.int32), lens32)
-    )
-    sh = hashes
+    windows = np.where(lengths >= k, lengths - k + 1, np.minimum(lengths, 1))
+    starts = np.cumsum(lengths) - lengths
+    sh = hashes.copy()  # the window starting at each word; past a row's end it runs into the next row
     for t in range(1, k):
-        nxt = np.zeros(n_tok, dtype=_U64)
-        nxt[:-t] = hashes[t:]
-        nxt[left <= t] = 0  # window runs past the end of its row: pad (kept for short rows only)
-        sh = sh * _U64(0x9E3779B97F4A7C15)
-        sh += nxt
-    valid = left >= k
-    valid |= (row_len < k) & (left == row_len)
-    return _mix64(sh[valid]), doc[valid]
+        sh *= _FOLD
+        sh[:-t] += hashes[t:]
+    short = np.flatnonzero((lengths > 0) & (lengths < k))
+    if short.shape[0]:  # their one window, padded with zeros instead
+        first = starts[short]
+        padded = hashes[first].copy()
+        for t in range(1, k):
+            nxt = np.where(t < lengths[short], hashes[np.minimum(first + t, hashes.shape[0] - 1)], _U64(0))
+            padded = padded * _FOLD + nxt
+        sh[first] = padded
+    at = np.repeat(starts, windows) + _ranks(windows)
+    return _mix64(sh[at]), np.repeat(np.arange(lengths.shape[0], dtype=np.int64), windows)
 
 
-def prune_by_df(sh: np.ndarray, doc: np.ndarray, min_df: int, max_df: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep shingles whose document frequency is in [min_df, max_df]."""
-    # Exact counts with a multi-threaded hash group-by (faster than a numpy sort here).
-    # Occurrences are counted, not distinct rows: a shingle repeated inside one short row is
-    # rare, and counting it twice only makes pruning slightly more eager.
-    df = pl.DataFrame({"s": sh}).select(pl.len().over("s")).to_series().to_numpy()
-    keep = (df >= min_df) & (df <= max_df)
-    return sh[keep], doc[keep]
+def shingle(series: pl.Series, config: NearDupConfig) -> Shingled:
+    """Shingles of normalized texts (no nulls), and the texts their pairs are verified on."""
+    by_char = char_rows(series)
+    n_char = int(by_char.sum())
+    blank = pl.Series([""] * series.len(), dtype=pl.String)
+    spaced = series.zip_with(pl.Series(~by_char), blank) if n_char else series
+    hashes, lengths = tokenize(spaced)
+    sh, doc = word_shingles(hashes, lengths, config.shingle_size)
+    texts = Texts.of_words(hashes, lengths)
+    del hashes
+    if n_char:  # shingled and verified on characters, spaces dropped
+        unspaced = series.zip_with(pl.Series(by_char), blank)
+        c_hashes, c_lengths = tokenize_chars(unspaced)
+        c_sh, c_doc = word_shingles(c_hashes, c_lengths, config.char_shingle_size)
+        sh, doc = np.concatenate([sh, c_sh ^ _CHAR_SALT]), np.concatenate([doc, c_doc])
+    if n_char or config.verify_on == "chars":
+        strings = texts.strings() if config.verify_on == "words" else series.to_list()
+        rows = np.flatnonzero(by_char).tolist()
+        for i, text in zip(rows, series.gather(rows).to_list(), strict=True):
+            strings[i] = text.replace(" ", "")
+        texts = Texts.of_strings(strings)
+    return Shingled(sh=sh, doc=doc, texts=texts, n_char=n_char)
 
 
-def minhash(
-    sh: np.ndarray, doc: np.ndarray, num_perm: int, seed: int, chunk: int = 1 << 17
+# ---------------------------------------------------------------- document frequency
+
+
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique for integers by a plain sort: numpy 2's np.unique is ~50x slower on uint64."""
+    s = np.sort(x)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.shape[0] else s
+
+
+def shingle_counts(sh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct shingles (sorted) and how often each occurs: a part's share of document frequency.
+
+    Occurrences are counted, not distinct rows: a shingle repeated inside one short row is rare,
+    and counting it twice only makes pruning slightly more eager. A plain sort of the hashes is
+    ~10x faster than a hash group-by or an argsort here."""
+    s = np.sort(sh)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if s.shape[0] else np.zeros(0, dtype=np.int64)
+    return s[starts], np.diff(np.r_[starts, s.shape[0]]).astype(np.int64)
+
+
+def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of several parts' `shingle_counts` (each sorted and distinct)."""
+    if len(parts) == 1:
+        return parts[0]
+    values = sorted_unique(np.concatenate([p[0] for p in parts]))
+    counts = np.zeros(values.shape[0], dtype=np.int64)
+    for uniq, cnt in parts:
+        counts[np.searchsorted(values, uniq)] += cnt  # distinct within a part: no repeated index
+    return values, counts
+
+
+def df_window(counts: np.ndarray, config: NearDupConfig) -> np.ndarray:
+    """Which shingles' document frequency is in [min_df, max_df]."""
+    return (counts >= config.min_df) & (counts <= config.max_df)
+
+
+def keep_shingles(
+    sh: np.ndarray, doc: np.ndarray, values: np.ndarray, keep: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures (rows with >=1 shingle, uint32 [rows, num_perm]) and their row indices.
+    """Occurrences of the shingles `values[keep]`, where `values` holds every shingle of `sh`.
 
-    Permutation p is the multiply-shift hash ((a_p * x + b_p) mod 2^64) >> 32 with odd a_p;
-    the per-row minimum is a reduceat over the row-sorted shingles. Work goes in chunks of
-    ~128k shingles x all permutations so each chunk stays in cache (one pass over memory).
-    """
+    A hash set probe (~10x faster than a sorted search) of the smaller side: with templated text the
+    shingles outside the window are few, and a set that fits in cache is ~3x faster to probe."""
+    inside = 2 * int(keep.sum()) <= keep.shape[0]
+    probe = values[keep] if inside else values[~keep]
+    found = pl.Series(sh).is_in(pl.Series(probe).implode()).to_numpy()
+    mask = found if inside else ~found
+    return sh[mask], doc[mask]
+
+
+# ---------------------------------------------------------------- MinHash-LSH
+
+
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | _U64(1)
     b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+    return a, b
+
+
+def minhash(
+    sh: np.ndarray, doc: np.ndarray, num_perm: int, seed: int, chunk: int = 1 << 13
+) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures (rows with >=1 shingle, uint32 [rows, num_perm]) and their row numbers.
+
+    Permutation p is the multiply-shift hash ((a_p * x + b_p) mod 2^64) >> 32 with odd a_p. The
+    minimum of the 64-bit products has the minimum's top 32 bits, so the shift runs once per row,
+    not per shingle. Chunks of ~8k shingles x all permutations stay in cache; one row's shingles
+    must be contiguous in `sh`.
+    """
+    a, b = _permutations(num_perm, seed)
     if sh.shape[0] == 0:
         return np.zeros((0, num_perm), dtype=np.uint32), np.zeros(0, dtype=np.int64)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(doc)) + 1))
+    starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
     rows = doc[starts]
-    sig = np.empty((rows.shape[0], num_perm), dtype=np.uint32)
     ends = np.r_[starts[1:], sh.shape[0]]
+    sig = np.empty((rows.shape[0], num_perm), dtype=np.uint32)
+    buf = np.empty((max(chunk, int((ends - starts).max())), num_perm), dtype=np.uint64)
     r0 = 0
     while r0 < rows.shape[0]:
         # a chunk = whole rows whose shingles fit in `chunk` (at least one row)
         r1 = max(int(np.searchsorted(ends, starts[r0] + chunk, side="right")), r0 + 1)
         lo, hi = starts[r0], ends[r1 - 1]
-        hp = ((sh[lo:hi, None] * a[None, :] + b[None, :]) >> _U64(32)).astype(np.uint32)
-        sig[r0:r1] = np.minimum.reduceat(hp, starts[r0:r1] - lo, axis=0)
+        hp = buf[: hi - lo]
+        np.multiply(sh[lo:hi, None], a[None, :], out=hp)
+        np.add(hp, b[None, :], out=hp)
+        low = np.minimum.reduceat(hp, starts[r0:r1] - lo, axis=0)
+        sig[r0:r1] = low >> _U64(32)
         r0 = r1
     return sig, rows
 
 
-def _band_pairs(keys: np.ndarray, rows: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of rows sharing a band key. Small buckets: all pairs. Big ones: star + chain.
+def band_entries(sig: np.ndarray, rows: np.ndarray, bands: int, band_rows: int, seed: int) -> np.ndarray:
+    """LSH band entries, uint64 [bands, rows]: (32-bit band key << 32) | row number, each band sorted.
+
+    A band's key is a multiply-shift hash (random per band) of its signature values folded into 64 bits.
+    Sorted, a band's rows with the same key are adjacent and in row order, whichever part they came
+    from: merging parts is concatenating and sorting again. A plain sort of packed values is ~10x
+    faster than an argsort. Two unrelated rows share a 32-bit key with probability ~2^-32 per band:
+    an extra candidate that verification rejects, never a missed one.
+    """
+    if rows.shape[0] and int(rows.max()) >= MAX_ROWS:
+        raise ValueError(f"near-duplicate search takes at most {MAX_ROWS:,} rows")
+    a, b = _permutations(bands, seed + 1)
+    out = np.empty((bands, rows.shape[0]), dtype=np.uint64)
+    row_bits = rows.astype(np.uint64)
+    for band in range(bands):
+        key = np.zeros(rows.shape[0], dtype=np.uint64)
+        for j in range(band * band_rows, (band + 1) * band_rows):
+            key *= _FOLD
+            key += sig[:, j]
+        key *= a[band]
+        key += b[band]
+        key &= ~_MASK32
+        key |= row_bits
+        out[band] = np.sort(key)
+    return out
+
+
+def band_pairs(entries: np.ndarray, max_bucket: int) -> np.ndarray:
+    """Pairs (u << 32 | v, u < v) of rows sharing a key in one sorted band. Small buckets: all pairs.
+    Big ones: a star from the first row plus a chain through consecutive rows.
 
     Capping big buckets keeps the candidate count linear in rows: a bucket of size s costs
     2s pairs instead of s^2/2, and true duplicates still link through the star centre or
     their neighbour (and through the other bands).
     """
-    # Unstable sort is ~2x faster; pairs are re-ordered (u < v) afterwards anyway.
-    order = np.argsort(keys)
-    ks = keys[order]
-    rs = rows[order]
-    new = np.empty(ks.shape[0], dtype=bool)
-    new[:1] = True
-    new[1:] = ks[1:] != ks[:-1]
-    bid = np.cumsum(new) - 1
-    size = np.bincount(bid)
-    multi = size[bid] > 1
-    ks, rs, bid = ks[multi], rs[multi], bid[multi]
-    if rs.shape[0] == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    msize = size[bid]
-    us: list[np.ndarray] = []
-    vs: list[np.ndarray] = []
-    small = msize <= max_bucket
-    for d in range(1, min(max_bucket, int(msize.max()))):
-        same = (bid[:-d] == bid[d:]) & small[:-d]
-        us.append(rs[:-d][same])
-        vs.append(rs[d:][same])
-    big = ~small
-    if big.any():
-        start_pos = np.flatnonzero(np.r_[True, bid[1:] != bid[:-1]])
-        first = start_pos[np.searchsorted(start_pos, np.arange(bid.shape[0]), side="right") - 1]
-        nonfirst = big & (np.arange(bid.shape[0]) != first)
-        idx = np.flatnonzero(nonfirst)
-        us.extend([rs[first[idx]], rs[idx - 1]])  # star to one member, chain to the previous
-        vs.extend([rs[idx], rs[idx]])
-    return np.concatenate(us), np.concatenate(vs)
+    keys = entries >> _U64(32)
+    same = keys[1:] == keys[:-1]
+    starts = np.flatnonzero(np.r_[True, ~same])
+    sizes = np.diff(np.r_[starts, entries.shape[0]])
+    starts, sizes = starts[sizes > 1], sizes[sizes > 1]
+    rows = entries & _MASK32
+    small = sizes <= max_bucket
+    # every member of a small bucket pairs with each later member: member i of size s has s-1-i partners
+    s_start, s_size = starts[small], sizes[small]
+    member = np.repeat(s_start, s_size) + _ranks(s_size)
+    partners = np.repeat(s_start + s_size, s_size) - member - 1
+    u = np.repeat(member, partners)
+    v = u + 1 + _ranks(partners)
+    b_start, b_size = starts[~small], sizes[~small]
+    rest = np.repeat(b_start, b_size - 1) + 1 + _ranks(b_size - 1)  # every member but the first
+    u = np.concatenate([u, np.repeat(b_start, b_size - 1), rest - 1])
+    v = np.concatenate([v, rest, rest])
+    return (rows[u] << _U64(32)) | rows[v]
 
 
-def lsh_candidates(
-    sig: np.ndarray, rows: np.ndarray, bands: int, band_rows: int, max_bucket: int
-) -> np.ndarray:
-    """Unique candidate pairs (u < v) as an int64 array of shape [pairs, 2]."""
-    codes: list[np.ndarray] = []
-    for band in range(bands):
-        cols = sig[:, band * band_rows : (band + 1) * band_rows].astype(np.uint64)
-        key = np.full(cols.shape[0], band, dtype=np.uint64)
-        for j in range(band_rows):
-            key = _mix64(key ^ cols[:, j])
-        u, v = _band_pairs(key, rows, max_bucket)
-        lo, hi = np.minimum(u, v), np.maximum(u, v)
-        keep = lo != hi
-        codes.append((lo[keep].astype(np.uint64) << _U64(32)) | hi[keep].astype(np.uint64))
-    if not codes:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.unique(np.concatenate(codes))
-    return np.stack([(pairs >> _U64(32)).astype(np.int64), (pairs & _MASK32).astype(np.int64)], axis=1)
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0..size-1 for each size, concatenated."""
+    total = int(sizes.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
-def word_strings(hashes: np.ndarray, lengths: np.ndarray) -> list[str]:
-    """Each row as a string with one character per word (word hash -> a code point in the
-    supplementary planes), so rapidfuzz's fast string kernels compute word-level edit scores.
-    Two words collide with probability ~1e-6 per pair of distinct words: negligible."""
-    cps = (hashes % _U64(0xF0000) + _U64(0x10000)).astype("<u4")
-    big = cps.tobytes().decode("utf-32-le")
-    ends = np.cumsum(lengths)
-    starts = (ends - lengths).tolist()
-    return [big[a:b] for a, b in zip(starts, ends.tolist(), strict=True)]
+def unpack_pairs(codes: np.ndarray) -> np.ndarray:
+    """int64 [pairs, 2] from `band_pairs` codes."""
+    return np.stack([(codes >> _U64(32)).astype(np.int64), (codes & _MASK32).astype(np.int64)], axis=1)
 
 
-def verify_pairs(texts: list[str], pairs: np.ndarray) -> np.ndarray:
-    """rapidfuzz fuzz.ratio (0-100) of each pair, multi-threaded (workers=-1)."""
+def lsh_candidates(sig: np.ndarray, rows: np.ndarray, config: NearDupConfig) -> np.ndarray:
+    """Unique candidate pairs as sorted `band_pairs` codes (u << 32 | v, u < v)."""
+    entries = band_entries(sig, rows, config.bands, config.rows, config.seed)
+    codes = [band_pairs(entries[band], config.max_bucket_size) for band in range(config.bands)]
+    return sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.uint64)
+
+
+# ---------------------------------------------------------------- verification and groups
+
+
+def verify_pairs(texts: Texts, pairs: np.ndarray) -> np.ndarray:
+    """rapidfuzz fuzz.ratio (0-100) of each pair of rows of `texts`, multi-threaded (workers=-1).
+
+    Decodes the rows it needs once into Python strings (a row is in ~7 pairs)."""
     if pairs.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
-    arr = np.asarray(texts, dtype=object)
-    left = arr[pairs[:, 0]].tolist()
-    right = arr[pairs[:, 1]].tolist()
+    rows = sorted_unique(pairs.reshape(-1))
+    local = np.empty(rows.shape[0], dtype=object)
+    local[:] = texts.take(rows).strings()
+    at = positions(rows)
+    left = local[at[pairs[:, 0]]].tolist()
+    right = local[at[pairs[:, 1]]].tolist()
     return process.cpdist(left, right, scorer=fuzz.ratio, workers=-1, dtype=np.float32).astype(np.float64)
 
 
+def positions(rows: np.ndarray) -> np.ndarray:
+    """Dense table row number -> index in sorted `rows`: random binary searches cost ~10x more."""
+    at = np.zeros(int(rows[-1]) + 1 if rows.shape[0] else 0, dtype=np.int64)
+    at[rows] = np.arange(rows.shape[0])
+    return at
+
+
+def verified_edges(
+    texts: Texts, codes: np.ndarray, threshold: float, at: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (`band_pairs` codes) scoring >= threshold, as int64 [edges, 2] row numbers
+    and their scores. Chunked: only a chunk's pairs and Python strings exist at once. `at` maps a row
+    number to its index in `texts` (default: the same)."""
+    edges, scores = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0, dtype=np.float64)]
+    for lo in range(0, codes.shape[0], VERIFY_CHUNK):
+        pairs = unpack_pairs(codes[lo : lo + VERIFY_CHUNK])
+        score = verify_pairs(texts, pairs if at is None else at[pairs])
+        ok = score >= threshold
+        edges.append(pairs[ok])
+        scores.append(score[ok])
+    return np.concatenate(edges), np.concatenate(scores)
+
+
 def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Label of each row = smallest row index of its component (min-label propagation)."""
+    """Label of each row = smallest row index of its component (min-label propagation).
+
+    Runs on the rows that have an edge only, renumbered in order (so the smallest stays smallest):
+    with millions of rows and thousands of edges, whole-row passes would dominate."""
     label = np.arange(n, dtype=np.int64)
     if u.shape[0] == 0:
         return label
+    nodes = sorted_unique(np.concatenate([u, v]))
+    cu, cv = np.searchsorted(nodes, u), np.searchsorted(nodes, v)
+    small = np.arange(nodes.shape[0], dtype=np.int64)
     while True:
-        m = np.minimum(label[u], label[v])
-        before = label.copy()
-        np.minimum.at(label, u, m)
-        np.minimum.at(label, v, m)
+        m = np.minimum(small[cu], small[cv])
+        before = small.copy()
+        np.minimum.at(small, cu, m)
+        np.minimum.at(small, cv, m)
         # pointer jumping: follow labels to their own label until fixed
         while True:
-            jumped = label[label]
-            if np.array_equal(jumped, label):
+            jumped = small[small]
+            if np.array_equal(jumped, small):
                 break
-            label = jumped
-        if np.array_equal(before, label):
+            small = jumped
+        if np.array_equal(before, small):
+            label[nodes] = nodes[small]
             return label
+
+
+def group_duplicates(n: int, edges: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of the verified edges over rows 0..n-1: (dup_of, dup_score) per row. Every
+    row but the smallest of its component points at the smallest (-1: kept), with the score of the best
+    edge touching it (NaN: kept)."""
+    eu, ev = edges[:, 0], edges[:, 1]
+    label = connected_components(n, eu, ev)
+    dropped = label != np.arange(n)
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, eu, scores)
+    np.maximum.at(best, ev, scores)
+    return np.where(dropped, label, -1), np.where(dropped, best, np.nan)
 
 
 def find_near_duplicates(
@@ -266,73 +453,40 @@ def find_near_duplicates(
         series = normalize(series)
     series = series.fill_null("")
     n = series.len()
-    dup_of = np.full(n, -1, dtype=np.int64)
-    dup_score = np.full(n, np.nan, dtype=np.float64)
-
-    by_char = char_rows(series)
-    n_char = int(by_char.sum())
-    blank = pl.Series([""] * n, dtype=pl.String)
-    spaced = series.zip_with(pl.Series(~by_char), blank) if n_char else series
-    hashes, lengths = tokenize(spaced)
-    texts = word_strings(hashes, lengths) if config.verify_on == "words" else series.to_list()
-    if n_char:  # shingled and verified on characters, spaces dropped
-        unspaced = series.zip_with(pl.Series(by_char), blank)
-        c_hashes, c_lengths = tokenize_chars(unspaced)
-        rows = np.flatnonzero(by_char).tolist()
-        for i, text in zip(rows, unspaced.gather(rows).to_list(), strict=True):
-            texts[i] = text.replace(" ", "")
-    timings["tokenize_s"] = time.perf_counter() - t0
+    part = shingle(series, config)
+    timings["shingle_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    sh, doc = word_shingles(hashes, lengths, config.shingle_size)
-    if n_char:
-        c_sh, c_doc = word_shingles(c_hashes, c_lengths, config.char_shingle_size)
-        sh, doc = np.concatenate([sh, c_sh ^ _CHAR_SALT]), np.concatenate([doc, c_doc])
-    n_shingles = sh.shape[0]
-    del hashes
-    timings["shingle_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    sh, doc = prune_by_df(sh, doc, config.min_df, config.max_df)
-    n_kept = sh.shape[0]
+    values, counts = shingle_counts(part.sh)
+    sh, doc = keep_shingles(part.sh, part.doc, values, df_window(counts, config))
     timings["df_prune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     sig, sig_rows = minhash(sh, doc, config.num_perm, config.seed)
-    del sh, doc
     timings["minhash_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pairs = lsh_candidates(sig, sig_rows, config.bands, config.rows, config.max_bucket_size)
+    codes = lsh_candidates(sig, sig_rows, config)
     timings["lsh_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scores = verify_pairs(texts, pairs)
-    ok = scores >= config.threshold
-    eu, ev, es = pairs[ok, 0], pairs[ok, 1], scores[ok]
+    edges, scores = verified_edges(part.texts, codes, config.threshold)
     timings["verify_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    label = connected_components(n, eu, ev)
-    dropped = label != np.arange(n)
-    dup_of[dropped] = label[dropped]
-    # Score of the best verified edge touching each dropped row: the link that put it there.
-    best = np.full(n, -np.inf)
-    np.maximum.at(best, eu, es)
-    np.maximum.at(best, ev, es)
-    dup_score[dropped] = best[dropped]
+    result = NearDupResult(*group_duplicates(n, edges, scores))
     timings["components_s"] = time.perf_counter() - t
 
-    stats: dict[str, float] = {
+    result.stats = {
         "rows": n,
-        "char_rows": n_char,
-        "shingles": n_shingles,
-        "shingles_kept": n_kept,
+        "char_rows": part.n_char,
+        "shingles": part.sh.shape[0],
+        "shingles_kept": sh.shape[0],
         "rows_with_signature": int(sig_rows.shape[0]),
-        "candidate_pairs": int(pairs.shape[0]),
-        "verified_pairs": int(ok.sum()),
-        "near_duplicates": int(dropped.sum()),
+        "candidate_pairs": int(codes.shape[0]),
+        "verified_pairs": int(edges.shape[0]),
+        "near_duplicates": int((result.dup_of >= 0).sum()),
         **timings,
         "total_s": time.perf_counter() - t0,
     }
-    return NearDupResult(dup_of=dup_of, dup_score=dup_score, stats=stats)
+    return result
