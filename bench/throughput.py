@@ -4,7 +4,9 @@ Reports, from one run:
   - client level: N structured calls through the LLM client (render, schema, HTTP, validate, cache write)
     as a ratio to the limit concurrency / latency, and client CPU milliseconds per call;
   - build level: a whole `build_dataset` flow run: calls/s while the stages generate, as a ratio to the
-    same limit, and the fixed start-up + publish cost apart from it.
+    same limit, and the fixed start-up + publish cost apart from it; that ratio split into the calls in
+    flight (stage barriers) and the wall time of one call against the latency (CPU per call).
+The whole command's CPU per call (a `personaloom build` process) is bench/client_cpu.py.
 
 Reproduce:
     .venv/bin/python bench/throughput.py [--calls 3000] [--personas 100] [--latency 0.2] [--concurrency 32]
@@ -18,6 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from personaloom.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import spawn_fake
@@ -35,7 +38,7 @@ async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: P
     from personaloom.schemas.drafts import HintExpansion
     from personaloom.stages.seed import sample_skeletons
 
-    seeds = sample_skeletons(load_catalogue(), calls, 123, n_sessions=2, n_changes=0)
+    seeds = sample_skeletons(load_catalogue(), range(calls), 123, n_sessions=2, n_changes=0)
     llm = LLM(
         LLMConfig(model="bench", concurrency=concurrency),
         base_url=base_url,
@@ -59,6 +62,30 @@ async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: P
     return len(rest) / wall, cpu / len(rest) * 1000
 
 
+def timed_requests() -> dict[str, float]:
+    """Count the build's HTTP requests and add up their wall time (SDK call to parsed reply).
+
+    Their total time over the generate seconds is the mean number in flight; over their count, the wall
+    time of one call. The ratio to the limit is then (in flight / concurrency) x (latency / call time):
+    stage barriers lower the first factor, CPU per call (client and server) the second.
+    """
+    import openai
+
+    seen = {"requests": 0.0, "seconds": 0.0}
+    post = openai.AsyncOpenAI.post
+
+    async def timed(self: openai.AsyncOpenAI, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await post(self, *args, **kwargs)
+        finally:
+            seen["requests"] += 1
+            seen["seconds"] += time.perf_counter() - started
+
+    openai.AsyncOpenAI.post = timed  # type: ignore[method-assign]
+    return seen
+
+
 def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, float]:
     from personaloom.build import build_dataset
     from personaloom.schemas.config import BuildConfig, LLMConfig
@@ -71,12 +98,13 @@ def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> di
         shard_size=25,
         llm=LLMConfig(model="bench", base_url=base_url, concurrency=concurrency),
     )
+    seen = timed_requests()
     t0 = time.perf_counter()
     version = asyncio.run(build_dataset(cfg, out=str(out)))
     wall = time.perf_counter() - t0
     m = DatasetStore(out, "bench").manifest(version)
     calls = sum(u.calls for u in m.usage.values())
-    return {"wall": wall, "calls": calls, "generate": m.timings["generate"]}
+    return {"wall": wall, "calls": calls, "generate": m.timings["generate"], **seen}
 
 
 def main() -> None:
@@ -105,6 +133,12 @@ def main() -> None:
                 f"= {gen_rate / limit:.3f} of the limit; whole run {b['wall']:.1f} s, "
                 f"so start-up (Prefect) + publish "
                 f"{b['wall'] - b['generate']:.1f} s"
+            )
+            in_flight, call_s = b["seconds"] / b["generate"], b["seconds"] / b["requests"]
+            print(
+                f"build: {in_flight:.1f} calls in flight on average = {in_flight / args.concurrency:.3f} of "
+                f"{args.concurrency}; one call {call_s * 1000:.0f} ms wall, "
+                f"latency / call = {args.latency / call_s:.3f}"
             )
     finally:
         proc.terminate()

@@ -7,6 +7,7 @@ done, so a re-run resumes). Local and remote runners both walk `STAGES` through 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from personaloom.schemas.manifest import StageCount
 from personaloom.schemas.records import Rejection
 from personaloom.stages import filter as filter_stage
 from personaloom.stages import personas, queries, scenes, seed
-from personaloom.stages.base import Stage, StageContext
+from personaloom.stages.base import Stage, StageContext, StageOutcome
 from personaloom.store import read_records, read_table, write_records
 
 if TYPE_CHECKING:
@@ -127,7 +128,10 @@ async def run_stage(run: Run, stage: Stage, shard: int) -> float:
     out = part(run.staging, stage.output, shard)
     if out.exists():
         return 0.0
-    inputs = _read_inputs(run, stage, shard)
+    # Reading and writing a shard's parts (Parquet and pydantic, up to seconds of CPU) run on a worker
+    # thread: on the event loop they held up every LLM reply in flight, which lowered the calls per
+    # second the endpoint's limit allows. The GIL still hands the loop its turn every few ms.
+    inputs = await asyncio.to_thread(_read_inputs, run, stage, shard)
     rows = shard_rows(run.config, shard, *_offsets(run)) if stage.scope == "shard" else new_personas(run)
     ctx = StageContext(
         run.config,
@@ -140,11 +144,16 @@ async def run_stage(run: Run, stage: Stage, shard: int) -> float:
     started = time.perf_counter()
     outcome = await stage.run(inputs, ctx)
     seconds = time.perf_counter() - started
+    await asyncio.to_thread(_write_outcome, run, stage, shard, outcome)
+    return seconds
+
+
+def _write_outcome(run: Run, stage: Stage, shard: int, outcome: StageOutcome[Any]) -> None:
+    out = part(run.staging, stage.output, shard)
     rejections = rejections_part(run.staging, stage, shard)
     if outcome.rejections or rejections.exists():
         write_records(rejections, Rejection, outcome.rejections)
     write_records(out, stage.record, outcome.records)  # last: it existing means the shard is done
-    return seconds
 
 
 async def run_shard_stages(run: Run, shard: int) -> Counter[str]:

@@ -78,6 +78,58 @@ def test_identical_rerun_makes_zero_calls(fake: FakeOpenAI, tmp_path) -> None:
     assert [r.value for r in first] == [r.value for r in second] and all(r.cached for r in second)
 
 
+def test_cache_keys_of_earlier_runs_still_hit(fake: FakeOpenAI, tmp_path) -> None:
+    """The pre-serialized response_format keys a call as the dict did: an older cache still answers."""
+    from personaloom.llm.cache import cache_key
+
+    llm = make(fake, tmp_path)
+    ask(llm)
+    (req,) = fake.requests
+    body = req["body"]
+    rendered = llm.prompts.render("filter/answerability", query=_Q(0), scene=_S(), language="en")
+    old = cache_key(
+        {
+            "template": rendered.name,
+            "template_hash": rendered.template_hash,
+            "model": "fake",
+            "messages": body["messages"],
+            "temperature": body["temperature"],
+            "max_tokens": body["max_tokens"],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "Answer", "schema": Answer.model_json_schema(), "strict": False},
+            },
+        }
+    )
+    assert old in ResponseCache(tmp_path / "cache")._index
+    # the schema sent keeps the model's field order: a grammar-constrained server writes them in it
+    assert list(body["response_format"]["json_schema"]["schema"]["properties"]) == ["verdict", "reason"]
+
+
+def test_requests_carry_no_platform_telemetry_headers(fake: FakeOpenAI) -> None:
+    ask(make(fake))
+    headers = {k.lower() for k in fake.requests[-1].get("headers", {})}
+    assert "authorization" in headers and not any(h.startswith("x-stainless-os") for h in headers)
+
+
+def test_a_retry_resends_the_same_request_bytes() -> None:
+    """A 200 without choices is retried with the very body first sent (it is serialized once)."""
+    with FakeOpenAI() as fake:
+        llm = make(fake, max_retries=2)
+        sent: list[bytes] = []
+        answer = json.dumps({"verdict": True, "reason": "fine"})
+        replies = [b'{"choices": []}', json.dumps({"choices": [{"message": {"content": answer}}]}).encode()]
+
+        async def post(path: str, **kw: object) -> bytes:
+            sent.append(kw["content"])  # type: ignore[arg-type]
+            return replies[len(sent) - 1]
+
+        llm.client.post = post  # type: ignore[method-assign]
+        (res,) = ask(llm)
+    assert res.ok and len(sent) == 2 and sent[0] == sent[1] and isinstance(sent[0], bytes)
+    assert llm.usage["t"].calls == 2
+
+
 def test_cache_key_covers_template_content(fake: FakeOpenAI, tmp_path) -> None:
     import shutil
 

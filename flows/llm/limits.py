@@ -41,6 +41,11 @@ class RateLimiter:
         self.requests = TokenBucket(rpm) if rpm else None
         self.tokens = TokenBucket(tpm) if tpm else None
 
+    @property
+    def active(self) -> bool:
+        """Any limit set: without one a call skips the limiter (no await, no bookkeeping)."""
+        return self.requests is not None or self.tokens is not None
+
     async def acquire(self, estimated_tokens: int) -> None:
         if self.requests:
             await self.requests.take(1)

@@ -51,6 +51,7 @@ class PromptLibrary:
         )
         # "Write in {{ seed.interaction_language | language_name }}": one template for every language
         self.env.filters["language_name"] = language_name
+        self._templates: dict[str, jinja2.Template] = {}
 
     def _path(self, name: str) -> Path:
         for base in (self.root / self.prompt_set, self.root / "default"):
@@ -107,7 +108,11 @@ class PromptLibrary:
                 raise UserError(f"prompt template {path} has no system or user block")
 
     def render(self, name: str, **variables: Any) -> RenderedPrompt:
-        template = self.env.get_template(f"{name}.j2")
+        # Looked up once per library: jinja's own cache stats the file on every get_template (auto-reload),
+        # and a run's prompts are fixed at start anyway (their hashes key the response cache).
+        template = self._templates.get(name)
+        if template is None:
+            template = self._templates[name] = self.env.get_template(f"{name}.j2")
         ctx = template.new_context(variables)
         messages = []
         for role in ROLES:

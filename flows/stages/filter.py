@@ -9,6 +9,7 @@ duplicates that cross shards. Every dropped row becomes a Rejection.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -337,8 +338,13 @@ async def screen(
     advance: Advance | None = None,
 ) -> StageOutcome[Query]:
     """One shard: cheap checks, then the LLM checks on what survives them."""
-    out = dedup_all(queries, scenes, personas, levels, config)
-    out = out.then(grounded(out.records, scenes, ExampleIndex(llm.prompts.examples())))
+
+    def cheap() -> StageOutcome[Query]:
+        out = dedup_all(queries, scenes, personas, levels, config)
+        return out.then(grounded(out.records, scenes, ExampleIndex(llm.prompts.examples())))
+
+    # A worker thread: on the event loop these seconds of CPU held up the other shards' LLM replies.
+    out = await asyncio.to_thread(cheap)
     if advance is not None:
         advance(len(out.rejections) + (0 if answerable else len(out.records)))
     languages = interaction_languages(personas)

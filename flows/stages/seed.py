@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -446,7 +447,9 @@ EXPAND_HINT: LLMCall[SeedRow, SeedRow] = LLMCall(
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[SeedRow]:
     """Sample this shard's skeletons; self-instruct: the LLM turns each short hint into a life situation."""
     cfg = ctx.config
-    rows = sample_skeletons(
+    # A worker thread, so other shards' LLM replies are not held up meanwhile (pure: same rows)
+    rows = await asyncio.to_thread(
+        sample_skeletons,
         ctx.catalogue,
         ctx.rows,
         cfg.seed,

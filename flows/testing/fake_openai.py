@@ -1297,10 +1297,12 @@ def spawn_fake(latency: float, *extra: str) -> tuple[subprocess.Popen[str], str]
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    stop = threading.Event()
-    # Handle SIGINT like SIGTERM so Ctrl-C exits cleanly without a traceback.
+    stop: list[int] = []
+    # Handle SIGINT like SIGTERM so Ctrl-C exits cleanly without a traceback. A plain flag: an Event set
+    # from the handler could deadlock, the handler running while this thread holds the Event's lock
+    # inside `wait` (a SIGTERM then hung the process that waited for this server to exit).
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: stop.append(signum))
     fake = FakeOpenAI(
         host=args.host,
         port=args.port,
@@ -1315,8 +1317,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with fake:
         print(f"BASE_URL={fake.base_url}", flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stop:
+            time.sleep(0.2)
     return 0
 
 
