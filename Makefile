@@ -18,9 +18,11 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# + the embedded model (llama-cpp-python compiles once; pip caches the wheel afterwards)
+# + the embedded model (llama-cpp-python compiles once; pip caches the wheel afterwards). Only what
+# personaloom.llm.embedded_server loads is built: no multimodal library (bench/install_bench.py).
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 $(VENV)/.local: $(VENV)/.core
-	$(BIN)/pip install -q -e '.[test,local]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS)" $(BIN)/pip install -q -e '.[test,local]'
 	touch $@
 
 build: $(VENV)/.local

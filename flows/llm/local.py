@@ -22,6 +22,9 @@ import httpx
 from personaloom.errors import UserError
 
 MODEL_NAME = "gemma3-270m"
+# Requests the embedded server decodes in one batch. 1: batching 2 or 4 was slower on this 2-core
+# machine, where Gemma's 262k-token output layer dominates each step (bench/embedded_build.py --slots 1,2,4).
+EMBEDDED_SLOTS = 1
 PR_SET_PDEATHSIG = 1
 
 
@@ -43,33 +46,31 @@ def gguf_path() -> Path:
     return Path(gemma.assemble())
 
 
-def embedded_command(port: int) -> list[str]:
+def embedded_command(port: int, slots: int = EMBEDDED_SLOTS) -> list[str]:
     try:
-        import llama_cpp.server  # noqa: F401
+        import llama_cpp  # noqa: F401
     except ImportError:
         raise UserError(
-            "the embedded model needs llama-cpp-python[server]: run `make build` or "
+            "the embedded model needs llama-cpp-python: run `make build` or "
             "`pip install -e '.[local]'`, or point --base-url at another endpoint"
         ) from None
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "personaloom.llm.embedded_server",
         "--model",
         str(gguf_path()),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        "--model_alias",
+        "--alias",
         MODEL_NAME,
-        # a base model without a chat template: alpaca's plain "### Instruction/### Response" frame
-        # is text a base model continues sensibly (gemma's turn markers made it stop at once)
-        "--chat_format",
-        "alpaca",
-        "--n_ctx",
+        "--slots",
+        str(slots),
+        "--ctx",
         "4096",
-        "--n_threads",
+        "--threads",
         str(os.cpu_count() or 2),
     ]
 
