@@ -19,8 +19,9 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 # + the embedded model (llama-cpp-python compiles once; pip caches the wheel afterwards). Only what
-# personaloom.llm.embedded_server loads is built: no multimodal library (bench/install_bench.py).
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# personaloom.llm.embedded_server loads is built: libllama and ggml, without the multimodal library
+# (LLAVA_BUILD=OFF) or llama.cpp's `common` library (flows/llm/llama_only.cmake); bench/install_bench.py.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/flows/llm/llama_only.cmake
 $(VENV)/.local: $(VENV)/.core
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS)" $(BIN)/pip install -q -e '.[test,local]'
 	touch $@

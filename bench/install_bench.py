@@ -4,8 +4,9 @@ Each row compiles the pinned llama-cpp-python sdist into a wheel from scratch (n
 the other in one run so both share the machine's load:
   - `as shipped`: llama-cpp-python's defaults (llama.cpp, its common library, and the multimodal `mtmd`
     library that only its llava/mtmd chat handlers load);
-  - `make`: the Makefile's LLAMA_CMAKE_ARGS (`-DLLAVA_BUILD=OFF`): what personaloom.llm.embedded_server
-    loads, nothing else.
+  - `make`: the Makefile's LLAMA_CMAKE_ARGS: no multimodal library (`-DLLAVA_BUILD=OFF`) and no llama.cpp
+    `common` library (flows/llm/llama_only.cmake): what personaloom.llm.embedded_server loads, libllama
+    and ggml, nothing else.
 
 Reproduce:
     .venv/bin/python bench/install_bench.py [--version 0.3.36]
@@ -21,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MAKE_ARGS = "-DLLAVA_BUILD=OFF"
+LLAMA_ONLY = Path(__file__).resolve().parents[1] / "flows" / "llm" / "llama_only.cmake"
+MAKE_ARGS = f"-DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE={LLAMA_ONLY}"
 
 
 def compile_minutes(sdist: Path, cmake_args: str, out: Path) -> tuple[float, int]:
@@ -73,10 +75,10 @@ def main() -> None:
         subprocess.run(get, check=True, capture_output=True)
         sdist = next(root.glob("llama_cpp_python-*.tar.gz"))
         rows = []
-        for label, args in (("as shipped", ""), ("make (" + MAKE_ARGS + ")", MAKE_ARGS)):
+        for label, args in (("as shipped", ""), ("make (libllama and ggml only)", MAKE_ARGS)):
             minutes, size = compile_minutes(sdist, args, root / label.split()[0])
             rows.append((label, minutes))
-            print(f"{label:<28} {minutes:5.1f} min  wheel {size / 1e6:5.1f} MB", flush=True)
+            print(f"{label:<30} {minutes:5.1f} min  wheel {size / 1e6:5.1f} MB", flush=True)
     print(f"make's compile takes {rows[1][1] / rows[0][1]:.2f} of the shipped build's time")
     print("reproduce: .venv/bin/python bench/install_bench.py " + " ".join(sys.argv[1:]))
 
