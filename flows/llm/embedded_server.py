@@ -9,8 +9,9 @@ manner of llama.cpp's `llama-server`:
   and prompts are read in the same batches (continuous batching);
 - keeps each slot's tokens in the KV cache, and gives a new request the free slot that shares the
   longest prefix with its prompt, so a template's fixed preamble is read once, not once per call;
-- samples without the grammar first and asks the grammar about that one token; only when the grammar
-  rejects it is the full vocabulary filtered (`Sampler.sample`).
+- samples without the grammar first and asks the grammar about that one token; when the grammar
+  rejects it, draws again among the allowed of the 256 likeliest tokens, and filters the full
+  vocabulary only when none of those is allowed (`Sampler.sample`).
 
 It is started by `personaloom.llm.local.LocalServer` as `python -m personaloom.llm.embedded_server`.
 """
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--alias", default="local", help="the model name /v1/models reports")
-    p.add_argument("--slots", type=int, default=4, help="requests decoded together in one batch")
+    p.add_argument("--slots", type=int, default=1, help="requests decoded together in one batch")
     p.add_argument("--ctx", type=int, default=4096, help="context tokens of each slot")
     p.add_argument("--batch", type=int, default=512, help="tokens per llama_decode")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
