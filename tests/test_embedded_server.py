@@ -123,9 +123,24 @@ def test_a_shared_prompt_prefix_is_read_once(server: str) -> None:
 @needs_model
 @pytest.mark.embedded
 def test_the_same_request_draws_the_same_reply(server: str) -> None:
-    """No seed in the request: the server seeds from the request's bytes (greedy and sampled alike)."""
-    a, b = _ask(server, 7, temperature=0.0), _ask(server, 7, temperature=0.0)
-    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+    """No seed in the request: the server seeds from the request's bytes, so a sampled reply repeats when
+    the prompt is read the same way; a request's own seed still chooses the draw. (Read after a cached
+    prefix, the last logits come from a batch of another shape and may differ in the last bits: llama.cpp
+    gives no bit-for-bit guarantee across batch shapes. Both slots are refilled first to rule that out.)"""
+
+    def text(**extra: object) -> str:
+        return _ask(server, 7, temperature=0.9, **extra)["choices"][0]["message"]["content"]
+
+    def evict() -> None:  # two unrelated prompts take both slots (the least recently used first)
+        for system in ("Alpha bravo charlie delta echo foxtrot.", "Zulu yankee xray whiskey victor."):
+            only = [{"role": "system", "content": system}]
+            _ask(server, 0, max_tokens=2, response_format=None, messages=only)
+
+    evict()
+    first = text()
+    evict()
+    assert text() == first
+    assert len({text(seed=s) for s in (1, 2, 3, 4)}) > 1
 
 
 @needs_model

@@ -521,7 +521,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512)
             temperature = float(body["temperature"]) if body.get("temperature") is not None else 1.0
-            # no seed given: one from the request's bytes, so the same request draws the same reply
+            # no seed given: one from the request's bytes, so the same request draws the same reply when
+            # its prompt is read alike (a cached prefix changes the batch shape, and with it the last bits)
             seed = int(body["seed"]) if body.get("seed") is not None else default_seed
         except (TypeError, ValueError) as e:
             raise BadRequest(f"max_tokens, temperature and seed must be numbers ({e})") from None
