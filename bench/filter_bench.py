@@ -5,6 +5,8 @@ Run (from the repo root):
     .venv/bin/python bench/filter_bench.py --rows 1000000         # one size
     .venv/bin/python bench/filter_bench.py --rows 1000000 --cheap --langid   # + rules/exact alone, lang ID
     .venv/bin/python bench/filter_bench.py --rows 10000000 --shards 10        # sharded: bounded memory
+    .venv/bin/python bench/filter_bench.py --rows 10000000 --shards 10 --max-df-share 0,5e-5
+        # one run each, beside each other: the absolute max_df of 50 (share 0) and the default share
 
 The generator builds ~25-word user queries from a few hundred templates x slot fillers, so
 siblings of one template share most of their words and must be KEPT; then it plants
@@ -290,13 +292,22 @@ def out_dir(n_rows: int, shards: int) -> Path:
     return RESULTS / (f"filtered-{n_rows}" + (f"-{shards}shards" if shards else ""))
 
 
-def run_child(n_rows: int, shards: int, out: Path, cheap: bool, langid: bool) -> dict[str, object]:
+def config_for(share: float | None) -> FilterConfig:
+    """The default filter settings, or with near_dup.max_df_share set (0: the absolute max_df only)."""
+    return FilterConfig() if share is None else FilterConfig(near_dup={"max_df_share": share})
+
+
+def run_child(
+    n_rows: int, shards: int, out: Path, cheap: bool, langid: bool, share: float | None
+) -> dict[str, object]:
     """In the child: filter the dataset as `personaloom filter` does; stats as JSON."""
     from personaloom.filter_file import filter_parquet
 
     path = RESULTS / f"filter_rows{n_rows}_seed{SEED}.parquet"
     t = time.perf_counter()
-    outcome = filter_parquet(path, column="text", out=out, id_column="row_id", shards=shards or None)
+    outcome = filter_parquet(
+        path, column="text", out=out, id_column="row_id", shards=shards or None, config=config_for(share)
+    )
     res: dict[str, object] = {"filter_wall_s": round(time.perf_counter() - t, 2), "counts": outcome.counts}
     res["stats"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in outcome.stats.items()}
     res["peak_rss_mb_after_filter"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -318,10 +329,11 @@ def run_child(n_rows: int, shards: int, out: Path, cheap: bool, langid: bool) ->
     return res
 
 
-def measure(n_rows: int, args: argparse.Namespace) -> None:
+def measure(n_rows: int, args: argparse.Namespace, share: float | None) -> None:
     path, made = dataset(n_rows)
     out = out_dir(n_rows, args.shards)
     flags = ["--cheap"] * args.cheap + ["--langid"] * args.langid
+    flags += [] if share is None else ["--max-df-share", repr(share)]
     cmd = [sys.executable, __file__, "--child", "--rows", str(n_rows), "--shards", str(args.shards), *flags]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -340,7 +352,8 @@ def measure(n_rows: int, args: argparse.Namespace) -> None:
         f" --shards {args.shards}" if args.shards else ""
     )
     print(
-        f"\n== {truth.height:,} rows, {args.shards or 'no'} shards "
+        f"\n== {truth.height:,} rows, {args.shards or 'no'} shards, "
+        f"max_df {s.get('max_df', s.get('near_max_df'))} (share {config_for(share).near_dup.max_df_share:g}) "
         f"(rows {'generated in ' + format(made, '.0f') + ' s' if made else 'cached'}: {rel})\n"
         f"filter wall: {res['filter_wall_s']} s (process {wall:.1f} s incl. start-up; "
         f"CPU user+sys {usage.ru_utime + usage.ru_stime:.1f} s)   "
@@ -394,6 +407,12 @@ def main() -> None:
     )
     parser.add_argument("--cheap", action="store_true", help="also measure rules + exact dedup alone")
     parser.add_argument("--langid", action="store_true", help="also measure language ID rows/s")
+    parser.add_argument(
+        "--max-df-share",
+        default=None,
+        help="near_dup.max_df_share, or several comma-separated (each a run, in this order); "
+        "0 = the absolute max_df only (default: the configured default)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -401,16 +420,15 @@ def main() -> None:
     if args.generate:
         write_dataset(args.rows)
         return
+    shares = [None] if args.max_df_share is None else [float(x) for x in args.max_df_share.split(",")]
     if args.child:
-        print(
-            json.dumps(
-                run_child(args.rows, args.shards, out_dir(args.rows, args.shards), args.cheap, args.langid)
-            )
-        )
+        out = out_dir(args.rows, args.shards)
+        print(json.dumps(run_child(args.rows, args.shards, out, args.cheap, args.langid, shares[0])))
         return
     print("command:", " ".join([".venv/bin/python", *sys.argv]))
     for n in [args.rows] if args.rows else [100_000, 300_000, 1_000_000]:
-        measure(n, args)
+        for share in shares:
+            measure(n, args, share)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,14 @@ def check_columns(path: Path, source: ParquetInput, id_column: str | None, lang_
 
 
 def filter_config(
-    threshold: float | None, min_words: int | None, max_words: int | None, lang: str | None
+    threshold: float | None,
+    min_words: int | None,
+    max_words: int | None,
+    lang: str | None,
+    base: FilterConfig | None = None,
 ) -> FilterConfig:
-    cfg = FilterConfig()
+    """`base` (default: the defaults) with the command's flags applied."""
+    cfg = base.model_copy(deep=True) if base is not None else FilterConfig()
     if threshold is not None:
         if not 0 < threshold <= 100:
             raise UserError(
@@ -124,9 +129,11 @@ def filter_parquet(
     lang: str | None = None,
     lang_column: str | None = None,
     shards: int | None = None,
+    config: FilterConfig | None = None,
 ) -> FilterOutcome:
     """Write OUT/kept.parquet and OUT/rejections.parquet; returns the outcome (counts, stats).
 
+    `config` holds the settings no flag names (default: the defaults); the flags override it.
     `lang_column` names each row's intended language (ISO 639-1): rows detected in another language
     are dropped as wrong_language, with the detected language and its probability. `shards` filters
     the rows that many slices at a time, spilling to disk (bounded memory); the result is the same.
@@ -135,7 +142,7 @@ def filter_parquet(
     check_columns(path, source, id_column, lang_column)
     if shards is not None and shards < 1:
         raise UserError(f"--shards {shards}: pass 1 or more (the rows are filtered in that many slices)")
-    cfg = filter_config(threshold, min_words, max_words, lang)
+    cfg = filter_config(threshold, min_words, max_words, lang, config)
     if shards is None:
         result = filter_texts(
             source.read(), column, cfg, id_column=id_column, progress=report, lang_column=lang_column

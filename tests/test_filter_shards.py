@@ -37,7 +37,7 @@ def planted() -> pl.DataFrame:
 
 
 def sharded(
-    df: pl.DataFrame, tmp_path: Path, shards: int, **kwargs: object
+    df: pl.DataFrame, tmp_path: Path, shards: int, config: FilterConfig | None = None, **kwargs: object
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the sharded filter on an in-memory frame; returns (kept, rejected) as written."""
     kept: list[pl.DataFrame] = []
@@ -50,7 +50,7 @@ def sharded(
         read=read,
         n_rows=df.height,
         column="text",
-        config=FilterConfig(),
+        config=config or FilterConfig(),
         shards=shards,
         spill=Spill(tmp_path),
         **kwargs,  # type: ignore[arg-type]
@@ -118,6 +118,41 @@ def test_many_small_ranges_change_nothing(
     memory = filter_texts(planted, "text", FilterConfig(), id_column="row_id")
     kept, rejected = sharded(planted, tmp_path, 3, id_column="row_id")
     assert kept.equals(memory.kept) and rejected.equals(memory.rejected)
+
+
+def _slot_rows() -> list[str]:
+    """A near-duplicate pair (rows 0 and 1) whose every shared shingle also occurs in three other rows
+    (5 of 12 rows in all), as a slot value recurs in other templates when a dataset grows."""
+    a = "alpha bravo charlie delta echo foxtrot golf hotel india juliet"
+    tails = ("maple cedar birch willow aspen", "river brook creek delta canal", "north south east west up")
+    heads = ("copper tin zinc", "lemon lime mango", "violet indigo amber")
+    other = ("saturn jupiter mars venus", "piano cello flute harp", "oak pine fir yew", "tea milk bread jam")
+    return [
+        a,
+        a.replace("juliet", "kilo"),
+        *(" ".join(a.split()[:5]) + " " + t for t in tails),  # the first five words
+        *(h + " " + " ".join(a.split()[4:]) for h in heads),  # the last six words
+        *(o + " quite unrelated words here" for o in other),
+    ]
+
+
+@pytest.mark.parametrize("shards", [None, 3])
+def test_document_frequency_limit_grows_with_the_rows(tmp_path: Path, shards: int | None) -> None:
+    """With an absolute limit of 4 every shingle the pair shares is pruned and the copy is missed; with the
+    limit a share of the rows (half of 12 = 6) it is found. Sharded, the share is of all shards' rows."""
+    df = pl.DataFrame({"text": _slot_rows()}).with_row_index("row_id").cast({"row_id": pl.String})
+    found = {}
+    for share in (0.0, 0.5):
+        config = FilterConfig(near_dup={"max_df": 4, "max_df_share": share})
+        memory = filter_texts(df, "text", config, id_column="row_id")
+        assert memory.stats["near_max_df"] == (4 if share == 0 else 6)
+        if shards:
+            (spill := tmp_path / str(share)).mkdir()
+            kept, rejected = sharded(df, spill, shards, config, id_column="row_id")
+            assert kept.equals(memory.kept) and rejected.equals(memory.rejected)
+        found[share] = memory.rejected.select("row_id", "dup_of", "drop_reason").rows()
+    assert found[0.0] == []
+    assert found[0.5] == [("1", "0", "near_duplicate")]
 
 
 def test_sharded_row_numbers_and_intended_language(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 Why each step exists (measured on templated persona queries, see bench/filter_bench.py):
 - Shingles seen in one row cannot link two rows, and shingles seen in many rows are template
-  boilerplate that makes every sibling of a template look alike. Pruning both (min_df/max_df)
-  leaves each row with the shingles it shares with few others, which cut LSH candidates ~40x.
+  boilerplate that makes every sibling of a template look alike. Pruning both (min_df/max_df, the
+  latter growing with the rows) leaves each row with the shingles it shares with few others, which cut
+  LSH candidates ~40x.
 - LSH output is never trusted: every candidate pair is re-scored with rapidfuzz on the
   normalized text, and only pairs at or above the threshold become edges. Unverified LSH chained
   template siblings together and dropped 19-56% of unique rows.
@@ -73,15 +74,17 @@ class Texts:
         lengths = self.lengths[rows]
         return Texts(self.codes[np.repeat(starts, lengths) + _ranks(lengths)], lengths)
 
-    @staticmethod
-    def concat(parts: Sequence[Texts]) -> Texts:
-        return Texts(np.concatenate([p.codes for p in parts]), np.concatenate([p.lengths for p in parts]))
-
     def strings(self) -> list[str]:
         """Every row as a Python string: one decode of all code points, then slices."""
         text = self.codes.astype("<u4", copy=False).tobytes().decode("utf-32-le")
         ends = np.cumsum(self.lengths)
         return [text[a:b] for a, b in zip((ends - self.lengths).tolist(), ends.tolist(), strict=True)]
+
+    def objects(self) -> np.ndarray:
+        """`strings` as an object array, which pairs of row indices gather from."""
+        out = np.empty(self.lengths.shape[0], dtype=object)
+        out[:] = self.strings()
+        return out
 
 
 @dataclass
@@ -223,9 +226,9 @@ def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return values, counts
 
 
-def df_window(counts: np.ndarray, config: NearDupConfig) -> np.ndarray:
-    """Which shingles' document frequency is in [min_df, max_df]."""
-    return (counts >= config.min_df) & (counts <= config.max_df)
+def df_window(counts: np.ndarray, config: NearDupConfig, rows: int) -> np.ndarray:
+    """Which shingles' document frequency is in [min_df, max_df] (the limit for `rows` rows)."""
+    return (counts >= config.min_df) & (counts <= config.max_df_for(rows))
 
 
 def keep_shingles(
@@ -360,38 +363,26 @@ def lsh_candidates(sig: np.ndarray, rows: np.ndarray, config: NearDupConfig) -> 
 # ---------------------------------------------------------------- verification and groups
 
 
-def verify_pairs(texts: Texts, pairs: np.ndarray) -> np.ndarray:
-    """rapidfuzz fuzz.ratio (0-100) of each pair of rows of `texts`, multi-threaded (workers=-1).
-
-    Decodes the rows it needs once into Python strings (a row is in ~7 pairs)."""
+def verify_pairs(strings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """rapidfuzz fuzz.ratio (0-100) of each pair of rows of `strings` (one Python string per row, an object
+    array), multi-threaded (workers=-1)."""
     if pairs.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
-    rows = sorted_unique(pairs.reshape(-1))
-    local = np.empty(rows.shape[0], dtype=object)
-    local[:] = texts.take(rows).strings()
-    at = positions(rows)
-    left = local[at[pairs[:, 0]]].tolist()
-    right = local[at[pairs[:, 1]]].tolist()
+    left, right = strings[pairs[:, 0]].tolist(), strings[pairs[:, 1]].tolist()
     return process.cpdist(left, right, scorer=fuzz.ratio, workers=-1, dtype=np.float32).astype(np.float64)
 
 
-def positions(rows: np.ndarray) -> np.ndarray:
-    """Dense table row number -> index in sorted `rows`: random binary searches cost ~10x more."""
-    at = np.zeros(int(rows[-1]) + 1 if rows.shape[0] else 0, dtype=np.int64)
-    at[rows] = np.arange(rows.shape[0])
-    return at
-
-
 def verified_edges(
-    texts: Texts, codes: np.ndarray, threshold: float, at: np.ndarray | None = None
+    strings: np.ndarray, codes: np.ndarray, threshold: float, at: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidate pairs (`band_pairs` codes) scoring >= threshold, as int64 [edges, 2] row numbers
-    and their scores. Chunked: only a chunk's pairs and Python strings exist at once. `at` maps a row
-    number to its index in `texts` (default: the same)."""
+    and their scores. `strings` holds each row's text once (`Texts.objects`): a row is in ~15 pairs at 10M
+    rows, and decoding its string per chunk of pairs instead was most of the time. Chunked: only a chunk's
+    pairs and lists exist at once. `at` maps a row number to its index in `strings` (default: the same)."""
     edges, scores = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0, dtype=np.float64)]
     for lo in range(0, codes.shape[0], VERIFY_CHUNK):
         pairs = unpack_pairs(codes[lo : lo + VERIFY_CHUNK])
-        score = verify_pairs(texts, pairs if at is None else at[pairs])
+        score = verify_pairs(strings, pairs if at is None else at[pairs])
         ok = score >= threshold
         edges.append(pairs[ok])
         scores.append(score[ok])
@@ -458,7 +449,7 @@ def find_near_duplicates(
 
     t = time.perf_counter()
     values, counts = shingle_counts(part.sh)
-    sh, doc = keep_shingles(part.sh, part.doc, values, df_window(counts, config))
+    sh, doc = keep_shingles(part.sh, part.doc, values, df_window(counts, config, n))
     timings["df_prune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -470,7 +461,7 @@ def find_near_duplicates(
     timings["lsh_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    edges, scores = verified_edges(part.texts, codes, config.threshold)
+    edges, scores = verified_edges(part.texts.objects(), codes, config.threshold)
     timings["verify_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -482,6 +473,7 @@ def find_near_duplicates(
         "char_rows": part.n_char,
         "shingles": part.sh.shape[0],
         "shingles_kept": sh.shape[0],
+        "max_df": config.max_df_for(n),
         "rows_with_signature": int(sig_rows.shape[0]),
         "candidate_pairs": int(codes.shape[0]),
         "verified_pairs": int(edges.shape[0]),

@@ -17,8 +17,9 @@ Rows keep their global number (input order) throughout, and every step is the in
 6. write, shard by shard: language ID of the rows left, kept and rejected rows with reason and dup_of.
 
 Memory is one shard's working set, arrays over all rows (verdicts, ~50 bytes a row), the verification
-texts of the rows in pairs (~4 bytes a word) and one range of pairs; the rest waits on disk in `spill`
-(~700 bytes a row): 0.9 GB for 1M rows in 4 shards, 3.6 GB for 10M in 10 (bench/filter_bench.py).
+texts of the rows in pairs (a Python string each, ~170 bytes) and one range of pairs; the rest waits on
+disk in `spill` (~700 bytes a row): 0.9 GB for 1M rows in 4 shards, 3.6 GB for 10M in 10
+(bench/filter_bench.py).
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ class ShardedFilter:
         """Global frequency of every shingle, one range of hash values at a time; each shard learns which
         of its shingles have a frequency in [min_df, max_df]."""
         sizes = [self.spill.layout["uniq", s][1][0] for s in range(self.shards)]
+        rows = sum(self.spill.layout["rows", s][1][0] for s in range(self.shards))  # as many as in memory
         keep = [np.zeros(size, dtype=bool) for size in sizes]
         for lo, hi in hash_ranges(sum(sizes), DF_BUCKET):
             cuts = [self.spill.bounds("uniq", s, lo, hi) for s in range(self.shards)]
@@ -245,11 +247,12 @@ class ShardedFilter:
                 for s, cut in enumerate(cuts)
             ]
             values, total = neardup.merge_counts(parts)
-            window = values[neardup.df_window(total, self.config.near_dup)]
+            window = values[neardup.df_window(total, self.config.near_dup, rows)]
             for shard, ((mine, _), (start, stop)) in enumerate(zip(parts, cuts, strict=True)):
                 keep[shard][start:stop] = sorted_member(mine, window)
         for shard in range(self.shards):
             self.spill.save("keep", shard, keep[shard])
+        self.stats["max_df"] = self.config.near_dup.max_df_for(rows)
 
     # ------------------------------------------------------------ 3. sign
 
@@ -317,13 +320,15 @@ class ShardedFilter:
             candidate_pairs=candidates, verified_pairs=verified.shape[0], verify_s=time.perf_counter() - t
         )
 
-    def texts_of(self, rows: np.ndarray) -> tuple[neardup.Texts, np.ndarray]:
-        """The spilled texts of the rows marked in `rows` (bool per row), and row number -> their index."""
+    def texts_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The spilled texts of the rows marked in `rows` (bool per row), each decoded once into a Python
+        string (an object array; a shard's code points at a time), and row number -> their index."""
         parts = []
         for shard in range(self.shards):
             texts = neardup.Texts(self.spill.load("codes", shard), self.spill.load("lengths", shard))
-            parts.append(texts.take(np.flatnonzero(rows[self.spill.load("rows", shard)])))
-        return neardup.Texts.concat(parts), np.cumsum(rows) - 1
+            parts.append(texts.take(np.flatnonzero(rows[self.spill.load("rows", shard)])).objects())
+            del texts
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object), np.cumsum(rows) - 1
 
     # ------------------------------------------------------------ 6. write
 
