@@ -234,3 +234,15 @@ def test_langid_columns_when_enabled() -> None:
     assert rej["lang"].to_list() == ["fr", None]
     assert rej["lang_score"][0] > 0.5
     assert "lang" not in run(texts)[1].rejected.columns
+
+
+def test_repeat_and_spans_match_numpy_with_empty_runs() -> None:
+    from personaloom.filtering.neardup import repeat, spans
+
+    rng = np.random.default_rng(1)
+    for n in [0, 1, 2, *rng.integers(3, 40, 100).tolist()]:
+        sizes = rng.integers(0, 5, n)
+        values = rng.integers(-50, 10**12, n)
+        assert np.array_equal(repeat(values, sizes), np.repeat(values, sizes))
+        expected = [np.arange(a, a + k) for a, k in zip(values.tolist(), sizes.tolist(), strict=True)]
+        assert np.array_equal(spans(values, sizes), np.concatenate([np.zeros(0, np.int64), *expected]))

@@ -56,7 +56,7 @@ T = TypeVar("T")
 SECOND_HASH_SEED = 0x2545F491  # confirms a cross-shard text-hash match (the text itself is in another shard)
 DF_BUCKET = 1 << 24  # distinct (shingle, shard) entries merged at once: ~256 MB
 BAND_BUCKET = 1 << 25  # band entries merged and sorted at once: 256 MB
-PAIR_RANGE = 1 << 25  # candidate pairs (of all bands, before dropping repeats) merged at once: 256 MB
+PAIR_RANGE = 1 << 23  # candidate pairs (of all bands, before dropping repeats) merged at once: 64 MB
 
 
 @dataclass
@@ -281,8 +281,8 @@ class ShardedFilter:
             found = []
             for lo, hi in hash_ranges(total, BAND_BUCKET):
                 merged = [self.spill.sorted_range("bands", s, lo, hi, row=band) for s in range(self.shards)]
-                found.append(neardup.band_pairs(np.sort(np.concatenate(merged)), nd.max_bucket_size))
-            codes = np.sort(np.concatenate(found))
+                found.append(neardup.band_pairs(neardup.merge_sorted(merged), nd.max_bucket_size))
+            codes = neardup.sort_integers(np.concatenate(found))
             needed[(codes >> np.uint64(32)).astype(np.int64)] = True
             needed[(codes & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
             self.spill.save("pairs", band, codes)
@@ -303,7 +303,7 @@ class ShardedFilter:
         candidates = 0
         for i, (lo, hi) in enumerate(ranges):
             codes = neardup.sorted_unique(
-                np.concatenate([self.spill.sorted_range("pairs", b, lo, hi) for b in bands])
+                np.concatenate([self.spill.sorted_range("pairs", b, lo, hi) for b in bands]), runs=True
             )
             candidates += codes.shape[0]
             found, score = neardup.verified_edges(texts, codes, self.config.near_dup.threshold, at)
