@@ -18,7 +18,7 @@ Rows keep their global number (input order) throughout, and every step is the in
 
 Memory is one shard's working set, arrays over all rows (verdicts, ~50 bytes a row), the verification
 texts of the rows in pairs (a Python string each, ~170 bytes) and one range of pairs; the rest waits on
-disk in `spill` (~700 bytes a row): 0.9 GB for 1M rows in 4 shards, 3.6 GB for 10M in 10
+disk in `spill` (~700 bytes a row): 0.7 GB for 1M rows in 4 shards, 3.0 GB for 10M in 10
 (bench/filter_bench.py).
 """
 
