@@ -327,7 +327,6 @@ class ShardedFilter:
         for shard in range(self.shards):
             texts = neardup.Texts(self.spill.load("codes", shard), self.spill.load("lengths", shard))
             parts.append(texts.take(np.flatnonzero(rows[self.spill.load("rows", shard)])).objects())
-            del texts
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object), np.cumsum(rows) - 1
 
     # ------------------------------------------------------------ 6. write
