@@ -1,6 +1,7 @@
 """Build throughput against the fake OpenAI server (in its own process) at a fixed latency.
 
-Reports, from one run:
+Reports, from one run (the last line: calls in flight while the shards generate and in each dataset-level
+stage after them, to show where slots go idle):
   - client level: N structured calls through the LLM client (render, schema, HTTP, validate, cache write)
     as a ratio to the limit concurrency / latency, and client CPU milliseconds per call;
   - build level: a whole `build_dataset` flow run: calls/s while the stages generate, as a ratio to the
@@ -71,7 +72,7 @@ def timed_requests() -> dict[str, float]:
     """
     import openai
 
-    seen = {"requests": 0.0, "seconds": 0.0}
+    seen: dict[str, Any] = {"requests": 0.0, "seconds": 0.0, "spans": []}
     post = openai.AsyncOpenAI.post
 
     async def timed(self: openai.AsyncOpenAI, *args: Any, **kwargs: Any) -> Any:
@@ -79,11 +80,46 @@ def timed_requests() -> dict[str, float]:
         try:
             return await post(self, *args, **kwargs)
         finally:
+            ended = time.perf_counter()
             seen["requests"] += 1
-            seen["seconds"] += time.perf_counter() - started
+            seen["seconds"] += ended - started
+            seen["spans"].append((started, ended))
 
     openai.AsyncOpenAI.post = timed  # type: ignore[method-assign]
     return seen
+
+
+def timed_stages() -> list[tuple[str, str, float, float]]:
+    """(stage, scope, start, end) of every stage run of the build, from `personaloom.build`'s `run_stage`."""
+    import personaloom.build as build
+
+    spans: list[tuple[str, str, float, float]] = []
+    run_stage = build.run_stage
+
+    async def timed(run: Any, stage: Any, shard: int) -> float:
+        started = time.perf_counter()
+        try:
+            return await run_stage(run, stage, shard)
+        finally:
+            spans.append((stage.name, stage.scope, started, time.perf_counter()))
+
+    build.run_stage = timed  # type: ignore[assignment]
+    return spans
+
+
+def phases(seen: dict[str, Any], concurrency: int) -> str:
+    """Calls in flight (of `concurrency`) while the shards generate, and in each dataset-level stage after:
+    where the build leaves slots idle."""
+    stages, calls = seen["stages"], seen["spans"]
+    start = min(a for _, _, a, _ in stages)
+    windows = [("shards", start, max(b for _, scope, _, b in stages if scope == "shard"))]
+    after = sorted((a, b, name) for name, scope, a, b in stages if scope == "dataset")
+    windows += [(name, a, b) for a, b, name in after]
+    parts = []
+    for name, a, b in windows:
+        busy = sum(max(0.0, min(e, b) - max(s, a)) for s, e in calls)
+        parts.append(f"{name} {b - a:.1f} s, {busy / max(b - a, 1e-9) / concurrency:.3f} of slots busy")
+    return "; ".join(parts)
 
 
 def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, float]:
@@ -99,6 +135,7 @@ def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> di
         llm=LLMConfig(model="bench", base_url=base_url, concurrency=concurrency),
     )
     seen = timed_requests()
+    seen["stages"] = timed_stages()
     t0 = time.perf_counter()
     version = asyncio.run(build_dataset(cfg, out=str(out)))
     wall = time.perf_counter() - t0
@@ -140,6 +177,7 @@ def main() -> None:
                 f"{args.concurrency}; one call {call_s * 1000:.0f} ms wall, "
                 f"latency / call = {args.latency / call_s:.3f}"
             )
+            print(f"build phases: {phases(b, args.concurrency)}")
     finally:
         proc.terminate()
         proc.wait()
