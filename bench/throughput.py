@@ -63,7 +63,7 @@ async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: P
     return len(rest) / wall, cpu / len(rest) * 1000
 
 
-def timed_requests() -> dict[str, float]:
+def timed_requests() -> dict[str, Any]:
     """Count the build's HTTP requests and add up their wall time (SDK call to parsed reply).
 
     Their total time over the generate seconds is the mean number in flight; over their count, the wall
@@ -122,7 +122,7 @@ def phases(seen: dict[str, Any], concurrency: int) -> str:
     return "; ".join(parts)
 
 
-def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, float]:
+def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, Any]:
     from personaloom.build import build_dataset
     from personaloom.schemas.config import BuildConfig, LLMConfig
     from personaloom.store import DatasetStore
