@@ -8,8 +8,12 @@ their own processes and are reaped only at the end, so neither is counted. The f
 is what each further LLM call costs the command: client, stages, Prefect tasks, writing, filtering.
 The fixed cost (imports, Prefect flow run, publish) cancels out.
 
+`--http-client lean,aiohttp` measures each HTTP client under the SDK (PERSONALOOM_HTTP_CLIENT) in the same
+run, interleaved, and prints each one's figure against the first's.
+
 Reproduce:
     .venv/bin/python bench/client_cpu.py [--personas 100] [--sessions 10] [--latency 0.2] [--repeat 1]
+        [--http-client lean]
 """
 
 from __future__ import annotations
@@ -81,9 +85,13 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1, help="pairs of builds (median reported)")
+    ap.add_argument(
+        "--http-client", default="lean", help="comma-separated: lean, aiohttp, httpx (the env's choice)"
+    )
     args = ap.parse_args()
+    clients = args.http_client.split(",")
     fake, base_url = spawn_fake(args.latency)
-    figures: list[float] = []
+    figures: dict[str, list[float]] = {c: [] for c in clients}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
@@ -99,25 +107,32 @@ def main() -> None:
                 env["PREFECT_API_URL"] = ready.split(" at ", 1)[1].split(": ", 1)[0]
                 one_build(base_url, root, env, "warm", 1, args)  # the server's first flow run, OS caches
                 for i in range(args.repeat):
-                    cpu1, calls1 = one_build(base_url, root, env, f"one{i}", 1, args)
-                    cpun, callsn = one_build(base_url, root, env, f"many{i}", args.personas, args)
-                    per_call = (cpun - cpu1) / (callsn - calls1) * 1000
-                    figures.append(per_call)
-                    print(
-                        f"1 persona: {cpu1:.2f} s CPU, {calls1} calls; {args.personas} personas: "
-                        f"{cpun:.2f} s CPU, {callsn} calls; marginal {per_call:.3f} ms CPU per call"
-                    )
+                    for client in clients:
+                        env["PERSONALOOM_HTTP_CLIENT"] = client
+                        cpu1, calls1 = one_build(base_url, root, env, f"one{i}{client}", 1, args)
+                        cpun, callsn = one_build(base_url, root, env, f"many{i}{client}", args.personas, args)
+                        per_call = (cpun - cpu1) / (callsn - calls1) * 1000
+                        figures[client].append(per_call)
+                        print(
+                            f"{client}: 1 persona: {cpu1:.2f} s CPU, {calls1} calls; "
+                            f"{args.personas} personas: "
+                            f"{cpun:.2f} s CPU, {callsn} calls; marginal {per_call:.3f} ms CPU per call"
+                        )
             finally:
                 server.send_signal(signal.SIGINT)
                 server.wait(timeout=60)
     finally:
         fake.terminate()
         fake.wait()
-    print(f"whole command: {statistics.median(figures):.3f} ms CPU per LLM call (median of {len(figures)})")
+    first = statistics.median(figures[clients[0]])
+    for client in clients:
+        median = statistics.median(figures[client])
+        versus = f" ({median / first:.2f} of {clients[0]}'s)" if client != clients[0] else ""
+        print(f"whole command, {client}: {median:.3f} ms CPU per LLM call (median of {args.repeat}){versus}")
     print(
         f"reproduce: .venv/bin/python bench/client_cpu.py --personas {args.personas} "
         f"--sessions {args.sessions} --latency {args.latency} --concurrency {args.concurrency} "
-        f"--repeat {args.repeat}"
+        f"--repeat {args.repeat} --http-client {args.http_client}"
     )
 
 
