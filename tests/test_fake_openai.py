@@ -385,3 +385,24 @@ def test_requests_are_served_concurrently() -> None:
         elapsed = asyncio.run(run(fake))
         assert fake.stats.chat_ok == 64
     assert elapsed < 64 * 0.2 / 4  # one at a time would take 12.8 s; 32 at a time ideally 0.4 s
+
+
+def test_latency_counts_from_the_request_and_is_never_cut_short() -> None:
+    """The reply is made inside the latency (as an endpoint's time is), yet never sent before it ends."""
+
+    async def run(fake: FakeOpenAI) -> list[float]:
+        client = _client(fake)
+        walls = []
+        for i in range(3):
+            t0 = time.monotonic()
+            await client.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=20
+            )
+            walls.append(time.monotonic() - t0)
+        await client.close()
+        return walls
+
+    with FakeOpenAI(latency=0.15) as fake:
+        walls = asyncio.run(run(fake))
+        assert fake.stats.chat_ok == 3
+    assert min(walls) >= 0.15
