@@ -295,3 +295,64 @@ def test_proxy_env_and_explicit_choice(fake: FakeOpenAI, monkeypatch: pytest.Mon
     monkeypatch.setenv("PERSONALOOM_HTTP_CLIENT", "curl")
     with pytest.raises(LLMError, match="PERSONALOOM_HTTP_CLIENT='curl': use one of lean, aiohttp, httpx"):
         kind()
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_https_verifies_the_certificate_and_keeps_the_connection(tmp_path) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def go() -> None:
+        srv = Scripted(lambda s, n: reply(json.dumps({"n": n}).encode()))
+        srv.server = await asyncio.start_server(srv._serve, "127.0.0.1", 0, ssl=server_ctx)
+        url = srv.url.replace("http://", "https://")
+        trusting = ssl.create_default_context(cafile=cert)
+        async with client(verify=trusting) as c:
+            assert [(await c.post(url, content=b"{}")).json()["n"] for _ in range(3)] == [1, 2, 3]
+        assert srv.connections == 1
+        async with client() as c:  # the system's trust store does not know this certificate
+            with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify"):
+                await c.post(url, content=b"{}")
+        srv.server.close()
+
+    run(go)
