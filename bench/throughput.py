@@ -107,6 +107,26 @@ def timed_stages() -> list[tuple[str, str, float, float]]:
     return spans
 
 
+def timed_collections() -> dict[str, Any]:
+    """Passes of Python's cyclic collector during the build (gc.callbacks), their CPU and the longest:
+    a pass stops the event loop, and every call in flight waits it out."""
+    import gc
+
+    seen: dict[str, Any] = {"passes": 0, "seconds": 0.0, "longest": 0.0, "start": 0.0}
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            seen["start"] = time.perf_counter()
+            return
+        took = time.perf_counter() - seen["start"]
+        seen["passes"] += 1
+        seen["seconds"] += took
+        seen["longest"] = max(seen["longest"], took)
+
+    gc.callbacks.append(callback)
+    return seen
+
+
 def phases(seen: dict[str, Any], concurrency: int) -> str:
     """Calls in flight (of `concurrency`) while the shards generate, and in each dataset-level stage after:
     where the build leaves slots idle."""
@@ -136,6 +156,7 @@ def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> di
     )
     seen = timed_requests()
     seen["stages"] = timed_stages()
+    seen["gc"] = timed_collections()
     t0 = time.perf_counter()
     version = asyncio.run(build_dataset(cfg, out=str(out)))
     wall = time.perf_counter() - t0
@@ -178,6 +199,11 @@ def main() -> None:
                 f"latency / call = {args.latency / call_s:.3f}"
             )
             print(f"build phases: {phases(b, args.concurrency)}")
+            gc_seen = b["gc"]
+            print(
+                f"build: the cyclic collector ran {gc_seen['passes']} passes, {gc_seen['seconds']:.2f} s, "
+                f"the longest {gc_seen['longest'] * 1000:.0f} ms"
+            )
     finally:
         proc.terminate()
         proc.wait()

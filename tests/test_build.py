@@ -174,19 +174,20 @@ def test_resume_skips_finished_shards(out: Path) -> None:
 
 def test_a_run_freezes_what_it_starts_with_and_unfreezes_at_the_end(fake: FakeOpenAI, tmp_path: Path) -> None:
     """The collector's full passes skip the run's start-up objects while it runs (they stopped the event
-    loop for ~0.3 s every ~12 s of a large build), and get them back after."""
+    loop for ~0.3 s every ~12 s of a large build) and its young passes are rarer; both undone after."""
     import gc
 
     from personaloom.pipeline import build_calls
     from personaloom.run import open_run
 
     cfg = BuildConfig(dataset="gc", personas=1, llm=LLMConfig(model="fake", base_url=fake.base_url))
-    before = gc.get_freeze_count()
+    before, thresholds = gc.get_freeze_count(), gc.get_threshold()
 
-    async def go() -> int:
+    async def go() -> tuple[int, tuple[int, int, int]]:
         async with open_run(cfg, calls=build_calls(), cache=tmp_path / "cache") as run:
             assert run.llm is not None
-            return gc.get_freeze_count()
+            return gc.get_freeze_count(), gc.get_threshold()
 
-    during = asyncio.run(go())
+    during, young = asyncio.run(go())
     assert during > before + 10_000 and gc.get_freeze_count() == 0
+    assert young[0] > thresholds[0] and gc.get_threshold() == thresholds

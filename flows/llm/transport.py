@@ -440,5 +440,5 @@ class LeanHttpClient(httpx2.AsyncClient):
             await response.aclose()
             return await super().send(request, stream=stream, follow_redirects=follow_redirects)
         if not stream:
-            await response.aread()
+            response.read()  # the body is in memory already: the sync read skips async generators
         return response
