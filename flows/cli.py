@@ -13,6 +13,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from personaloom import collector
 from personaloom.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic life-long persona datasets.")
@@ -942,6 +943,7 @@ def export(
 
 
 def main() -> None:
+    collector.for_command()
     try:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
         if isinstance(code, int) and code:

@@ -8,7 +8,6 @@ the seed catalogue and the run's identity (what makes a re-run resume in the sam
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from pydantic import BaseModel
 
+from personaloom import collector
 from personaloom.catalogue import Catalogue, load_catalogue
 from personaloom.llm.cache import ResponseCache
 from personaloom.llm.calls import LLMCall, by_name
@@ -145,17 +145,8 @@ async def open_run(
             calls=calls,
             extra=identity,
         )
-        # What exists now (imports, Prefect, the catalogue, the cache index: millions of objects) lives
-        # for the whole run. Frozen, the collector's full passes skip it: unfrozen, each took 250-350 ms
-        # with the event loop stopped, every ~12 s of a 200-persona build, and every call in flight
-        # waited it out (7 ms a call on average). Unfrozen at the end, so it can be collected after.
-        gc.freeze()
-        stack.callback(gc.unfreeze)
-        # Each call allocates thousands of short-lived objects (SDK, httpx, pydantic); at the default
-        # 700 allocations a young pass the collector ran ~1,700 passes in a 200-persona build, 1.35 s of
-        # its CPU. Every 50,000: 16 passes, 0.35 s. Garbage without cycles is freed at once either way.
-        stack.callback(gc.set_threshold, *gc.get_threshold())
-        gc.set_threshold(50_000, 20, 100)
+        # what exists now lives for the whole run: the collector's passes skip it (personaloom.collector)
+        stack.enter_context(collector.for_run())
         yield Run(effective, endpoint, llm, catalogue, prompts, by_name(calls), key)
 
 

@@ -177,6 +177,7 @@ def test_a_run_freezes_what_it_starts_with_and_unfreezes_at_the_end(fake: FakeOp
     loop for ~0.3 s every ~12 s of a large build) and its young passes are rarer; both undone after."""
     import gc
 
+    from personaloom import collector
     from personaloom.pipeline import build_calls
     from personaloom.run import open_run
 
@@ -190,4 +191,4 @@ def test_a_run_freezes_what_it_starts_with_and_unfreezes_at_the_end(fake: FakeOp
 
     during, young = asyncio.run(go())
     assert during > before + 10_000 and gc.get_freeze_count() == 0
-    assert young[0] > thresholds[0] and gc.get_threshold() == thresholds
+    assert young == collector.THRESHOLDS and gc.get_threshold() == thresholds
