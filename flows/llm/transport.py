@@ -33,16 +33,14 @@ _CRLF2 = b"\r\n\r\n"
 class _Reply:
     """One response being parsed: status, headers, then the body by length, chunks, or until close."""
 
-    __slots__ = ("status", "reason", "headers", "body_start", "length", "chunked", "until_close", "keep")
+    __slots__ = ("status", "reason", "headers", "length", "chunked", "keep")
 
     def __init__(self) -> None:
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body_start = -1
         self.length = -1
         self.chunked = False
-        self.until_close = False
         self.keep = True
 
 
@@ -55,7 +53,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.used = False
         self._buf = bytearray()
         self._reply: _Reply | None = None
         self._waiter: asyncio.Future[tuple[_Reply, bytes]] | None = None
@@ -111,7 +108,6 @@ class _Connection(asyncio.Protocol):
         self._last_read = self.loop.time()
         if read_timeout is not None:
             self._timer = self.loop.call_at(self._last_read + read_timeout, self._check_timeout)
-        self.used = True
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.transport.write(body)
@@ -167,7 +163,7 @@ class _Connection(asyncio.Protocol):
             if self._no_body or reply.status in (204, 304):
                 reply.length, reply.chunked = 0, False
             elif reply.length < 0 and not reply.chunked:  # no length: the body ends when the server closes
-                reply.until_close, reply.keep = True, False
+                reply.keep = False
         reply = self._reply
         if reply.length >= 0:
             if len(self._buf) < reply.length:
