@@ -119,9 +119,10 @@ HTTP_CLIENTS = ("lean", "aiohttp", "httpx")
 
 def _http_client(config: LLMConfig, base_url: str) -> Any:
     """The httpx client under the SDK. `lean` (the default): our HTTP/1.1 transport
-    (`personaloom.llm.transport`), ~0.6 of aiohttp's CPU per call and ~0.35 of httpx's; not where the
-    environment routes the endpoint through a proxy, or the SDK is not on httpx2. Then `aiohttp` (the
-    SDK's documented extra), else the SDK's default `httpx`. PERSONALOOM_HTTP_CLIENT picks one outright.
+    (`personaloom.llm.transport`; a whole build's CPU per call 1/1.31 of aiohttp's, bench/client_cpu.py);
+    not where the environment routes the endpoint through a proxy, or the SDK is not on httpx2. Then
+    `aiohttp` (the SDK's documented extra), else the SDK's default `httpx`. PERSONALOOM_HTTP_CLIENT picks
+    one outright.
     """
     choice = os.environ.get("PERSONALOOM_HTTP_CLIENT") or "lean"
     if choice not in HTTP_CLIENTS:

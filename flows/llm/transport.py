@@ -25,7 +25,6 @@ import openai
 # Idle connections older than this are dropped, not reused: servers close idle keep-alive
 # connections after ~5 s (uvicorn's default), and a request sent on a half-closed one fails.
 KEEPALIVE_EXPIRY = 4.0
-MAX_IDLE_PER_HOST = 256
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _CRLF2 = b"\r\n\r\n"
 
@@ -47,9 +46,8 @@ class _Reply:
 class _Connection(asyncio.Protocol):
     """One socket, one request at a time; the reply is complete when its body is."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[bytes, bytes, int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.key = key
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -310,7 +308,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, key),
+                    lambda: _Connection(loop),
                     name,
                     port,
                     ssl=self._ssl if tls else None,

@@ -981,7 +981,7 @@ class FakeOpenAI:
             )
         reply, fault = self._route(method, path, headers, body)
         # The latency counts from the request's arrival, as an endpoint's does: the reply is made inside it
-        # (this fake's own ~2 ms of Python per reply would otherwise lower every rate measured against it)
+        # (its own ~1 ms of Python per reply would otherwise lower every rate measured against it)
         if (left := self.latency - (time.monotonic() - arrived)) > 0:
             time.sleep(left)
         if reply is None:
