@@ -5,13 +5,14 @@ the embedded model started by the build itself), in one run so the rows share th
   - `baseline`: llama-cpp-python's own server (`python -m llama_cpp.server`, alpaca chat format), one
     request at a time: what `make build` ran before personaloom.llm.embedded_server (skipped when
     llama-cpp-python's server extra is not installed);
-  - `slots=N`: personaloom.llm.embedded_server decoding N requests in one batch.
+  - `slots=N`: personaloom.llm.embedded_server decoding N requests in one batch;
+  - `redraws=R` (with `--redraws`): answers stage 5 would drop drawn again up to R times (`build --redraws`).
 Figures, summed over the build seeds given: the commands' wall time; the generation seconds (manifest
 `timings.generate`); LLM calls; completion tokens; output tokens per second of generation; rows kept
 per table and rejections by reason (a 270M base model's rows vary a lot from seed to seed).
 
 Reproduce:
-    .venv/bin/python bench/embedded_build.py [--slots 1,2,4] [--baseline] [--seeds 0,1]
+    .venv/bin/python bench/embedded_build.py [--slots 1,2,4] [--redraws 0,1,2] [--baseline] [--seeds 0,1]
     (also --personas 3 --scenes 4; the baseline needs `pip install 'llama-cpp-python[server]'`)
 """
 
@@ -50,10 +51,14 @@ main()
 """
 
 
-def one_build(server: str, slots: int, personas: int, scenes: int, seed: int, out: Path) -> dict[str, Any]:
+def one_build(
+    server: str, slots: int, personas: int, scenes: int, seed: int, out: Path, redraws: int | None = None
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
     args = ["build", "--dataset", "demo", "--personas", str(personas), "--scenes-per-persona", str(scenes)]
     args += ["--seed", str(seed), "--out", str(out), "--no-progress"]
+    if redraws is not None:
+        args += ["--redraws", str(redraws)]
     t0 = time.perf_counter()
     res = subprocess.run(
         [sys.executable, "-c", RUNNER, server, str(slots), *args], env=env, capture_output=True, text=True
@@ -70,6 +75,7 @@ def one_build(server: str, slots: int, personas: int, scenes: int, seed: int, ou
         "generate": gen,
         "calls": sum(u["calls"] for u in usage),
         "failures": sum(u["failures"] for u in usage),
+        "redrawn": sum(u.get("redraws", 0) for u in usage),
         "completion": completion,
         "tok_s": completion / gen if gen else 0.0,
         "rows": Counter({k: c["rows_out"] for k, c in m["counts"].items()}),
@@ -91,14 +97,16 @@ def main() -> None:
     ap.add_argument("--personas", type=int, default=3)
     ap.add_argument("--scenes", type=int, default=4)
     ap.add_argument("--seeds", default="0", help="comma-separated build seeds: rows kept add up over them")
+    ap.add_argument("--redraws", default=None, help="comma-separated redraw counts (default: the build's)")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    runs = [("embedded", int(n)) for n in a.slots.split(",")]
+    redraws = [int(r) for r in a.redraws.split(",")] if a.redraws else [None]
+    runs = [("embedded", int(n), r) for n in a.slots.split(",") for r in redraws]
     if a.baseline:
         try:
             import llama_cpp.server  # noqa: F401
 
-            runs.insert(0, ("baseline", 1))
+            runs.insert(0, ("baseline", 1, redraws[0]))
         except ImportError:
             print("baseline skipped: llama-cpp-python[server] is not installed")
     print(
@@ -106,17 +114,20 @@ def main() -> None:
         ", embedded Gemma 3 270M (figures summed over the seeds)"
     )
     results = []
-    for server, slots in runs:
+    for server, slots, redraw in runs:
         builds = []
         for seed in seeds:
             with tempfile.TemporaryDirectory(prefix="embedded-bench-") as tmp:
-                builds.append(one_build(server, slots, a.personas, a.scenes, seed, Path(tmp)))
+                builds.append(one_build(server, slots, a.personas, a.scenes, seed, Path(tmp), redraw))
         r = total(builds)
         label = "baseline (llama_cpp.server)" if server == "baseline" else f"slots={slots}"
+        if redraw is not None:
+            label += f" redraws={redraw}"
         results.append((label, r))
         print(
             f"{label:<28} wall {r['wall']:6.1f} s  generate {r['generate']:6.1f} s  calls {r['calls']:4d}"
-            f" (failed {r['failures']})  completion tokens {r['completion']:6d}  {r['tok_s']:5.1f} tok/s"
+            f" (failed {r['failures']}, redrawn {r['redrawn']})  completion tokens {r['completion']:6d}"
+            f"  {r['tok_s']:5.1f} tok/s"
             f"\n{'':<28} rows {dict(r['rows'])}\n{'':<28} rejected {dict(r['rejected'])}",
             flush=True,
         )

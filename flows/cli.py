@@ -175,6 +175,10 @@ def build(
     rpm: Annotated[int | None, typer.Option(help="requests per minute limit")] = None,
     tpm: Annotated[int | None, typer.Option(help="tokens per minute limit")] = None,
     seed: Annotated[int | None, typer.Option(help="sampler seed")] = None,
+    redraws: Annotated[
+        int | None,
+        typer.Option(help="redraw an answer stage 5 would drop (copied example, wrong language) N times"),
+    ] = None,
     locales: LocalesOpt = None,
     languages: LanguagesOpt = None,
     shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
@@ -239,6 +243,7 @@ def build(
             tpm=tpm,
             max_tokens=max_tokens,
             max_cost=max_cost,
+            redraws=redraws,
         ),
     )
     if grow is not None and rebuild:
@@ -541,6 +546,9 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
     for r in m.stage_report():
         cells = (r.rows_in, r.rows_out, r.rejected, r.fallback_rows, r.llm_calls, r.cache_hits, r.tokens)
         typer.echo(f"{r.stage:<10}" + "".join(f"{c:>10}" for c in cells) + f"{r.seconds:>10.1f}")
+    redrawn = [f"{s} {u.redraws} ({u.flagged} still flagged)" for s, u in m.usage.items() if u.redraws]
+    if redrawn:
+        typer.echo("redrawn (a check of stage 5 flagged the answer): " + ", ".join(redrawn))
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
     _show_languages(path, m.languages)
@@ -708,13 +716,17 @@ def prompts(
     library = PromptLibrary(prompt_set=prompt_set)
     library.check(calls.values())
     if show is None:
-        typer.echo(f"{'call':<34}{'role':<11}{'max tokens':>11}{'temp':>6}  {'response':<26}template hash")
+        typer.echo(
+            f"{'call':<34}{'role':<11}{'max tokens':>11}{'temp':>6}  {'response':<26}{'template hash':<18}"
+            "check (redrawn when it fails)"
+        )
         for name, call in sorted(calls.items()):
             d = call.describe(library.hashes)
             tokens = d["max_tokens"] if d["max_tokens"] is not None else "per input"
             temp = "run" if d["temperature"] is None else d["temperature"]
             typer.echo(
-                f"{name:<34}{d['role']:<11}{tokens:>11}{temp:>6}  {d['response']:<26}{d['template_hash']}"
+                f"{name:<34}{d['role']:<11}{tokens:>11}{temp:>6}  {d['response']:<26}{d['template_hash']:<18}"
+                f"{d['check'] or '-'}"
             )
         return
     if show not in calls:
@@ -727,7 +739,7 @@ def prompts(
     d = call.describe(library.hashes)
     typer.echo(
         f"# {call.name} ({prompt_set} set, template {d['template_hash']}): role {d['role']}, "
-        f"max tokens {call.tokens_for(item)}, response {d['response']}"
+        f"max tokens {call.tokens_for(item)}, response {d['response']}, check {d['check'] or '-'}"
     )
     for message in rendered.messages:
         typer.echo(f"\n--- {message['role']}\n{message['content']}")

@@ -21,12 +21,15 @@ from pydantic import BaseModel
 
 from personaloom import collector
 from personaloom.catalogue import Catalogue, load_catalogue
+from personaloom.filtering.grounding import ExampleIndex
 from personaloom.llm.cache import ResponseCache
 from personaloom.llm.calls import LLMCall, by_name
+from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLM
 from personaloom.llm.endpoint import Endpoint, open_endpoint
 from personaloom.llm.prompts import PromptLibrary
 from personaloom.paths import SEEDS_DIR
+from personaloom.schemas.filtering import FilterConfig
 from personaloom.version import code_version
 
 C = TypeVar("C", bound=BaseModel)
@@ -105,6 +108,16 @@ def run_identity(
     return hashlib.sha256(orjson.dumps(ident, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
+def answer_checks(config: Any, prompts: PromptLibrary) -> AnswerChecks:
+    """The checks declared calls ask, with the settings stage 5 applies (a run without a filter section:
+    its defaults)."""
+    lang_id = getattr(config, "filter", FilterConfig()).lang_id
+    return AnswerChecks(
+        ExampleIndex(prompts.examples()),
+        language_min_score=lang_id.mismatch_min_score if lang_id.match_intended else None,
+    )
+
+
 @asynccontextmanager
 async def open_run(
     config: C,
@@ -135,6 +148,7 @@ async def open_run(
             api_key=endpoint.api_key,
             cache=ResponseCache(cache),
             prompts=prompts,
+            checks=answer_checks(config, prompts),
         )
         stack.push_async_callback(llm.aclose)
         key = run_identity(

@@ -37,6 +37,13 @@ class LLMConfig(BaseModel):
     timeout: float = Field(60.0, gt=0, description="seconds per request before it is retried")
     max_retries: int = Field(6, ge=0, le=20)
     temperature: float = Field(0.8, ge=0, le=2)
+    redraws: int = Field(
+        1,
+        ge=0,
+        le=4,
+        description="draw an answer again (another sampling seed) at most this many times while a code-owned "
+        "check stage 5 applies flags it (a prompt example copied, the wrong language); 0: never",
+    )
     structured_output: Literal["json_schema", "json_object"] = Field(
         "json_schema", description="json_schema: OpenAI form; json_object: llama.cpp form with a 'schema' key"
     )

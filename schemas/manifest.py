@@ -18,6 +18,8 @@ class StageUsage(BaseModel):
     failures: int = 0
     retries: int = 0
     repairs: int = 0
+    redraws: int = Field(0, description="answers drawn again because a code-owned check flagged them")
+    flagged: int = Field(0, description="answers still flagged after the redraws (stage 5 drops their rows)")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -44,6 +46,7 @@ class CallInfo(BaseModel):
     )
     usage_key: str
     variables: list[str]
+    check: str | None = Field(None, description="the code-owned check its answers must pass, else redrawn")
 
 
 class StageReport(BaseModel):

@@ -57,6 +57,9 @@ def test_full_build_layout_and_readers(
         "queries/simulate",
         "filter/answerability",
     }
+    assert m["calls"]["queries/simulate"]["check"] == "query_grounded"  # answers stage 5 would drop: redrawn
+    assert m["calls"]["filter/answerability"]["check"] is None
+    assert {"redraws", "flagged"} <= set(m["usage"]["queries"])
 
     # the same rows through three readers
     n = m["counts"]["filter"]["rows_out"]

@@ -3,8 +3,10 @@
 Like Curator's `prompt`/`parse` pair or distilabel's `format_input`/`format_output`: `variables(input)`
 gives the template its variables (their names are declared, and checked against the template when the
 prompts load), `build(input, result)` turns the validated answer (or its failure, with the raw text)
-into what the stage keeps — a record, a rejection, or the input of the next call. Stage code runs a
-call with `LLM.run(CALL, input)`; nothing else about the call lives at the call site.
+into what the stage keeps — a record, a rejection, or the input of the next call. `check(input, value,
+checks)` asks stage 5's code-owned checks about a validated answer (personaloom.llm.checks): a reason
+means stage 5 would drop it, and the answer is drawn again. Stage code runs a call with
+`LLM.run(CALL, input)`; nothing else about the call lives at the call site.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from personaloom.llm.checks import AnswerChecks
     from personaloom.llm.client import LLMResult
     from personaloom.samples import Samples
 
@@ -41,6 +44,8 @@ class LLMCall(Generic[In, Out]):
     temperature: float | None = None  # None: the run's `llm.temperature`
     stage: str | None = None  # usage is accounted under this key; default: the template's folder
     sample: Callable[[Samples], In] | None = None  # an input built from sample rows, for `prompts --show`
+    # stage 5's verdict on a validated answer (None: keep it); a failing answer is drawn again
+    check: Callable[[In, Any, AnswerChecks], str | None] | None = None
 
     @property
     def usage_key(self) -> str:
@@ -73,6 +78,7 @@ class LLMCall(Generic[In, Out]):
             "temperature": self.temperature,
             "usage_key": self.usage_key,
             "variables": list(self.variables),
+            "check": self.check.__name__ if self.check is not None else None,
         }
 
 

@@ -24,6 +24,7 @@ from personaloom.llm import transport
 from personaloom.llm.budget import Budget
 from personaloom.llm.cache import ResponseCache, cache_key
 from personaloom.llm.calls import In, LLMCall, Out
+from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.limits import RateLimiter
 from personaloom.llm.prompts import PromptLibrary, RenderedPrompt
 from personaloom.schemas.config import LLMConfig
@@ -158,6 +159,7 @@ class LLM:
         api_key: str,
         cache: ResponseCache | None,
         prompts: PromptLibrary | None = None,
+        checks: AnswerChecks | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint_label(base_url)
@@ -174,6 +176,7 @@ class LLM:
         self._chat_url = str(self.client.base_url).rstrip("/") + "/chat/completions"
         self.cache = cache
         self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
+        self._checks = checks
         self.limiter = RateLimiter(config.rpm, config.tpm)
         self.budget = Budget.for_model(config.model, config.max_tokens, config.max_cost, config.prices)
         # USD per 1M tokens of each model the run may call (roles may have their own model): the spend
@@ -193,6 +196,15 @@ class LLM:
             self._sem = asyncio.Semaphore(self.config.concurrency)
         return self._sem
 
+    @property
+    def checks(self) -> AnswerChecks:
+        """What declared calls' checks ask (personaloom.llm.checks); by default over this run's prompts."""
+        if self._checks is None:
+            from personaloom.filtering.grounding import ExampleIndex
+
+            self._checks = AnswerChecks(ExampleIndex(self.prompts.examples()))
+        return self._checks
+
     async def aclose(self) -> None:
         await self.client.close()
         if self.cache is not None:
@@ -201,25 +213,61 @@ class LLM:
     # ------------------------------------------------------------------ public calls
 
     async def run(self, call: LLMCall[In, Out], item: In, *, stage: str | None = None) -> Out:
-        """A declared call on one input: render, ask, validate (or keep the raw text), then `call.build`.
+        """A declared call on one input: render, ask, validate (or keep the raw text), check, `call.build`.
 
         The call's role picks its model (`LLMConfig.model_for`: simulator → user_model, judge →
-        judge_model, else model), on the same endpoint.
+        judge_model, else model), on the same endpoint. An answer the call's `check` flags is drawn
+        again with another sampling seed (`seed` 1, 2, … — part of the cache key, so a re-run replays
+        the same draws), at most `llm.redraws` times; the last valid answer is the one built. At
+        temperature 0 a redraw would repeat the answer: none is made.
         """
         variables = call.variables_for(item)
         key = stage or call.usage_key
+        ask = partial(self._ask, call, item, variables, key)
+        res = await ask(None)
+        if call.check is None or res.value is None:
+            return call.build(item, res)
+        temp = self.config.temperature if call.temperature is None else call.temperature
+        redraws = self.config.redraws if temp > 0 else 0
+        usage = self.usage[key]
+        for draw in range(1, redraws + 2):
+            if call.check(item, res.value, self.checks) is None:
+                break
+            if draw > redraws:
+                usage.flagged += 1  # handed over as it is: stage 5 drops the row, with its reason
+                break
+            usage.redraws += 1
+            again = await ask(draw)
+            if again.value is not None:
+                res = again
+        return call.build(item, res)
+
+    async def _ask(
+        self, call: LLMCall[In, Out], item: In, variables: dict[str, Any], stage: str, seed: int | None
+    ) -> LLMResult[Any]:
         tokens, temp = call.tokens_for(item), call.temperature
         model = self.config.model_for(call.role)
         schema = call.response_for(item)
         if schema is None:
-            res: LLMResult[Any] = await self.text(
-                call.name, stage=key, max_tokens=tokens, temperature=temp, model=model, **variables
+            return await self.text(
+                call.name,
+                stage=stage,
+                max_tokens=tokens,
+                temperature=temp,
+                model=model,
+                sampling_seed=seed,
+                **variables,
             )
-        else:
-            res = await self.structured(
-                call.name, schema, stage=key, max_tokens=tokens, temperature=temp, model=model, **variables
-            )
-        return call.build(item, res)
+        return await self.structured(
+            call.name,
+            schema,
+            stage=stage,
+            max_tokens=tokens,
+            temperature=temp,
+            model=model,
+            sampling_seed=seed,
+            **variables,
+        )
 
     async def structured(
         self,
@@ -230,9 +278,13 @@ class LLM:
         max_tokens: int = 512,
         temperature: float | None = None,
         model: str | None = None,
+        sampling_seed: int | None = None,
         **variables: Any,
     ) -> LLMResult[T]:
-        """Render `prompt`, ask for JSON matching `schema`, validate; one repair turn; raw kept on failure."""
+        """Render `prompt`, ask for JSON matching `schema`, validate; one repair turn; raw kept on failure.
+
+        `sampling_seed` (a redraw's) is sent as the request's `seed`; None sends none. (Not `seed`: a
+        template variable may have that name.)"""
         rendered = self.prompts.render(prompt, **variables)
         messages = list(rendered.messages)
         fmt = self._response_format(schema)
@@ -244,6 +296,7 @@ class LLM:
             temperature=temperature,
             model=model,
             response_format=fmt,
+            seed=sampling_seed,
         )
         reply = await ask(messages)
         if reply is None:
@@ -274,6 +327,7 @@ class LLM:
         max_tokens: int = 512,
         temperature: float | None = None,
         model: str | None = None,
+        sampling_seed: int | None = None,
         **variables: Any,
     ) -> LLMResult[Any]:
         """Plain text answer (chatbot turns, tool simulation)."""
@@ -285,6 +339,7 @@ class LLM:
             max_tokens=max_tokens,
             temperature=temperature,
             model=model,
+            seed=sampling_seed,
         )
         if reply is None:
             self.usage[stage].failures += 1
@@ -392,6 +447,7 @@ class LLM:
         temperature: float | None = None,
         model: str | None = None,
         response_format: _Format | None = None,
+        seed: int | None = None,
     ) -> _Reply | None:
         params: dict[str, Any] = {
             "model": model or self.config.model,
@@ -399,6 +455,8 @@ class LLM:
             "temperature": self.config.temperature if temperature is None else temperature,
             "max_tokens": max_tokens,
         }
+        if seed is not None:  # a redraw: its own request, so its own cache entry
+            params["seed"] = seed
         keyed = {"template": rendered.name, "template_hash": rendered.template_hash, **params}
         if response_format is not None:
             params["response_format"] = response_format.body

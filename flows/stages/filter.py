@@ -345,7 +345,7 @@ async def screen(
 
     def cheap() -> StageOutcome[Query]:
         out = dedup_all(queries, scenes, personas, levels, config)
-        return out.then(grounded(out.records, scenes, ExampleIndex(llm.prompts.examples())))
+        return out.then(grounded(out.records, scenes, llm.checks.examples))
 
     # A worker thread: on the event loop these seconds of CPU held up the other shards' LLM replies.
     out = await asyncio.to_thread(cheap)

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from personaloom.drift import active_changes, persona_at
 from personaloom.llm.calls import LLMCall
+from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.drafts import NeutralDraft, QueryDraft
 from personaloom.schemas.records import Persona, Query, Rejection, Scene
@@ -70,6 +71,14 @@ def build_query(job: SimulateJob, res: LLMResult[QueryDraft]) -> Query | Rejecti
     )
 
 
+def query_grounded(job: SimulateJob, draft: QueryDraft, checks: AnswerChecks) -> str | None:
+    """Stage 5 drops a query that repeats a prompt example or is not in the persona's language."""
+    text = draft.personalized_query
+    return checks.copied({"personalized_query": text}) or checks.wrong_language(
+        "personalized_query", text, job.persona.Demographics.Interaction_Language
+    )
+
+
 SIMULATE: LLMCall[SimulateJob, Query | Rejection] = LLMCall(
     name="queries/simulate",
     variables=("persona", "scene", "changes", "earlier"),
@@ -84,6 +93,7 @@ SIMULATE: LLMCall[SimulateJob, Query | Rejection] = LLMCall(
     max_tokens=300,
     role="simulator",
     sample=lambda s: SimulateJob(s.scene, s.persona.persona, Earlier(s.scene, s.query.personalized_query)),
+    check=query_grounded,
 )
 
 
@@ -102,6 +112,14 @@ def neutralized(job: NeutralizeJob, res: LLMResult[NeutralDraft]) -> Query:
     )
 
 
+def neutral_grounded(job: NeutralizeJob, draft: NeutralDraft, checks: AnswerChecks) -> str | None:
+    """Stage 5 drops a neutralized query that repeats a prompt example or left the task."""
+    text, scene = draft.neutralized_query, job.scene
+    return checks.copied({"neutralized_query": text}) or checks.drifted(
+        text, job.query.personalized_query, f"{scene.title} {scene.description} {scene.context}"
+    )
+
+
 NEUTRALIZE: LLMCall[NeutralizeJob, Query] = LLMCall(
     name="queries/neutralize",
     variables=("query", "scene", "language"),
@@ -110,6 +128,7 @@ NEUTRALIZE: LLMCall[NeutralizeJob, Query] = LLMCall(
     response=NeutralDraft,
     max_tokens=250,
     sample=lambda s: NeutralizeJob(s.query, s.scene, s.seed.interaction_language or "en"),
+    check=neutral_grounded,
 )
 
 

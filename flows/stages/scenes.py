@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from personaloom.catalogue import Catalogue
 from personaloom.drift import active_changes, persona_at
 from personaloom.llm.calls import LLMCall
+from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLM, LLMResult
 from personaloom.schemas.drafts import SceneIdea, SceneList, revisit_details_model, scene_details_model
 from personaloom.schemas.records import Persona, Scene, SceneKind, SeedRow
@@ -65,6 +66,13 @@ class PlanJob(NamedTuple):
     avoid: list[str]
 
 
+def ideas_grounded(job: PlanJob, ideas: SceneList, checks: AnswerChecks) -> str | None:
+    """Stage 5 drops the sessions of an idea whose description repeats a prompt example."""
+    return checks.copied(
+        {f"scenes[{i}].description": s.description for i, s in enumerate(ideas.scenes[: job.n])}
+    )
+
+
 LIST: LLMCall[PlanJob, list[SceneIdea]] = LLMCall(
     name="scenes/list",
     variables=("persona", "seed", "n", "avoid"),
@@ -73,6 +81,7 @@ LIST: LLMCall[PlanJob, list[SceneIdea]] = LLMCall(
     response=SceneList,
     max_tokens=lambda job: 120 * job.n + 60,
     sample=lambda s: PlanJob(s.seed, s.persona.persona, 3, [s.scene.title]),
+    check=ideas_grounded,
 )
 
 
@@ -156,6 +165,14 @@ def build_scene(job: EnrichJob, res: LLMResult[Any]) -> Scene:
     )
 
 
+def details_grounded(job: EnrichJob, details: Any, checks: AnswerChecks) -> str | None:
+    """Stage 5 drops the session whose scene texts repeat a prompt example."""
+    texts = {"expected_response": details.expected_response, "context": details.context}
+    if job.earlier is not None:  # a revisit writes its own description
+        texts["description"] = details.description
+    return checks.copied(texts)
+
+
 ENRICH: LLMCall[EnrichJob, Scene] = LLMCall(
     name="scenes/enrich",
     variables=("persona", "changes", "seed", "topic", "when", "api_names", "suggested_apis", "apis"),
@@ -164,6 +181,7 @@ ENRICH: LLMCall[EnrichJob, Scene] = LLMCall(
     response=lambda job: scene_details_model(job.api_names),
     max_tokens=500,
     sample=lambda s: EnrichJob(s.seed, s.persona.persona, 0, s.topic, [s.topic], s.catalogue),
+    check=details_grounded,
 )
 REVISIT: LLMCall[EnrichJob, Scene] = LLMCall(
     name="scenes/revisit",
@@ -181,6 +199,7 @@ REVISIT: LLMCall[EnrichJob, Scene] = LLMCall(
         s.catalogue,
         earlier=s.scene,
     ),
+    check=details_grounded,
 )
 
 
