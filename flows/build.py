@@ -49,8 +49,9 @@ from personaloom.pipeline import (
 from personaloom.progress import progress_sink
 from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_run
 from personaloom.schemas.config import BuildConfig, RunPaths
-from personaloom.schemas.manifest import Manifest, PersonaSpan, StageUsage
+from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage
 from personaloom.schemas.records import Rejection
+from personaloom.stages.calibration import judge_calibration
 from personaloom.store import DatasetStore, link_or_copy, read_table, shard_infos, write_records
 from personaloom.version import code_version
 
@@ -164,6 +165,7 @@ def publish_version(
     store: DatasetStore,
     stage_seconds: Counter[str],
     plan: Plan | None = None,
+    judges: dict[str, JudgeCalibration] | None = None,
 ) -> str:
     """Manifest and card into the staging folder, then one rename makes it the next version.
 
@@ -219,6 +221,7 @@ def publish_version(
             counts=stage_counts(staging, config),
             usage={s: run.llm.usage.get(s, StageUsage()) for s in REPORTED},
             rejection_reasons=dict(sorted(reasons.items())),
+            judges=judges or {},
             invariants=invariants,
             languages=dataset_languages(staging),
             stage_seconds={s: round(stage_seconds[s], 3) for s in REPORTED},
@@ -303,10 +306,22 @@ async def build_dataset(
             else:
                 seconds = await _generate_remote(run, str(paths.cache), seeds_dir)
             run.timings["generate"] = time.perf_counter() - started
-            version = publish_version(run, store, seconds, plan)
+            judges = await _judges(run)
+            version = publish_version(run, store, seconds, plan, judges)
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version
+
+
+async def _judges(run: Run[BuildConfig]) -> dict[str, JudgeCalibration]:
+    """The run's judge calibration for the manifest (asked once; a remote run's workers asked it
+    already, so it comes from the response cache here)."""
+    cfg = run.config
+    if not cfg.answerability or (cal := await judge_calibration(run.llm, cfg.judge_min_accuracy)) is None:
+        return {}
+    if not cal.trusted:
+        get_run_logger().warning("%s", cal.summary())
+    return {cal.call: cal}
 
 
 async def _generate(run: Run[BuildConfig]) -> Counter[str]:

@@ -82,6 +82,10 @@ def dataset_card(m: Manifest) -> str:
         for name, n in m.invariants.items()
     )
     reasons = "\n".join(f"- `{r}`: {n}" for r, n in m.rejection_reasons.items()) or "- none"
+    judges = "".join(
+        f"\nJudge calibration (items with a known answer, `seeds/judge_calibration.csv`): {j.summary()}.\n"
+        for j in m.judges.values()
+    )
     found = m.languages or {"en": rows}  # versions built before language ID counted nothing: English
     language_tags = "\n".join(f"- {code}" for code in found)
     language_lines = "\n".join(f"| {code} | {language_name(code)} | {n} |" for code, n in found.items())
@@ -121,7 +125,7 @@ Synthetic, life-long persona dataset built by personaloom (five-stage pipeline a
 Load with `polars.scan_parquet("dataset/*.parquet")`, DuckDB `read_parquet('dataset/*.parquet')`,
 or `datasets.load_dataset("parquet", data_files="dataset/*.parquet")`.
 Rows with a non-empty `fallback_fields` had fields filled from the seed tables because the model's
-output was empty or invalid.
+output was empty or invalid; `answerability` there means no judge verdict was applied to the row.
 {exports}
 ## How it was built
 
@@ -131,7 +135,7 @@ output was empty or invalid.
 
 Rejection reasons:
 {reasons}
-
+{judges}
 ## Languages
 
 Each persona writes to the assistant in one language (`persona.Demographics.Interaction_Language`, drawn

@@ -549,6 +549,8 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
     redrawn = [f"{s} {u.redraws} ({u.flagged} still flagged)" for s, u in m.usage.items() if u.redraws]
     if redrawn:
         typer.echo("redrawn (a check of stage 5 flagged the answer): " + ", ".join(redrawn))
+    for judge in m.judges.values():
+        typer.echo(judge.summary())
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
     _show_languages(path, m.languages)

@@ -121,6 +121,13 @@ class BuildConfig(BaseModel):
         True, description="let the LLM expand seed hints self-instruct style (stage 1)"
     )
     answerability: bool = Field(True, description="stage 5 LLM answerability check")
+    judge_min_accuracy: float = Field(
+        0.75,
+        ge=0,
+        le=1,
+        description="apply the answerability judge's verdicts only when its balanced accuracy on "
+        "seeds/judge_calibration.csv reaches this (else rows are kept, marked 'answerability'); 0: always",
+    )
     probes: bool = Field(True, description="build evaluation items (probes/) from the kept sessions")
     quality_min: int | None = Field(
         None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)"

@@ -49,6 +49,29 @@ class CallInfo(BaseModel):
     check: str | None = Field(None, description="the code-owned check its answers must pass, else redrawn")
 
 
+class JudgeCalibration(BaseModel):
+    """A judge's verdicts on items whose answer code knows (personaloom.stages.calibration)."""
+
+    call: str
+    items: int
+    right_on_answerable: int
+    answerable: int
+    right_on_unanswerable: int
+    unanswerable: int
+    invalid: int = Field(description="answers that were no verdict (counted as misses)")
+    balanced_accuracy: float = Field(description="mean of the hit rates on either kind of item")
+    min_accuracy: float
+    trusted: bool = Field(description="its verdicts were applied to the rows")
+
+    def summary(self) -> str:
+        verdict = "trusted" if self.trusted else "NOT trusted: rows kept unjudged, marked 'answerability'"
+        return (
+            f"{self.call} judge {verdict} (balanced accuracy {self.balanced_accuracy:.2f}, needs "
+            f"{self.min_accuracy:.2f}: right on {self.right_on_answerable}/{self.answerable} answerable and "
+            f"{self.right_on_unanswerable}/{self.unanswerable} unanswerable calibration items)"
+        )
+
+
 class StageReport(BaseModel):
     """One row of the per-stage table: what the CLI, the dataset card and the Prefect artifact show."""
 
@@ -106,6 +129,9 @@ class Manifest(BaseModel):
     counts: dict[str, StageCount]
     usage: dict[str, StageUsage]
     rejection_reasons: dict[str, int]
+    judges: dict[str, JudgeCalibration] = Field(
+        default_factory=dict, description="each judge's calibration, by call (absent: not calibrated)"
+    )
     invariants: dict[str, int] = Field(
         default_factory=dict, description="violations per ground-truth invariant (personaloom.audit): all 0"
     )

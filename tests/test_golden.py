@@ -21,6 +21,7 @@ from personaloom.build import build_dataset
 from personaloom.pipeline import build_calls
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.judge_model import calibrated
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -44,7 +45,7 @@ def digest(root: Path) -> dict:
 
 
 def test_same_seed_same_dataset_as_recorded(out: Path) -> None:
-    with FakeOpenAI() as fake:
+    with FakeOpenAI(responder=calibrated()) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=8)
         cfg = BuildConfig(
             dataset="golden", personas=5, scenes_per_persona=4, shard_size=2, seed=7, quality_min=5, llm=llm
@@ -67,7 +68,8 @@ if __name__ == "__main__":  # python tests/test_golden.py --record
 
     if sys.argv[1:] != ["--record"]:
         sys.exit("usage: python tests/test_golden.py --record")
-    with prefect_test_harness(), tempfile.TemporaryDirectory() as tmp, FakeOpenAI() as fake:
+    judge = calibrated()
+    with prefect_test_harness(), tempfile.TemporaryDirectory() as tmp, FakeOpenAI(responder=judge) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=8)
         cfg = BuildConfig(
             dataset="golden", personas=5, scenes_per_persona=4, shard_size=2, seed=7, quality_min=5, llm=llm

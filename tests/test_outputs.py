@@ -26,6 +26,7 @@ from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.replay import ReplayConfig
 from personaloom.store import TABLES
 from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.judge_model import calibrated
 from personaloom.testing.probe_model import probe_writer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -41,7 +42,7 @@ RUN = "r1"
 def built(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
     """output/ holding demo@v0001 with one small replay run (two agents), built once for the module."""
     out = tmp_path_factory.mktemp("outputs") / "output"
-    with FakeOpenAI(latency=0.0, responder=probe_writer) as fake:
+    with FakeOpenAI(latency=0.0, responder=calibrated(probe_writer)) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
         cfg = BuildConfig(dataset="demo", personas=4, scenes_per_persona=4, shard_size=2, llm=llm)
         asyncio.run(build_dataset(cfg, out=str(out)))

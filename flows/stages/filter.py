@@ -169,13 +169,17 @@ class JudgeJob(NamedTuple):
     language: str = "en"  # ISO 639-1 code of the language the query is meant to be in
 
 
+def unjudged(q: Query, check: str) -> Query:
+    """The row, kept and marked: the judge gave it no verdict."""
+    return q.model_copy(update={"fallback_fields": [*q.fallback_fields, check]})
+
+
 def _judged(check: str, decide: Callable[[JudgeJob, Any, str], Query | Rejection]) -> Callable[..., Any]:
     """An invalid judge answer keeps the row, marked: a flaky judge must never silently shrink the dataset."""
 
     def build(job: JudgeJob, res: LLMResult[Any]) -> Query | Rejection:
-        q = job.query
         if res.value is None:
-            return q.model_copy(update={"fallback_fields": [*q.fallback_fields, check]})
+            return unjudged(job.query, check)
         return decide(job, res.value, res.raw)
 
     return build
@@ -340,8 +344,12 @@ async def screen(
     answerable: bool,
     quality_min: int | None,
     advance: Advance | None = None,
+    judge_min_accuracy: float = 0.0,
 ) -> StageOutcome[Query]:
-    """One shard: cheap checks, then the LLM checks on what survives them."""
+    """One shard: cheap checks, then the LLM checks on what survives them.
+
+    With `judge_min_accuracy`, the answerability judge is calibrated first (once per run,
+    personaloom.stages.calibration); an untrusted judge is not asked, and the rows go on marked."""
 
     def cheap() -> StageOutcome[Query]:
         out = dedup_all(queries, scenes, personas, levels, config)
@@ -349,6 +357,13 @@ async def screen(
 
     # A worker thread: on the event loop these seconds of CPU held up the other shards' LLM replies.
     out = await asyncio.to_thread(cheap)
+    if answerable and judge_min_accuracy > 0:
+        from personaloom.stages.calibration import judge_calibration  # it declares its jobs with ours
+
+        calibration = await judge_calibration(llm, judge_min_accuracy)
+        if calibration is not None and not calibration.trusted:  # its verdicts would be no evidence
+            answerable = False
+            out = StageOutcome([unjudged(q, "answerability") for q in out.records], out.rejections)
     if advance is not None:
         advance(len(out.rejections) + (0 if answerable else len(out.records)))
     languages = interaction_languages(personas)
@@ -374,6 +389,7 @@ async def run_screen(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
         answerable=cfg.answerability,
         quality_min=cfg.quality_min,
         advance=ctx.advance,
+        judge_min_accuracy=cfg.judge_min_accuracy,
     )
 
 
