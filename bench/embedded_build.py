@@ -9,7 +9,8 @@ the embedded model started by the build itself), in one run so the rows share th
   - `redraws=R` (with `--redraws`): answers stage 5 would drop drawn again up to R times (`build --redraws`).
 Figures, summed over the build seeds given: the commands' wall time; the generation seconds (manifest
 `timings.generate`); LLM calls; completion tokens; output tokens per second of generation; rows kept
-per table and rejections by reason (a 270M base model's rows vary a lot from seed to seed).
+per table and rejections by reason (a 270M base model's rows vary a lot from seed to seed); in how many
+builds the answerability judge passed its calibration (personaloom.stages.calibration).
 
 Reproduce:
     .venv/bin/python bench/embedded_build.py [--slots 1,2,4] [--redraws 0,1,2] [--baseline] [--seeds 0,1]
@@ -76,6 +77,7 @@ def one_build(
         "calls": sum(u["calls"] for u in usage),
         "failures": sum(u["failures"] for u in usage),
         "redrawn": sum(u.get("redraws", 0) for u in usage),
+        "judge_trusted": int(bool(m.get("judges", {}).get("filter/answerability", {}).get("trusted"))),
         "completion": completion,
         "tok_s": completion / gen if gen else 0.0,
         "rows": Counter({k: c["rows_out"] for k, c in m["counts"].items()}),
@@ -128,7 +130,8 @@ def main() -> None:
             f"{label:<28} wall {r['wall']:6.1f} s  generate {r['generate']:6.1f} s  calls {r['calls']:4d}"
             f" (failed {r['failures']}, redrawn {r['redrawn']})  completion tokens {r['completion']:6d}"
             f"  {r['tok_s']:5.1f} tok/s"
-            f"\n{'':<28} rows {dict(r['rows'])}\n{'':<28} rejected {dict(r['rejected'])}",
+            f"\n{'':<28} rows {dict(r['rows'])}\n{'':<28} rejected {dict(r['rejected'])}"
+            f"\n{'':<28} answerability judge trusted in {r['judge_trusted']} of {len(seeds)} builds",
             flush=True,
         )
     if len(results) > 1:
