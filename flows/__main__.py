@@ -1,3 +1,3 @@
-from personaloom.cli import main
+from personaloom.preload import launch
 
-main()
+launch()

@@ -6,6 +6,10 @@ Set before Prefect is imported; each can still be overridden from the environmen
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+# where a standing `personaloom server` records its address (and its preloaded process's socket)
+STATE_FILE = "personaloom-server.json"
 
 DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # offline: otherwise an error is logged at each server start
@@ -18,3 +22,7 @@ DEFAULTS = {
 def apply_prefect_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()

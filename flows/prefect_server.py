@@ -23,12 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from personaloom.errors import UserError
-
-STATE_FILE = "personaloom-server.json"
-
-
-def prefect_home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+from personaloom.prefect_env import STATE_FILE, prefect_home
 
 
 def _healthy(api_url: str, timeout: float = 0.5) -> bool:
@@ -88,7 +83,9 @@ class EarlyServer:
 
 
 def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
-    """Run `prefect server start` in the foreground and record its address until it stops."""
+    """Run `prefect server start` (and the preloaded process) in the foreground until it stops."""
+    from personaloom.preload import LOG_FILE, Supervisor
+
     api_url = f"http://{host}:{port}/api"
     if running := standing_server():
         raise UserError(f"a personaloom server already runs at {running} (this PREFECT_HOME); use it")
@@ -104,24 +101,44 @@ def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)  # even when started in the background, where SIGINT is ignored
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # to a file, not a pipe: a pipe nobody reads fills up over a long life and stalls the server
+    log = (home / SERVER_LOG).open("ab")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    preloaded = Supervisor(api_url, home / LOG_FILE)
     try:
         deadline = time.monotonic() + 180
         while not _healthy(api_url):
             if proc.poll() is not None:
-                last = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1:]
-                raise UserError(f"the Prefect server did not start: {' '.join(last) or proc.returncode}")
+                last = _tail(home / SERVER_LOG) or proc.returncode
+                raise UserError(f"the Prefect server did not start: {last} (see {home / SERVER_LOG})")
             if time.monotonic() > deadline:
                 raise UserError("the Prefect server did not answer within 180 s; try again")
             time.sleep(0.2)
+        preloaded.start()
         state.write_text(json.dumps({"api_url": api_url, "pid": proc.pid}))
         ready(api_url)
-        return proc.wait()
+        while proc.poll() is None:
+            preloaded.keep_running()
+            time.sleep(0.5)
+        return proc.returncode
     finally:
         state.unlink(missing_ok=True)
+        preloaded.stop()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log.close()
+
+
+SERVER_LOG = "personaloom-server.log"
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

@@ -243,7 +243,10 @@ class LeanTransport(httpx2.AsyncBaseTransport):
     """HTTP/1.1 with a keep-alive pool per host; one request per connection at a time."""
 
     def __init__(self, *, verify: ssl.SSLContext | str | bool = True) -> None:
-        self._ssl = httpx2.create_ssl_context(verify=verify)
+        self._verify = verify
+        # built on the first https connection: loading the CA bundle costs ~20 ms, and most endpoints
+        # a build talks to (the embedded model, a local server) are plain http
+        self._ssl: ssl.SSLContext | None = None
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = defaultdict(list)
         self._open: set[_Connection] = set()
 
@@ -311,7 +314,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
                     lambda: _Connection(loop),
                     name,
                     port,
-                    ssl=self._ssl if tls else None,
+                    ssl=self._tls_context() if tls else None,
                     server_hostname=name if tls else None,
                 ),
                 timeout,
@@ -322,6 +325,11 @@ class LeanTransport(httpx2.AsyncBaseTransport):
             raise httpx2.ConnectError(f"cannot connect to {name}:{port}: {e.strerror or e}") from None
         self._open.add(conn)
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx2.create_ssl_context(verify=self._verify)
+        return self._ssl
 
     async def aclose(self) -> None:
         for conn in self._open:
