@@ -1,13 +1,16 @@
 """Fixed cost of a `personaloom build`: where the seconds go before and after the LLM calls.
 
 A 1-persona × 1-session build on the fake server (no latency), as a user runs it (a new process each
-time), three ways in one run:
+time), four ways in one run:
   - a fresh PREFECT_HOME (first build on a machine: Prefect creates its database),
   - the same PREFECT_HOME again (each command still starts a temporary Prefect server),
-  - with `personaloom server` running (later commands find it and start no server).
-Each row splits the wall time into: Python imports (`import personaloom.cli, prefect`), the run up to
-the first stage (manifest `endpoint_start`: Prefect flow-run start, endpoint, catalogue), the stages
-(`generate`), and the rest (Prefect server start before the flow, publish, artifacts, exit).
+  - with `personaloom server` running but its preloaded process off (PERSONALOOM_PRELOAD=0): no server
+    start, but each command imports Prefect, the SDK and the stages itself,
+  - with `personaloom server` running (commands fork from its preloaded process: no imports).
+Each row splits the wall time into: the run up to the first stage (manifest `endpoint_start`: Prefect
+flow-run start, endpoint, catalogue), the stages (`generate`), and the rest (Python imports, Prefect
+server start before the flow, publish, artifacts, exit); the imports alone (`import personaloom.cli,
+personaloom.build` in a new process) are printed once.
 
 Reproduce:
     .venv/bin/python bench/startup_bench.py [--repeat 2]
@@ -27,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from personaloom.preload import LOG_FILE
 from personaloom.testing.fake_openai import spawn_fake
 
 EXE = [sys.executable, "-m", "personaloom"]
@@ -39,12 +43,12 @@ def free_port() -> int:
 
 
 def user_env(home: Path) -> dict[str, str]:
-    drop = ("PREFECT_API_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+    drop = ("PREFECT_API_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "PERSONALOOM_PRELOAD")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "PREFECT_HOME": str(home)}
 
 
 def import_seconds(env: dict[str, str]) -> float:
-    code = "import time; t = time.perf_counter(); import personaloom.cli, prefect; "
+    code = "import time; t = time.perf_counter(); import personaloom.cli, personaloom.build; "
     code += "print(time.perf_counter() - t)"
     return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout)
 
@@ -62,14 +66,14 @@ def one_build(base_url: str, out: Path, env: dict[str, str], name: str) -> dict[
     return {"wall": wall, **manifest["timings"]}
 
 
-def row(label: str, runs: list[dict[str, float]], imports: float) -> str:
+def row(label: str, runs: list[dict[str, float]]) -> str:
     wall = statistics.median(r["wall"] for r in runs)
     start = statistics.median(r["endpoint_start"] for r in runs)
     gen = statistics.median(r["generate"] for r in runs)
-    rest = wall - imports - start - gen
+    rest = wall - start - gen
     return (
-        f"{label:<28} {wall:6.1f} s = imports {imports:4.1f} + to first stage {start:4.1f}"
-        f" + stages {gen:4.1f} + server start, publish, exit {rest:5.1f}"
+        f"{label:<34} {wall:6.1f} s = to first stage {start:4.1f} + stages {gen:4.1f}"
+        f" + imports, server start, publish, exit {rest:5.1f}"
     )
 
 
@@ -90,18 +94,29 @@ def main() -> None:
             )
             try:
                 server.stdout.readline() if server.stdout else None  # ready line
+                off = {**env, "PERSONALOOM_PRELOAD": "0"}
+                imported = [one_build(base_url, out, off, f"imported{i}") for i in range(args.repeat)]
                 standing = [one_build(base_url, out, env, f"standing{i}") for i in range(args.repeat)]
+                served = (home / LOG_FILE).read_text().count(": build --dataset standing")
             finally:
                 server.send_signal(signal.SIGINT)
                 server.wait(timeout=60)
     finally:
         proc.terminate()
         proc.wait()
-    print(row("fresh PREFECT_HOME", cold, imports))
-    print(row("temporary server each time", warm, imports))
-    print(row("personaloom server running", standing, imports))
-    w, s = statistics.median(r["wall"] for r in warm), statistics.median(r["wall"] for r in standing)
-    print(f"standing server: {s:.1f} s per build vs {w:.1f} s = {s / w:.2f} of the time")
+    print(f"imports alone (a new process): {imports:.1f} s")
+    print(row("fresh PREFECT_HOME", cold))
+    print(row("temporary server each time", warm))
+    print(row("personaloom server, preload off", imported))
+    print(row("personaloom server (preloaded)", standing))
+    print(f"preloaded builds: {served} of {len(standing)} forked from the preloaded process")
+    med = {
+        k: statistics.median(r["wall"] for r in v) for k, v in (("w", warm), ("i", imported), ("s", standing))
+    }
+    print(
+        f"standing server, preloaded: {med['s']:.1f} s per build = {med['s'] / med['w']:.2f} of a temporary"
+        f" server's {med['w']:.1f} s, {med['s'] / med['i']:.2f} of the {med['i']:.1f} s without the preload"
+    )
     print(f"reproduce: .venv/bin/python bench/startup_bench.py --repeat {args.repeat}")
 
 
