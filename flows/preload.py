@@ -503,10 +503,16 @@ def main() -> int:
     del sys.path[0]  # `-m` put the server's working folder first; each command puts back its own
     collector.for_command()
     for name in PRELOAD:
-        importlib.import_module(name)
-    from personaloom.filtering.langid import load_model
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # an optional package not installed: the command imports what it has
+            _log(f"not preloaded: {name} ({e})")
+    try:
+        from personaloom.filtering.langid import load_model
 
-    load_model()
+        load_model()
+    except ImportError as e:
+        _log(f"not preloaded: the language ID model ({e})")
     gc.collect()
     gc.freeze()  # what the imports made stays shared with the children, untouched by their collections
     request = _Preloaded(socket_path()).serve()
