@@ -358,7 +358,7 @@ class _Preloaded:
             request = json.loads(data)
             reason = self._decline(request, fds)
             if reason:
-                _log(f"declined {request.get('argv', [])[1:2]}: {reason}")
+                _log(f"declined {_command(request)}: {reason}")
                 conn.send(json.dumps({"declined": reason}).encode())
                 raise _Declined
             sys.stdout.flush()
@@ -384,7 +384,7 @@ class _Preloaded:
             os.close(fd)
         conn.send(json.dumps({"pid": pid}).encode())
         self.children[pid] = conn
-        _log(f"pid {pid}: {' '.join(request['argv'][1:3])}")
+        _log(f"pid {pid}: {_command(request)}")
         return None
 
     def _decline(self, request: dict[str, Any], fds: list[int]) -> str | None:
@@ -413,6 +413,12 @@ class _Preloaded:
                 except OSError:
                     pass  # the caller is gone
                 conn.close()
+
+
+def _command(request: dict[str, Any]) -> str:
+    """The subcommand only: later arguments may hold what the log should not (paths, a URL with a token)."""
+    argv = request.get("argv") or []
+    return str(argv[1]) if len(argv) > 1 else "(no arguments)"
 
 
 def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:

@@ -46,7 +46,7 @@ class Standing:
         return (self.home / LOG_FILE).read_text()
 
     def served(self) -> list[str]:
-        """The commands the preloaded process forked for, in order (`pid N: ARGV[1] ARGV[2]`)."""
+        """The commands the preloaded process forked for, in order (`pid N: SUBCOMMAND`)."""
         return re.findall(r"pid \d+: (.*)", self.log())
 
     def run(self, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -107,7 +107,7 @@ def test_a_preloaded_build_is_the_build_a_fresh_process_makes(standing: Standing
         assert res.returncode == 0, res.stderr[-2000:]
         assert "same@v0001" in res.stdout
         served = standing.served()[before:]
-        assert served == (["build --dataset"] if mode == "1" else []), served
+        assert served == (["build"] if mode == "1" else []), served
         digests[mode] = digest(folder / "out" / "same" / "v0001")
     assert digests["1"] == digests["0"]
 
@@ -120,7 +120,8 @@ def test_exit_codes_and_one_line_errors_pass_through(standing: Standing, tmp_pat
     assert_one_line_error(res, "nowhere")
     ok = standing.run("--help")
     assert ok.returncode == 0 and "Usage: python -m personaloom " in ok.stdout  # named as the caller ran it
-    assert standing.served()[before:] == ["build --personas", "show nowhere", "--help"]
+    assert standing.served()[before:] == ["build", "show", "--help"]
+    assert "nowhere" not in standing.log()  # the subcommand only: arguments stay out of the log
 
 
 def test_ctrl_c_reaches_the_preloaded_command_and_a_rerun_resumes(standing: Standing, tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_ctrl_c_reaches_the_preloaded_command_and_a_rerun_resumes(standing: Stan
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err[-2000:]
-        assert standing.served()[before:] == ["build --dataset"]
+        assert standing.served()[before:] == ["build"]
         again = standing.run(*args, "--base-url", fake.base_url, "--out", str(tmp_path))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "stop@v0001" in again.stdout
