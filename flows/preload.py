@@ -220,7 +220,8 @@ class Supervisor:
         self.proc: Any = None
         self.started = 0.0
         self.quick_exits = 0
-        self.enabled = os.environ.get("PERSONALOOM_PRELOAD", "1") != "0"
+        # Linux only: SOCK_SEQPACKET Unix sockets and SO_PEERCRED; elsewhere commands import as usual
+        self.enabled = sys.platform == "linux" and os.environ.get("PERSONALOOM_PRELOAD", "1") != "0"
 
     def start(self, wait: bool = True) -> None:
         """Start it; with `wait`, until its socket accepts commands (so the very next command is fast)."""
