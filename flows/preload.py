@@ -496,7 +496,10 @@ def _become(request: dict[str, Any]) -> int:
     try:
         cli_main()
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)  # sys.exit("message"): printed and 1, as the interpreter does
+        return 1
     return 0
 
 
