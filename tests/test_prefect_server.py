@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from personaloom.llm.local import free_port
 from personaloom.prefect_server import STATE_FILE
-from personaloom.testing.cli import EXE
+from personaloom.testing.cli import EXE, start_server
 from personaloom.testing.fake_openai import FakeOpenAI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_without_api(home: Path) -> dict[str, str]:
@@ -39,17 +33,9 @@ def flow_run_names(api_url: str) -> list[str]:
 def test_a_standing_server_is_found_by_later_commands(tmp_path: Path) -> None:
     home, port = tmp_path / "prefect", free_port()
     env = env_without_api(home)
-    server = subprocess.Popen(
-        [*EXE, "server", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_server(env, port)
     try:
-        line = server.stdout.readline() if server.stdout else ""
         api_url = f"http://127.0.0.1:{port}/api"
-        assert line.startswith(f"Prefect server at {api_url}"), (line, server.stderr and server.stderr.read())
         assert json.loads((home / STATE_FILE).read_text())["api_url"] == api_url
 
         out = tmp_path / "out"

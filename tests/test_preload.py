@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -24,17 +23,12 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from personaloom.llm.local import free_port
 from personaloom.preload import LOG_FILE, SOCKET_FILE, _differences, interpreter_key
-from personaloom.testing.cli import EXE, assert_one_line_error
+from personaloom.testing.cli import EXE, assert_one_line_error, start_server
 from personaloom.testing.fake_openai import FakeOpenAI
 
 TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset", "probes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -60,16 +54,8 @@ def standing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standing]:
     home = tmp_path_factory.mktemp("preload") / "prefect"
     drop = ("PREFECT_API_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "PERSONALOOM_PRELOAD")
     env = {**{k: v for k, v in os.environ.items() if k not in drop}, "PREFECT_HOME": str(home)}
-    server = subprocess.Popen(
-        [*EXE, "server", "--port", str(free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_server(env, free_port())
     try:
-        line = server.stdout.readline() if server.stdout else ""
-        assert line.startswith("Prefect server at"), (line, server.stderr and server.stderr.read())
         yield Standing(home, env)
     finally:
         server.send_signal(signal.SIGTERM)

@@ -28,3 +28,21 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) 
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    """`personaloom server --port PORT` as a user starts it, returned once it printed its ready line."""
+    server = subprocess.Popen(
+        [*EXE, "server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = server.stdout.readline() if server.stdout else ""
+    if not line.startswith(f"Prefect server at http://127.0.0.1:{port}/api"):
+        server.kill()
+        raise AssertionError(
+            f"personaloom server did not start: {line!r} {server.stderr and server.stderr.read()}"
+        )
+    return server
