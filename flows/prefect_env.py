@@ -5,6 +5,7 @@ Set before Prefect is imported; each can still be overridden from the environmen
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,3 +27,12 @@ def apply_prefect_defaults() -> None:
 
 def prefect_home() -> Path:
     return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+
+
+def recorded_api_url() -> str | None:
+    """The API URL a `personaloom server` recorded in this PREFECT_HOME (not checked to answer)."""
+    try:
+        url = json.loads((prefect_home() / STATE_FILE).read_text()).get("api_url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None

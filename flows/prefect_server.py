@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from personaloom.errors import UserError
-from personaloom.prefect_env import STATE_FILE, prefect_home
+from personaloom.prefect_env import STATE_FILE, prefect_home, recorded_api_url
 
 
 def _healthy(api_url: str, timeout: float = 0.5) -> bool:
@@ -36,12 +36,8 @@ def _healthy(api_url: str, timeout: float = 0.5) -> bool:
 
 def standing_server() -> str | None:
     """The API URL of a running `personaloom server` recorded in this PREFECT_HOME, if it answers."""
-    try:
-        state = json.loads((prefect_home() / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    url = state.get("api_url")
-    return url if isinstance(url, str) and _healthy(url) else None
+    url = recorded_api_url()
+    return url if url and _healthy(url) else None
 
 
 def use_standing_server() -> str | None:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from personaloom.prefect_env import DEFAULTS, STATE_FILE, prefect_home
+from personaloom.prefect_env import DEFAULTS, prefect_home, recorded_api_url
 
 SOCKET_FILE = "personaloom-preload.sock"
 LOG_FILE = "personaloom-preload.log"
@@ -59,8 +59,8 @@ MAX_REQUEST = 1 << 20
 # ---------------------------------------------------------------- the caller (standard library only)
 
 
-def socket_path(home: Path | None = None) -> Path:
-    return (home or prefect_home()) / SOCKET_FILE
+def socket_path() -> Path:
+    return prefect_home() / SOCKET_FILE
 
 
 def interpreter_key(env: dict[str, str]) -> dict[str, Any]:
@@ -87,13 +87,8 @@ def command_env() -> dict[str, str]:
     env = dict(os.environ)
     for key, value in DEFAULTS.items():
         env.setdefault(key, value)
-    if not env.get("PREFECT_API_URL"):
-        try:
-            url = json.loads((prefect_home() / STATE_FILE).read_text()).get("api_url")
-        except (OSError, ValueError, AttributeError):
-            url = None
-        if isinstance(url, str):
-            env["PREFECT_API_URL"] = url
+    if not env.get("PREFECT_API_URL") and (url := recorded_api_url()):
+        env["PREFECT_API_URL"] = url
     return env
 
 
@@ -190,7 +185,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # exists, owned by someone else
     return True
 
 
@@ -258,10 +253,12 @@ class Supervisor:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        import subprocess
+
         self.proc.terminate()  # stops accepting; commands still running finish on their own
         try:
             self.proc.wait(timeout=10)
-        except Exception:  # noqa: BLE001  # subprocess.TimeoutExpired, without importing subprocess here
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
 
@@ -290,14 +287,13 @@ class _Preloaded:
         self.children: dict[int, socket.socket] = {}
         self.stopping = False
         self.sources = _Sources()
-        self.key: dict[str, Any] = {}
+        self.key: dict[str, Any] = json.loads(json.dumps(interpreter_key(dict(os.environ))))  # as sent
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
     def serve(self) -> dict[str, Any] | None:
         """Returns in a forked child (with its request), or None when the preloaded process should exit."""
         import selectors
 
-        self.key = json.loads(json.dumps(interpreter_key(dict(os.environ))))  # as a caller's arrives
         self.path.unlink(missing_ok=True)
         old = os.umask(0o177)  # the socket file: this user only
         try:
@@ -331,8 +327,7 @@ class _Preloaded:
             if os.getppid() != self.parent:
                 self._stop()  # the server is gone
             if self.stopping and not self.children:
-                self.path.unlink(missing_ok=True)
-                return None
+                return None  # _stop removed the socket file
 
     def _stop(self, *_: Any) -> None:
         if not self.stopping:
@@ -371,8 +366,6 @@ class _Preloaded:
             for fd in fds:
                 os.close(fd)
             conn.close()
-            if self.stopping is False and self.sources.changed():
-                self._stop()  # a changed source file: exit and let the server start a fresh one
             return None
         if pid == 0:
             self.listener.close()
@@ -395,6 +388,7 @@ class _Preloaded:
         if differ:
             return f"differs from the server's: {', '.join(differ)}"
         if self.sources.changed():
+            self._stop()  # stale: exit once running commands end; the server starts a fresh one
             return "source files changed since the preload"
         return None
 
