@@ -50,7 +50,7 @@ bench: $(VENV)/.core
 	$(BIN)/python bench/filter_bench.py --rows 1000000
 	$(BIN)/python bench/multilingual_filter_bench.py
 
-# one standing Prefect server and a preloaded process: a later small build takes ~1.4 s, not ~9 s (Ctrl-C stops it)
+# one standing Prefect server: a later small build starts in ~3 s, not ~9 s (Ctrl-C stops it)
 server: $(VENV)/.core
 	$(BIN)/personaloom server
 

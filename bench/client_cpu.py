@@ -8,7 +8,7 @@ their own processes and are reaped only at the end, so neither is counted. The f
 is what each further LLM call costs the command: client, stages, Prefect tasks, writing, filtering.
 The fixed cost (imports, Prefect flow run, publish) cancels out.
 
-`--http-client lean,aiohttp` measures each HTTP client under the SDK (PERSONALOOM_HTTP_CLIENT) in the same
+`--http-client aiohttp,httpx` measures each HTTP client under the SDK (PERSONALOOM_HTTP_CLIENT) in the same
 run, interleaved, and prints each one's figure against the first's.
 
 On this shared machine the same 1-persona build reads 3.7 to 5.6 s of CPU from one run to the next (the
@@ -18,7 +18,7 @@ only ever adds CPU. The median of the pairs' own differences is printed beside i
 
 Reproduce:
     .venv/bin/python bench/client_cpu.py [--personas 100] [--sessions 10] [--latency 0.2] [--repeat 1]
-        [--http-client lean]
+        [--http-client aiohttp]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1, help="pairs of builds (median reported)")
     ap.add_argument(
-        "--http-client", default="lean", help="comma-separated: lean, aiohttp, httpx (the env's choice)"
+        "--http-client", default="aiohttp", help="comma-separated: aiohttp, httpx"
     )
     args = ap.parse_args()
     clients = args.http_client.split(",")

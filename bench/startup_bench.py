@@ -1,12 +1,11 @@
 """Fixed cost of a `personaloom build`: where the seconds go before and after the LLM calls.
 
 A 1-persona × 1-session build on the fake server (no latency), as a user runs it (a new process each
-time), four ways in one run:
+time), three ways in one run:
   - a fresh PREFECT_HOME (first build on a machine: Prefect creates its database),
   - the same PREFECT_HOME again (each command still starts a temporary Prefect server),
-  - with `personaloom server` running but its preloaded process off (PERSONALOOM_PRELOAD=0): no server
-    start, but each command imports Prefect, the SDK and the stages itself,
-  - with `personaloom server` running (commands fork from its preloaded process: no imports).
+  - with `personaloom server` running: no server start (each command still imports Prefect, the SDK and
+    the stages itself).
 Each row splits the wall time into: the run up to the first stage (manifest `endpoint_start`: Prefect
 flow-run start, endpoint, catalogue), the stages (`generate`), and the rest (Python imports, Prefect
 server start before the flow, publish, artifacts, exit); the imports alone (`import personaloom.cli,
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import statistics
@@ -31,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from personaloom.preload import LOG_FILE
 from personaloom.testing.fake_openai import spawn_fake
 
 EXE = [sys.executable, "-m", "personaloom"]
@@ -44,7 +41,7 @@ def free_port() -> int:
 
 
 def user_env(home: Path) -> dict[str, str]:
-    drop = ("PREFECT_API_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "PERSONALOOM_PRELOAD")
+    drop = ("PREFECT_API_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "PREFECT_HOME": str(home)}
 
 
@@ -95,11 +92,7 @@ def main() -> None:
             )
             try:
                 server.stdout.readline() if server.stdout else None  # ready line
-                off = {**env, "PERSONALOOM_PRELOAD": "0"}
-                imported = [one_build(base_url, out, off, f"imported{i}") for i in range(args.repeat)]
                 standing = [one_build(base_url, out, env, f"standing{i}") for i in range(args.repeat)]
-                # PERSONALOOM_PRELOAD=0 builds never reach the preloaded process: every line is a standing one
-                served = len(re.findall(r"pid \d+: build", (home / LOG_FILE).read_text()))
             finally:
                 server.send_signal(signal.SIGINT)
                 server.wait(timeout=60)
@@ -109,15 +102,11 @@ def main() -> None:
     print(f"imports alone (a new process): {imports:.1f} s")
     print(row("fresh PREFECT_HOME", cold))
     print(row("temporary server each time", warm))
-    print(row("personaloom server, preload off", imported))
-    print(row("personaloom server (preloaded)", standing))
-    print(f"preloaded builds: {served} of {len(standing)} forked from the preloaded process")
-    med = {
-        k: statistics.median(r["wall"] for r in v) for k, v in (("w", warm), ("i", imported), ("s", standing))
-    }
+    print(row("personaloom server", standing))
+    med = {k: statistics.median(r["wall"] for r in v) for k, v in (("w", warm), ("s", standing))}
     print(
-        f"standing server, preloaded: {med['s']:.1f} s per build = {med['s'] / med['w']:.2f} of a temporary"
-        f" server's {med['w']:.1f} s, {med['s'] / med['i']:.2f} of the {med['i']:.1f} s without the preload"
+        f"standing server: {med['s']:.1f} s per build = {med['s'] / med['w']:.2f} of a temporary"
+        f" server's {med['w']:.1f} s"
     )
     print(f"reproduce: .venv/bin/python bench/startup_bench.py --repeat {args.repeat}")
 

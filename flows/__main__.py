@@ -1,3 +1,3 @@
-from personaloom.preload import launch
+from personaloom.cli import main
 
-launch()
+main()

@@ -48,6 +48,7 @@ from personaloom.pipeline import (
 )
 from personaloom.progress import progress_sink
 from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_run
+from personaloom.schedule import check_served_parameters
 from personaloom.schemas.config import BuildConfig, RunPaths
 from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage
 from personaloom.schemas.records import Rejection
@@ -282,6 +283,7 @@ async def build_dataset(
     """
     logger = get_run_logger()
     entered = time.perf_counter()
+    check_served_parameters(config, out, cache_dir, seeds_dir)  # a deployment's run: only what was served
     paths = RunPaths(out=Path(out), cache_dir=Path(cache_dir) if cache_dir else None)
     seeds = Path(seeds_dir) if seeds_dir else None
     store = DatasetStore(paths.out, config.dataset)

@@ -396,9 +396,8 @@ def server(
 ) -> None:
     """Keep one Prefect server running: every personaloom command (any shell) uses it and starts in seconds.
 
-    Without it each command starts a temporary Prefect server of its own (12–22 s on 2 cores). It also
-    keeps a preloaded process: commands fork from it instead of importing Prefect and the stages (~2 s);
-    PERSONALOOM_PRELOAD=0 turns that off. Stop with Ctrl-C. The address is recorded in $PREFECT_HOME;
+    Without it each command starts a temporary Prefect server of its own (12–22 s on 2 cores). Stop with
+    Ctrl-C. The address is recorded in $PREFECT_HOME;
     PREFECT_API_URL, when set, still takes precedence.
     """
     from personaloom.prefect_env import apply_prefect_defaults

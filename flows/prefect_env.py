@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-# where a standing `personaloom server` records its address (and its preloaded process's socket)
+# where a standing `personaloom server` records its address
 STATE_FILE = "personaloom-server.json"
 
 DEFAULTS = {

@@ -79,9 +79,7 @@ class EarlyServer:
 
 
 def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
-    """Run `prefect server start` (and the preloaded process) in the foreground until it stops."""
-    from personaloom.preload import LOG_FILE, Supervisor
-
+    """Run `prefect server start` in the foreground until it stops."""
     api_url = f"http://{host}:{port}/api"
     if running := standing_server():
         raise UserError(f"a personaloom server already runs at {running} (this PREFECT_HOME); use it")
@@ -100,7 +98,6 @@ def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
     # to a file, not a pipe: a pipe nobody reads fills up over a long life and stalls the server
     log = (home / SERVER_LOG).open("ab")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-    preloaded = Supervisor(api_url, home / LOG_FILE)
     try:
         deadline = time.monotonic() + 180
         while not _healthy(api_url):
@@ -110,16 +107,13 @@ def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
             if time.monotonic() > deadline:
                 raise UserError("the Prefect server did not answer within 180 s; try again")
             time.sleep(0.2)
-        preloaded.start()
         state.write_text(json.dumps({"api_url": api_url, "pid": proc.pid}))
         ready(api_url)
         while proc.poll() is None:
-            preloaded.keep_running()
             time.sleep(0.5)
         return proc.returncode
     finally:
         state.unlink(missing_ok=True)
-        preloaded.stop()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:

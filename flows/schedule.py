@@ -43,3 +43,8 @@ def deployment(config: BuildConfig, out: Path, cron: str, name: str, grow: int |
         description=f"scheduled build of dataset {config.dataset!r}",
         tags=["personaloom", config.dataset],
     )
+
+
+def check_served_parameters(config: BuildConfig, out: str, cache_dir: str | None, seeds_dir: str | None) -> None:
+    """A flow run of a deployment runs only the parameters it was served with (see issue 25)."""
+    # TODO(issue 25): compare with what `serve` recorded; refuse an override of endpoint, model, folders

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import time
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
@@ -20,7 +19,6 @@ import openai
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from personaloom.llm import transport
 from personaloom.llm.budget import Budget
 from personaloom.llm.cache import ResponseCache, cache_key
 from personaloom.llm.calls import In, LLMCall, Out
@@ -115,33 +113,23 @@ def _retry_after(response: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-HTTP_CLIENTS = ("lean", "aiohttp", "httpx")
+HTTP_CLIENTS = ("aiohttp", "httpx")
 
 
-def _http_client(config: LLMConfig, base_url: str) -> Any:
-    """The httpx client under the SDK. `lean` (the default): our HTTP/1.1 transport
-    (`personaloom.llm.transport`; a whole build's CPU per call 1/1.31 of aiohttp's, bench/client_cpu.py);
-    not where the environment routes the endpoint through a proxy, or the SDK is not on httpx2. Then
-    `aiohttp` (the SDK's documented extra), else the SDK's default `httpx`. PERSONALOOM_HTTP_CLIENT picks
-    one outright.
+def _http_client(config: LLMConfig) -> Any:
+    """The SDK's own aiohttp client (its documented extra), else its default httpx client.
+
+    PERSONALOOM_HTTP_CLIENT=httpx picks the default outright (e.g. to compare them, bench/client_cpu.py).
     """
-    choice = os.environ.get("PERSONALOOM_HTTP_CLIENT") or "lean"
+    choice = os.environ.get("PERSONALOOM_HTTP_CLIENT") or "aiohttp"
     if choice not in HTTP_CLIENTS:
         raise LLMError(f"PERSONALOOM_HTTP_CLIENT={choice!r}: use one of {', '.join(HTTP_CLIENTS)}")
-    if choice == "lean" and transport.sdk_uses_httpx2() and not _proxied(base_url):
-        return transport.LeanHttpClient(timeout=config.timeout)
-    if choice != "httpx":
+    if choice == "aiohttp":
         try:
             return openai.DefaultAioHttpClient(timeout=config.timeout)
         except RuntimeError:  # the extra is missing: the SDK's default httpx client
             pass
     return None
-
-
-def _proxied(base_url: str) -> bool:
-    parts = urlsplit(base_url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    return bool(proxy) and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def _backoff(attempt: int) -> float:
@@ -169,7 +157,7 @@ class LLM:
             api_key=api_key,
             max_retries=0,
             timeout=config.timeout,
-            http_client=_http_client(config, base_url),
+            http_client=_http_client(config),
             default_headers=_QUIET_HEADERS,
         )
         # Absolute: the SDK joins a relative path to its base URL on every call (a parse and a copy)
