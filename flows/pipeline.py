@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from personaloom import probes
 from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import EndpointFailing, count_failed_calls
 from personaloom.progress import progress_sink
 from personaloom.schemas.manifest import StageCount
 from personaloom.schemas.records import Rejection
@@ -142,8 +143,15 @@ async def run_stage(run: Run, stage: Stage, shard: int) -> float:
         earlier=earlier_rows(run),
     )
     started = time.perf_counter()
+    failed = count_failed_calls()
     outcome = await stage.run(inputs, ctx)
     seconds = time.perf_counter() - started
+    if failed.count:  # rows lost to the endpoint, not to their content: the shard is not done
+        raise EndpointFailing(
+            f"{run.llm.endpoint}: {failed.count} LLM call(s) of stage {stage.name} failed after "
+            f"{run.llm.config.max_retries} retries (last error: {failed.last_error}); nothing was "
+            "published: run the same command to resume"
+        )
     await asyncio.to_thread(_write_outcome, run, stage, shard, outcome)
     return seconds
 

@@ -25,7 +25,7 @@ from personaloom.filtering.grounding import ExampleIndex
 from personaloom.llm.cache import ResponseCache
 from personaloom.llm.calls import LLMCall, by_name
 from personaloom.llm.checks import AnswerChecks
-from personaloom.llm.client import LLM
+from personaloom.llm.client import LLM, endpoint_label
 from personaloom.llm.endpoint import Endpoint, open_endpoint
 from personaloom.llm.prompts import PromptLibrary
 from personaloom.paths import SEEDS_DIR
@@ -42,6 +42,8 @@ LLM_NOT_IDENTITY = {
     "tpm",
     "timeout",
     "max_retries",
+    "shutdown_error_rate",
+    "shutdown_error_window",
     "base_url",
     "max_tokens",
     "max_cost",
@@ -75,9 +77,7 @@ class Run(Generic[C]):
 
     @property
     def endpoint_label(self) -> str:
-        from personaloom.llm.client import endpoint_label
-
-        return "embedded" if self.endpoint.embedded else endpoint_label(self.endpoint.base_url)
+        return _endpoint_identity(self.endpoint)
 
     def call_manifest(self) -> dict[str, dict[str, Any]]:
         """Every declared call as the manifest records it, with the model its role resolves to."""
@@ -157,11 +157,17 @@ async def open_run(
             catalogue=catalogue,
             prompts=prompts,
             calls=calls,
-            extra=identity,
+            # where the answers come from is part of what a run is: a build against a failing endpoint
+            # is never "up to date" with a later one against a healthy endpoint (the model is in config)
+            extra={"endpoint": _endpoint_identity(endpoint), **(identity or {})},
         )
         # what exists now lives for the whole run: the collector's passes skip it (personaloom.collector)
         stack.enter_context(collector.for_run())
         yield Run(effective, endpoint, llm, catalogue, prompts, by_name(calls), key)
+
+
+def _endpoint_identity(endpoint: Endpoint) -> str:
+    return "embedded" if endpoint.embedded else endpoint_label(endpoint.base_url)
 
 
 def flow_run_namer(kind: str) -> Callable[[], str]:

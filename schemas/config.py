@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from personaloom.schemas.filtering import FilterConfig
 
@@ -16,6 +17,15 @@ DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # uses `model`. A judge should not grade its own model's writing, and the simulated user should not be
 # the model it talks to.
 ROLE_MODELS: dict[str, str] = {"simulator": "user_model", "judge": "judge_model"}
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """(the URL without user:password@, the user:password part or None)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    auth, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=host)), auth
 
 
 class LLMConfig(BaseModel):
@@ -34,8 +44,20 @@ class LLMConfig(BaseModel):
     concurrency: int = Field(32, ge=1, le=1024, description="LLM calls in flight at once")
     rpm: int | None = Field(None, ge=1, description="requests per minute limit")
     tpm: int | None = Field(None, ge=1, description="tokens per minute limit")
-    timeout: float = Field(60.0, gt=0, description="seconds per request before it is retried")
+    timeout: float = Field(
+        60.0, gt=0, description="seconds a request may take in all (connect, wait, read) before it is retried"
+    )
     max_retries: int = Field(6, ge=0, le=20)
+    shutdown_error_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="stop the run when more than this share of the recent calls failed after every retry "
+        "(NeMo Data Designer's early shutdown); 1: never",
+    )
+    shutdown_error_window: int = Field(
+        10, ge=1, description="calls that must have completed before the share of failed calls is watched"
+    )
     temperature: float = Field(0.8, ge=0, le=2)
     redraws: int = Field(
         1,
@@ -68,12 +90,31 @@ class LLMConfig(BaseModel):
         "default", description="'small' uses the short, completion-friendly prompts for small local models"
     )
 
+    # user:password of a base URL given with them: a secret like the key, so kept out of every dump
+    # (manifest, Prefect's database, logs); `url_with_credentials()` gives the URL the client calls
+    _url_auth: str | None = PrivateAttr(None)
+
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http(s) URL such as http://localhost:8000/v1")
         return v
+
+    @model_validator(mode="after")
+    def _strip_credentials(self) -> LLMConfig:
+        if self.base_url is not None:
+            self.base_url, auth = split_credentials(self.base_url)
+            if auth:
+                self._url_auth = auth
+        return self
+
+    def url_with_credentials(self) -> str | None:
+        """`base_url` as given, user:password included (never stored)."""
+        if self.base_url is None or not self._url_auth:
+            return self.base_url
+        parts = urlsplit(self.base_url)
+        return urlunsplit(parts._replace(netloc=f"{self._url_auth}@{parts.netloc}"))
 
     def model_for(self, role: str) -> str:
         """The model a call of this role is sent to, on the same endpoint (see ROLE_MODELS)."""

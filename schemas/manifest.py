@@ -16,6 +16,9 @@ class StageUsage(BaseModel):
     calls: int = 0
     cache_hits: int = 0
     failures: int = 0
+    errors: int = Field(
+        0, description="requests that failed after every retry (the endpoint, not the answer)"
+    )
     retries: int = 0
     repairs: int = 0
     redraws: int = Field(0, description="answers drawn again because a code-owned check flagged them")

@@ -120,11 +120,11 @@ def test_a_retry_resends_the_same_request_bytes() -> None:
         answer = json.dumps({"verdict": True, "reason": "fine"})
         replies = [b'{"choices": []}', json.dumps({"choices": [{"message": {"content": answer}}]}).encode()]
 
-        async def post(path: str, **kw: object) -> bytes:
-            sent.append(kw["content"])  # type: ignore[arg-type]
+        async def request(url: str, payload: bytes) -> bytes:
+            sent.append(payload)
             return replies[len(sent) - 1]
 
-        llm.client.post = post  # type: ignore[method-assign]
+        llm._request = request  # type: ignore[method-assign]
         (res,) = ask(llm)
     assert res.ok and len(sent) == 2 and sent[0] == sent[1] and isinstance(sent[0], bytes)
     assert llm.usage["t"].calls == 2
@@ -147,8 +147,18 @@ def test_cache_key_covers_template_content(fake: FakeOpenAI, tmp_path) -> None:
     assert fake.stats.total == 2
 
 
-def test_invalid_output_gets_one_repair_turn() -> None:
+def test_a_torn_reply_is_asked_again_as_it_was() -> None:
+    """Not JSON at all (a garbled body) is a transient fault: the same request again, no repair turn."""
     with FakeOpenAI(fault_schedule=["malformed", "ok"]) as fake:
+        llm = make(fake)
+        (res,) = ask(llm)
+        assert res.ok and llm.usage["t"].repairs == 0 and llm.usage["t"].retries == 1
+        assert fake.requests[0]["body"]["messages"] == fake.requests[1]["body"]["messages"]
+
+
+def test_invalid_output_gets_one_repair_turn() -> None:
+    answers = iter(['{"verdict": "maybe"}', json.dumps({"verdict": True, "reason": "fine"})])
+    with FakeOpenAI(responder=lambda body: next(answers)) as fake:
         llm = make(fake)
         (res,) = ask(llm)
         assert res.ok and llm.usage["t"].repairs == 1

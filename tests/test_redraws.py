@@ -115,7 +115,8 @@ def test_an_invalid_redraw_keeps_the_valid_answer_before_it() -> None:
 
     with FakeOpenAI(responder=reply) as fake:
         query, llm = _run(fake, _job(), redraws=1)
-        assert [b.get("seed") for b in _chat(fake)] == [None, 1, 1]  # the redraw, then its repair turn
+        # the redraw, asked afresh twice (not JSON at all: a torn reply), then its repair turn
+        assert [b.get("seed") for b in _chat(fake)] == [None, 1, 1, 1, 1]
     assert isinstance(query, Query) and query.personalized_query == COPY
     assert llm.usage["queries"].repairs == 1 and llm.usage["queries"].flagged == 1
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import httpx
 
 from personaloom.errors import UserError
-from personaloom.llm.client import endpoint_label
+from personaloom.llm.client import NO_KEY, endpoint_label
 from personaloom.llm.local import EMBEDDED_SLOTS, LocalServer
-from personaloom.schemas.config import ROLE_MODELS, LLMConfig
+from personaloom.schemas.config import ROLE_MODELS, LLMConfig, split_credentials
 
 OPENAI_URL = "https://api.openai.com/v1"
 logger = logging.getLogger(__name__)
-NO_KEY = "sk-no-key"  # local servers ignore the key but the client needs a non-empty one
 
 
 @dataclass(frozen=True)
@@ -77,9 +76,14 @@ def preflight(base_url: str, api_key: str) -> None:
     _PASSED.add(seen)
 
 
+def _base_url(config: LLMConfig) -> str | None:
+    """The URL to call, credentials included: the config's, else $OPENAI_BASE_URL."""
+    return config.url_with_credentials() or os.environ.get("OPENAI_BASE_URL") or None
+
+
 def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
     """Pre-flight for a configured endpoint (the embedded one is checked when it starts)."""
-    base = config.base_url or os.environ.get("OPENAI_BASE_URL")
+    base = _base_url(config)
     key = api_key_from_env(key_file)
     if base or key:
         preflight(base or OPENAI_URL, key or NO_KEY)
@@ -89,13 +93,14 @@ def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
 def open_endpoint(
     config: LLMConfig, *, key_file: Path | None = None, check: bool = True
 ) -> Iterator[Endpoint]:
-    base = config.base_url or os.environ.get("OPENAI_BASE_URL")
+    base = _base_url(config)
     key = api_key_from_env(key_file)
     if base or key:
         base = base or OPENAI_URL
         if check:
             preflight(base, key or NO_KEY)
-        yield Endpoint(base, key or NO_KEY, config.model_copy(update={"base_url": base}))
+        stored, _ = split_credentials(base)  # the run's config, manifest included, holds no credentials
+        yield Endpoint(base, key or NO_KEY, config.model_copy(update={"base_url": stored}))
         return
     if ignored := [f"{f}={getattr(config, f)}" for f in ROLE_MODELS.values() if getattr(config, f)]:
         logger.warning(
