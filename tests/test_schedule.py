@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
 
-from personaloom.schedule import deployment
+from personaloom.schedule import RECORDS, deployment
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.store import DatasetStore
+from personaloom.testing.cli import EXE
 from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -62,3 +69,70 @@ def test_scheduled_runs_with_grow_make_growing_versions(out: Path) -> None:
     seeds = pl.read_parquet(store.resolve("v0002") / "seeds" / "*.parquet")
     assert sorted(seeds["index"]) == [0, 1, 2, 3]
     assert {s.path for s in second.shards if s.inherited_from == "v0001"} == {s.path for s in first.shards}
+
+
+def test_a_served_deployment_runs_only_the_parameters_it_was_served_with(tmp_path: Path) -> None:
+    """An API client's run with another endpoint and output folder reaches neither (issue 25)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    out, elsewhere, log = tmp_path / "out", tmp_path / "elsewhere", tmp_path / "serve.log"
+    env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # runs start within a second
+    args = ["--cron", "0 3 * * *", "--name", "served-test", "--dataset", "served", "--personas", "1"]
+    with FakeOpenAI() as fake, socket.socket() as trap, log.open("w") as err:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)  # the kernel completes a connection even before accept(): any attempt shows
+        trap.setblocking(False)
+        args += ["--scenes-per-persona", "2", "--base-url", fake.base_url, "--out", str(out)]
+        serve = subprocess.Popen([*EXE, "serve", *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+        def alive() -> None:
+            assert serve.poll() is None, log.read_text()[-3000:]
+
+        async def run(params: Callable[[dict], dict]) -> tuple[StateType, list[str]]:
+            async with get_client() as client:
+                deadline = time.monotonic() + 120
+                while True:  # the deployment exists once `serve` registered it
+                    try:
+                        dep = await client.read_deployment_by_name("build_dataset/served-test")
+                        break
+                    except ObjectNotFound:
+                        alive()
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.5)
+                fr = await client.create_flow_run_from_deployment(dep.id, parameters=params(dep.parameters))
+                while not (fr := await client.read_flow_run(fr.id)).state.is_final():
+                    alive()
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.5)
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+                return fr.state.type, [log.message for log in logs]
+
+        trap_url = f"http://127.0.0.1:{trap.getsockname()[1]}/v1"
+
+        def attack(served: dict) -> dict:
+            config = {**served["config"], "llm": {**served["config"]["llm"], "base_url": trap_url}}
+            return {**served, "config": config, "out": str(elsewhere)}
+
+        try:
+            state, logs = asyncio.run(run(attack))
+            with pytest.raises(BlockingIOError):
+                trap.accept()  # nobody connected to the overridden endpoint
+            assert state == StateType.FAILED and not elsewhere.exists() and chat_calls(fake) == 0
+            refused = [m for m in logs if "overrides" in m]
+            assert refused and "overrides config.llm.base_url, out:" in refused[0], logs
+            assert not any(value in m for m in logs for value in (trap_url, str(elsewhere)))
+            record = Path(os.environ["PREFECT_HOME"]) / RECORDS / "served-test.json"
+            assert json.loads(record.read_text())["out"] == str(out)
+            assert record.stat().st_mode & 0o777 == 0o600 and record.parent.stat().st_mode & 0o777 == 0o700
+
+            state, logs = asyncio.run(run(lambda served: served))  # as scheduled: what `serve` was given
+            assert state == StateType.COMPLETED, logs
+        finally:
+            serve.terminate()
+            serve.wait(timeout=60)
+    assert DatasetStore(out, "served").versions() == ["v0001"]
+
+
+def chat_calls(fake: FakeOpenAI) -> int:
+    return fake.stats.by_path.get("/v1/chat/completions", 0)
