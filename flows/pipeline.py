@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from personaloom import probes
 from personaloom.llm.calls import LLMCall
-from personaloom.llm.client import EndpointFailing, count_failed_calls
+from personaloom.llm.client import LLMError, count_failed_calls
 from personaloom.progress import progress_sink
 from personaloom.schemas.manifest import StageCount
 from personaloom.schemas.records import Rejection
@@ -147,7 +147,7 @@ async def run_stage(run: Run, stage: Stage, shard: int) -> float:
     outcome = await stage.run(inputs, ctx)
     seconds = time.perf_counter() - started
     if failed.count:  # rows lost to the endpoint, not to their content: the shard is not done
-        raise EndpointFailing(
+        raise LLMError(
             f"{run.llm.endpoint}: {failed.count} LLM call(s) of stage {stage.name} failed after "
             f"{run.llm.config.max_retries} retries (last error: {failed.last_error}); nothing was "
             "published: run the same command to resume"

@@ -5,13 +5,25 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personaloom.schemas.filtering import FilterConfig
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DATASET_RULE = "use letters, digits, '.', '_' or '-' (no path characters), at most 64"
+# A seed is stored as an int64 (manifest, Parquet, Prefect's JSON parameters): larger ones cannot be recorded.
+MAX_SEED = 2**63 - 1
+
+
+def dataset_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a dataset folder (None: it can). The one rule every command applies: a
+    name is one plain folder under --out, never a path that leaves it (`..`, `/`) or an empty one."""
+    if not DATASET_NAME.match(name) or name in {".", ".."}:
+        return DATASET_RULE
+    return None
+
 
 # Call role → the LLMConfig field naming its own model; every other role (writer, chatbot, tool, memory)
 # uses `model`. A judge should not grade its own model's writing, and the simulated user should not be
@@ -19,13 +31,15 @@ DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROLE_MODELS: dict[str, str] = {"simulator": "user_model", "judge": "judge_model"}
 
 
-def split_credentials(url: str) -> tuple[str, str | None]:
-    """(the URL without user:password@, the user:password part or None)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, None
-    auth, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=host)), auth
+def has_credentials(url: str) -> bool:
+    """A URL with user:password@ (a secret, like the key)."""
+    return "@" in urlsplit(url).netloc
+
+
+CREDENTIALS_IN_URL = (
+    "must not hold credentials (user:password@): they would be stored with the dataset and its runs; "
+    "give the key in OPENAI_API_KEY"
+)
 
 
 class LLMConfig(BaseModel):
@@ -90,31 +104,14 @@ class LLMConfig(BaseModel):
         "default", description="'small' uses the short, completion-friendly prompts for small local models"
     )
 
-    # user:password of a base URL given with them: a secret like the key, so kept out of every dump
-    # (manifest, Prefect's database, logs); `url_with_credentials()` gives the URL the client calls
-    _url_auth: str | None = PrivateAttr(None)
-
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http(s) URL such as http://localhost:8000/v1")
+        if v is not None and has_credentials(v):
+            raise ValueError(CREDENTIALS_IN_URL)
         return v
-
-    @model_validator(mode="after")
-    def _strip_credentials(self) -> LLMConfig:
-        if self.base_url is not None:
-            self.base_url, auth = split_credentials(self.base_url)
-            if auth:
-                self._url_auth = auth
-        return self
-
-    def url_with_credentials(self) -> str | None:
-        """`base_url` as given, user:password included (never stored)."""
-        if self.base_url is None or not self._url_auth:
-            return self.base_url
-        parts = urlsplit(self.base_url)
-        return urlunsplit(parts._replace(netloc=f"{self._url_auth}@{parts.netloc}"))
 
     def model_for(self, role: str) -> str:
         """The model a call of this role is sent to, on the same endpoint (see ROLE_MODELS)."""
@@ -145,7 +142,7 @@ class BuildConfig(BaseModel):
         0.2, ge=0, le=0.5, description="share of sessions that revisit an earlier topic"
     )
     changes_per_persona: int = Field(2, ge=0, le=10, description="dated preference changes over the sessions")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="sampler seed")
     locales: list[str] | None = Field(
         None,
         min_length=1,
@@ -180,8 +177,8 @@ class BuildConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if not DATASET_NAME.match(v) or v in {".", ".."}:
-            raise ValueError("use letters, digits, '.', '_' or '-' (no path characters), at most 64")
+        if problem := dataset_name_problem(v):
+            raise ValueError(problem)
         return v
 
 

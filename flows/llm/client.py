@@ -68,10 +68,6 @@ class LLMError(Exception):
     """A fatal endpoint problem (bad key, unknown model, bad request): one line, no secret."""
 
 
-class EndpointFailing(LLMError):
-    """The endpoint keeps failing: the run stops, nothing is published, a re-run resumes."""
-
-
 class _Malformed(Exception):
     """A 200 reply that is not a chat completion: retried like a server fault."""
 
@@ -671,7 +667,7 @@ class LLM:
             failed.count += 1
             failed.last_error = error
         if self.breaker.record(False, error):
-            raise EndpointFailing(self.failing_message())
+            raise LLMError(self.failing_message())  # the run stops; a re-run resumes
         return None
 
     async def _request(self, url: str, payload: bytes) -> bytes:

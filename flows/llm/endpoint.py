@@ -15,7 +15,7 @@ import httpx
 from personaloom.errors import UserError
 from personaloom.llm.client import NO_KEY, endpoint_label
 from personaloom.llm.local import EMBEDDED_SLOTS, LocalServer
-from personaloom.schemas.config import ROLE_MODELS, LLMConfig, split_credentials
+from personaloom.schemas.config import CREDENTIALS_IN_URL, ROLE_MODELS, LLMConfig, has_credentials
 
 OPENAI_URL = "https://api.openai.com/v1"
 logger = logging.getLogger(__name__)
@@ -77,8 +77,11 @@ def preflight(base_url: str, api_key: str) -> None:
 
 
 def _base_url(config: LLMConfig) -> str | None:
-    """The URL to call, credentials included: the config's, else $OPENAI_BASE_URL."""
-    return config.url_with_credentials() or os.environ.get("OPENAI_BASE_URL") or None
+    """The URL to call: the config's, else $OPENAI_BASE_URL (which holds no credentials either)."""
+    url = config.base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if url and has_credentials(url):
+        raise UserError(f"OPENAI_BASE_URL ({endpoint_label(url)}) {CREDENTIALS_IN_URL}")
+    return url
 
 
 def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
@@ -99,8 +102,7 @@ def open_endpoint(
         base = base or OPENAI_URL
         if check:
             preflight(base, key or NO_KEY)
-        stored, _ = split_credentials(base)  # the run's config, manifest included, holds no credentials
-        yield Endpoint(base, key or NO_KEY, config.model_copy(update={"base_url": stored}))
+        yield Endpoint(base, key or NO_KEY, config.model_copy(update={"base_url": base}))
         return
     if ignored := [f"{f}={getattr(config, f)}" for f in ROLE_MODELS.values() if getattr(config, f)]:
         logger.warning(

@@ -28,9 +28,12 @@ ENVELOPES: dict[str, bytes] = {
     "usage_str": b'{"choices": [{"message": {"content": "{}"}}], "usage": "lots"}',
     "tokens_str": b'{"choices": [{"message": {"content": "{}"}}], "usage": {"prompt_tokens": "ten"}}',
     "bad_utf8": b'{"choices": [{"message": {"content": "\xff\xfe\xfa"}}]}',
-    "torn": b'{"choices": [{"message": {"content": "{\\"broken\\": "}}]}',
+    "torn": b'{"choices": [{"message": {"role": "assistant", "content": "{\\"verd',  # cut off
 }
-MODES = {"ok", "500", "drip", "echo_auth", *ENVELOPES}
+# a well-formed envelope whose JSON answer is cut off: a structured call's answer is then not JSON (a
+# plain-text call cannot tell such an answer from any other, so its replies are forwarded untouched)
+BROKEN_ANSWER = b'{"choices": [{"message": {"content": "{\\"broken\\": "}, "finish_reason": "stop"}]}'
+MODES = {"ok", "500", "drip", "echo_auth", "broken_json", *ENVELOPES}
 
 
 class HostileEndpoint:
@@ -120,6 +123,8 @@ def _handler(endpoint: HostileEndpoint) -> type[BaseHTTPRequestHandler]:
                 self._send(500, b'{"error": {"message": "upstream down", "type": "server_error"}}')
             elif mode in ENVELOPES:
                 self._send(200, ENVELOPES[mode])
+            elif mode == "broken_json" and b'"response_format"' in body:
+                self._send(200, BROKEN_ANSWER)
             elif mode == "drip":  # a valid reply, one byte every 2 s: only a total deadline ends it
                 status, data = self._forward(body)
                 self.send_response(status)
