@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import re
+import signal
 import sys
 import threading
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,11 +19,31 @@ import typer
 from pydantic import ValidationError
 
 from personaloom import collector
-from personaloom.errors import UserError
+from personaloom.errors import EnvironmentFailure, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic life-long persona datasets.")
 
-OutOpt = Annotated[Path, typer.Option("--out", help="output root holding datasets")]
+
+def _path_parser(option: str) -> Callable[[str | Path], Path]:
+    """A path option's parser: an empty value is refused here, where it is still '' (Path('') is '.', so
+    `--out ''` would otherwise build into the current folder)."""
+
+    def parse(value: str | Path) -> Path:
+        if isinstance(value, Path):  # a default
+            return value
+        if not value.strip():
+            raise UserError(f"{option}: empty path: give a name (`.` for the current folder)")
+        return Path(value)
+
+    return parse
+
+
+def path_option(option: str, help: str) -> Any:
+    return typer.Option(option, help=help, parser=_path_parser(option), metavar="PATH")
+
+
+OutOpt = Annotated[Path, path_option("--out", "output root holding datasets")]
+CacheOpt = Annotated[Path | None, path_option("--cache-dir", "LLM response cache [default: OUT/.cache]")]
 # Options that `build` and `serve` share: one declaration, one help text.
 DatasetOpt = Annotated[str | None, typer.Option(help="dataset name [default: personas]")]
 PersonasOpt = Annotated[int | None, typer.Option(help="number of personas [default: 200]")]
@@ -33,7 +58,7 @@ JudgeModelOpt = Annotated[
 BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")
 ]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="JSON or TOML file of build settings")]
+ConfigOpt = Annotated[Path | None, path_option("--config", "JSON or TOML file of build settings")]
 LocalesOpt = Annotated[
     str | None, typer.Option(help="comma list of locales to sample, e.g. en_US,de_DE [default: all]")
 ]
@@ -43,7 +68,7 @@ LanguagesOpt = Annotated[
         help="comma list of ISO 639-1 codes: only personas writing in these, e.g. en,zh [default: all]"
     ),
 ]
-SeedsOpt = Annotated[Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")]
+SeedsOpt = Annotated[Path | None, path_option("--seeds", "seed tables folder [default: the shipped seeds/]")]
 GrowOpt = Annotated[
     int | None,
     typer.Option(help="add N personas past the latest version (its settings; only the new ones are built)"),
@@ -66,25 +91,41 @@ def _validation_line(e: ValidationError, source: str | None) -> str:
     return f"{source}: {where}: {msg}"
 
 
+# Prefect's log lines that only repeat, with a traceback, what main() says in one line.
+_REPEATS = re.compile(
+    r"Crash detected!|in state Crashed\(|UserError|EnvironmentFailure|LLMError|No space left"
+)
+_INTERRUPTS = ("KeyboardInterrupt", "CancelledError", "TerminationSignal")
+
+
+def _said_by_main(exc: BaseException | None) -> bool:
+    """Whether main() turns `exc` into its own one line: our errors, a full disk, an interruption."""
+    if exc is None:
+        return False
+    return (
+        isinstance(exc, UserError | _llm_error())
+        or type(exc).__name__ in _INTERRUPTS
+        or bool(_full_disk(exc))
+    )
+
+
 def _quiet_prefect_tracebacks() -> None:
-    """Our own errors already print one line; Prefect would log them again with a traceback."""
+    """Our own errors, a full disk and an interruption already get one line from main(); Prefect would log
+    them again (the engine's "Crash detected!" and "Finished in state Crashed" for an interruption) with a
+    traceback. Idempotent."""
     import logging
 
-    from personaloom.llm.client import LLMError
-
     def one_line(record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UserError | LLMError):
+        if record.levelno < logging.ERROR or not record.name.startswith("prefect"):
+            return True
+        if _said_by_main(record.exc_info[1] if record.exc_info else None):
             return False
-        return not (
-            record.levelno >= logging.ERROR
-            and ("UserError" in str(record.msg) or "LLMError" in str(record.msg))
-        )
+        # the engine logs a crash inside its `except BaseException` (no exc_info on the record)
+        return not (_REPEATS.search(str(record.msg)) or _said_by_main(sys.exc_info()[1]) or SIGNALLED)
 
-    for handler in (
-        logging.getLogger().handlers + logging.getLogger("prefect").handlers
-    ):  # console sits on root
-        handler.addFilter(one_line)
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:  # console: root
+        if not any(getattr(f, "__name__", "") == "one_line" for f in handler.filters):
+            handler.addFilter(one_line)
 
 
 def _prefect_env(*, start_early: bool = False) -> Any:
@@ -109,6 +150,7 @@ def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Pa
     from personaloom.store import DatasetStore
 
     given = {f: v for f, v in fields.items() if v is not None}
+    DatasetStore(out, str(given.get("dataset", "")))  # a name that leaves --out fails first, in one line
     try:
         cfg = model.model_validate(
             {**given, "llm": LLMConfig(**{k: v for k, v in llm.items() if v is not None})}
@@ -116,6 +158,7 @@ def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Pa
     except ValidationError as e:
         raise UserError(_validation_line(e, None)) from None
     DatasetStore(out, cfg.dataset).resolve(cfg.version)
+    output_dir(out, "--out")  # runs are written under the version
     check_endpoint(cfg.llm)
     return cfg
 
@@ -149,7 +192,12 @@ def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dic
     if not isinstance(data, dict):
         raise UserError(f"config file {file} must hold an object of settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    llm = dict(data.get("llm") or {})
+    llm = data.get("llm", {})
+    if not isinstance(llm, dict):  # else `dict(5)`: a TypeError traceback, or `[]` silently dropped
+        raise UserError(
+            f"{file}: llm: must be a table of LLM settings, e.g. llm.model, not {type(llm).__name__}"
+        )
+    llm = dict(llm)
     llm.update({k: v for k, v in llm_overrides.items() if v is not None})
     data["llm"] = llm
     try:
@@ -195,15 +243,13 @@ def build(
         float | None, typer.Option(help="stop cleanly once this run spent this many USD")
     ] = None,
     config: ConfigOpt = None,
-    seeds: Annotated[
-        Path | None, typer.Option(help="seed tables folder [default: the shipped seeds/]")
-    ] = None,
+    seeds: SeedsOpt = None,
     runner: Annotated[str, typer.Option(help="local | dask | ray: where shard tasks run")] = "local",
     address: Annotated[
         str | None, typer.Option(help="address of an existing Dask scheduler or Ray cluster")
     ] = None,
     out: OutOpt = OUT_DEFAULT,
-    cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
+    cache_dir: CacheOpt = None,
     progress: Annotated[bool, typer.Option(help="live progress display")] = True,
     grow: GrowOpt = None,
     rebuild: Annotated[
@@ -256,27 +302,32 @@ def build(
 
     if runner not in ("local", "dask", "ray"):
         raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
-    prefect_api = _prefect_env(start_early=True)  # starts while the pre-flight below runs
-    # bad seed tables, locales and endpoints fail here, before any flow runs
+    # Every check first (settings, seed tables, locales, paths, endpoint), and only then a Prefect server:
+    # bad input fails in one line in about a second, with no server process started for nothing.
     cat = load_catalogue(seeds) if seeds else load_catalogue()
     check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
     check_languages(cat, cfg.languages, "--languages" if languages else f"{config}: languages", cfg.locales)
-    check_endpoint(cfg.llm)
     for m in cfg.llm.models():  # every role's model needs a price under --max-cost
         Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
-    from personaloom.build import build_dataset, plan_build
-    from personaloom.display import live_progress
     from personaloom.store import DatasetStore
 
     store = DatasetStore(out, cfg.dataset)
+    output_dir(out, "--out")
+    if cache_dir is not None:
+        output_dir(cache_dir, "--cache-dir")
+    check_endpoint(cfg.llm)
+    from personaloom.build import build_dataset, plan_build
+    from personaloom.display import live_progress
+
     plan_build(store, cfg, grow, rebuild)  # a bad --grow or --rebuild fails here, in one line
-    before = set(store.versions())
-    _quiet_prefect_tracebacks()
     flow = (
         build_dataset.with_options(task_runner=task_runner(runner, address))
         if runner != "local"
         else build_dataset
     )
+    prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
+    before = set(store.versions())
+    _quiet_prefect_tracebacks()
     prefect_api.wait()
     with live_progress(enabled=progress and sys.stderr.isatty() and runner == "local"):
         version = asyncio.run(
@@ -380,6 +431,7 @@ def serve(
     )
     if grow is not None:
         cfg = on_latest_settings(cfg, out, personas, "--grow")
+    output_dir(out, "--out")
     _prefect_env()
     from prefect import serve as prefect_serve
 
@@ -429,27 +481,38 @@ def _locale_list(
     return items
 
 
+def output_dir(path: Path, option: str) -> Path:
+    """personaloom.store.output_dir, imported when used: `personaloom --help` loads no pyarrow."""
+    from personaloom.store import output_dir as checked
+
+    return checked(path, option)
+
+
 def _writable_file(path: Path, option: str) -> None:
-    """Fail before any work when `path` cannot become a file (a folder, or an unwritable place)."""
+    """Fail before any work when `path` cannot become a file (a folder, a dangling symlink, an unwritable
+    place)."""
+    from personaloom.store import WRITES, not_a_dangling_link, probe
+
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder: give a file name such as {path / 'sample.parquet'}")
+    not_a_dangling_link(path, option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(
             f"{option} {path}: cannot create {path.parent} ({e.strerror}): choose another path"
         ) from None
-    import os
-
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    probe(path.parent, option, path)
+    if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{option} {path}: not writable here: choose a path you can write to")
+    WRITES.append(path.parent)
 
 
 @app.command()
 def sample(
     personas: PersonasOpt = None,
     seed: Annotated[int | None, typer.Option(help="sampler seed, as in build [default: 0]")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (the seeds table schema)")] = Path(
+    out: Annotated[Path, path_option("--out", "Parquet file to write (the seeds table schema)")] = Path(
         "sample.parquet"
     ),
     locales: LocalesOpt = None,
@@ -497,6 +560,8 @@ def sample(
     try:
         write_records(out, SeedRow, rows)
     except OSError as e:
+        if _full_disk(e):  # the machine's problem, not the path's: main() says so
+            raise
         raise UserError(f"--out {out}: cannot write ({e.strerror}): choose a writable path") from None
     took = time.perf_counter() - start
     typer.echo(
@@ -577,7 +642,9 @@ def _show_languages(path: Path, found: dict[str, int]) -> None:
 def verify(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
     out: OutOpt = OUT_DEFAULT,
-    seeds: Annotated[Path | None, typer.Option(help="the seed tables the version was built with")] = None,
+    seeds: Annotated[
+        Path | None, path_option("--seeds", "the seed tables the version was built with")
+    ] = None,
 ) -> None:
     """Recheck a version: shard checksums and row counts, then every ground-truth invariant."""
     from personaloom.catalogue import load_catalogue
@@ -648,10 +715,15 @@ def gc(
 @app.command(name="filter")
 def filter_cmd(
     input: Annotated[
-        Path, typer.Argument(metavar="IN.parquet", help="Parquet file (or folder of parts) with text")
+        Path,
+        typer.Argument(
+            metavar="IN.parquet",
+            help="Parquet file (or folder of parts) with text",
+            parser=_path_parser("IN.parquet"),
+        ),
     ],
     column: Annotated[str, typer.Option(help="the text column")] = "text",
-    out: Annotated[Path, typer.Option("--out", help="folder for kept.parquet and rejections.parquet")] = Path(
+    out: Annotated[Path, path_option("--out", "folder for kept.parquet and rejections.parquet")] = Path(
         "filtered"
     ),
     threshold: Annotated[
@@ -809,7 +881,7 @@ def replay(
         str | None, typer.Option("--run", help="run folder name [default: derived from the settings]")
     ] = None,
     out: OutOpt = OUT_DEFAULT,
-    cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Replay a dataset version through the reference agents; results go to DATASET/vN/replay/RUN/."""
     from personaloom.schemas.replay import ReplayConfig
@@ -833,8 +905,10 @@ def replay(
         run=run,
         embedding_model=embedding_model,
     )
-    prefect_api = _prefect_env(start_early=True)  # starts while _run_config checks the dataset and endpoint
-    cfg = _run_config(ReplayConfig, fields, llm, out)
+    cfg = _run_config(ReplayConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
+    if cache_dir is not None:
+        output_dir(cache_dir, "--cache-dir")
+    prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
     from personaloom.replay import replay_dataset
 
     _quiet_prefect_tracebacks()
@@ -862,7 +936,7 @@ def evaluate(
         str | None, typer.Option("--run", help="run folder name [default: from the settings]")
     ] = None,
     out: OutOpt = OUT_DEFAULT,
-    cache_dir: Annotated[Path | None, typer.Option(help="LLM response cache [default: OUT/.cache]")] = None,
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Score a model on a version's probes; results go to vN/eval/RUN/, with random and oracle rows."""
     from personaloom.schemas.probes import EvalConfig
@@ -872,8 +946,10 @@ def evaluate(
     fields = dict(
         dataset=name, version=version, mode=mode, context_tokens=context_tokens, personas=personas, run=run
     )
-    prefect_api = _prefect_env(start_early=True)  # starts while _run_config checks the dataset and endpoint
-    cfg = _run_config(EvalConfig, fields, llm, out)
+    cfg = _run_config(EvalConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
+    if cache_dir is not None:
+        output_dir(cache_dir, "--cache-dir")
+    prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
     from personaloom.evaluate import evaluate_dataset
 
     _quiet_prefect_tracebacks()
@@ -887,7 +963,7 @@ def evaluate(
 
 # ---------------------------------------------------------------- plots and exports of a version
 
-DestOpt = Annotated[Path | None, typer.Option("--dest", help="folder to write to")]
+DestOpt = Annotated[Path | None, path_option("--dest", "folder to write to")]
 
 
 @app.command()
@@ -907,7 +983,7 @@ def plot(
     name, version = _split_spec(spec)
     view = open_version(out, name, version)
     target = dest or Path("plots") / f"{name}-{view.version}"  # versions are immutable: plots go outside them
-    paths = write_pngs(view, target)
+    paths = write_pngs(view, output_dir(target, "--dest"))
     typer.echo(f"{view.label}: {len(paths)} figures → {target}")
 
 
@@ -947,7 +1023,7 @@ def export(
             f"--context-tokens: only for {', '.join(ITEM_FORMATS)} ({fmt} copies the tables as is)"
         )
     folder = DatasetStore(out, name).resolve(version)
-    target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
+    target = output_dir(dest or Path("exports") / f"{name}-{folder.name}-{fmt}", "--dest")
     if fmt in ITEM_FORMATS:
         files = export_items(out, name, folder.name, fmt, target, context_tokens)  # type: ignore[arg-type]
         rows = ", ".join(f"{f} ({n} rows)" for f, n in files.items())
@@ -957,29 +1033,124 @@ def export(
     typer.echo(f"{name}@{folder.name}: {len(written)} tables as {fmt} → {target}")
 
 
+INTERRUPTED = "interrupted: finished shards and LLM answers are kept; re-run the same command to resume"
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+FREE_AND_RESUME = "free space and re-run the same command to resume"
+TYPER_INTERRUPTED = 130  # typer turns a KeyboardInterrupt in a command into this exit code, silently
+SIGNALLED: list[int] = []  # SIGTERM, once received: the exit code says which signal stopped the command
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """`kill`, a service manager, a scheduler's time limit: stop as Ctrl-C does (exit 143, not 130)."""
+    SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """`e` and every exception behind it (causes, contexts, members of a group)."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        todo += [c for c in (x.__cause__, x.__context__) if c is not None]
+        if isinstance(x, BaseExceptionGroup):
+            todo += list(x.exceptions)
+
+
+def _full_disk(e: BaseException) -> OSError | None:
+    """The out-of-space error behind `e`, if any: pyarrow and Python set errno, polars only says
+    "(os error 28)"."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and (x.errno in FULL_DISK or re.search(r"os error (28|122)\b", str(x))):
+            return x
+    return None
+
+
+def _full_folder(e: OSError) -> Path:
+    """The folder to free space in: of the file that failed (when the error names one) and the folders this
+    command writes in, the one on the fullest filesystem."""
+    candidates = [Path(e.filename).parent] if isinstance(e.filename, str) else []
+    store = sys.modules.get("personaloom.store")
+    candidates += [*(store.WRITES if store else []), Path.cwd()]
+
+    def free(folder: Path) -> int:
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    return min(candidates, key=free)
+
+
+def _read_failure(e: Exception) -> str | None:
+    """A failed read of a version's Parquet (pyarrow, polars or the OS): the one line naming the damaged
+    file, found by decoding each file the command opened; None when none is damaged."""
+    if "personaloom.store" not in sys.modules:
+        return None
+    if not (isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("pyarrow", "polars")):
+        return None
+    from personaloom.store import find_damaged
+
+    found = find_damaged()
+    return str(found) if found else None
+
+
 def main() -> None:
+    # Datasets, caches, staging folders and logs hold run data: on a shared machine, this user's only.
+    os.umask(os.umask(0) | 0o077)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     collector.for_command()
+    from personaloom.prefect_env import apply_prefect_defaults
+
+    apply_prefect_defaults()  # before any command imports Prefect (it reads them once, when imported)
     try:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
+        if code == TYPER_INTERRUPTED:
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except UserError as e:
-        raise SystemExit(fail(str(e)).exit_code) from None
-    except _llm_error() as e:
-        raise SystemExit(fail(str(e)).exit_code) from None
+        raise SystemExit(fail(str(e), e.exit_code).exit_code) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    except (KeyboardInterrupt, typer.Abort):
-        typer.echo(
-            "interrupted: finished shards and LLM answers are kept; run the same command to resume", err=True
-        )
-        raise SystemExit(130) from None
+    except (KeyboardInterrupt, typer.Abort) as e:
+        _interrupted(e)
     except Exception as e:
+        if isinstance(e, _llm_error()):
+            raise SystemExit(fail(str(e)).exit_code) from None
         # usage errors: typer vendors its own click, so match the ClickException shape, not the class
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             raise SystemExit(e.exit_code) from None
+        if full := _full_disk(e):
+            where = _full_folder(full)
+            message = f"no space left on device writing under {where}: {FREE_AND_RESUME}"
+            raise SystemExit(fail(message, EnvironmentFailure.exit_code).exit_code) from None
+        if damaged := _read_failure(e):
+            raise SystemExit(fail(damaged, EnvironmentFailure.exit_code).exit_code) from None
+        if isinstance(e, OSError) and e.strerror and e.filename:  # EACCES, EIO, ... on a named file
+            message = (
+                f"{e.filename}: {e.strerror}: check the file and its folder, then re-run the same command"
+            )
+            raise SystemExit(fail(message, EnvironmentFailure.exit_code).exit_code) from None
         raise
+    except BaseException as e:
+        if type(e).__name__ == "TerminationSignal":  # Prefect's own SIGTERM handler, during a flow run
+            SIGNALLED.append(signal.SIGTERM)
+            _interrupted(e)
+        raise
+
+
+def _interrupted(e: BaseException) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C while we exit: no traceback either
+        signal.signal(sig, signal.SIG_IGN)
+    typer.echo(INTERRUPTED, err=True)
+    raise SystemExit(128 + (signal.SIGTERM if SIGNALLED else signal.SIGINT)) from None
 
 
 def _llm_error() -> type[Exception]:

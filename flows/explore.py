@@ -20,8 +20,9 @@ from matplotlib.lines import Line2D
 
 from personaloom.errors import UserError
 from personaloom.languages import language_breakdown
+from personaloom.schemas.config import dataset_name_problem
 from personaloom.schemas.manifest import Manifest
-from personaloom.store import TABLES, DatasetStore
+from personaloom.store import TABLES, DatasetStore, replacing
 
 if TYPE_CHECKING:
     from personaloom.diff import VersionDiff
@@ -105,7 +106,9 @@ def newest_dataset(out: Path) -> str:
     """The dataset whose latest version was written last."""
     found = []
     for root in Path(out).iterdir() if Path(out).is_dir() else []:
-        latest = DatasetStore(out, root.name).latest() if root.is_dir() else None
+        # .cache and other folders that cannot name a dataset are not datasets
+        named = root.is_dir() and dataset_name_problem(root.name) is None
+        latest = DatasetStore(out, root.name).latest() if named else None
         if latest:
             found.append(((root / latest / "manifest.json").stat().st_mtime, root.name))
     if not found:
@@ -573,7 +576,8 @@ def write_pngs(view: VersionView, dest: Path | str, dpi: int = 110) -> list[Path
     paths = []
     for name, fig in figures(view).items():
         path = dest / f"{name}.png"
-        fig.savefig(path, dpi=dpi)
+        with replacing(path) as tmp:  # a full disk leaves no half-drawn figure
+            fig.savefig(tmp, dpi=dpi, format="png")
         paths.append(path)
     return paths
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +23,7 @@ from personaloom.errors import UserError
 from personaloom.probes import history, message_tokens
 from personaloom.schemas.probes import OptionKind, ProbeItem
 from personaloom.schemas.records import DatasetRow
-from personaloom.store import TABLES, DatasetStore, read_records
+from personaloom.store import TABLES, DatasetStore, read_records, replacing
 
 FORMATS = ("jsonl", "csv")
 Format = Literal["jsonl", "csv"]
@@ -55,12 +54,11 @@ def _write_table(parts: list[Path], fmt: Format, path: Path) -> None:
     A temp name is renamed into place: a crash never leaves half an export.
     """
     lf = pl.scan_parquet(parts)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fmt == "csv":
-        _flatten_nested(lf).sink_csv(tmp)
-    else:
-        lf.sink_ndjson(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        if fmt == "csv":
+            _flatten_nested(lf).sink_csv(tmp)
+        else:
+            lf.sink_ndjson(tmp)
 
 
 def _tables(version_dir: Path) -> dict[str, list[Path]]:
@@ -93,9 +91,7 @@ def export_version(
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_table(parts, fmt, path)
         written[name] = path
-    shutil.copyfile(
-        version_dir / "manifest.json", dest / "manifest.json"
-    )  # provenance travels with the export
+    _copy_manifest(version_dir, dest)  # provenance travels with the export
     return written
 
 
@@ -261,27 +257,25 @@ def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[st
     return questions, contexts
 
 
-def _atomic(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _copy_manifest(version_dir: Path, dest: Path) -> None:
+    with replacing(dest / "manifest.json") as tmp:
+        shutil.copyfile(version_dir / "manifest.json", tmp)
 
 
 def _write_jsonl(path: Path, lines: Iterable[Any]) -> int:
-    tmp, n = _atomic(path), 0
-    with tmp.open("wb") as f:
+    n = 0
+    with replacing(path) as tmp, tmp.open("wb") as f:
         for line in lines:
             f.write(orjson.dumps(line) + b"\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
-    tmp = _atomic(path)
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return len(rows)
 
 
@@ -327,5 +321,5 @@ def export_items(
                 dest / "shared_contexts.jsonl", ({sid: ctx} for sid, ctx in contexts.items())
             ),
         }
-    shutil.copyfile(version_dir / "manifest.json", dest / "manifest.json")
+    _copy_manifest(version_dir, dest)
     return written

@@ -16,7 +16,7 @@ from personaloom.filtering import filter_texts
 from personaloom.filtering.engine import FilterOutcome
 from personaloom.filtering.sharded import ShardedFilter, Spill
 from personaloom.schemas.filtering import FilterConfig
-from personaloom.store import ParquetAppender, write_parquet
+from personaloom.store import ParquetAppender, output_dir, write_parquet
 
 
 @dataclass
@@ -143,6 +143,7 @@ def filter_parquet(
     if shards is not None and shards < 1:
         raise UserError(f"--shards {shards}: pass 1 or more (the rows are filtered in that many slices)")
     cfg = filter_config(threshold, min_words, max_words, lang, config)
+    output_dir(out, "--out")  # a file, /proc, a dangling link: one line before any row is read
     if shards is None:
         result = filter_texts(
             source.read(), column, cfg, id_column=id_column, progress=report, lang_column=lang_column

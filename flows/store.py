@@ -7,20 +7,26 @@ import hashlib
 import os
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from personaloom.errors import UserError
+from personaloom.errors import EnvironmentFailure, UserError
 from personaloom.schemas.arrow import arrow_schema, to_table
+from personaloom.schemas.config import dataset_name_problem
 from personaloom.schemas.manifest import Manifest, ShardInfo
 
 VERSION = re.compile(r"^v(\d{4,})$")
 TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset", "probes")
+# Folders this process read Parquet from (versions, staging): where a failed read looks for the damaged file.
+_OPENED: dict[Path, None] = {}
+_WARNED: set[Path] = set()  # stray version folders already reported by this process
 
 
 def sha256_file(path: Path) -> str:
@@ -35,16 +41,60 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temp name, renamed over `path` when the block ends and removed when it fails: a kill or a full
+    disk never leaves half a file, nor a temp file holding the space a re-run needs."""
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def write_parquet(path: Path, table: pa.Table) -> None:
     """zstd Parquet, written to a temp name and renamed: a kill never leaves half a shard."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    if table.num_rows:
-        pq.write_table(table, tmp, compression="zstd")
-    else:
-        # schema only, no row group: `datasets` sizes its batches by the first row group and fails on 0
-        pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        if table.num_rows:
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            # schema only, no row group: `datasets` sizes its batches by the first row group and fails on 0
+            pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
+
+
+def damaged(path: Path, error: BaseException) -> EnvironmentFailure:
+    """The one line for a Parquet file that does not decode: which file, and what to run."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    version = next((p for p in path.parents if VERSION.match(p.name)), None)
+    if version is not None:
+        todo = f"run `personaloom verify {version.parent.name}@{version.name}`, then restore or rebuild it"
+    else:  # a staging shard: a re-run writes it again
+        todo = "delete it and re-run the same command (it is written again)"
+    return EnvironmentFailure(f"{path}: damaged Parquet file ({reason}): {todo}")
+
+
+def _decodes(path: Path) -> BaseException | None:
+    """Whether every row group of `path` decodes (one at a time: memory stays one row group)."""
+    try:
+        f = pq.ParquetFile(path)
+        for i in range(f.num_row_groups):
+            f.read_row_group(i)
+    except (OSError, pa.ArrowException) as e:
+        return e
+    return None
+
+
+def find_damaged() -> EnvironmentFailure | None:
+    """After a read failed somewhere (a polars scan names no file): the first Parquet file of the folders
+    this process opened that does not decode, as its one-line error."""
+    for folder in list(_OPENED):
+        for path in sorted(folder.rglob("*.parquet")):
+            if (error := _decodes(path)) is not None:
+                return damaged(path, error)
+    return None
 
 
 class ParquetAppender:
@@ -92,7 +142,16 @@ def read_table(
             raise FileNotFoundError(path)
         empty = arrow_schema(model).empty_table()
         return empty.select(columns) if columns else empty
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in parts])
+    return pa.concat_tables([_read_part(p, columns) for p in parts])
+
+
+def _read_part(path: Path, columns: list[str] | None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # missing, unreadable: not damage
+            raise
+        raise damaged(path, e) from None
 
 
 def read_records(path: Path, model: type[BaseModel]) -> list:
@@ -114,9 +173,8 @@ def link_or_copy(src: Path, dst: Path) -> bool:
         os.link(src, dst)
         return True
     except OSError:  # another filesystem, no link support, too many links: a copy, written atomically
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+        with replacing(dst) as tmp:
+            shutil.copy2(src, tmp)
         return False
 
 
@@ -132,20 +190,77 @@ def shard_infos(root: Path) -> list[ShardInfo]:
     ]
 
 
+# ---------------------------------------------------------------- where a command writes
+
+# The folders this command writes in (checked by `output_dir`): where a full disk's one line points.
+WRITES: list[Path] = []
+
+
+def not_a_dangling_link(path: Path, option: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise UserError(
+            f"{option} {path} is a symlink to {os.readlink(path)}, which does not exist: "
+            "remove the link or give another path"
+        )
+
+
+def probe(folder: Path, option: str, given: Path) -> None:
+    """Create and drop a file in `folder`: the one test that sees read-only mounts, /proc, quotas, ACLs
+    (and works for root, whom os.access always answers yes)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".personaloom-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{option} {given}: cannot write in {folder} ({e.strerror}): choose another path"
+        ) from None
+
+
+def output_dir(path: Path, option: str) -> Path:
+    """Fail in one line, before any work, when `path` cannot be the folder a command writes in (a file,
+    a dangling symlink, /proc, a read-only or unwritable place); else create it. Returns `path`."""
+    not_a_dangling_link(path, option)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder: give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot create it ({e.strerror}): choose another path") from None
+    probe(path, option, path)
+    WRITES.append(path)
+    return path
+
+
 class DatasetStore:
     """output/<dataset>/v<NNNN>/ folders, `latest` link, and the staging area builds resume from."""
 
     def __init__(self, out: Path, dataset: str) -> None:
+        # Checked here, so no command reads, writes or removes outside --out (`gc ../other/ds` removed
+        # versions there): the same rule as `build --dataset`.
+        if problem := dataset_name_problem(dataset):
+            raise UserError(f"dataset name {dataset!r}: {problem}")
         self.out = Path(out)
         self.dataset = dataset
         self.root = self.out / dataset
 
     # -------------------------------------------------------------- reading
 
-    def versions(self) -> list[str]:
+    def _numbered(self) -> list[Path]:
+        """Every vNNNN folder, with a manifest or not."""
         if not self.root.is_dir():
             return []
-        found = [p.name for p in self.root.iterdir() if VERSION.match(p.name) and p.is_dir()]
+        return [p for p in self.root.iterdir() if VERSION.match(p.name) and p.is_dir()]
+
+    def versions(self) -> list[str]:
+        """The published versions, oldest first. A vNNNN folder without a manifest (half copied, or not
+        ours) is skipped with a warning on stderr, once per process: no command trips on it."""
+        found = []
+        for p in self._numbered():
+            if (p / "manifest.json").is_file():
+                found.append(p.name)
+            elif p not in _WARNED:
+                _WARNED.add(p)
+                print(f"warning: {p} has no manifest.json (half copied?): skipped", file=sys.stderr)
         return sorted(found, key=lambda v: int(v[1:]))
 
     def latest(self) -> str | None:
@@ -168,10 +283,19 @@ class DatasetStore:
             raise UserError(
                 f"dataset {self.dataset!r} has no version {version}: it has {', '.join(versions[-5:])}"
             )
+        _OPENED[self.root / name] = None
         return self.root / name
 
     def manifest(self, version: str | None = None) -> Manifest:
-        return Manifest.model_validate_json((self.resolve(version) / "manifest.json").read_text())
+        path = self.resolve(version) / "manifest.json"
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except ValidationError as e:
+            reason = e.errors()[0]["msg"]
+            raise EnvironmentFailure(
+                f"{path}: not a manifest this personaloom reads ({reason}): the file is damaged or was "
+                f"written by another personaloom; restore it, or move {path.parent.name} out of {self.root}"
+            ) from None
 
     # -------------------------------------------------------------- writing
 
@@ -179,6 +303,7 @@ class DatasetStore:
         """Where a build with this identity writes; a re-run of the same build resumes here."""
         path = self.root / ".staging" / run_key
         path.mkdir(parents=True, exist_ok=True)
+        _OPENED[path] = None
         return path
 
     @contextmanager
@@ -215,10 +340,9 @@ class DatasetStore:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def next_version(self) -> tuple[str, str | None]:
-        """(new version name, parent); call under `lock()`."""
-        latest = self.latest()
-        n = int(latest[1:]) + 1 if latest else 1
-        return f"v{n:04d}", latest
+        """(new version name, parent); call under `lock()`. Past every vNNNN folder, a stray one too."""
+        n = max((int(p.name[1:]) for p in self._numbered()), default=0) + 1
+        return f"v{n:04d}", self.latest()
 
     def remove_old(self, keep: int) -> dict[str, int]:
         """Remove all but the newest `keep` versions (never `latest`); returns bytes freed per version.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from personaloom.audit import audit, broken
@@ -24,7 +25,11 @@ def verify_version(folder: Path, manifest: Manifest) -> list[str]:
         if sha256_file(path) != shard.sha256:
             problems.append(f"{shard.path}: checksum differs from the manifest (the file was changed)")
             continue
-        rows = pq.ParquetFile(path).metadata.num_rows
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as e:  # its checksum matched: damaged before it was recorded
+            problems.append(f"{shard.path}: not readable as Parquet ({str(e).splitlines()[0]})")
+            continue
         if rows != shard.rows:
             problems.append(f"{shard.path}: {rows} rows, the manifest says {shard.rows}")
     for path in sorted(folder.glob("*/part-*.parquet")):
