@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -116,6 +117,11 @@ def test_a_standing_server_is_found_by_later_commands(tmp_path: Path) -> None:
         assert flow_run_names(api_url, auth), "the build's flow run is recorded on the standing server"
         print(f"build of 1 persona on a standing server: {seconds:.1f} s")
 
+        # a shell that exported the address (as the ready line suggests) and holds a Prefect Cloud key
+        exported = {**env, "PREFECT_API_URL": api_url, "PREFECT_API_KEY": "pnu_not-for-this-server"}
+        res = subprocess.run([sys.executable, "-c", COUNT_RUNS], env=exported, capture_output=True, text=True)
+        assert res.returncode == 0 and int(res.stdout) >= 1, res.stderr[-2000:]
+
         second = subprocess.run(
             [*EXE, "server", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60
         )
@@ -127,6 +133,15 @@ def test_a_standing_server_is_found_by_later_commands(tmp_path: Path) -> None:
         server.stdout.read() if server.stdout else ""
     )
     assert not (home / STATE_FILE).exists()  # stopped: later commands start their own again
+
+
+COUNT_RUNS = """
+from personaloom.prefect_server import use_standing_server
+use_standing_server()
+from prefect import get_client
+with get_client(sync_client=True) as client:
+    print(len(client.read_flow_runs()))
+"""
 
 
 def test_server_help_says_what_it_is_for() -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -136,3 +137,39 @@ def test_a_served_deployment_runs_only_the_parameters_it_was_served_with(tmp_pat
 
 def chat_calls(fake: FakeOpenAI) -> int:
     return fake.stats.by_path.get("/v1/chat/completions", 0)
+
+
+def test_a_deployment_without_a_record_runs_only_its_stored_parameters(tmp_path: Path) -> None:
+    """A prefect.yaml deployment (no record by `serve`): a run is compared with the deployment's own."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from personaloom.build import build_dataset
+
+    config = BuildConfig(dataset="yaml", personas=1, scenes_per_persona=2, llm=LLMConfig(model="m"))
+    stored = {"config": config.model_dump(mode="json", exclude_defaults=True), "out": str(tmp_path / "o")}
+    dep_id = build_dataset.to_deployment(name="yaml-test", parameters=stored).apply()
+
+    async def create() -> Any:
+        async with get_client() as client:
+            return await client.create_flow_run_from_deployment(dep_id, parameters={"grow": 5})
+
+    run = asyncio.run(create())
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    async def outcome() -> tuple[StateType, list[str]]:
+        async with get_client() as client:
+            fr = await client.read_flow_run(run.id)
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            return fr.state.type, [log.message for log in logs]
+
+    state, logs = asyncio.run(outcome())
+    assert state == StateType.FAILED, (done.stderr[-3000:], logs)
+    assert any("overrides grow:" in m for m in logs), logs
+    assert not (tmp_path / "o").exists()
