@@ -200,8 +200,10 @@ def serve_forever(host: str, port: int, *, ready: Any = print) -> int:
         raise UserError(f"--port {port}: a Prefect server already answers at {api_url}; choose another port")
     home = private_home()
     state, auth_file = home / STATE_FILE, home / AUTH_FILE
-    # kept across restarts, so a long-running `personaloom serve` still gets in after a restart
-    auth = recorded_auth_string() or new_auth_string()
+    # kept across restarts, so a long-running `personaloom serve` still gets in after a restart; a new one if
+    # the file was ever readable by others
+    kept = auth_file.exists() and auth_file.stat().st_mode & 0o077 == 0
+    auth = (kept and recorded_auth_string()) or new_auth_string()
     write_private(auth_file, auth)  # (again: 0600 even if someone loosened it)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
