@@ -109,10 +109,9 @@ def auth_header(auth_string: str) -> dict[str, str]:
 def standing_server() -> str | None:
     """The API URL of a running `personaloom server` recorded in this PREFECT_HOME, if it answers."""
     url = recorded_api_url()
-    if not url or not _healthy(url):
-        return None
-    port = urllib.parse.urlsplit(url).port
-    return url if port is not None and _listeners_are_mine(port) else None
+    port = urllib.parse.urlsplit(url).port if url else None
+    # whose the port is, before connecting to it
+    return url if url and port is not None and _listeners_are_mine(port) and _healthy(url) else None
 
 
 def use_standing_server() -> str | None:
@@ -141,7 +140,8 @@ class EarlyServer:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
-        if os.environ.get("PREFECT_API_URL"):
+        self.api_url = os.environ.get("PREFECT_API_URL", "")
+        if self.api_url:
             return  # a server is already chosen: nothing to start
         private_home()
         auth = new_auth_string()
@@ -157,7 +157,8 @@ class EarlyServer:
                 "PREFECT_SERVER_API_AUTH_STRING": auth,
             }
             # as SubprocessASGIServer._run_uvicorn_command, with --fd for --host/--port
-            site = Path(importlib.util.find_spec("prefect").origin or "").parent.parent  # not imported: 1-2 s
+            spec = importlib.util.find_spec("prefect")  # its folder, without importing it (1-2 s)
+            site = Path(spec.origin).parent.parent if spec and spec.origin else Path.cwd()
             cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(site)]
             cmd += ["--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno())]
             cmd += ["--log-level", "error", "--lifespan", "on"]

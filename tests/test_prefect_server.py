@@ -115,6 +115,9 @@ def test_a_standing_server_is_found_by_later_commands(tmp_path: Path) -> None:
             seconds = time.monotonic() - started
         assert res.returncode == 0, res.stderr[-2000:]
         assert flow_run_names(api_url, auth), "the build's flow run is recorded on the standing server"
+        events = post(api_url, "/events/filter", auth)[1]  # they came in over the events websocket
+        assert isinstance(events, dict)
+        assert any(e["event"].startswith("prefect.task-run.") for e in events["events"]), events
         print(f"build of 1 persona on a standing server: {seconds:.1f} s")
 
         # a shell that exported the address (as the ready line suggests) and holds a Prefect Cloud key
