@@ -3,6 +3,7 @@ temporary one of a build is closed to other local users as the standing one is (
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from personaloom.llm.local import free_port
 from personaloom.prefect_server import auth_header
@@ -62,13 +64,28 @@ def environ(pid: int) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs if "=" in p)
 
 
-def status(url: str, auth: str | None = None) -> int:
+def post(url: str, auth: str | None = None) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json", **(auth_header(auth) if auth else {})}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, b"{}", headers), timeout=10) as r:
-            return r.status
+            return r.status, json.load(r)
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, None
+
+
+def status(url: str, auth: str | None = None) -> int:
+    return post(url, auth)[0]
+
+
+def task_run_events(api: str, auth: str) -> int:
+    """Task-run events the build sent (over the events websocket, with its auth string) within 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        events = post(f"{api}/events/filter", auth)[1]["events"]
+        n = sum(e["event"].startswith("prefect.task-run.") for e in events)
+        if n or time.monotonic() > deadline:
+            return n
+        time.sleep(0.2)
 
 
 def assert_gone_soon(pids: list[int], port: int) -> float:
@@ -104,6 +121,7 @@ def test_a_killed_build_takes_its_closed_temporary_server_with_it(tmp_path: Path
             auth = environ(servers[0])["PREFECT_SERVER_API_AUTH_STRING"]
             assert status(f"{api}/flow_runs/filter") == 401 and status(f"{api}/logs/filter") == 401
             assert status(f"{api}/flow_runs/filter", auth) == 200
+            assert task_run_events(api, auth) > 0  # the build itself talks to it with the auth string
             assert mode(home) == 0o700 and mode(home / "prefect.db") == mode(home / "prefect.db-wal") == 0o600
             assert build.poll() is None  # still mid-run
             os.kill(build.pid, signal.SIGKILL)  # the build only: no cleanup of any kind runs in it
