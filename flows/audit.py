@@ -30,6 +30,14 @@ INVARIANTS: dict[str, str] = {
     "active_changes_per_session": "each dataset row carries exactly the changes in force at its session",
     "revisit_links_earlier_session": "a revisit links an earlier session of the same persona",
     "session_times_increase": "a persona's sessions are in time order",
+    "probe_one_correct": "a probe has exactly one correct option, at its answer index",
+    "probe_key_in_force": "a probe's key is the value in force at its checkpoint (the sequence, the reason, "
+    "or for 'new things' an interest the user does not hold), and each option holds its own value verbatim",
+    "probe_evidence_backs_key": "a probe's evidence is kept sessions of its persona up to its checkpoint "
+    "(not the checkpoint alone), after the change it depends on, revealing the field",
+    "probe_distance": "a probe's distance is its checkpoint minus its last evidence session",
+    "probe_options_distinct": "a probe's four options are distinct replies",
+    "probe_baselines_recorded": "the blind baselines in the manifest are those of the published probes",
 }
 
 
@@ -87,6 +95,101 @@ def _session_checks(root: Path, personas: dict[str, PersonaRecord]) -> Counter[s
     return found
 
 
+def _probe_checks(root: Path, personas: dict[str, PersonaRecord]) -> Counter[str]:
+    from rapidfuzz import fuzz
+
+    from personaloom import probes
+    from personaloom.schemas.probes import ProbeItem
+
+    found: Counter[str] = Counter()
+    if not list((root / "probes").glob("part-*.parquet")):
+        return found
+    items = read_records(root / "probes", ProbeItem)
+    rows = read_table(
+        root / "dataset", columns=["persona_id", "session_index", "revealed_fields"]
+    ).to_pylist()
+    shown: dict[tuple[str, int], set[str]] = {
+        (r["persona_id"], r["session_index"]): set(r["revealed_fields"]) for r in rows
+    }
+    for item in items:
+        kinds = item.option_kinds
+        if kinds.count("correct") != 1 or kinds[item.answer] != "correct":
+            found["probe_one_correct"] += 1
+        p = personas.get(item.persona_id)
+        if p is None or not _key_in_force(item, p.persona):
+            found["probe_key_in_force"] += 1
+        sessions = [(item.persona_id, s) for s in item.evidence_sessions]
+        kept = all(k in shown for k in sessions)
+        reveal = item.type == probes.TYPES["new"] or any(item.path in shown.get(k, set()) for k in sessions)
+        if (
+            not item.evidence_sessions
+            or not kept
+            or max(item.evidence_sessions) > item.checkpoint_session
+            or min(item.evidence_sessions) >= item.checkpoint_session
+            or (item.type in _FIELD_TYPES and not reveal)
+            or (p is not None and not _after_change(item, p.persona))
+        ):
+            found["probe_evidence_backs_key"] += 1
+        if item.evidence_sessions and item.distance_sessions != item.checkpoint_session - max(
+            item.evidence_sessions
+        ):
+            found["probe_distance"] += 1
+        o = item.options
+        if any(fuzz.ratio(a, b) >= probes.DISTINCT for i, a in enumerate(o) for b in o[i + 1 :]):
+            found["probe_options_distinct"] += 1
+    manifest = root / "manifest.json"
+    if manifest.exists():
+        import orjson
+
+        recorded = orjson.loads(manifest.read_bytes()).get("probe_baselines") or {}
+        judged = {i.probe_id: i.blind_judge for i in items if i.blind_judge is not None}
+        if recorded != probes.baselines(items, judged):
+            found["probe_baselines_recorded"] += 1
+    return found
+
+
+_FIELD_TYPES = {
+    "recalling_facts_mentioned_by_the_user",
+    "recalling_the_latest_user_preferences",
+    "tracking_the_full_sequence_of_preference_updates",
+    "recommendation_aligned_with_users_latest_preferences",
+}
+
+
+def _key_in_force(item: Any, base: Any) -> bool:
+    from personaloom import probes
+    from personaloom.drift import as_text, get_value, persona_at
+
+    values = item.option_values
+    if values and (
+        values[item.answer] != item.truth
+        or any(f'"{v}"' not in o for v, o in zip(values, item.options, strict=False))
+    ):
+        return False
+    now = persona_at(base, item.checkpoint_session)
+    kind = probes.KIND_OF.get(item.type)
+    chain = probes._newest_per_field(base.Changes, item.checkpoint_session).get(item.path, [])
+    if kind in ("latest", "recall", "recommend", "generalize"):
+        return item.truth == as_text(get_value(now, item.path))
+    if kind == "evolution":
+        return bool(chain) and item.truth == " → ".join([chain[0].before, *(c.after for c in chain)])
+    if kind == "reason":
+        return bool(chain) and item.truth == chain[-1].reason
+    if kind == "new":
+        return item.truth not in [str(v) for v in get_value(now, item.path)]
+    return False
+
+
+def _after_change(item: Any, base: Any) -> bool:
+    """Items about the value in force cite a session at or after the latest change of the field."""
+    from personaloom import probes
+
+    if probes.KIND_OF.get(item.type) not in ("latest", "recommend", "reason", "generalize"):
+        return True
+    chain = probes._newest_per_field(base.Changes, item.checkpoint_session).get(item.path, [])
+    return not chain or max(item.evidence_sessions) >= chain[-1].effective_session
+
+
 def audit(root: Path, cat: Catalogue) -> dict[str, int]:
     """Violations per invariant over the tables under `root` (a version or a staging folder)."""
     seeds = read_records(root / "seeds", SeedRow)
@@ -94,6 +197,7 @@ def audit(root: Path, cat: Catalogue) -> dict[str, int]:
     found = _skeleton_checks(seeds, cat)
     found += _persona_checks({s.persona_id: s for s in seeds}, personas, cat)
     found += _session_checks(root, {p.persona_id: p for p in personas})
+    found += _probe_checks(root, {p.persona_id: p for p in personas})
     from personaloom.stages.seed import SKELETON_INVARIANTS
 
     names = dict.fromkeys(INVARIANTS, 0) | dict.fromkeys(SKELETON_INVARIANTS, 0) | {k: 0 for k in found}

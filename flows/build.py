@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from personaloom import probes
 from personaloom.audit import audit, broken
 from personaloom.card import dataset_card
 from personaloom.errors import UserError
@@ -51,9 +52,10 @@ from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_
 from personaloom.schedule import check_served_parameters
 from personaloom.schemas.config import BuildConfig, RunPaths
 from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage
+from personaloom.schemas.probes import ProbeItem
 from personaloom.schemas.records import Rejection
 from personaloom.stages.calibration import judge_calibration
-from personaloom.store import DatasetStore, link_or_copy, read_table, shard_infos, write_records
+from personaloom.store import DatasetStore, link_or_copy, read_records, read_table, shard_infos, write_records
 from personaloom.version import code_version
 
 
@@ -182,6 +184,8 @@ def publish_version(
         if not list((staging / table).glob("part-*.parquet")):
             write_records(part(staging, table, shards(run).start), TABLE_MODELS[table], [])
     reasons = Counter(read_table(staging / "rejections", Rejection, columns=["reason"])["reason"].to_pylist())
+    probe_items = read_records(staging / "probes", ProbeItem)
+    judged = {i.probe_id: i.blind_judge for i in probe_items if i.blind_judge is not None}
     invariants = audit(staging, run.catalogue)
     if bad := broken(invariants):
         raise UserError(
@@ -223,6 +227,8 @@ def publish_version(
             usage={s: run.llm.usage.get(s, StageUsage()) for s in REPORTED},
             rejection_reasons=dict(sorted(reasons.items())),
             judges=judges or {},
+            probe_baselines=probes.baselines(probe_items, judged),
+            probe_yield=probes.yield_by_type(probe_items, read_records(staging / "rejections", Rejection)),
             invariants=invariants,
             languages=dataset_languages(staging),
             stage_seconds={s: round(stage_seconds[s], 3) for s in REPORTED},

@@ -65,6 +65,64 @@ def _lineage(m: Manifest) -> str:
     return ""
 
 
+BLIND_RULES = (
+    "chance",
+    "longest",
+    "shortest",
+    "question_overlap",
+    "option_centroid",
+    "odd_one_out",
+    "median_length",
+    "position_majority",
+    "blind_judge",
+)
+
+
+def baseline_lines(m: Manifest) -> list[str]:
+    """The blind baselines as a markdown table: one row per item type, one column per rule."""
+    table = m.probe_baselines
+    if not table:
+        return []
+    rules = [r for r in BLIND_RULES if any(r in row for row in table.values())]
+    lines = ["| type | items | " + " | ".join(rules) + " |", "|---|---|" + "---|" * len(rules)]
+    for group, row in sorted(table.items(), key=lambda kv: kv[0] != "all"):
+        cells = " | ".join(f"{row[r]:.3f}" if r in row else "-" for r in rules)
+        lines.append(f"| {group} | {int(row['items'])} | {cells} |")
+    return lines
+
+
+def yield_lines(m: Manifest) -> list[str]:
+    lines = []
+    for t, counts in m.probe_yield.items():
+        why = ", ".join(
+            f"{k.removeprefix('rejected:')} {n}" for k, n in counts.items() if k.startswith("rejected:")
+        )
+        lines.append(
+            f"- {t}: {counts.get('kept', 0)} kept of {counts.get('planned', 0)} planned"
+            + (f" ({why})" if why else "")
+        )
+    return lines
+
+
+def probe_section(m: Manifest) -> str:
+    if not m.probe_yield and not m.probe_baselines:
+        return ""
+    return (
+        "\n## Probes: blind baselines and yield\n\n"
+        "An item must need the history. Each rule below answers the probes from the question and\n"
+        "options alone (option length, the words an option shares with the question or the other options,\n"
+        "the most common key position, and the build's judge model asked without the history, over two\n"
+        "option orders); each should score chance. The build keeps every rule within chance + 0.04 (items\n"
+        "over the quota are rejected as `probe_blind_answerable`); `personaloom evaluate --context none`\n"
+        "measures any model the\n"
+        "same way.\n\n"
+        + "\n".join(baseline_lines(m))
+        + "\n\nItems per type:\n"
+        + "\n".join(yield_lines(m))
+        + "\n"
+    )
+
+
 def dataset_card(m: Manifest) -> str:
     rows = m.rows
     configs = "\n".join(
@@ -91,6 +149,7 @@ def dataset_card(m: Manifest) -> str:
     language_lines = "\n".join(f"| {code} | {language_name(code)} | {n} |" for code, n in found.items())
     tables = "\n".join(f"- `{t}/` — {doc}" for t, doc in TABLE_DOCS.items())
     exports = EXPORTS if "probes" in m.counts and m.counts["probes"].rows_out else ""
+    probes = probe_section(m)
     return f"""---
 license: cc-by-4.0
 language:
@@ -126,7 +185,7 @@ Load with `polars.scan_parquet("dataset/*.parquet")`, DuckDB `read_parquet('data
 or `datasets.load_dataset("parquet", data_files="dataset/*.parquet")`.
 Rows with a non-empty `fallback_fields` had fields filled from the seed tables because the model's
 output was empty or invalid; `answerability` there means no judge verdict was applied to the row.
-{exports}
+{exports}{probes}
 ## How it was built
 
 | stage | rows in | rows out | rejected | rows with fallbacks | LLM calls | cache hits | tokens | cost USD |

@@ -1,9 +1,12 @@
 """Prefect flow `evaluate_dataset`: a version's probes against any OpenAI-compatible model.
 
 Each item is asked after the user's history up to its checkpoint (capped or padded with
-`context_tokens`); in `mcq` mode the model picks one of the four replies, in `open` mode it answers
-freely and a judge checks the answer against the key. Two reference rows come with every run: `random`
-(a seeded guess: chance) and `oracle` (reads the answer key and must score 1.0, or the items are broken).
+`context_tokens`), or with no history at all (`context="none"`: a blind reader) or with the persona as it
+was before any change (`context="base-persona"`: a stale memory, which should fail the items about the latest
+values); in `mcq` mode the model picks one of the four replies, in `open` mode it answers freely and a
+judge checks the answer against the key. Reference rows come with every run: `oracle` (picks the one option
+that holds the value in force; below 1.0 the items are broken), each blind rule of `personaloom.blind`
+(`blind:longest`, ... which never read the history), and the summary's `chance` column.
 Output: vNNNN/eval/<run>/results/part-*.parquet, summary.md (also a Prefect artifact), manifest.json.
 """
 
@@ -19,14 +22,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from personaloom import blind
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
-from personaloom.probes import history, message_tokens
+from personaloom.probes import history, message_tokens, no_probes_message
 from personaloom.replay import artifact_key, claim_run_dir
 from personaloom.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.drafts import Draft
@@ -122,7 +127,7 @@ def _sample_item(s: Any) -> ProbeItem:
         question="Can you summarise the offers I got?",
         options=["Three short bullets: ...", "A long walk-through: ...", "A table: ...", "A story: ..."],
         answer=0,
-        option_kinds=["correct", "outdated", "other_persona", "contradiction"],
+        option_kinds=["correct", "outdated", "other_persona", "other_persona"],
         truth="short bullet points",
         outdated="long detailed walk-throughs",
         evidence_sessions=[2],
@@ -135,8 +140,19 @@ def _sample_item(s: Any) -> ProbeItem:
 # ---------------------------------------------------------------- asking
 
 
+def base_persona_note(rows: Sequence[DatasetRow]) -> list[dict[str, str]]:
+    """The persona as it was before any change, as the one thing a stale memory knows."""
+    if not rows:
+        return []
+    base = rows[0].persona.model_dump(mode="json", exclude={"Changes"})
+    return [{"role": "memory", "content": "What you know about this user: " + orjson.dumps(base).decode()}]
+
+
 def asked_items(
-    items: Sequence[ProbeItem], rows: Sequence[DatasetRow], context_tokens: int | None
+    items: Sequence[ProbeItem],
+    rows: Sequence[DatasetRow],
+    context_tokens: int | None,
+    context: str = "history",
 ) -> list[Asked]:
     """Each item with its history; padding comes from the other personas' sessions (unrelated to the user)."""
     by_persona: dict[str, list[DatasetRow]] = defaultdict(list)
@@ -144,6 +160,10 @@ def asked_items(
         by_persona[r.persona_id].append(r)
     out = []
     for item in items:
+        if context != "history":
+            note = base_persona_note(by_persona[item.persona_id]) if context == "base-persona" else []
+            out.append(Asked(item, note))
+            continue
         filler = [r for pid, rs in sorted(by_persona.items()) if pid != item.persona_id for r in rs]
         messages = history(
             by_persona[item.persona_id],
@@ -177,8 +197,17 @@ async def answer(run: Run[EvalConfig], asked: Asked) -> EvalResult:
     return EvalResult(**common, predicted=item.answer if follows else None, correct=bool(follows), raw=reply)
 
 
+def oracle_pick(item: ProbeItem) -> int | None:
+    """The one option holding the value in force (code put it there verbatim); None unless exactly one."""
+    if item.option_values:
+        holding = [i for i, o in enumerate(item.options) if f'"{item.truth}"' in o]
+    else:  # an earlier version's item: its option kinds are the only record
+        holding = [i for i, k in enumerate(item.option_kinds) if k == "correct"]
+    return holding[0] if len(holding) == 1 else None
+
+
 def references(asked: Sequence[Asked], mode: str) -> list[EvalResult]:
-    """`random` guesses with the item's seed; `oracle` reads the key and checks it names the correct reply."""
+    """`oracle` (the option holding the key's value) and each blind rule (a tie broken by the item's seed)."""
     out = []
     for a in asked:
         item = a.item
@@ -192,10 +221,13 @@ def references(asked: Sequence[Asked], mode: str) -> list[EvalResult]:
             "context_tokens": message_tokens(a.history),
             "answer": item.answer,
         }
-        guess = random.Random(item.seed ^ 0xE7A1).randrange(4)
-        out.append(EvalResult(**common, model="random", predicted=guess, correct=guess == item.answer))
-        key_ok = item.option_kinds[item.answer] == "correct"
-        out.append(EvalResult(**common, model="oracle", predicted=item.answer, correct=key_ok))
+        pick = oracle_pick(item)
+        out.append(EvalResult(**common, model="oracle", predicted=pick, correct=pick == item.answer))
+        for name, rule in blind.RULES.items():
+            guess = random.Random(f"{item.seed}:{name}").choice(sorted(rule(item.question, item.options)))
+            out.append(
+                EvalResult(**common, model=f"blind:{name}", predicted=guess, correct=guess == item.answer)
+            )
     return out
 
 
@@ -221,9 +253,13 @@ def _accuracy(rows: Sequence[EvalResult]) -> float:
 
 
 def summarize(results: Sequence[EvalResult]) -> tuple[dict[str, float], str]:
+    """Accuracy per row and group; `chance` is the expected score of a uniform guess (1 in 4)."""
     models = list(dict.fromkeys(r.model for r in results))
-    overall = {m: _accuracy([r for r in results if r.model == m]) for m in models}
-    lines = ["| by | group | " + " | ".join(models) + " | items |", "|---|---|" + "---|" * (len(models) + 1)]
+    overall = {m: _accuracy([r for r in results if r.model == m]) for m in models} | {"chance": blind.CHANCE}
+    lines = [
+        "| by | group | " + " | ".join(models) + " | chance | items |",
+        "|---|---|" + "---|" * (len(models) + 2),
+    ]
     groups: list[tuple[str, Any]] = [
         ("all", lambda r: "all"),
         ("type", lambda r: r.type),
@@ -235,7 +271,11 @@ def summarize(results: Sequence[EvalResult]) -> tuple[dict[str, float], str]:
         for v in values:
             cells = [_accuracy([r for r in results if r.model == m and key(r) == v]) for m in models]
             n = sum(1 for r in results if r.model == models[0] and key(r) == v)
-            lines.append(f"| {label} | {v} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {n} |")
+            lines.append(
+                f"| {label} | {v} | "
+                + " | ".join(f"{c:.3f}" for c in cells)
+                + f" | {blind.CHANCE:.3f} | {n} |"
+            )
     return overall, "\n".join(lines)
 
 
@@ -252,10 +292,7 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
     version_dir = store.resolve(config.version)
     items = read_records(version_dir / "probes", ProbeItem)
     if not items:
-        raise UserError(
-            f"{config.dataset}@{version_dir.name} has no probes: build a version with probes (the default, "
-            "`personaloom build --probes`)"
-        )
+        raise UserError(no_probes_message(config.dataset, version_dir))
     if config.personas:
         keep = sorted({i.persona_id for i in items})[: config.personas]
         items = [i for i in items if i.persona_id in keep]
@@ -265,7 +302,7 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
     async with open_run(config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident) as run:
         run_dir = version_dir / "eval" / (config.run or f"e-{run.key}")
         claim_run_dir(run_dir, run.key)
-        asked = asked_items(items, rows, config.context_tokens)
+        asked = asked_items(items, rows, config.context_tokens, config.context)
         size = config.shard_size
         started = time.perf_counter()
         await asyncio.gather(
@@ -280,8 +317,15 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
         )
         results = read_records(run_dir / "results", EvalResult)
         overall, table = summarize(results)
-        title = f"Evaluation of {config.llm.model} on {config.dataset}@{version_dir.name} ({config.mode})"
-        markdown = f"# {title}\n\n{len(items)} items; accuracy per row, oracle must be 1.0.\n\n{table}\n"
+        title = (
+            f"Evaluation of {config.llm.model} on {config.dataset}@{version_dir.name} ({config.mode}, "
+            f"context: {config.context})"
+        )
+        markdown = (
+            f"# {title}\n\n{len(items)} items; accuracy per row. `oracle` must be 1.0; the `blind:` rows "
+            "never read the history and should be near `chance`.\n\n"
+            f"{table}\n"
+        )
         (run_dir / "summary.md").write_text(markdown)
         manifest = EvalManifest(
             dataset=config.dataset,

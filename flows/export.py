@@ -20,7 +20,6 @@ import orjson
 import polars as pl
 
 from personaloom.errors import UserError
-from personaloom.probes import history, message_tokens
 from personaloom.schemas.probes import OptionKind, ProbeItem
 from personaloom.schemas.records import DatasetRow
 from personaloom.store import TABLES, DatasetStore, read_records, replacing
@@ -98,9 +97,19 @@ def export_version(
 # ---------------------------------------------------------------- probes as training and evaluation files
 
 Message = dict[str, str]
-# The reply a DPO pair rejects: the pre-change preference first (the mistake memory must avoid), then the
-# reply that fits anybody, then another user's preference; every item has at least one of the three.
-REJECTED: tuple[OptionKind, ...] = ("outdated", "generic", "other_persona", "contradiction")
+# The reply a DPO pair rejects: the pre-change preference first (the mistake memory must avoid), then this
+# user's own other reasons or sequence out of order, then what they already mentioned, then another user's
+# value (earlier versions: a generic reply, a contradiction); every item has at least one of them.
+REJECTED: tuple[OptionKind, ...] = (
+    "outdated",
+    "other_change",
+    "reordered",
+    "mentioned",
+    "other_persona",
+    "generic",
+    "contradiction",
+    "fabricated",
+)
 PERSONA_MEM_COLUMNS = (
     "persona_id",
     "question_id",
@@ -149,6 +158,8 @@ class _Histories:
 
     def before(self, persona_id: str, upto: int, keep: Sequence[int] = ()) -> list[Message]:
         """Sessions up to `upto` (inclusive) as chat messages."""
+        from personaloom.probes import history  # with the OpenAI SDK (1 s): only the item formats need it
+
         return history(
             self.rows[persona_id],
             upto,
@@ -202,6 +213,8 @@ def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[st
     slices `context[:end_index]`); distances count the sessions and tokens after the item's last evidence
     session that the model reads, and `num_irrelevant_tokens` the other personas' padding.
     """
+    from personaloom.probes import history, message_tokens
+
     by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
     for item in items:
         by_persona[item.persona_id].append(item)
@@ -302,10 +315,9 @@ def export_items(
         key=lambda i: (i.persona_id, i.checkpoint_session, i.probe_id),
     )
     if not items:
-        raise UserError(
-            f"{dataset}@{version_dir.name} has no probes to export as {fmt}: build a version with probes "
-            "(the default, `personaloom build --probes`)"
-        )
+        from personaloom.probes import no_probes_message
+
+        raise UserError(no_probes_message(dataset, version_dir) + f" (nothing to export as {fmt})")
     h = _Histories(read_records(version_dir / "dataset", DatasetRow), context_tokens)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,35 @@
 """Probes: evaluation items built after stage 5 from the kept sessions and the ground truth.
 
-Code chooses what each item asks (a persona field at a checkpoint session), the value in force (the
-answer key), what each distractor must embody (the outdated value before a change, another persona's
-value, a contradiction, a generic reply), which kept sessions revealed it, and the option order. The
-LLM writes the user's question and the four replies; code then checks each reply embodies what it was
-asked to (and each distractor contradicts the value in force) before the item is kept.
+Code decides everything a reader could score on: what each item asks (a persona field at a checkpoint
+session), the value in force (the key), the concrete value each distractor stands for (the value before
+a change, other users' values of the same field by a seeded rotation, this user's other reasons, a
+reordered sequence, things the user did mention), which kept sessions show it, and the option order.
+No option is generic: every option is a concrete, plausible value of the same kind.
+
+The LLM writes the user's question and one reply frame per option, *blind*: it sees the four values as A–D
+in the order the item shows them, not which one holds, so whatever it leaks it leaks for all four. Code
+puts each value into its frame verbatim, then checks the form (no empty or twin option, no frame naming
+another option's value, no question naming any value, every length within a band around the median;
+a failing answer is drawn again, then rejected). Last, `personaloom.blind` keeps every blind rule and the
+judge model asked without history at chance over the kept items.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from pathlib import Path
+from statistics import median
 from typing import Any, NamedTuple
 
+import orjson
 from rapidfuzz import fuzz
 
+from personaloom import blind
+from personaloom.catalogue import Catalogue
 from personaloom.drift import as_text, get_value, persona_at
 from personaloom.filtering.grounding import content_tokens
 from personaloom.llm.calls import LLMCall
@@ -36,8 +49,13 @@ TYPES = {
     "new": "identifying_new_things_not_mentioned_by_the_user",
     "generalize": "generalizing_past_reasons_in_memory_to_new_scenarios",
 }
-LEARNABLE = ("Personality.", "Pattern.", "Preference.", "Communication.")
+KIND_OF = {v: k for k, v in TYPES.items()}
+LETTERS = "ABCD"
 DISTINCT = 92.0  # rapidfuzz ratio above which two options count as the same reply
+VALUES_APART = 70.0  # two values closer than this (rapidfuzz ratio) could both be read as the truth
+LENGTH_BAND = (0.67, 1.5)  # every option's length against the item's median
+STABLE_FIELDS = ("Preference.Preferred_Formats", "Preference.Preferred_Styles", "Pattern.Usage_Pattern")
+MENTIONED = 0.5  # share of an item's content words a session must carry to count as mentioning it
 
 
 class Spec(NamedTuple):
@@ -48,23 +66,33 @@ class Spec(NamedTuple):
     kind: str  # a key of TYPES
     path: str
     truth: str
+    values: tuple[str, ...]  # the four options' values, in the order shown (seeded)
+    kinds: tuple[OptionKind, ...]  # what each stands for; exactly one "correct"
     outdated: str  # the value before the change ("" when the field never changed)
-    other: str  # another persona's value of the same field
     evidence: tuple[int, ...]
     distance_sessions: int
     distance_tokens: int
     seed: int
-    persona: Persona  # in force at the checkpoint
+    language: str
+
+    @property
+    def answer(self) -> int:
+        return self.kinds.index("correct")
+
+    @property
+    def probe_id(self) -> str:
+        return f"{self.persona_id}-c{self.checkpoint:03d}-{self.kind}"
 
 
 class ProbeDraft(Draft):
     question: str
-    correct: str
-    outdated: str = ""
-    other_persona: str = ""
-    contradiction: str = ""
-    generic: str = ""
-    fabricated: str = ""
+    reply_a: str
+    reply_b: str
+    reply_c: str
+    reply_d: str
+
+    def frames(self) -> list[str]:
+        return [self.reply_a, self.reply_b, self.reply_c, self.reply_d]
 
 
 def _seed(*parts: object) -> int:
@@ -83,181 +111,360 @@ def _newest_per_field(changes: Sequence[PreferenceChange], upto: int) -> dict[st
     return by_field
 
 
-def plan_specs(rows: Sequence[DatasetRow], others: dict[str, Persona]) -> list[Spec]:
-    """The items of one persona at its last kept session: at most one per type, each with evidence.
+def apart(value: str, others: Sequence[str]) -> bool:
+    """`value` cannot be mistaken for any of `others`: different text and different content words."""
+    mine = content_tokens(value)
+    for o in others:
+        theirs = content_tokens(o)
+        shared = len(mine & theirs) / len(mine | theirs) if mine | theirs else 1.0
+        if fuzz.ratio(value.casefold(), o.casefold()) >= VALUES_APART or shared >= 0.5:
+            return False
+    return True
 
-    `others` maps other persona ids to their persona in force at the end, for the other-persona distractor.
-    """
-    rows = sorted(rows, key=lambda r: r.session_index)
-    checkpoint = rows[-1].session_index
-    base = rows[-1].persona
-    now = persona_at(base, checkpoint)
-    pid = rows[-1].persona_id
-    changed = _newest_per_field(base.Changes, checkpoint)
-    other_pool = [p for k, p in sorted(others.items()) if k != pid]
 
-    def other_value(path: str, truth: str) -> str:
-        for p in other_pool:
-            value = as_text(get_value(p, path))
-            if fuzz.ratio(value.lower(), truth.lower()) < 70:
-                return value
-        return ""
+def mentions(text: str, item: str) -> bool:
+    """The text carries most of the item's content words (code's check of what a session said)."""
+    want = content_tokens(item)
+    return bool(want) and len(want & content_tokens(text)) / len(want) >= MENTIONED
 
-    def evidence(path: str, since: int = 0) -> tuple[int, ...]:
-        return tuple(r.session_index for r in rows if since <= r.session_index and path in r.revealed_fields)
 
-    def spec(kind: str, path: str, truth: str, outdated: str = "", since: int = 0) -> Spec | None:
-        ev = evidence(path, since)
-        if not ev or not truth.strip():
+# ---------------------------------------------------------------- planning: code owns every value
+
+
+class Pools:
+    """Values of other users (each persona in force at its last kept session), for distractors."""
+
+    def __init__(self, finals: dict[str, Persona], bases: dict[str, Persona]) -> None:
+        self.ids = sorted(finals)
+        self.finals = finals
+        self.bases = bases
+        self.reasons = {pid: [c.reason for c in bases[pid].Changes if c.reason.strip()] for pid in bases}
+
+    def rotation(self, pid: str, seed: int) -> list[str]:
+        """Other persona ids from a seeded start: no single persona lends most distractors."""
+        others = [p for p in self.ids if p != pid]
+        if not others:
+            return []
+        start = seed % len(others)
+        return others[start:] + others[:start]
+
+    def values(self, pid: str, path: str, taken: list[str], k: int, seed: int) -> list[str]:
+        out: list[str] = []
+        for other in self.rotation(pid, seed):
+            value = as_text(get_value(self.finals[other], path)).strip()
+            if value and apart(value, taken + out):
+                out.append(value)
+                if len(out) == k:
+                    break
+        return out
+
+    def changed_pair(self, pid: str, path: str, taken: list[str], seed: int) -> list[str]:
+        """Another user's value of the field and the one it replaced: a pair as alike as the key and its
+        outdated value are, so 'pick one of the two look-alike options' is no shortcut."""
+        for other in self.rotation(pid, seed):
+            changes = [c for c in self.bases[other].Changes if c.field == path]
+            if not changes:
+                continue
+            now = as_text(get_value(self.finals[other], path)).strip()
+            before = changes[-1].before.strip()
+            if now and before and apart(now, [*taken, before]) and apart(before, taken):
+                return [now, before]
+        return []
+
+    def other_reasons(self, pid: str, taken: list[str], k: int, seed: int) -> list[str]:
+        out: list[str] = []
+        for other in self.rotation(pid, seed):
+            for reason in self.reasons.get(other, []):
+                if apart(reason, taken + out):
+                    out.append(reason)
+                    break
+            if len(out) == k:
+                break
+        return out
+
+
+class Candidate(NamedTuple):
+    path: str
+    truth: str
+    distractors: list[tuple[OptionKind, str]]
+    outdated: str
+    evidence: tuple[int, ...]
+
+
+class Planner:
+    """The items of one persona: at each kept session (a checkpoint), the types whose key the history
+    up to it backs, each with its evidence, concrete values and a seeded option order."""
+
+    def __init__(self, rows: Sequence[DatasetRow], pools: Pools, cat: Catalogue, per_checkpoint: int) -> None:
+        self.rows = sorted(rows, key=lambda r: r.session_index)
+        self.base = self.rows[-1].persona
+        self.pid = self.rows[-1].persona_id
+        self.language = self.base.Demographics.Interaction_Language
+        self.pools, self.cat, self.per_checkpoint = pools, cat, per_checkpoint
+
+    def plan(self) -> list[Spec]:
+        out: list[Spec] = []
+        for row in self.rows[1:]:  # the first kept session has no history before it to ask about
+            c = row.session_index
+            found = [s for kind in TYPES if (s := self.spec(kind, c)) is not None]
+            random.Random(_seed(self.pid, c, "types")).shuffle(found)
+            out += found[: self.per_checkpoint]
+        return out
+
+    def spec(self, kind: str, c: int) -> Spec | None:
+        seed = _seed(self.pid, c, kind)
+        got: Candidate | None = getattr(self, f"_{kind}")(c, seed)
+        if got is None or len(got.distractors) < 3 or not got.truth.strip():
             return None
-        between = [r for r in rows if ev[-1] < r.session_index <= checkpoint]
+        if not got.evidence or min(got.evidence) >= c:  # never the checkpoint session alone
+            return None
+        options: list[tuple[OptionKind, str]] = [("correct", got.truth), *got.distractors[:3]]
+        random.Random(seed).shuffle(options)  # the row's seed: reproducible, balanced over items
+        between = [r for r in self.rows if got.evidence[-1] < r.session_index <= c]
         return Spec(
-            persona_id=pid,
-            checkpoint=checkpoint,
+            persona_id=self.pid,
+            checkpoint=c,
             kind=kind,
-            path=path,
-            truth=truth,
-            outdated=outdated,
-            other=other_value(path, truth),
-            evidence=ev,
-            distance_sessions=checkpoint - ev[-1],
+            path=got.path,
+            truth=got.truth,
+            values=tuple(v for _, v in options),
+            kinds=tuple(k for k, _ in options),
+            outdated=got.outdated,
+            evidence=got.evidence,
+            distance_sessions=c - got.evidence[-1],
             distance_tokens=_tokens(between),
-            seed=_seed(pid, checkpoint, kind, path),
-            persona=now,
+            seed=seed,
+            language=self.language,
         )
 
-    out: list[Spec | None] = []
-    # change items: for each type, the most recently changed field the kept sessions give evidence of
-    newest_first = sorted(changed.items(), key=lambda kv: -kv[1][-1].effective_session)
+    # ------------------------------------------------------------ evidence
 
-    def first(make: Any) -> Spec | None:
-        return next((sp for path, chain in newest_first if (sp := make(path, chain)) is not None), None)
+    def shows(self, path: str, c: int, since: int = 0) -> tuple[int, ...]:
+        """Kept sessions in since..c whose query reveals the field."""
+        return tuple(
+            r.session_index for r in self.rows if since <= r.session_index <= c and path in r.revealed_fields
+        )
 
-    out.append(first(lambda p, ch: spec("latest", p, ch[-1].after, ch[-1].before, ch[-1].effective_session)))
-    # the whole chain is the truth: its first value is part of it, so no "outdated" distractor here
-    out.append(
-        first(
-            lambda p, ch: spec(
-                "evolution",
-                p,
-                " → ".join([ch[0].before, *(c.after for c in ch)]),
-                "",
-                ch[0].effective_session,
+    def said(self, text: str, c: int, since: int = 0) -> tuple[int, ...]:
+        """Kept sessions in since..c whose query carries the text's content words."""
+        return tuple(
+            r.session_index
+            for r in self.rows
+            if since <= r.session_index <= c and mentions(r.personalized_query, text)
+        )
+
+    def others(self, path: str, taken: list[str], k: int, seed: int) -> list[tuple[OptionKind, str]]:
+        return [("other_persona", v) for v in self.pools.values(self.pid, path, taken, k, seed)]
+
+    def changed(self, c: int) -> list[tuple[str, list[PreferenceChange]]]:
+        """Fields changed by session c, the most recently changed first."""
+        chains = _newest_per_field(self.base.Changes, c)
+        return sorted(chains.items(), key=lambda kv: -kv[1][-1].effective_session)
+
+    # ------------------------------------------------------------ the types
+
+    def _value_in_force(self, c: int, seed: int, preference_only: bool) -> Candidate | None:
+        """The value in force of the most recently changed field, with the value before it."""
+        for path, chain in self.changed(c):
+            if preference_only and not path.startswith("Preference."):
+                continue
+            last = chain[-1]
+            truth = as_text(get_value(persona_at(self.base, c), path))
+            if not apart(last.before, [truth]):
+                continue
+            rest = self.others(path, [truth, last.before], 2, seed)
+            return Candidate(
+                path,
+                truth,
+                [("outdated", last.before), *rest],
+                last.before,
+                self.shows(path, c, last.effective_session),
             )
-        )
+        return None
+
+    def _latest(self, c: int, seed: int) -> Candidate | None:
+        return self._value_in_force(c, seed, preference_only=False)
+
+    def _recommend(self, c: int, seed: int) -> Candidate | None:
+        changed = self._value_in_force(c, seed, preference_only=True)
+        if changed is not None:
+            return changed
+        return self._stable(c, seed, ("Preference.Preferred_Styles", "Preference.Preferred_Workflows"))
+
+    def _recall(self, c: int, seed: int) -> Candidate | None:
+        return self._stable(c, seed, STABLE_FIELDS)
+
+    def _stable(self, c: int, seed: int, fields: Sequence[str]) -> Candidate | None:
+        """A field that never changed by session c, shown before it."""
+        changed = {p for p, _ in self.changed(c)}
+        for path in fields:
+            if path in changed:
+                continue
+            truth = as_text(get_value(self.base, path))
+            return Candidate(path, truth, self.others(path, [truth], 3, seed), "", self.shows(path, c))
+        return None
+
+    def _evolution(self, c: int, seed: int) -> Candidate | None:
+        """The whole sequence of a field's values; the distractors are sequences of the same length."""
+        for path, chain in self.changed(c):
+            seq = [chain[0].before, *(ch.after for ch in chain)]
+            if not apart(seq[-1], seq[:-1]):
+                continue
+            truth = " → ".join(seq)
+            other = self.pools.values(self.pid, path, seq, 2, seed)
+            if len(other) < 2:
+                continue
+            wrong: list[tuple[OptionKind, str]] = [
+                ("reordered", " → ".join(reversed(seq))),
+                ("other_persona", " → ".join([*seq[:-1], other[0]])),
+                ("other_persona", " → ".join([other[1], *seq[1:]])),
+            ]
+            before = self.shows(path, chain[0].effective_session - 1)
+            after = self.shows(path, c, chain[-1].effective_session)
+            if before and after:
+                return Candidate(path, truth, wrong, chain[-1].before, before + after)
+        return None
+
+    def _reason(self, c: int, seed: int) -> Candidate | None:
+        """Why the field changed: the session where the reason was said is the evidence."""
+        for path, chain in self.changed(c):
+            last = chain[-1]
+            evidence = self.said(last.reason, c, last.effective_session)
+            if not evidence:
+                continue
+            own = [
+                ("other_change", ch.reason)
+                for ch in self.base.Changes
+                if ch is not last and apart(ch.reason, [last.reason])
+            ]
+            taken = [last.reason, *(v for _, v in own)]
+            rest = [("other_persona", v) for v in self.pools.other_reasons(self.pid, taken, 3, seed)]
+            return Candidate(path, last.reason, [*own[:1], *rest], "", evidence)  # type: ignore[list-item]
+        return None
+
+    def _generalize(self, c: int, seed: int) -> Candidate | None:
+        """A new situation where the reason behind a change applies: its value, the reason said before."""
+        for path, chain in self.changed(c):
+            last = chain[-1]
+            said = self.said(last.reason, c, last.effective_session)
+            truth = as_text(get_value(persona_at(self.base, c), path))
+            if not said or not apart(last.before, [truth]):
+                continue
+            pair = self.pools.changed_pair(self.pid, path, [truth, last.before], seed)
+            rest = [("other_persona", v) for v in pair] or self.others(path, [truth, last.before], 2, seed)
+            evidence = tuple(sorted(set(said) | set(self.shows(path, c, last.effective_session))))
+            return Candidate(path, truth, [("outdated", last.before), *rest], last.before, evidence)
+        return None
+
+    def _new(self, c: int, seed: int) -> Candidate | None:
+        """PersonaMem's 'new things': the key is an interest the user never mentioned; each distractor
+        is one they did mention (a reader with the history knows it is not new)."""
+        path = "Personality.Values_and_Interests"
+        items = [str(v) for v in get_value(persona_at(self.base, c), path)]
+        mentioned = [(i, s) for i in items if (s := self.said(i, c))]
+        if len(mentioned) < 3:
+            return None
+        mentioned = mentioned[:3]
+        fresh = [
+            i for i in self.cat.values_interests if i not in items and apart(i, [m for m, _ in mentioned])
+        ]
+        if not fresh:
+            return None
+        truth = random.Random(seed).choice(fresh)
+        evidence = tuple(sorted({s for _, ss in mentioned for s in ss}))
+        return Candidate(path, truth, [("mentioned", m) for m, _ in mentioned], "", evidence)
+
+
+def plan_specs(
+    rows: Sequence[DatasetRow], pools: Pools, cat: Catalogue, per_checkpoint: int = 2
+) -> list[Spec]:
+    return Planner(rows, pools, cat, per_checkpoint).plan()
+
+
+# ---------------------------------------------------------------- the LLM writes blind, code checks the form
+
+
+def _placeholder(letter: str) -> str:
+    return f"[{letter}]"
+
+
+def assemble(spec: Spec, draft: ProbeDraft) -> list[str]:
+    """Each option: its frame with the value put in by code. A frame that holds its own marker exactly
+    once (and no other) takes the value there; otherwise every option of the item reads `"value": frame`,
+    so the form is the same for all four."""
+    frames = [f.strip() for f in draft.frames()]
+    inline = all(
+        f.count(_placeholder(x)) == 1 and not any(_placeholder(y) in f for y in LETTERS if y != x)
+        for x, f in zip(LETTERS, frames, strict=True)
     )
-    out.append(first(lambda p, ch: spec("reason", p, ch[-1].reason, "", ch[-1].effective_session)))
-    out.append(
-        first(
-            lambda p, ch: spec(
-                "generalize",
-                p,
-                f"{ch[-1].after} (because {ch[-1].reason})",
-                ch[-1].before,
-                ch[-1].effective_session,
-            )
-        )
-    )
-    stable = [
-        p
-        for p in ("Preference.Preferred_Formats", "Preference.Preferred_Styles", "Pattern.Usage_Pattern")
-        if p not in changed
-    ]
-    recalled = next((p for r in rows for p in r.revealed_fields if p in stable), None)
-    if recalled:
-        out.append(spec("recall", recalled, as_text(get_value(now, recalled))))
-    prefs = [p for p in changed if p.startswith("Preference.")] or ["Preference.Preferred_Formats"]
-    target = prefs[0]
-    before = changed[target][-1].before if target in changed else ""
-    out.append(spec("recommend", target, as_text(get_value(now, target)), before))
-    interests = "Personality.Values_and_Interests"
-    out.append(spec("new", interests, as_text(get_value(now, interests))))
-    return [s for s in out if s is not None]
+    if inline:
+        return [
+            f.replace(_placeholder(x), f'"{v}"') for x, f, v in zip(LETTERS, frames, spec.values, strict=True)
+        ]
+    clean = [re.sub(r"\[[A-D]\]", "", f).strip() for f in frames]
+    return [f'"{v}": {f}' for v, f in zip(spec.values, clean, strict=True)]
 
 
-# ---------------------------------------------------------------- the LLM writes, code checks
-
-
-def coverage(reply: str, value: str) -> float:
-    """Share of the value's content words the reply carries (0 when the value has none)."""
-    want = content_tokens(value)
-    return len(want & content_tokens(reply)) / len(want) if want else 0.0
-
-
-def option_plan(spec: Spec) -> list[OptionKind]:
-    """The correct reply first, then three distractors: outdated and other-persona values when they exist.
-
-    A persona with no change on the field and no other persona to borrow from (a one-persona build)
-    still gets three: a contradiction, a generic reply, and a preference the user never stated.
-    """
-    have: list[tuple[OptionKind, bool]] = [
-        ("outdated", bool(spec.outdated)),
-        ("other_persona", bool(spec.other)),
-        ("contradiction", True),
-        ("generic", True),
-        ("fabricated", True),
-    ]
-    return ["correct", *[k for k, ok in have if ok][:3]]
-
-
-def validate(spec: Spec, draft: ProbeDraft, kinds: list[OptionKind]) -> str | None:
-    """None when every reply embodies what it should; else the failed check (the rejection reason)."""
-    texts = {k: getattr(draft, k).strip() for k in kinds if k != "correct"} | {
-        "correct": draft.correct.strip()
-    }
-    if any(not t for t in texts.values()) or not draft.question.strip():
+def form_problem(spec: Spec, draft: ProbeDraft) -> str | None:
+    """None when no option can be told apart by its form; else the rejection reason."""
+    frames = [f.strip() for f in draft.frames()]
+    question = draft.question.strip()
+    if not question or any(not f for f in frames):
         return "probe_missing_option"
-    values = list(texts.values())
-    if any(fuzz.ratio(a, b) >= DISTINCT for i, a in enumerate(values) for b in values[i + 1 :]):
+    options = assemble(spec, draft)
+    if any(fuzz.ratio(a, b) >= DISTINCT for i, a in enumerate(options) for b in options[i + 1 :]):
         return "probe_options_not_distinct"
-    correct = coverage(texts["correct"], spec.truth)
-    if correct == 0:
-        return "probe_correct_not_grounded"
-    for kind in kinds[1:]:
-        text = texts[kind]
-        if coverage(text, spec.truth) >= correct:
-            return f"probe_{kind}_agrees_with_truth"
-        source = {"outdated": spec.outdated, "other_persona": spec.other}.get(kind)
-        if source and coverage(text, source) <= coverage(text, spec.truth):
-            return f"probe_{kind}_not_grounded"
-        if source and coverage(texts["correct"], source) >= correct:
-            return "probe_correct_matches_a_distractor"
+    words = [content_tokens(v) for v in spec.values]
+    for i, frame in enumerate(frames):
+        carried = content_tokens(frame)
+        for j, value_words in enumerate(words):
+            own = value_words - words[i]
+            if j != i and len(own) >= 2 and len(own & carried) / len(own) >= 0.5:
+                return "probe_option_names_another_value"
+    asked = content_tokens(question)
+    for value_words in words:
+        own = value_words - set().union(*(w for w in words if w is not value_words))
+        if len(own) >= 2 and len(own & asked) / len(own) >= 0.5:
+            return "probe_question_names_a_value"
+    mid = median(len(o) for o in options)
+    lo, hi = LENGTH_BAND
+    if any(not lo * mid <= len(o) <= hi * mid for o in options):
+        return "probe_length_unbalanced"
     return None
 
 
+def _check(spec: Spec, draft: Any, checks: Any) -> str | None:
+    return form_problem(spec, draft)
+
+
 def build_probe(spec: Spec, res: LLMResult[Any]) -> ProbeItem | Rejection:
-    kinds = option_plan(spec)
-    row_id = f"{spec.persona_id}-c{spec.checkpoint:03d}-{spec.kind}"
     if res.value is None:
         return Rejection(
             stage=NAME,
-            row_id=row_id,
+            row_id=spec.probe_id,
             persona_id=spec.persona_id,
             reason="llm_invalid_output",
             detail=res.error,
             raw_output=res.raw,
         )
-    failed = validate(spec, res.value, kinds)
-    if failed:
+    if failed := form_problem(spec, res.value):
         return Rejection(
-            stage=NAME, row_id=row_id, persona_id=spec.persona_id, reason=failed, raw_output=res.raw
+            stage=NAME, row_id=spec.probe_id, persona_id=spec.persona_id, reason=failed, raw_output=res.raw
         )
-    order = list(range(4))
-    random.Random(spec.seed).shuffle(order)  # the row's seed: reproducible, balanced over items
-    texts = [getattr(res.value, k).strip() for k in kinds]
     return ProbeItem(
-        probe_id=row_id,
+        probe_id=spec.probe_id,
         persona_id=spec.persona_id,
         checkpoint_session=spec.checkpoint,
         type=TYPES[spec.kind],  # type: ignore[arg-type]
         path=spec.path,  # type: ignore[arg-type]
         question=res.value.question.strip(),
-        options=[texts[i] for i in order],
-        answer=order.index(0),
-        option_kinds=[kinds[i] for i in order],
+        options=assemble(spec, res.value),
+        answer=spec.answer,
+        option_kinds=list(spec.kinds),
+        option_values=list(spec.values),
         truth=spec.truth,
         outdated=spec.outdated,
-        language=spec.persona.Demographics.Interaction_Language,
+        language=spec.language,
         evidence_sessions=list(spec.evidence),
         distance_sessions=spec.distance_sessions,
         distance_tokens=spec.distance_tokens,
@@ -267,35 +474,209 @@ def build_probe(spec: Spec, res: LLMResult[Any]) -> ProbeItem | Rejection:
 
 WRITE: LLMCall[Spec, ProbeItem | Rejection] = LLMCall(
     name="probes/write",
-    variables=("persona", "kind", "field", "truth", "outdated", "other", "distractors", "language"),
+    variables=("kind", "field", "values", "language"),
     render=lambda s: {
-        "persona": s.persona,
-        "language": s.persona.Demographics.Interaction_Language,
         "kind": s.kind,
         "field": s.path,
-        "truth": s.truth,
-        "outdated": s.outdated,
-        "other": s.other,
-        "distractors": option_plan(s)[1:],
+        "values": dict(zip(LETTERS, s.values, strict=True)),
+        "language": s.language,
     },
     build=build_probe,
     response=ProbeDraft,
-    max_tokens=900,
+    max_tokens=700,
+    check=_check,
     sample=lambda s: Spec(
         persona_id=s.persona.persona_id,
         checkpoint=3,
         kind="latest",
         path="Preference.Preferred_Formats",
         truth="short bullet points",
-        outdated=s.persona.persona.Preference.Preferred_Formats,
-        other="long narrated explanations",
+        values=("long narrated explanations", "short bullet points", "colour-coded tables", "voice notes"),
+        kinds=("other_persona", "correct", "outdated", "other_persona"),
+        outdated="colour-coded tables",
         evidence=(2,),
         distance_sessions=1,
         distance_tokens=120,
         seed=7,
-        persona=s.persona.persona,
+        language=s.persona.persona.Demographics.Interaction_Language,
     ),
 )
+
+
+# ---------------------------------------------------------------- the judge, asked without the history
+
+
+class BlindChoice(Draft):
+    choice: str
+
+
+class Blind(NamedTuple):
+    item: ProbeItem
+    order: tuple[int, ...]  # option indices in the order shown to the judge
+
+
+def _choice(asked: Blind, res: LLMResult[Any]) -> int | None:
+    letter = (res.value.choice.strip().upper()[:1] if res.value is not None else "") or "?"
+    return asked.order[LETTERS.index(letter)] if letter in LETTERS else None
+
+
+BLIND: LLMCall[Blind, int | None] = LLMCall(
+    name="probes/blind",
+    variables=("question", "options", "language"),
+    render=lambda b: {
+        "question": b.item.question,
+        "options": dict(zip(LETTERS, (b.item.options[i] for i in b.order), strict=True)),
+        "language": b.item.language,
+    },
+    build=_choice,
+    response=BlindChoice,
+    max_tokens=20,
+    role="judge",
+    temperature=0.0,
+    sample=lambda s: Blind(
+        ProbeItem(
+            probe_id="p000000-c003-latest",
+            persona_id=s.persona.persona_id,
+            checkpoint_session=3,
+            type="recalling_the_latest_user_preferences",
+            path="Preference.Preferred_Formats",
+            question="Can you summarise the offers I got?",
+            options=['"bullets": here.', '"tables": here.', '"essays": here.', '"voice notes": here.'],
+            answer=0,
+            option_kinds=["correct", "outdated", "other_persona", "other_persona"],
+            truth="bullets",
+            evidence_sessions=[2],
+            distance_sessions=1,
+            distance_tokens=100,
+            seed=1,
+        ),
+        (0, 1, 2, 3),
+    ),
+)
+BLIND_ORDERS = ((0, 1, 2, 3), (3, 2, 1, 0))  # the item's order, then reversed: a position bias cancels
+
+
+async def judge_credit(ctx: StageContext, item: ProbeItem) -> float | None:
+    """The judge model's share of orders in which it picks the key with no history (chance: 0.25);
+    None when it named no option in any order (no verdict is not a wrong guess)."""
+    picks = [p for order in BLIND_ORDERS if (p := await ctx.llm.run(BLIND, Blind(item, order))) is not None]
+    return sum(p == item.answer for p in picks) / len(picks) if picks else None
+
+
+def gate(items: Sequence[ProbeItem], judged: dict[str, float]) -> StageOutcome[ProbeItem]:
+    """Keep every blind rule (and the judge without history) at chance over the kept items."""
+    ordered = sorted(items, key=lambda i: i.seed)  # a seeded order: no persona always goes first
+    credits = []
+    for item in ordered:
+        c = blind.rule_credits(item.question, item.options, item.answer)
+        if item.probe_id in judged:
+            c[blind.JUDGE] = judged[item.probe_id]
+        credits.append(c)
+    out: StageOutcome[ProbeItem] = StageOutcome()
+    for item, c, kept in zip(ordered, credits, blind.select(credits), strict=True):
+        if kept:
+            out.records.append(item.model_copy(update={"blind_judge": judged.get(item.probe_id)}))
+            continue
+        leaned = [r for r, v in c.items() if v > 0] or ["none (a rule's score would fall below chance)"]
+        out.rejections.append(
+            Rejection(
+                stage=NAME,
+                row_id=item.probe_id,
+                persona_id=item.persona_id,
+                reason="probe_blind_answerable",
+                detail="picked by " + ", ".join(leaned),
+                raw_output=item.question,
+            )
+        )
+    out.records = sorted(balance_positions(out.records), key=lambda i: i.probe_id)
+    return out
+
+
+def balance_positions(items: Sequence[ProbeItem]) -> list[ProbeItem]:
+    """Move each key to a position drawn without replacement from blocks of A–D (seeded): over the kept
+    items every position holds the key as often, so 'always pick the most common position' is chance.
+    An option is a whole reply (its value is inside it), so reordering changes no text."""
+    out = []
+    targets: list[int] = []
+    for n, item in enumerate(sorted(items, key=lambda i: i.seed)):
+        if not targets:
+            targets = list(range(len(LETTERS)))
+            random.Random(_seed("positions", n, item.seed)).shuffle(targets)
+        at = targets.pop()
+        rest = [i for i in range(len(item.options)) if i != item.answer]
+        order = rest[:at] + [item.answer] + rest[at:]
+        out.append(
+            item.model_copy(
+                update={
+                    "options": [item.options[i] for i in order],
+                    "option_kinds": [item.option_kinds[i] for i in order],
+                    "option_values": [item.option_values[i] for i in order] if item.option_values else [],
+                    "answer": at,
+                }
+            )
+        )
+    return out
+
+
+def baselines(
+    items: Sequence[ProbeItem], judged: dict[str, float] | None = None
+) -> dict[str, dict[str, float]]:
+    """Each blind rule's accuracy over the items, overall and per type, with chance beside it."""
+    by_type: dict[str, list[ProbeItem]] = defaultdict(list)
+    for i in items:
+        by_type["all"].append(i)
+        by_type[i.type].append(i)
+    table: dict[str, dict[str, float]] = {}
+    for group, its in sorted(by_type.items()):
+        row = {"items": float(len(its)), "chance": round(sum(1 / len(i.options) for i in its) / len(its), 3)}
+        sums: dict[str, float] = defaultdict(float)
+        for i in its:
+            for rule, c in blind.rule_credits(i.question, i.options, i.answer).items():
+                sums[rule] += c
+        row |= {rule: round(v / len(its), 3) for rule, v in sums.items()}
+        row["position_majority"] = round(blind.position_majority([i.answer for i in its]), 3)
+        if judged is not None:
+            scored = [judged[i.probe_id] for i in its if i.probe_id in judged]
+            if scored:
+                row[blind.JUDGE] = round(sum(scored) / len(scored), 3)
+        table[group] = row
+    return table
+
+
+def yield_by_type(items: Sequence[ProbeItem], rejections: Sequence[Rejection]) -> dict[str, dict[str, int]]:
+    """Planned, kept and rejected per reason, per item type (a rejection's row id ends in its type)."""
+    table: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int, planned=0, kept=0))
+    for i in items:
+        table[i.type]["kept"] += 1
+        table[i.type]["planned"] += 1
+    for r in rejections:
+        kind = r.row_id.rsplit("-", 1)[-1]
+        if r.stage == NAME and kind in TYPES:
+            table[TYPES[kind]]["planned"] += 1
+            table[TYPES[kind]][f"rejected:{r.reason}"] += 1
+    return {t: dict(sorted(v.items())) for t, v in sorted(table.items())}
+
+
+def no_probes_message(dataset: str, version_dir: Path) -> str:
+    """Why a version has no probes: how many were planned and what dropped them (from its manifest)."""
+    try:
+        m = orjson.loads((version_dir / "manifest.json").read_bytes())
+    except (OSError, ValueError):
+        m = {}
+    planned = sum(t.get("planned", 0) for t in (m.get("probe_yield") or {}).values())
+    if not (m.get("config") or {}).get("probes", True):
+        why = "it was built with --no-probes: build a version with probes"
+    elif planned:
+        reasons: Counter[str] = Counter()
+        for t in m["probe_yield"].values():
+            reasons.update(
+                {k.removeprefix("rejected:"): n for k, n in t.items() if k.startswith("rejected:")}
+            )
+        top = ", ".join(f"{r} {n}" for r, n in reasons.most_common(3))
+        why = f"{planned} were planned and all were rejected ({top}; `personaloom show` lists every reason)"
+    else:
+        why = "no item could be planned from its kept sessions (too few kept sessions, changes or personas)"
+    return f"{dataset}@{version_dir.name} has no probes: {why}"
 
 
 def _finals(rows: Sequence[DatasetRow]) -> dict[str, Persona]:
@@ -305,6 +686,10 @@ def _finals(rows: Sequence[DatasetRow]) -> dict[str, Persona]:
         if r.persona_id not in last or r.session_index > last[r.persona_id].session_index:
             last[r.persona_id] = r
     return {pid: persona_at(r.persona, r.session_index) for pid, r in last.items()}
+
+
+def _bases(rows: Sequence[DatasetRow]) -> dict[str, Persona]:
+    return {r.persona_id: r.persona for r in rows}
 
 
 def _key(item: ProbeItem) -> str:
@@ -335,16 +720,27 @@ def dedup(items: Sequence[ProbeItem], earlier: Sequence[ProbeItem] = ()) -> Stag
 
 
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[ProbeItem]:
-    if not ctx.config.probes:
+    cfg = ctx.config
+    if not cfg.probes:
         return StageOutcome()
     by_persona: dict[str, list[DatasetRow]] = defaultdict(list)
     for row in inputs["dataset"]:
         by_persona[row.persona_id].append(row)
-    # a grown build: earlier personas lend other-persona distractors, earlier items are not repeated
-    finals = _finals(ctx.earlier("dataset")) | _finals(inputs["dataset"])
-    specs = [s for pid in sorted(by_persona) for s in plan_specs(by_persona[pid], finals)]
+    # a grown build: earlier personas lend distractor values too, earlier items are not repeated
+    earlier = ctx.earlier("dataset")
+    pools = Pools(_finals(earlier) | _finals(inputs["dataset"]), _bases(earlier) | _bases(inputs["dataset"]))
+    specs = [
+        s
+        for pid in sorted(by_persona)
+        for s in plan_specs(by_persona[pid], pools, ctx.catalogue, cfg.probes_per_checkpoint)
+    ]
     written = StageOutcome.split(await map_async(specs, lambda s: ctx.llm.run(WRITE, s), ctx.advance))
-    return written.then(dedup(written.records, ctx.earlier("probes")))
+    unique = written.then(dedup(written.records, ctx.earlier("probes")))
+    judged: dict[str, float] = {}
+    if cfg.probe_blind_judge:
+        credits = await map_async(unique.records, lambda i: judge_credit(ctx, i))
+        judged = {i.probe_id: c for i, c in zip(unique.records, credits, strict=True) if c is not None}
+    return unique.then(gate(unique.records, judged))
 
 
 STAGE = Stage(
@@ -354,7 +750,7 @@ STAGE = Stage(
     record=ProbeItem,
     run=run,
     scope="dataset",
-    calls=(WRITE,),
+    calls=(WRITE, BLIND),
     rows_in=lambda cfg, n: n["probes"] + n["rejected:probes"],  # the items planned
 )
 

@@ -167,6 +167,14 @@ class BuildConfig(BaseModel):
         "seeds/judge_calibration.csv reaches this (else rows are kept, marked 'answerability'); 0: always",
     )
     probes: bool = Field(True, description="build evaluation items (probes/) from the kept sessions")
+    probes_per_checkpoint: int = Field(
+        2, ge=1, le=7, description="items planned at each kept session of a persona (types by seeded rotation)"
+    )
+    probe_blind_judge: bool = Field(
+        True,
+        description="ask the judge model each item without the history (two option orders); items it "
+        "answers above chance are rejected as probe_blind_answerable",
+    )
     quality_min: int | None = Field(
         None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)"
     )

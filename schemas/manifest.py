@@ -135,6 +135,15 @@ class Manifest(BaseModel):
     judges: dict[str, JudgeCalibration] = Field(
         default_factory=dict, description="each judge's calibration, by call (absent: not calibrated)"
     )
+    probe_baselines: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per type (and 'all'): accuracy of each blind rule that never reads the history, the "
+        "judge model asked without it (blind_judge), chance, and the items",
+    )
+    probe_yield: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="per type: planned, kept, and rejected per reason",
+    )
     invariants: dict[str, int] = Field(
         default_factory=dict, description="violations per ground-truth invariant (personaloom.audit): all 0"
     )

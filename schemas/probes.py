@@ -21,7 +21,21 @@ ProbeType = Literal[
     "identifying_new_things_not_mentioned_by_the_user",
     "generalizing_past_reasons_in_memory_to_new_scenarios",
 ]
-OptionKind = Literal["correct", "generic", "outdated", "other_persona", "contradiction", "fabricated"]
+# What an option stands for. Written today: correct (the value in force), outdated (the value before the
+# change), other_persona (another user's value of the same field), other_change (the reason behind another
+# of this user's changes), reordered (the user's own sequence out of order), mentioned (a thing the user
+# did mention, for "new things"). generic, contradiction and fabricated: earlier versions' items only.
+OptionKind = Literal[
+    "correct",
+    "outdated",
+    "other_persona",
+    "other_change",
+    "reordered",
+    "mentioned",
+    "generic",
+    "contradiction",
+    "fabricated",
+]
 
 
 class ProbeItem(Record):
@@ -40,6 +54,9 @@ class ProbeItem(Record):
     options: list[str] = Field(min_length=4, max_length=4)
     answer: int = Field(ge=0, le=3)
     option_kinds: list[OptionKind] = Field(min_length=4, max_length=4)
+    option_values: list[str] = Field(
+        default_factory=list, description="the value code put into each option (empty: an earlier version)"
+    )
     truth: str = Field(description="the ground-truth value in force that the correct reply follows")
     outdated: str = Field("", description="the value before the latest change, when the item has one")
     language: str = Field("en", description="the user's language of interaction (question and options)")
@@ -47,10 +64,13 @@ class ProbeItem(Record):
     distance_sessions: int = Field(description="sessions from the last evidence to the checkpoint")
     distance_tokens: int = Field(description="approximate tokens of history between evidence and checkpoint")
     seed: int = Field(description="shuffles the options; regenerates the item alone")
+    blind_judge: float | None = Field(
+        None, description="share of option orders in which the judge model, without history, picked the key"
+    )
 
 
 class EvalResult(Record):
-    """One item answered by one model (or the `random` and `oracle` references)."""
+    """One item answered by one model (or a reference: `oracle`, `blind:<rule>`)."""
 
     run: str
     model: str
@@ -76,6 +96,11 @@ class EvalConfig(BaseModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     mode: Literal["mcq", "open"] = "mcq"
     context_tokens: int | None = Field(None, ge=64, description="cap or pad each item's history to this size")
+    context: Literal["history", "none", "base-persona"] = Field(
+        "history",
+        description="history: the user's sessions; none: the question and options only (a blind reader); "
+        "base-persona: the persona as it was before any change (a stale memory), no sessions",
+    )
     personas: int | None = Field(None, ge=1, description="only the first N personas' items")
     shard_size: int = Field(200, ge=1, description="items per task (one results part each)")
     run: str | None = Field(None, description="run folder name under eval/ (default: derived from settings)")
@@ -91,6 +116,8 @@ class EvalManifest(BaseModel):
     endpoint: str
     config: EvalConfig
     items: int
-    accuracy: dict[str, float] = Field(description="overall accuracy per row: the model, random, oracle")
+    accuracy: dict[str, float] = Field(
+        description="overall accuracy per row: the model, oracle, each blind rule, and chance"
+    )
     usage: dict[str, StageUsage]
     shards: list[ShardInfo]

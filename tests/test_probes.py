@@ -1,4 +1,5 @@
-"""Probes: items from the ground truth, validated by code, and `evaluate` with its random and oracle rows."""
+"""Probes: items that need the history — concrete values chosen by code, written blind, form-checked, kept
+at chance for every blind rule — and `evaluate` with its oracle, blind rows and contexts."""
 
 from __future__ import annotations
 
@@ -10,10 +11,22 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from personaloom import blind
 from personaloom.build import build_dataset
 from personaloom.drift import as_text, get_value, persona_at
-from personaloom.evaluate import evaluate_dataset, pick_letter
-from personaloom.probes import ProbeDraft, Spec, dedup, history, message_tokens, option_plan, validate
+from personaloom.evaluate import evaluate_dataset, oracle_pick, pick_letter
+from personaloom.probes import (
+    ProbeDraft,
+    Spec,
+    assemble,
+    balance_positions,
+    baselines,
+    dedup,
+    form_problem,
+    gate,
+    history,
+    message_tokens,
+)
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import EvalConfig, ProbeItem
 from personaloom.schemas.records import DatasetRow
@@ -37,50 +50,218 @@ def version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "pm" / "v0001"
 
 
+@pytest.fixture(scope="module")
+def blind_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A build whose model writes schema-random text: it follows no instruction."""
+    out = tmp_path_factory.mktemp("blind-out")
+    with FakeOpenAI() as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=32)
+        cfg = BuildConfig(dataset="b", personas=50, scenes_per_persona=10, shard_size=25, seed=2, llm=llm)
+        asyncio.run(build_dataset(cfg, out=str(out)))
+    return out / "b" / "v0001"
+
+
+VALUE_TYPES = (
+    "recalling_facts_mentioned_by_the_user",
+    "recalling_the_latest_user_preferences",
+    "recommendation_aligned_with_users_latest_preferences",
+)
+
+
 def test_probes_of_several_types_with_a_code_owned_key(version: Path) -> None:
     items = read_records(version / "probes", ProbeItem)
     rows = read_records(version / "dataset", DatasetRow)
-    assert len({i.type for i in items}) >= 5
+    assert len({i.type for i in items}) >= 4
     by_persona = {r.persona_id: r for r in rows}
     for item in items:
-        assert item.option_kinds[item.answer] == "correct" and len(set(item.options)) == 4
+        assert item.option_kinds.count("correct") == 1 and item.option_kinds[item.answer] == "correct"
+        assert len(set(item.options)) == 4 and item.option_values[item.answer] == item.truth
+        assert all(f'"{v}"' in o for v, o in zip(item.option_values, item.options, strict=True))
+        assert not {"generic", "contradiction", "fabricated"} & set(item.option_kinds)  # nothing to eliminate
         kept = {r.session_index for r in rows if r.persona_id == item.persona_id}
         assert item.evidence_sessions and set(item.evidence_sessions) <= kept
-        assert all(s <= item.checkpoint_session for s in item.evidence_sessions)
+        assert max(item.evidence_sessions) <= item.checkpoint_session
+        assert min(item.evidence_sessions) < item.checkpoint_session  # never the checkpoint session alone
         assert item.distance_sessions == item.checkpoint_session - max(item.evidence_sessions)
-        if item.type in ("recalling_facts_mentioned_by_the_user", "recalling_the_latest_user_preferences"):
-            now = persona_at(by_persona[item.persona_id].persona, item.checkpoint_session)
-            assert item.truth == as_text(get_value(now, item.path))  # the value in force, not LLM text
-        if item.type == "recalling_the_latest_user_preferences":
-            base = by_persona[item.persona_id].persona
-            changed = [c for c in base.Changes if c.field == item.path]
-            last = max(c.effective_session for c in changed if c.effective_session <= item.checkpoint_session)
-            before = persona_at(base, last - 1)  # code's before: the value in force the session before
-            assert item.outdated == as_text(get_value(before, item.path)) != item.truth
-        assert item.language == by_persona[item.persona_id].persona.Demographics.Interaction_Language
+        base = by_persona[item.persona_id].persona
+        if item.type in VALUE_TYPES:  # the value in force, not LLM text
+            assert item.truth == as_text(get_value(persona_at(base, item.checkpoint_session), item.path))
+        changed = [
+            c for c in base.Changes if c.field == item.path and c.effective_session <= item.checkpoint_session
+        ]
+        if item.type in VALUE_TYPES[1:] and changed:  # cited at or after the change the key depends on
+            last = max(changed, key=lambda c: c.effective_session)
+            assert max(item.evidence_sessions) >= last.effective_session
+            assert item.outdated == last.before != item.truth and "outdated" in item.option_kinds
+        assert item.language == base.Demographics.Interaction_Language
+        assert oracle_pick(item) == item.answer
     m = json.loads((version / "manifest.json").read_text())
     c = m["counts"]["probes"]
     assert c["rows_out"] == len(items) and c["rows_in"] == c["rows_out"] + c["rejected"]
-    assert "probes/write" in m["calls"]
+    assert {"probes/write", "probes/blind"} <= set(m["calls"])
+    assert all(m["invariants"][k] == 0 for k in m["invariants"] if k.startswith("probe_"))
+    assert sum(t["kept"] for t in m["probe_yield"].values()) == len(items)
+    assert sum(t["planned"] for t in m["probe_yield"].values()) == c["rows_in"]
 
 
-def test_one_persona_gets_four_options_in_its_own_language(tmp_path: Path) -> None:
-    """No other persona to borrow a value from: the third distractor is a preference never stated."""
-    with FakeOpenAI(responder=probe_writer) as fake:
-        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
-        cfg = BuildConfig(dataset="one", personas=1, scenes_per_persona=8, seed=3, locales=["ja_JP"], llm=llm)
-        asyncio.run(build_dataset(cfg, out=str(tmp_path)))
-        asked = [r["body"] for r in fake.requests if "Ground truth (what holds" in json.dumps(r["body"])]
-    items = read_records(tmp_path / "one" / "v0001" / "probes", ProbeItem)
-    assert items and asked
+def test_many_checkpoints_per_persona(version: Path) -> None:
+    items = read_records(version / "probes", ProbeItem)
+    per = Counter(i.persona_id for i in items)
+    checkpoints = {pid: len({i.checkpoint_session for i in items if i.persona_id == pid}) for pid in per}
+    assert max(checkpoints.values()) >= 4 and len({i.distance_sessions for i in items}) >= 3
+    assert max(per.values()) >= 6
+
+
+def test_other_users_lend_distractors_by_rotation(version: Path) -> None:
+    """No one persona lends most of the other-persona values (each item starts the rotation at its seed)."""
+    items = read_records(version / "probes", ProbeItem)
+    rows = read_records(version / "dataset", DatasetRow)
+    finals = {
+        r.persona_id: persona_at(r.persona, r.session_index)
+        for r in sorted(rows, key=lambda r: r.session_index)
+    }
+    lenders: Counter[str] = Counter()
     for item in items:
-        assert len(item.options) == 4 and "other_persona" not in item.option_kinds
-        assert item.language == "ja"
-        assert ("outdated" in item.option_kinds) == bool(item.outdated)
-        if not item.outdated:
-            assert "fabricated" in item.option_kinds
-    said = "in Japanese, the language this user writes"
-    assert all(said in json.dumps(b, ensure_ascii=False) for b in asked)
+        for kind, value in zip(item.option_kinds, item.option_values, strict=True):
+            if kind == "other_persona" and item.type in VALUE_TYPES:
+                lenders.update(
+                    pid
+                    for pid, p in finals.items()
+                    if pid != item.persona_id and as_text(get_value(p, item.path)) == value
+                )
+    assert lenders and max(lenders.values()) <= 0.3 * sum(lenders.values())
+
+
+def test_blind_rules_score_chance_on_a_schema_random_model(blind_version: Path) -> None:
+    """The model writes random text: whatever form cue that leaves, every rule stays at chance."""
+    items = read_records(blind_version / "probes", ProbeItem)
+    assert len(items) >= 80
+    table = baselines(items)
+    for rule in (*blind.RULES, "position_majority"):
+        assert abs(table["all"][rule] - 0.25) <= 0.08, (rule, table["all"])
+    m = json.loads((blind_version / "manifest.json").read_text())
+    judged = {i.probe_id: i.blind_judge for i in items if i.blind_judge is not None}
+    assert (
+        m["probe_baselines"] == baselines(items, judged) and m["invariants"]["probe_baselines_recorded"] == 0
+    )
+    assert "## Probes: blind baselines and yield" in (blind_version / "README.md").read_text()
+
+
+def _spec(**kw) -> Spec:
+    base = {
+        "persona_id": "p0",
+        "checkpoint": 5,
+        "kind": "latest",
+        "path": "Preference.Preferred_Formats",
+        "truth": "short bullet points",
+        "values": (
+            "long detailed explanations",
+            "short bullet points",
+            "colourful comparison tables",
+            "voice notes",
+        ),
+        "kinds": ("outdated", "correct", "other_persona", "other_persona"),
+        "outdated": "long detailed explanations",
+        "evidence": (3,),
+        "distance_sessions": 2,
+        "distance_tokens": 50,
+        "seed": 3,
+        "language": "en",
+    }
+    return Spec(**(base | kw))
+
+
+def _draft(**kw) -> ProbeDraft:
+    frames = {
+        "reply_a": "Since you like [A], here are the three offers set out for you.",
+        "reply_b": "Going by [B], here are the three offers put together for you.",
+        "reply_c": "As you prefer [C], here are all three offers side by side.",
+        "reply_d": "Knowing you want [D], here are the three offers laid out.",
+    }
+    base = {"question": "Can you summarise the flat offers I got?", **frames}
+    return ProbeDraft(**(base | kw))
+
+
+def test_code_puts_each_value_into_its_frame() -> None:
+    spec = _spec()
+    options = assemble(spec, _draft())
+    assert options[1] == 'Going by "short bullet points", here are the three offers put together for you.'
+    # a frame without its marker: every option takes the same form, the value first
+    options = assemble(spec, _draft(reply_c="Here are all three offers side by side."))
+    assert all(o.startswith(f'"{v}": ') for o, v in zip(options, spec.values, strict=True))
+    assert form_problem(spec, _draft()) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"reply_b": ""}, "probe_missing_option"),
+        (
+            {"reply_b": "Since you like [B], here are the three offers set out for you."},
+            "probe_options_not_distinct",
+        ),
+        (
+            {"reply_a": "Since you like [A] and colourful comparison tables, here are the three offers."},
+            "probe_option_names_another_value",
+        ),
+        ({"question": "Can you list the offers as short bullet points?"}, "probe_question_names_a_value"),
+        (
+            {"reply_d": "Knowing you want [D], here are the three offers laid out, " + "each in full, " * 8},
+            "probe_length_unbalanced",
+        ),
+    ],
+)
+def test_form_checks_name_what_a_blind_reader_could_use(change: dict[str, str], reason: str) -> None:
+    # a second line behind the planner's own check that values are apart: here B nearly repeats A
+    values = (
+        "long detailed explanations",
+        "long detailed explanation",
+        "colourful comparison tables",
+        "voice notes",
+    )
+    spec = _spec(values=values) if reason == "probe_options_not_distinct" else _spec()
+    assert form_problem(spec, _draft(**change)) == reason
+
+
+def _item(n: int, options: list[str], answer: int) -> ProbeItem:
+    return ProbeItem(
+        probe_id=f"p{n:06d}-c003-latest",
+        persona_id=f"p{n:06d}",
+        checkpoint_session=3,
+        type="recalling_the_latest_user_preferences",
+        path="Preference.Preferred_Formats",
+        question="What should I do next?",
+        options=options,
+        answer=answer,
+        option_kinds=["correct" if i == answer else "other_persona" for i in range(4)],
+        option_values=[f"v{i}" for i in range(4)],
+        truth=f"v{answer}",
+        evidence_sessions=[1],
+        distance_sessions=2,
+        distance_tokens=10,
+        seed=n * 7919,
+    )
+
+
+def test_the_gate_keeps_a_leaking_rule_at_chance_and_positions_balanced() -> None:
+    """Items whose key is always the longest option: the gate keeps only as many as chance allows."""
+    items = []
+    for n in range(400):
+        lengths = [20 + (n * 7 + 3 * i) % 13 for i in range(4)]
+        answer = n % 4
+        if n % 2 == 0:  # half the items: the key is the longest
+            lengths[answer] = 60
+        items.append(_item(n, [f"opt{i} " + "x" * k for i, k in enumerate(lengths)], answer))
+    out = gate(items, {})
+    kept = out.records
+    assert kept and len(kept) < len(items)
+    assert all(r.reason == "probe_blind_answerable" for r in out.rejections)
+    assert sum("longest" in (r.detail or "") for r in out.rejections) >= 0.8 * len(out.rejections)
+    table = baselines(kept)["all"]
+    assert table["longest"] <= blind.CHANCE + blind.MARGIN + 0.01
+    assert table["position_majority"] <= 0.26
+    moved = balance_positions(kept)
+    assert all(i.options[i.answer] == k.options[k.answer] for i, k in zip(moved, kept, strict=True))
 
 
 def test_items_repeating_an_earlier_one_are_rejected_with_its_id(version: Path) -> None:
@@ -96,52 +277,6 @@ def test_items_repeating_an_earlier_one_are_rejected_with_its_id(version: Path) 
         ("p999999-c009-latest", "duplicate_probe", f"duplicate of {items[0].probe_id}"),
         ("p999998-c009-latest", "duplicate_probe", f"duplicate of {new[0].probe_id}"),
     ]
-
-
-def test_answer_positions_are_shuffled_by_seed(version: Path) -> None:
-    items = read_records(version / "probes", ProbeItem)
-    positions = Counter(i.answer for i in items)
-    assert len(positions) >= 3 and max(positions.values()) <= 0.6 * len(items)
-
-
-def _spec(**kw) -> Spec:
-    base = {
-        "persona_id": "p0",
-        "checkpoint": 5,
-        "kind": "latest",
-        "path": "Preference.Preferred_Formats",
-        "truth": "short bullet points",
-        "outdated": "long detailed explanations",
-        "other": "colourful comparison tables",
-        "evidence": (3,),
-        "distance_sessions": 2,
-        "distance_tokens": 50,
-        "seed": 3,
-        "persona": None,
-    }
-    return Spec(**(base | kw))
-
-
-def test_validation_rejects_a_distractor_that_agrees_with_the_truth() -> None:
-    spec = _spec()
-    kinds = option_plan(spec)
-    assert kinds == ["correct", "outdated", "other_persona", "contradiction"]
-    good = ProbeDraft(
-        question="Summarise the offers?",
-        correct="Here are short bullet points of the offers.",
-        outdated="Here are long detailed explanations of every offer.",
-        other_persona="Here are colourful comparison tables of the offers.",
-        contradiction="I will write a flowing essay instead.",
-    )
-    assert validate(spec, good, kinds) is None
-    leaky = good.model_copy(
-        update={"outdated": "Here are short bullet points, and long detailed explanations."}
-    )
-    assert validate(spec, leaky, kinds) == "probe_outdated_agrees_with_truth"
-    ungrounded = good.model_copy(update={"correct": "Sure, here you go."})
-    assert validate(spec, ungrounded, kinds) == "probe_correct_not_grounded"
-    same = good.model_copy(update={"contradiction": good.correct})
-    assert validate(spec, same, kinds) == "probe_options_not_distinct"
 
 
 def test_history_caps_and_pads(version: Path) -> None:
@@ -164,7 +299,7 @@ def test_pick_letter_reads_the_final_answer() -> None:
     assert pick_letter("(a) or (b)") is None and pick_letter("no idea") is None
 
 
-def test_evaluate_writes_results_with_an_oracle_at_one(version: Path) -> None:
+def test_evaluate_writes_results_with_an_oracle_blind_rows_and_contexts(version: Path) -> None:
     out = version.parent.parent
     with FakeOpenAI(responder=lambda body: "Let me think. <final_answer>(b)") as fake:
         cfg = EvalConfig(dataset="pm", llm=LLMConfig(model="fake-model", base_url=fake.base_url), run="t")
@@ -172,16 +307,30 @@ def test_evaluate_writes_results_with_an_oracle_at_one(version: Path) -> None:
         calls = fake.stats.chat_ok
         assert Path(asyncio.run(evaluate_dataset(cfg, out=str(out)))) == run_dir  # resumes: no new calls
         assert fake.stats.chat_ok == calls
+        seen = {}
+        for context in ("none", "base-persona"):
+            blind_cfg = cfg.model_copy(update={"context": context, "run": f"t-{context}"})
+            blind_dir = Path(asyncio.run(evaluate_dataset(blind_cfg, out=str(out))))
+            seen[context] = [r["body"]["messages"][-1]["content"] for r in fake.requests[-3:]]
+            assert "context: " + context in (blind_dir / "summary.md").read_text()
+    assert all("Our conversation history" not in m for m in seen["none"])
+    assert all("What you know about this user" in m for m in seen["base-persona"])
     results = pl.read_parquet(run_dir / "results" / "*.parquet")
     n = len(read_records(version / "probes", ProbeItem))
-    assert len(results) == 3 * n
+    assert len(results) == (2 + len(blind.RULES)) * n
     acc = dict(results.group_by("model").agg(pl.col("correct").mean()).iter_rows())
-    assert acc["oracle"] == 1.0 and acc["random"] < 0.6
+    assert acc["oracle"] == 1.0 and all(f"blind:{r}" in acc for r in blind.RULES)
     picked_b = results.filter(pl.col("model") == "fake-model")
     assert (picked_b["predicted"] == 1).all()
     assert acc["fake-model"] == pytest.approx((picked_b["answer"] == 1).mean())
     summary = (run_dir / "summary.md").read_text()
-    assert "oracle" in summary and "distance (sessions)" in summary and "context (tokens)" in summary
+    assert "oracle" in summary and "chance" in summary and "distance (sessions)" in summary
+
+
+def test_a_broken_key_fails_the_oracle(version: Path) -> None:
+    item = read_records(version / "probes", ProbeItem)[0]
+    wrong = (item.answer + 1) % 4
+    assert oracle_pick(item.model_copy(update={"answer": wrong})) != wrong
 
 
 def test_open_mode_is_judged_against_the_key_and_plotted(version: Path, tmp_path: Path) -> None:

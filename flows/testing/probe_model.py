@@ -1,36 +1,37 @@
 """A scripted stand-in for a model that writes probe items well, for tests on the fake server.
 
-It answers only `probes/write` requests (others go to the fake's schema-driven text): each reply names the
-value it was asked to follow, as a competent model does, so the items pass code validation.
+It answers only `probes/write` requests (others go to the fake's schema-driven text): a question that names
+no value, and four reply frames that each hold their marker ([A]..[D]) once, as a competent model does.
+The frames are drawn per request from a few of different lengths, in no relation to which value is true
+(the writer is not told), so the items it yields test the blind rules honestly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
+import random
 from typing import Any
 
-
-def _quoted(text: str, label: str) -> str:
-    m = re.search(re.escape(label) + r'[^"\n]*"([^"\n]*)"', text)
-    return m.group(1) if m else ""
+FRAMES = (
+    "Since you like {m}, here is the plan laid out that way.",
+    "Going by {m}, I have put the whole thing together for you, step by step, with the details.",
+    "As you prefer {m}, here it is.",
+    "Knowing {m} matters to you, I arranged the answer around it and kept the rest short and clear.",
+    "With {m} in mind, here is what I suggest for this one.",
+    "Because of {m}, I would go this way; tell me if you want the other options too.",
+)
+QUESTIONS = (
+    "Could you help me with my next step on this?",
+    "What would you suggest I do this week?",
+    "Can you put something together for me for tomorrow?",
+)
 
 
 def probe_writer(body: dict[str, Any]) -> str | None:
     user = next((m["content"] for m in body.get("messages", []) if m["role"] == "user"), "")
-    if "Ground truth (what holds for this user now)" not in user:
+    if "Four possible values, one per reply" not in user:
         return None
-    truth = _quoted(user, "Ground truth")
-    wanted = re.findall(
-        r'"(outdated|other_persona|contradiction|generic|fabricated)": "\.\.\."', user.split("Return")[-1]
-    )
-    replies = {
-        "question": "Could you help me with my next step on this?",
-        "correct": f"Going by what you told me, {truth}, here is how I would do it.",
-        "outdated": f"As you used to like it, {_quoted(user, 'What held before it changed')}, here it is.",
-        "other_persona": f"Here it is as you want it: {_quoted(user, 'What holds for a different user')}.",
-        "contradiction": "I will do the very opposite of your usual habits this time, to shake things up.",
-        "generic": "Here is a standard answer that would suit anybody asking this.",
-        "fabricated": "Since you love loud surprises and bright neon colours, here is a bold new plan.",
-    }
-    return json.dumps({k: v for k, v in replies.items() if k in ("question", "correct", *wanted)})
+    rng = random.Random(hashlib.sha256(user.encode()).digest())
+    replies = {f"reply_{x.lower()}": rng.choice(FRAMES).format(m=f"[{x}]") for x in "ABCD"}
+    return json.dumps({"question": rng.choice(QUESTIONS), **replies})
