@@ -87,8 +87,12 @@ def _validation_line(e: ValidationError, source: str | None) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "value"
     msg = err["msg"].removeprefix("Value error, ")
     if source is None:
-        return f"--{where.split('.')[-1].replace('_', '-')}: {msg}"
+        field = where.split(".")[-1]
+        return f"--{OPTION_OF.get(field, field).replace('_', '-')}: {msg}"
     return f"{source}: {where}: {msg}"
+
+
+OPTION_OF = {"ks": "k"}  # config fields whose option has another name
 
 
 # Prefect's log lines that only repeat, with a traceback, what main() says in one line.
@@ -130,8 +134,8 @@ def _quiet_prefect_tracebacks() -> None:
 
 def _prefect_env(*, start_early: bool = False) -> Any:
     """Prefect's settings for this process, and its API: a standing `personaloom server` if one runs,
-    else (with `start_early`) a temporary server starting now, on a thread, beside the command's own
-    pre-flight; `.wait()` on the returned object before the first flow run."""
+    else (with `start_early`) a temporary server starting now, while Prefect's client side loads;
+    `.wait()` on the returned object before the first flow run. Called once every check passed."""
     from personaloom.prefect_env import apply_prefect_defaults
     from personaloom.prefect_server import EarlyServer, use_standing_server
 
@@ -145,7 +149,6 @@ def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Pa
 
     Bad values, a missing dataset or version and an unreachable endpoint each fail in one line.
     """
-    from personaloom.llm.endpoint import check_endpoint
     from personaloom.schemas.config import LLMConfig
     from personaloom.store import DatasetStore
 
@@ -159,6 +162,8 @@ def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Pa
         raise UserError(_validation_line(e, None)) from None
     DatasetStore(out, cfg.dataset).resolve(cfg.version)
     output_dir(out, "--out")  # runs are written under the version
+    from personaloom.llm.endpoint import check_endpoint  # the OpenAI SDK: 1.5 s, only past every other check
+
     check_endpoint(cfg.llm)
     return cfg
 
@@ -298,7 +303,6 @@ def build(
         cfg = on_latest_settings(cfg, out, personas, "--grow" if grow is not None else "--rebuild")
     from personaloom.catalogue import check_languages, check_locales, load_catalogue
     from personaloom.llm.budget import Budget
-    from personaloom.llm.endpoint import check_endpoint
 
     if runner not in ("local", "dask", "ray"):
         raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
@@ -315,6 +319,8 @@ def build(
     output_dir(out, "--out")
     if cache_dir is not None:
         output_dir(cache_dir, "--cache-dir")
+    from personaloom.llm.endpoint import check_endpoint  # the OpenAI SDK: 1.5 s, only past every other check
+
     check_endpoint(cfg.llm)
     from personaloom.build import build_dataset, plan_build
     from personaloom.display import live_progress
@@ -452,6 +458,8 @@ def server(
     Ctrl-C. The address is recorded in $PREFECT_HOME;
     PREFECT_API_URL, when set, still takes precedence.
     """
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: choose a TCP port from 1 to 65535, e.g. 4200")
     from personaloom.prefect_env import apply_prefect_defaults
     from personaloom.prefect_server import serve_forever
 
@@ -784,9 +792,12 @@ def prompts(
     from personaloom.llm.calls import by_name
     from personaloom.llm.prompts import PromptLibrary
     from personaloom.pipeline import all_calls
+    from personaloom.schemas.config import MAX_SEED
 
     if prompt_set not in ("default", "small"):
         raise UserError(f"--prompt-set {prompt_set!r}: choose default or small")
+    if not 0 <= seed <= MAX_SEED:  # the range `build --seed` takes
+        raise UserError(f"--seed {seed}: a build seed is from 0 to {MAX_SEED}")
     calls = by_name(all_calls())
     library = PromptLibrary(prompt_set=prompt_set)
     library.check(calls.values())
@@ -939,9 +950,12 @@ def evaluate(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Score a model on a version's probes; results go to vN/eval/RUN/, with random and oracle rows."""
+    from personaloom.schemas.config import dataset_name_problem
     from personaloom.schemas.probes import EvalConfig
 
     name, version = _split_spec(spec)
+    if run is not None and (problem := dataset_name_problem(run)):  # a folder under vN/eval/, never outside
+        raise UserError(f"--run: {problem}")
     llm = dict(model=model, base_url=base_url, concurrency=concurrency, judge_model=judge_model)
     fields = dict(
         dataset=name, version=version, mode=mode, context_tokens=context_tokens, personas=personas, run=run
@@ -1118,8 +1132,8 @@ def main() -> None:
         raise SystemExit(fail(str(e), e.exit_code).exit_code) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    except (KeyboardInterrupt, typer.Abort) as e:
-        _interrupted(e)
+    except (KeyboardInterrupt, typer.Abort):
+        _interrupted()
     except Exception as e:
         if isinstance(e, _llm_error()):
             raise SystemExit(fail(str(e)).exit_code) from None
@@ -1142,11 +1156,11 @@ def main() -> None:
     except BaseException as e:
         if type(e).__name__ == "TerminationSignal":  # Prefect's own SIGTERM handler, during a flow run
             SIGNALLED.append(signal.SIGTERM)
-            _interrupted(e)
+            _interrupted()
         raise
 
 
-def _interrupted(e: BaseException) -> None:
+def _interrupted() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C while we exit: no traceback either
         signal.signal(sig, signal.SIG_IGN)
     typer.echo(INTERRUPTED, err=True)
