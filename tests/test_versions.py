@@ -239,3 +239,20 @@ def test_cli_build_is_a_no_op_when_nothing_changed(tmp_path: Path) -> None:
     assert_one_line_error(both, "--grow and --rebuild")
     assert_one_line_error(run("diff", "cli@v1", "other@v2", "--out", str(out)), "one dataset")
     assert os.listdir(out / "cli" / ".staging") == []  # nothing half-written left behind
+
+
+def test_the_store_checks_names_and_numbers_past_stray_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No DatasetStore can point outside its --out; a vNNNN folder without manifest is listed nowhere,
+    warned about once, and its number is never given to a new version."""
+    for name in ("..", ".", "", "a/b", "../x", "/abs"):
+        with pytest.raises(UserError, match="dataset name"):
+            DatasetStore(tmp_path, name)
+    store = DatasetStore(tmp_path, "s")
+    (store.root / "v0001").mkdir(parents=True)
+    (store.root / "v0001" / "manifest.json").write_text("{}")
+    (store.root / "v0003" / "dataset").mkdir(parents=True)  # half copied
+    assert store.versions() == store.versions() == ["v0001"] and store.latest() == "v0001"
+    assert capsys.readouterr().err.count(f"warning: {store.root / 'v0003'} has no manifest.json") == 1
+    assert store.next_version() == ("v0004", "v0001")
