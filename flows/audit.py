@@ -24,7 +24,8 @@ INVARIANTS: dict[str, str] = {
     "change_after_differs": "a change's `after` differs from its `before`",
     "change_list_by_items": "a list field changes by adding or removing one named item",
     "change_one_step": "a communication-style change moves one step on its scale",
-    "change_event_eligible": "the life event behind a planned change can happen to this person",
+    "change_event_eligible": "the life event behind a planned change can happen to this person: age, and the "
+    "work status and life stage in force (no retiring retiree, no job loss for the unemployed)",
     "persona_matches_skeleton": "the persona keeps its skeleton's name (in the locale's script), age, "
     "languages and interaction language",
     "active_changes_per_session": "each dataset row carries exactly the changes in force at its session",
@@ -46,8 +47,12 @@ def _skeleton_checks(seeds: list[SeedRow], cat: Catalogue) -> Counter[str]:
 
     found: Counter[str] = Counter()
     for row in seeds:
-        events = {e["event"] for e in eligible_events(cat, row)}
-        if any(p.event not in events for p in row.planned_changes):
+        # each event against the status in force after the earlier ones (a job loss makes them unemployed)
+        history = [p.event for p in row.planned_changes]
+        if any(
+            p.event not in {e["event"] for e in eligible_events(cat, row, history[:i])}
+            for i, p in enumerate(row.planned_changes)
+        ):
             found["change_event_eligible"] += 1
         found.update({name for name, _ in skeleton_violations(row, cat)})
     return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -20,6 +21,17 @@ EMPLOYMENT: tuple[str, ...] = get_args(Employment)
 LIFE_STAGES: tuple[str, ...] = get_args(LifeStage)
 # the qualification-age rule: a licensed job needs `training_years` after leaving school at this age
 SCHOOL_LEAVING_AGE = 18
+# faiths of religions.csv that a name, hint or occupation can be bound to; `religious` rows follow the share
+# who say religion is very important in their lives (column very_important)
+FAITHS: tuple[str, ...] = ("christian", "muslim", "hindu", "buddhist", "jewish", "sikh")
+RELIGIOUS = "religious"
+MIN_FAITH_SHARE = 0.001  # a faith held by fewer people than this in a locale binds no row there
+# an immigration hint weighs IMMIGRANT_SCALE x the locale's residents born in a covered origin (migration.csv)
+IMMIGRANT_SCALE = 10.0
+BACKGROUNDS = (
+    "newcomer",
+    "settled",
+)  # a recent arrival who does not speak the local language yet; a settled one
 
 TABLES: dict[str, tuple[str, ...]] = {
     "locales.csv": (
@@ -30,9 +42,10 @@ TABLES: dict[str, tuple[str, ...]] = {
         "agriculture_share",
         "name_order",
         "english_share",
+        "population",
     ),
-    "given_names.csv": ("locale", "gender", "name", "native"),
-    "family_names.csv": ("locale", "name", "native"),
+    "given_names.csv": ("locale", "gender", "name", "native", "faith"),
+    "family_names.csv": ("locale", "name", "native", "feminine", "feminine_native", "faith"),
     "occupations.csv": (
         "occupation",
         "sector",
@@ -44,8 +57,9 @@ TABLES: dict[str, tuple[str, ...]] = {
         "licence",
         "training_years",
         "apprenticeship",
+        "faith",
     ),
-    "values_interests.csv": ("item", "category"),
+    "values_interests.csv": ("item", "category", "min_age", "max_age", "faith", "facts", "learns"),
     "seed_hints.csv": (
         "hint",
         "category",
@@ -55,12 +69,31 @@ TABLES: dict[str, tuple[str, ...]] = {
         "employment",
         "life_stages",
         "sectors",
+        "faith",
+        "background",
+        "locales",
+        "facts",
     ),
     "employment_status.csv": ("locale", "gender", "min_age", "max_age", *EMPLOYMENT),
     "languages.csv": ("locale", "language", "main", "share"),
     "language_codes.csv": ("language", "code", "assistant"),
     "scenes.csv": ("scene_id", "category", "title", "description", "apis"),
-    "life_events.csv": ("event", "tags", "min_age", "max_age", "employment", "life_stages"),
+    "life_events.csv": (
+        "event",
+        "tags",
+        "min_age",
+        "max_age",
+        "employment",
+        "life_stages",
+        "work_status",
+        "excludes",
+        "sets",
+    ),
+    "religions.csv": ("locale", *FAITHS, "folk", "other", "unaffiliated", "very_important"),
+    "migration.csv": ("locale", "origin", "stock"),
+    "interest_locales.csv": ("item", "locale", "weight"),
+    "qualifications.csv": ("occupation", "locale", "training_years"),
+    "facts.csv": ("fact", "implies", "conflicts"),
 }
 ATTRIBUTE_KEYS = (
     "genders",
@@ -79,8 +112,9 @@ ATTRIBUTE_KEYS = (
     "preferred_workflows",
 )
 CHANGE_OPS = {"step", "switch", "replace", "add", "remove"}
-# Columns that may be empty: a name's native form is blank where the locale writes the Latin script.
-MAY_BE_EMPTY = frozenset({"native"})
+# Columns that may be empty: a name's native form is blank where the locale writes the Latin script, its
+# feminine form where the language has none, its faith where the name marks none.
+MAY_BE_EMPTY = frozenset({"native", "feminine", "feminine_native", "faith"})
 NAME_ORDERS = ("given_first", "family_first")
 # A name: (romanized or Latin form, native-script form or "" when the locale writes Latin script).
 Name = tuple[str, str]
@@ -108,6 +142,23 @@ class Catalogue:
     # language name → (ISO 639-1 code or None, written to an assistant) from seeds/language_codes.csv
     language_codes: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     hint_rules: list[dict[str, Any]] = field(default_factory=list)  # seed_hints.csv with eligibility
+    # values_interests.csv with ages, faith, facts and the language an item learns; interest_locales.csv
+    interest_rules: list[dict[str, Any]] = field(default_factory=list)
+    interest_weights: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # item -> locale or * -> weight
+    # locale -> faith (and `religious`: religion very important) -> share of the people (religions.csv)
+    religions: dict[str, dict[str, float]] = field(default_factory=dict)
+    migration: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # locale -> [(origin, stock)]
+    qualifications: dict[tuple[str, str], int] = field(
+        default_factory=dict
+    )  # (job, locale) -> training years
+    # fact -> {"implies": facts, "conflicts": facts} (facts.csv), conflicts made symmetric
+    facts: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+    # (locale, name) -> faiths the name marks (given_names.csv, family_names.csv `faith`; empty: none)
+    given_faiths: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    family_faiths: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    feminine: dict[tuple[str, str], Name] = field(default_factory=dict)  # (locale, surname) -> women's form
     digest: str = field(default="", compare=False)
 
 
@@ -174,11 +225,23 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
         ) from None
 
     given: dict[tuple[str, str], list[Name]] = {}
+    given_faiths: dict[tuple[str, str], frozenset[str]] = {}
     for row in t["given_names.csv"].iter_rows(named=True):
         given.setdefault((row["locale"], row["gender"]), []).append((row["name"], row["native"] or ""))
+        given_faiths[(row["locale"], row["name"])] = _faith_tags(root / "given_names.csv", row)
     family: dict[str, list[Name]] = {}
+    family_faiths: dict[tuple[str, str], frozenset[str]] = {}
+    feminine: dict[tuple[str, str], Name] = {}
     for row in t["family_names.csv"].iter_rows(named=True):
         family.setdefault(row["locale"], []).append((row["name"], row["native"] or ""))
+        family_faiths[(row["locale"], row["name"])] = _faith_tags(root / "family_names.csv", row)
+        if row["feminine"]:
+            if bool(row["native"]) != bool(row["feminine_native"]):
+                raise UserError(
+                    f"seed table {root / 'family_names.csv'}: {row['name']!r} needs feminine_native exactly "
+                    "where it has a native form"
+                )
+            feminine[(row["locale"], row["name"])] = (row["feminine"], row["feminine_native"] or "")
     locales = [
         _locale_row(root / "locales.csv", r)
         for r in t["locales.csv"].iter_rows(named=True)
@@ -186,7 +249,16 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
     ]
     if not locales:
         raise UserError(f"seed tables in {root}: no locale of locales.csv has family names")
-    skeleton = _skeleton_tables(root, t, locales, attributes)
+    codes = [loc["locale"] for loc in locales]
+    nationalities = Counter(loc["nationality"] for loc in locales)
+    if max(nationalities.values()) > 1:
+        raise UserError(
+            f"seed table {root / 'locales.csv'}: column nationality names "
+            f"{nationalities.most_common(1)[0][0]!r} twice: a nationality tells an immigrant's origin, so "
+            "each belongs to one locale"
+        )
+    facts = _facts(root / "facts.csv", t["facts.csv"])
+    skeleton = _skeleton_tables(root, t, locales, attributes, facts)
     scenes = [
         CatalogueScene(**{**r, "apis": _split(r["apis"])}) for r in t["scenes.csv"].iter_rows(named=True)
     ]
@@ -195,7 +267,12 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
         raise UserError(
             f"seed table {root / 'scenes.csv'} names API(s) not in apis.json: {', '.join(unknown[:5])}"
         )
-    change_kinds, life_events = _drift_tables(root)
+    change_kinds, life_events = _drift_tables(root, facts)
+    religions = _religions(root / "religions.csv", t["religions.csv"], codes)
+    migration = _migration(root / "migration.csv", t["migration.csv"], codes)
+    interests = _interests(root, t, codes, facts)
+    _check_bound_rows(root, skeleton, religions, migration, codes, facts)
+    qualifications = _qualifications(root / "qualifications.csv", t["qualifications.csv"], skeleton, codes)
     digest = hashlib.sha256()
     for p in sorted(root.glob("*.csv")) + sorted(root.glob("*.json")):
         digest.update(p.name.encode() + p.read_bytes())
@@ -215,6 +292,15 @@ def _load_catalogue(root: Path, state: tuple[tuple[str, int, int], ...]) -> Cata
         languages=skeleton["languages"],
         language_codes=skeleton["language_codes"],
         hint_rules=skeleton["hint_rules"],
+        interest_rules=interests[0],
+        interest_weights=interests[1],
+        religions=religions,
+        migration=migration,
+        qualifications=qualifications,
+        facts=facts,
+        given_faiths=given_faiths,
+        family_faiths=family_faiths,
+        feminine=feminine,
         digest=digest.hexdigest()[:16],
     )
 
@@ -230,10 +316,13 @@ def _locale_row(path: Path, r: dict[str, Any]) -> dict[str, Any]:
         "weight": _number(path, "weight", r["weight"]),
         "agriculture_share": _number(path, "agriculture_share", r["agriculture_share"], 1),
         "english_share": _number(path, "english_share", r["english_share"], 1),
+        "population": _number(path, "population", r["population"]),
     }
 
 
-def _drift_tables(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _drift_tables(
+    root: Path, facts: dict[str, dict[str, frozenset[str]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The change catalogue and the life events that motivate changes, checked (see personaloom.drift)."""
     path = root / "change_kinds.json"
     kinds = _read_json(root, "change_kinds.json")
@@ -248,6 +337,11 @@ def _drift_tables(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             raise UserError(f"seed file {path} entry {k['kind']}: op must be one of {sorted(CHANGE_OPS)}")
         if k["op"] == "switch" and not k.get("to"):
             raise UserError(f"seed file {path} entry {k['kind']}: a switch names its target value in `to`")
+        if k.get("status") is not None and (k["status"] not in EMPLOYMENT or k["op"] != "replace"):
+            raise UserError(
+                f"seed file {path} entry {k['kind']}: `status` names the work status a replace change follows"
+            )
+    events_path = root / "life_events.csv"
     df = _read_csv(root, "life_events.csv")
     events = [
         {
@@ -257,9 +351,20 @@ def _drift_tables(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             "max_age": int(r["max_age"]),
             "employment": None if r["employment"] == "*" else set(_split(r["employment"])),
             "life_stages": None if r["life_stages"] == "*" else set(_split(r["life_stages"])),
+            "work_status": _one_of(events_path, "work_status", r["work_status"], EMPLOYMENT),
+            "excludes": _fact_list(events_path, "excludes", r["excludes"], facts),
+            "sets": _fact_list(events_path, "sets", r["sets"], facts),
         }
         for r in df.iter_rows(named=True)
     ]
+    followed = {k["status"] for k in kinds if k.get("status")}
+    unfollowed = sorted({e["work_status"] for e in events if e["work_status"]} - followed)
+    if unfollowed:
+        raise UserError(
+            f"seed file {path}: no change kind with `status` follows work status(es) "
+            f"{', '.join(unfollowed)} of life_events.csv: add one (a work-status event changes the work "
+            "routine)"
+        )
     return kinds, events
 
 
@@ -339,6 +444,7 @@ def _occupations(path: Path, df: pl.DataFrame) -> list[dict[str, Any]]:
             "licence": "" if r["licence"].strip() == "-" else r["licence"].strip(),
             "training_years": _whole(path, "training_years", r["training_years"]),
             "apprenticeship": r["apprenticeship"] == "yes",
+            "faith": _faith_of(path, r["faith"]),
             "base": None,
         }
         if role["min_age"] > role["max_age"] or role["weight"] <= 0:
@@ -450,7 +556,14 @@ def _language_codes(
     return out
 
 
-def _hint_rules(path: Path, df: pl.DataFrame, genders: list[str], sectors: set[str]) -> list[dict[str, Any]]:
+def _hint_rules(
+    path: Path,
+    df: pl.DataFrame,
+    genders: list[str],
+    sectors: set[str],
+    locales: list[str],
+    facts: dict[str, dict[str, frozenset[str]]],
+) -> list[dict[str, Any]]:
     rules = []
     for r in df.iter_rows(named=True):
         rule = {
@@ -462,15 +575,31 @@ def _hint_rules(path: Path, df: pl.DataFrame, genders: list[str], sectors: set[s
             "employment": _choices(path, "employment", r["employment"], EMPLOYMENT),
             "life_stages": _choices(path, "life_stages", r["life_stages"], LIFE_STAGES),
             "sectors": _choices(path, "sectors", r["sectors"], sectors),
+            "faith": _faith_of(path, r["faith"]),
+            "background": _choices(path, "background", r["background"], BACKGROUNDS),
+            "locales": _choices(path, "locales", r["locales"], locales),
+            "facts": _fact_list(path, "facts", r["facts"], facts),
         }
         if rule["min_age"] > rule["max_age"]:
             raise UserError(f"seed table {path}: hint {r['hint']!r} has min_age above max_age")
+        if rule["background"] is not None:
+            if len(rule["background"]) != 1:
+                raise UserError(f"seed table {path}: column background of {r['hint']!r} names one background")
+            rule["background"] = next(iter(rule["background"]))
+            if "immigrant" not in facts or "immigrant" not in rule["facts"]:
+                raise UserError(
+                    f"seed table {path}: hint {r['hint']!r} has a background: state fact immigrant"
+                )
         rules.append(rule)
     return rules
 
 
 def _skeleton_tables(
-    root: Path, t: dict[str, pl.DataFrame], locales: list[dict[str, Any]], attributes: dict[str, Any]
+    root: Path,
+    t: dict[str, pl.DataFrame],
+    locales: list[dict[str, Any]],
+    attributes: dict[str, Any],
+    facts: dict[str, dict[str, frozenset[str]]],
 ) -> dict[str, Any]:
     """Occupations with statuses, employment shares, languages and hint eligibility, checked together."""
     genders = [g["value"] for g in attributes["genders"]]
@@ -504,9 +633,266 @@ def _skeleton_tables(
         "languages": languages,
         "language_codes": _language_codes(root / "language_codes.csv", t["language_codes.csv"], languages),
         "hint_rules": _hint_rules(
-            root / "seed_hints.csv", t["seed_hints.csv"], genders, {o["sector"] for o in occupations}
+            root / "seed_hints.csv",
+            t["seed_hints.csv"],
+            genders,
+            {o["sector"] for o in occupations},
+            codes,
+            facts,
         ),
     }
+
+
+def _faith_of(path: Path, value: str | None) -> str | None:
+    """A row's faith: None (`-`), one of FAITHS, or `religious` (for whom religion is very important)."""
+    value = (value or "-").strip()
+    if value == "-":
+        return None
+    if value not in (*FAITHS, RELIGIOUS):
+        raise UserError(
+            f"seed table {path}: column faith holds {value!r}: use '-', {RELIGIOUS} or one of "
+            f"{', '.join(FAITHS)}"
+        )
+    return value
+
+
+def _faith_tags(path: Path, row: dict[str, Any]) -> frozenset[str]:
+    tags = frozenset(_split(row["faith"] or ""))
+    if tags - set(FAITHS):
+        raise UserError(
+            f"seed table {path}: column faith of {row['name']!r} holds {row['faith']!r}: use a ';' list of "
+            f"{', '.join(FAITHS)} (empty: the name marks no faith)"
+        )
+    return tags
+
+
+def _one_of(path: Path, column: str, value: str, allowed: Any) -> str | None:
+    if value.strip() == "-":
+        return None
+    if value.strip() not in allowed:
+        raise UserError(
+            f"seed table {path}: column {column} holds {value!r}: use '-' or one of {', '.join(allowed)}"
+        )
+    return value.strip()
+
+
+def _fact_list(path: Path, column: str, value: str, facts: dict[str, Any]) -> frozenset[str]:
+    items = frozenset() if value.strip() == "-" else frozenset(_split(value))
+    unknown = sorted(items - facts.keys())
+    if unknown:
+        raise UserError(
+            f"seed table {path}: column {column} holds unknown fact(s) {', '.join(unknown)}: "
+            "use '-' or a ';' list of facts.csv"
+        )
+    return items
+
+
+def _facts(path: Path, df: pl.DataFrame) -> dict[str, dict[str, frozenset[str]]]:
+    """facts.csv: each fact with what it implies and what it conflicts with (made symmetric)."""
+    names = df["fact"].to_list()
+    if len(set(names)) != len(names):
+        raise UserError(f"seed table {path}: column fact names a fact twice")
+    out: dict[str, dict[str, frozenset[str]]] = {}
+    for r in df.iter_rows(named=True):
+        implies = frozenset() if r["implies"] == "-" else frozenset(_split(r["implies"]))
+        conflicts = frozenset() if r["conflicts"] == "-" else frozenset(_split(r["conflicts"]))
+        unknown = sorted((implies | conflicts) - set(names))
+        if unknown:
+            raise UserError(
+                f"seed table {path}: fact {r['fact']!r} names unknown fact(s) {', '.join(unknown)}"
+            )
+        out[r["fact"]] = {"implies": implies, "conflicts": conflicts}
+    for fact, rule in list(out.items()):
+        for other in rule["conflicts"]:
+            out[other] = {**out[other], "conflicts": out[other]["conflicts"] | {fact}}
+    return out
+
+
+def _religions(path: Path, df: pl.DataFrame, locales: list[str]) -> dict[str, dict[str, float]]:
+    """religions.csv: per locale, each faith's share, and `religious`: the share for whom it is very
+    important."""
+    out: dict[str, dict[str, float]] = {}
+    parts = (*FAITHS, "folk", "other", "unaffiliated")
+    for r in df.iter_rows(named=True):
+        shares = {c: _number(path, c, r[c], 1) for c in parts}
+        if abs(sum(shares.values()) - 1) > 0.02:
+            raise UserError(
+                f"seed table {path}: the shares of {r['locale']} sum to {sum(shares.values()):.3f}, not 1: "
+                f"fix columns {', '.join(parts)}"
+            )
+        out[r["locale"]] = {f: shares[f] for f in FAITHS} | {
+            RELIGIOUS: _number(path, "very_important", r["very_important"], 1)
+        }
+    missing = [loc for loc in locales if loc not in out]
+    if missing:
+        raise UserError(f"seed table {path}: column locale has no row for {', '.join(missing)}")
+    return out
+
+
+def _migration(path: Path, df: pl.DataFrame, locales: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """migration.csv: per locale, the residents born in each covered origin locale (thousands)."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in df.iter_rows(named=True):
+        if r["locale"] not in locales or r["origin"] not in locales or r["locale"] == r["origin"]:
+            raise UserError(
+                f"seed table {path}: {r['locale']} <- {r['origin']}: columns locale and origin name two "
+                "different locales of locales.csv"
+            )
+        stock = _number(path, "stock", r["stock"])
+        if stock <= 0 or any(o == r["origin"] for o, _ in out.get(r["locale"], [])):
+            raise UserError(
+                f"seed table {path}: {r['locale']} <- {r['origin']} is listed twice or has stock 0"
+            )
+        out.setdefault(r["locale"], []).append((r["origin"], stock))
+    return out
+
+
+def _interests(
+    root: Path, t: dict[str, pl.DataFrame], locales: list[str], facts: dict[str, dict[str, frozenset[str]]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """values_interests.csv with ages, faith, facts and learned language; interest_locales.csv weights."""
+    path = root / "values_interests.csv"
+    rules = []
+    for r in t["values_interests.csv"].iter_rows(named=True):
+        rule = {
+            "item": r["item"],
+            "category": r["category"],
+            "min_age": _whole(path, "min_age", r["min_age"]),
+            "max_age": _whole(path, "max_age", r["max_age"]),
+            "faith": _faith_of(path, r["faith"]),
+            "facts": _fact_list(path, "facts", r["facts"], facts),
+            "learns": None if r["learns"] == "-" else r["learns"],
+        }
+        if rule["min_age"] > rule["max_age"]:
+            raise UserError(f"seed table {path}: item {r['item']!r} has min_age above max_age")
+        rules.append(rule)
+    items = {r["item"] for r in rules}
+    wpath = root / "interest_locales.csv"
+    weights: dict[str, dict[str, float]] = {}
+    for r in t["interest_locales.csv"].iter_rows(named=True):
+        if r["item"] not in items or (r["locale"] != "*" and r["locale"] not in locales):
+            raise UserError(
+                f"seed table {wpath}: {r['item']!r} in {r['locale']}: column item names an item of "
+                "values_interests.csv, column locale a locale or '*'"
+            )
+        weights.setdefault(r["item"], {})[r["locale"]] = _number(wpath, "weight", r["weight"])
+    return rules, weights
+
+
+def _qualifications(
+    path: Path, df: pl.DataFrame, skeleton: dict[str, Any], locales: list[str]
+) -> dict[tuple[str, str], int]:
+    """qualifications.csv: a licensed job's training years in a locale, never below occupations.csv's."""
+    jobs = {o["occupation"]: o for o in skeleton["occupations"] if o["base"] is None}
+    out: dict[tuple[str, str], int] = {}
+    for r in df.iter_rows(named=True):
+        job = jobs.get(r["occupation"])
+        years = _whole(path, "training_years", r["training_years"])
+        if job is None or not job["licence"] or r["locale"] not in locales:
+            raise UserError(
+                f"seed table {path}: {r['occupation']!r} in {r['locale']}: column occupation names a "
+                "licensed job of occupations.csv, column locale a locale"
+            )
+        if years < job["training_years"]:
+            raise UserError(
+                f"seed table {path}: column training_years of {r['occupation']!r} in {r['locale']} "
+                f"({years}) is below occupations.csv's {job['training_years']}, the shortest path: lower "
+                "that one instead"
+            )
+        out[(r["occupation"], r["locale"])] = years
+    return out
+
+
+def _check_bound_rows(
+    root: Path,
+    skeleton: dict[str, Any],
+    religions: dict[str, dict[str, float]],
+    migration: dict[str, list[tuple[str, float]]],
+    locales: list[str],
+    facts: dict[str, dict[str, frozenset[str]]],
+) -> None:
+    """A hint bound to a background needs a corridor somewhere; one bound to a faith, a locale holding it."""
+    for rule in skeleton["hint_rules"]:
+        where = [loc for loc in locales if rule["locales"] is None or loc in rule["locales"]]
+        if rule["background"] and not any(migration.get(loc) for loc in where):
+            raise UserError(
+                f"seed table {root / 'seed_hints.csv'}: hint {rule['hint']!r} needs immigrants, but no "
+                "locale it may happen in has a row in migration.csv"
+            )
+        if rule["faith"] and not any(religions[loc][rule["faith"]] >= MIN_FAITH_SHARE for loc in where):
+            raise UserError(
+                f"seed table {root / 'seed_hints.csv'}: hint {rule['hint']!r} is bound to {rule['faith']}, "
+                f"held by fewer than {MIN_FAITH_SHARE:.1%} in every locale it may happen in (religions.csv)"
+            )
+    closure_conflicts = [f for f in facts if _closure(facts, {f}) & _conflicts_of(facts, {f})]
+    if closure_conflicts:
+        raise UserError(
+            f"seed table {root / 'facts.csv'}: fact(s) {', '.join(closure_conflicts)} imply a conflict"
+        )
+
+
+def _closure(facts: dict[str, dict[str, frozenset[str]]], held: Any) -> frozenset[str]:
+    out, todo = set(held), list(held)
+    while todo:
+        for implied in facts[todo.pop()]["implies"]:
+            if implied not in out:
+                out.add(implied)
+                todo.append(implied)
+    return frozenset(out)
+
+
+def _conflicts_of(facts: dict[str, dict[str, frozenset[str]]], held: Any) -> frozenset[str]:
+    return frozenset(c for f in held for c in facts[f]["conflicts"])
+
+
+def life_stage_for(age: int, employment: str) -> str:
+    """The life stage a skeleton states, from its age and work status."""
+    if employment == "retired":
+        return "retired"
+    if employment in ("student", "apprentice") and age <= 29:
+        return "student"
+    if age <= 24:
+        return "young_adult"
+    if age <= 39:
+        return "family"
+    if age <= 54:
+        return "midlife"
+    if employment == "homemaker" and age >= 67:  # past pension age a homemaker's stage is retirement
+        return "retired"
+    return "pre_retirement"  # 55 and over, still working or looking for work
+
+
+def faith_weight(cat: Catalogue, faith: str | None, locale: str) -> float:
+    """A faith-bound row's weight factor in a locale: the faith's share (0 below MIN_FAITH_SHARE), else 1."""
+    if faith is None:
+        return 1.0
+    share = cat.religions.get(locale, {}).get(faith, 0.0)
+    return share if share >= MIN_FAITH_SHARE else 0.0
+
+
+def interest_weight(cat: Catalogue, rule: dict[str, Any], locale: str) -> float:
+    """An item's weight in a locale: interest_locales.csv (the locale's row, else `*`, else 1) x faith."""
+    rows = cat.interest_weights.get(rule["item"], {})
+    return rows.get(locale, rows.get("*", 1.0)) * faith_weight(cat, rule["faith"], locale)
+
+
+def fact_closure(cat: Catalogue, held: Any) -> frozenset[str]:
+    """The facts `held` with every fact they imply (facts.csv `implies`)."""
+    return _closure(cat.facts, held)
+
+
+def fact_conflicts(cat: Catalogue, held: Any) -> list[tuple[str, str]]:
+    """The pairs of `held` facts (with what they imply) that cannot both be true (facts.csv `conflicts`)."""
+    full = _closure(cat.facts, held)
+    return sorted({tuple(sorted((f, c))) for f in full for c in cat.facts[f]["conflicts"] if c in full})  # type: ignore[misc]
+
+
+def settle_facts(cat: Catalogue, held: Any, new: Any) -> frozenset[str]:
+    """The facts after an event sets `new`: those that conflict with them (or imply one that does) go."""
+    added = _closure(cat.facts, new)
+    against = _conflicts_of(cat.facts, added)
+    kept = {f for f in _closure(cat.facts, held) if not _closure(cat.facts, {f}) & against}
+    return _closure(cat.facts, kept | added)
 
 
 def check_locales(cat: Catalogue, locales: Any, option: str = "locales") -> None:

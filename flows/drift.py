@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
 from rapidfuzz import fuzz
 
-from personaloom.catalogue import Catalogue
+from personaloom.catalogue import (
+    Catalogue,
+    fact_closure,
+    fact_conflicts,
+    interest_weight,
+    life_stage_for,
+    settle_facts,
+)
 from personaloom.schemas.drafts import ChangeDraft
 from personaloom.schemas.records import Persona, PlannedChange, PreferenceChange, SeedRow
 
@@ -79,35 +86,141 @@ def persona_at(persona: Persona, session_index: int) -> Persona:
 # ---------------------------------------------------------------- stage 1: planning
 
 
-def eligible_events(cat: Catalogue, row: SeedRow) -> list[dict[str, Any]]:
-    """Life events that can happen to this person (age, work status, life stage)."""
-    return [
-        e
-        for e in cat.life_events
-        if e["min_age"] <= row.age <= e["max_age"]
-        and (e["employment"] is None or row.employment in e["employment"])
-        and (e["life_stages"] is None or row.life_stage in e["life_stages"])
-    ]
+def _events_by_name(cat: Catalogue) -> dict[str, dict[str, Any]]:
+    hit = _BY_NAME.get(cat.digest)
+    if hit is None:
+        hit = _BY_NAME[cat.digest] = {e["event"]: e for e in cat.life_events}
+    return hit
 
 
-# (catalogue digest, age, status, life stage) → kind → the eligible events that can motivate it: the same
+_BY_NAME: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def status_after(cat: Catalogue, row: SeedRow, history: Sequence[str] = ()) -> tuple[str, str]:
+    """(work status, life stage) in force after the events `history`: a work-status event sets the status."""
+    status, stage = row.employment, row.life_stage
+    events = _events_by_name(cat)
+    for name in history:
+        after = events.get(name, {}).get("work_status")
+        if after and after != status:
+            status, stage = after, life_stage_for(row.age, after)
+    return status, stage
+
+
+def changes_status(event: dict[str, Any], status: str) -> bool:
+    """Whether the event moves someone of this work status to another one (lost their job, retired...)."""
+    return bool(event["work_status"]) and event["work_status"] != status
+
+
+def _fits_now(e: dict[str, Any], age: int, status: str, stage: str) -> bool:
+    return (
+        e["min_age"] <= age <= e["max_age"]
+        and (e["employment"] is None or status in e["employment"])
+        and (e["life_stages"] is None or stage in e["life_stages"])
+    )
+
+
+def eligible_events(cat: Catalogue, row: SeedRow, history: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Life events that can happen to this person next, after the events `history` (planned before, in
+    order): the age, and the work status and life stage in force (no retiring retiree, no job loss for the
+    unemployed; after "lost their job" the person is unemployed). Facts and repeats: `history_conflict`."""
+    status, stage = status_after(cat, row, history)
+    return [e for e in cat.life_events if _fits_now(e, row.age, status, stage)]
+
+
+def person_facts(cat: Catalogue, row: SeedRow) -> frozenset[str]:
+    """What the skeleton states about the person's life: its hint's and interests' facts (facts.csv)."""
+    hint = _hints(cat).get(row.hint)
+    held = set(hint["facts"]) if hint else set()
+    rules = _interest_rules(cat)
+    for item in row.values_interests:
+        rule = rules.get(item)
+        if rule:
+            held |= rule["facts"]
+    return fact_closure(cat, held)
+
+
+_HINTS: dict[str, dict[str, dict[str, Any]]] = {}
+_INTERESTS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def _hints(cat: Catalogue) -> dict[str, dict[str, Any]]:
+    hit = _HINTS.get(cat.digest)
+    if hit is None:
+        hit = _HINTS[cat.digest] = {h["hint"]: h for h in cat.hint_rules}
+    return hit
+
+
+def _interest_rules(cat: Catalogue) -> dict[str, dict[str, Any]]:
+    hit = _INTERESTS.get(cat.digest)
+    if hit is None:
+        hit = _INTERESTS[cat.digest] = {r["item"]: r for r in cat.interest_rules}
+    return hit
+
+
+def history_conflict(
+    event: dict[str, Any], facts: frozenset[str], used: set[str] | frozenset[str]
+) -> str | None:
+    """Why the event cannot follow this history (a repeat, or a fact it excludes), or None."""
+    if event["event"] in used:
+        return "happens twice"
+    clash = sorted(event["excludes"] & facts)
+    return f"contradicts {', '.join(clash)}" if clash else None
+
+
+def interest_misfit(
+    cat: Catalogue, row: SeedRow, item: str, origin: str | None = None
+) -> tuple[str, str] | None:
+    """The rule an interest breaks for this person, with a detail: `interest_age`, or `interest_locale` (no
+    weight in the locale nor the origin, or it learns a language they speak); None when it fits."""
+    rule = _interest_rules(cat).get(item)
+    if rule is None:
+        return None  # the LLM may name interests of its own; the sampler only draws listed ones
+    if not rule["min_age"] <= row.age <= rule["max_age"]:
+        return "interest_age", f"{item!r} at {row.age} ({rule['min_age']}-{rule['max_age']})"
+    places = {row.locale, origin or row.locale}
+    if not any(interest_weight(cat, rule, loc) > 0 for loc in places):
+        return "interest_locale", f"{item!r} in {', '.join(sorted(places))}"
+    if rule["learns"] and rule["learns"] in row.languages:
+        return "interest_locale", f"{item!r} for a speaker of {rule['learns']}"
+    return None
+
+
+# (catalogue digest, age, status, life stage) -> kind -> the eligible events that can motivate it: the same
 # for every person of that profile, so a million skeletons compute it a few thousand times, not a million.
+# A work-status event (one that changes the status) motivates only the change kind that follows that status
+# (`status` in change_kinds.json: the work routine in Pattern.Usage_Pattern); other events, the kinds whose
+# tags they share.
 _MOTIVES: dict[tuple[str, int, str, str], dict[str, list[dict[str, Any]]]] = {}
 
 
-def _motives(cat: Catalogue, row: SeedRow) -> dict[str, list[dict[str, Any]]]:
-    key = (cat.digest, row.age, row.employment, row.life_stage)
+def _motives(cat: Catalogue, age: int, status: str, stage: str) -> dict[str, list[dict[str, Any]]]:
+    key = (cat.digest, age, status, stage)
     found = _MOTIVES.get(key)
     if found is None:
-        events = eligible_events(cat, row)
+        events = [e for e in cat.life_events if _fits_now(e, age, status, stage)]
         found = {}
         for k in cat.change_kinds:
-            tags = set(k["tags"])
-            matching = [e for e in events if e["tags"] & tags]
+            if k.get("status"):
+                matching = [
+                    e for e in events if changes_status(e, status) and e["work_status"] == k["status"]
+                ]
+            else:
+                tags = set(k["tags"])
+                matching = [e for e in events if not changes_status(e, status) and e["tags"] & tags]
             if matching:
                 found[k["kind"]] = matching
         _MOTIVES[key] = found
+        # in the catalogue's order: the kinds with a motive, each one's event names, and every such event
+        _MOTIVE_KINDS[key] = (
+            [k for k in cat.change_kinds if k["kind"] in found],
+            {kind: frozenset(e["event"] for e in es) for kind, es in found.items()},
+            list({e["event"]: e for es in found.values() for e in es}.values()),
+        )
     return found
+
+
+_MOTIVE_KINDS: dict[tuple[str, int, str, str], tuple[list[dict], dict[str, frozenset[str]], list[dict]]] = {}
 
 
 def _kind_fits(kind: dict[str, Any], state: dict[str, Any], cat: Catalogue, count: Counter[str]) -> bool:
@@ -137,11 +250,61 @@ def _pool(cat: Catalogue, field: str) -> list[str]:
     return _POOLS[key]
 
 
-def _new_item(rng: random.Random, cat: Catalogue, field: str, current: Sequence[str]) -> str | None:
+def _new_item(
+    rng: random.Random,
+    cat: Catalogue,
+    field: str,
+    current: Sequence[str],
+    fits: Callable[[str], bool] | None = None,
+) -> str | None:
     have = {c.lower() for c in current}
     pool = _pool(cat, field)
-    fresh = [p for p in pool if p.lower() not in have]
+    fresh = [p for p in pool if p.lower() not in have and (fits is None or fits(p))]
     return rng.choice(fresh) if fresh else None
+
+
+def interest_fits(cat: Catalogue, row: SeedRow, facts: frozenset[str] | None = None) -> Callable[[str], bool]:
+    """Whether a new interest fits the person: age, locale or origin, languages, and the facts they hold."""
+    origin = origin_locale(cat, row) or row.locale
+    held = person_facts(cat, row) if facts is None else facts
+    rules = _interest_rules(cat)
+    pool = _fitting_interests(cat, row.locale, origin, row.age)
+
+    def fits(item: str) -> bool:
+        rule = rules.get(item)
+        if rule is None or item not in pool or (rule["learns"] and rule["learns"] in row.languages):
+            return False
+        return not (rule["facts"] and fact_conflicts(cat, held | rule["facts"]))
+
+    return fits
+
+
+_FITTING: dict[tuple[str, str, str, int], frozenset[str]] = {}
+
+
+def _fitting_interests(cat: Catalogue, locale: str, origin: str, age: int) -> frozenset[str]:
+    """The items of values_interests.csv for this age with a weight above 0 in the locale or the origin."""
+    key = (cat.digest, locale, origin, age)
+    hit = _FITTING.get(key)
+    if hit is None:
+        hit = _FITTING[key] = frozenset(
+            r["item"]
+            for r in cat.interest_rules
+            if r["min_age"] <= age <= r["max_age"]
+            and any(interest_weight(cat, r, loc) > 0 for loc in {locale, origin})
+        )
+    return hit
+
+
+def origin_locale(cat: Catalogue, row: SeedRow) -> str | None:
+    """The locale of the person's nationality (their own, or an immigrant's origin); None if unknown."""
+    hit = _ORIGINS.get(cat.digest)
+    if hit is None:
+        hit = _ORIGINS[cat.digest] = {loc["nationality"]: loc["locale"] for loc in cat.locales}
+    return hit.get(row.nationality)
+
+
+_ORIGINS: dict[str, dict[str, str]] = {}
 
 
 def plan_changes(
@@ -149,13 +312,16 @@ def plan_changes(
 ) -> list[PlannedChange]:
     """Up to `n_changes` changes at distinct sessions after the first, each eligible for this person.
 
-    Eligibility: a life event of the right age, work status and life stage motivates it; a scale moves
-    only where it has room; a switch never sets the value already held; a list loses an item only when
-    at least two stay; a field changes at most twice.
+    Eligibility: a life event of the right age, work status and life stage (those in force at that session:
+    an earlier work-status event changed them) motivates it; it happens once and contradicts no fact the
+    person holds (their hint's and interests', then each earlier event's: no first child for a parent, no
+    divorce after a wedding); an event that changes the work status changes the work routine
+    (Pattern.Usage_Pattern, the kind with that `status`); a scale moves only where it has room; a switch never
+    sets the value already held; a list loses an item only when at least two stay, and gains one that fits
+    the person; a field changes at most twice.
     """
     slots = list(range(1, n_sessions))
     sessions = sorted(rng.sample(slots, min(n_changes, len(slots))))
-    motives = _motives(cat, row)
     state: dict[str, Any] = {
         "Communication.formality": row.formality,
         "Communication.verbosity": row.verbosity,
@@ -164,14 +330,25 @@ def plan_changes(
         "Personality.Values_and_Interests": list(row.values_interests),
         "Communication.domain_vocabulary": list(row.domain_vocabulary),
     }
+    status, stage = row.employment, row.life_stage
+    facts = person_facts(cat, row)
+    used: set[str] = set()
     count: Counter[str] = Counter()
     planned: list[PlannedChange] = []
     for session in sessions:
-        options = [k for k in cat.change_kinds if k["kind"] in motives and _kind_fits(k, state, cat, count)]
+        motives = _motives(cat, row.age, status, stage)
+        kinds, names, events = _MOTIVE_KINDS[(cat.digest, row.age, status, stage)]
+        # the events this history rules out (a repeat, a fact they exclude): usually the one used before
+        blocked = used | {e["event"] for e in events if e["excludes"] & facts} if facts else used
+        options = [
+            k
+            for k in kinds
+            if _kind_fits(k, state, cat, count) and (not blocked or not names[k["kind"]] <= blocked)
+        ]
         if not options:
             break
         kind = rng.choice(options)
-        event = rng.choice(motives[kind["kind"]])
+        event = rng.choice([e for e in motives[kind["kind"]] if e["event"] not in blocked])
         field, op = kind["field"], kind["op"]
         target: str | None = None
         if op == "step":
@@ -180,7 +357,8 @@ def plan_changes(
         elif op == "switch":
             target = kind["to"]
         elif op == "add":
-            target = _new_item(rng, cat, field, state[field])
+            fits = interest_fits(cat, row, facts) if field == "Personality.Values_and_Interests" else None
+            target = _new_item(rng, cat, field, state[field], fits)
             if target is None:
                 continue
         if target is not None and op != "add":
@@ -190,6 +368,11 @@ def plan_changes(
         elif op == "remove":
             state[field] = state[field][1:]  # planning only needs the length; stage 2 picks the item
         count.update((field, kind["kind"]))
+        used.add(event["event"])
+        if event["sets"]:
+            facts = settle_facts(cat, facts, event["sets"])
+        if changes_status(event, status):
+            status, stage = event["work_status"], life_stage_for(row.age, event["work_status"])
         planned.append(
             PlannedChange(
                 kind=kind["kind"],
@@ -202,6 +385,45 @@ def plan_changes(
             )
         )
     return planned
+
+
+def plan_violations(cat: Catalogue, row: SeedRow) -> list[tuple[str, str]]:
+    """The planned changes replayed in order: (rule, detail) for each that breaks one.
+
+    `change_event_eligible`: the event fits the age, work status and life stage in force; `event_history`:
+    it does not repeat nor contradict a fact held (hint, interests, earlier events); `work_change_learnable`:
+    an event that changes the work status changes the work routine, the kind that follows that status (a
+    learnable Pattern field: Demographics never change), and such a kind follows only such an event.
+    """
+    out: list[tuple[str, str]] = []
+    events = _events_by_name(cat)
+    kinds = {k["kind"]: k for k in cat.change_kinds}
+    status, stage = row.employment, row.life_stage
+    facts = person_facts(cat, row)
+    used: set[str] = set()
+    for i, p in enumerate(row.planned_changes):
+        e = events.get(p.event)
+        where = f"planned_changes[{i}] {p.event!r}"
+        if e is None or not _fits_now(e, row.age, status, stage):
+            out.append(("change_event_eligible", f"{where} at {row.age} as {status} ({stage})"))
+        if e is None:
+            continue
+        why = history_conflict(e, facts, used)
+        if why:
+            out.append(("event_history", f"{where} {why}"))
+        follows = kinds.get(p.kind, {}).get("status")
+        if changes_status(e, status) and follows != e["work_status"]:
+            out.append(
+                ("work_change_learnable", f"{where} makes them {e['work_status']} but changes {p.field}")
+            )
+        elif follows and not changes_status(e, status):
+            out.append(("work_change_learnable", f"{where}: {p.kind} follows no change to {follows}"))
+        used.add(e["event"])
+        if e["sets"]:
+            facts = settle_facts(cat, facts, e["sets"])
+        if changes_status(e, status):
+            status, stage = e["work_status"], life_stage_for(row.age, e["work_status"])
+    return out
 
 
 # ---------------------------------------------------------------- stage 2: resolving
@@ -251,7 +473,8 @@ def resolve_changes(
                 fallback.append(f"Changes[{i}].op")
             have = {b.lower() for b in before}
             item = plan.target if plan.target and plan.target.lower() not in have else None
-            item = item or _new_item(rng, cat, plan.field, before) or f"new interest {i + 1}"
+            fits = interest_fits(cat, seed) if plan.field == "Personality.Values_and_Interests" else None
+            item = item or _new_item(rng, cat, plan.field, before, fits) or f"new interest {i + 1}"
             added = [item]
             after = [*before, item]
         reason = draft.reason.strip() if draft and draft.reason.strip() else ""

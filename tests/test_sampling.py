@@ -24,6 +24,7 @@ from personaloom.stages.base import StageContext
 from personaloom.stages.seed import (
     SKELETON_INVARIANTS,
     life_stage_for,
+    person_faith,
     row_seed,
     sample_skeleton,
     sample_skeletons,
@@ -43,13 +44,40 @@ def thousand() -> tuple[SeedRow, ...]:
     return tuple(sample_skeletons(catalogue(), range(1000), 11, n_sessions=8, n_changes=2))
 
 
-def a_row(**fields: object) -> SeedRow:
-    """A sound skeleton (an employed adult in Germany) with `fields` changed."""
+# what a sound base row holds unless a test says otherwise: interests and a hint for any age, no changes
+PLAIN = {"values_interests": ["honesty", "gardening", "chess"], "hint": "trying to reduce screen time"}
+
+
+def a_row(where: str = "de_DE", **fields: object) -> SeedRow:
+    """A sound skeleton (an employed adult of the locale, 30-44, a local) with `fields` changed; a changed
+    gender picks a person of that gender, so the name stays theirs."""
+    gender = fields.get("gender")
     row = next(
-        r for r in thousand() if r.locale == "de_DE" and r.employment == "employed" and 30 <= r.age <= 50
+        r
+        for r in locale_rows(where)
+        if r.employment == "employed"
+        and 30 <= r.age <= 44
+        and (gender is None or r.gender == gender)
+        and r.nationality == LOCALES[where]
+        and person_faith(None, catalogue_roles()[r.occupation]) is None
     )
+    row = row.model_copy(update={**PLAIN, "planned_changes": []})
     assert skeleton_violations(row, catalogue()) == []
     return row.model_copy(update=fields)
+
+
+@cache
+def locale_rows(locale: str) -> tuple[SeedRow, ...]:
+    return tuple(sample_skeletons(catalogue(), range(400), 11, n_sessions=8, n_changes=2, locales=[locale]))
+
+
+@cache
+def catalogue_roles() -> dict[str, dict]:
+    return {o["occupation"]: o for o in catalogue().occupations}
+
+
+LOCALES = {"de_DE": "German", "pl_PL": "Polish", "en_IN": "Indian", "sv_SE": "Swedish", "en_GB": "British"}
+LOCALES |= {"en_US": "American", "es_ES": "Spanish", "ja_JP": "Japanese", "ar_EG": "Egyptian"}
 
 
 def broken(row: SeedRow) -> set[str]:
@@ -256,8 +284,8 @@ def edit(path: Path, old: str, new: str) -> None:
         ("occupations.csv", "surgeon,healthcare,31,", "surgeon,healthcare,24,", ["min_age", "qualification"]),
         (
             "occupations.csv",
-            ",apprenticeship\n",
-            ",apprenticeship\nx,tech,20,60,a;b,employed,1,-,0,maybe\n",
+            ",apprenticeship,faith\n",
+            ",apprenticeship,faith\nx,tech,20,60,a;b,employed,1,-,0,maybe,-\n",
             ["apprenticeship"],
         ),
         (

@@ -13,8 +13,21 @@ from datetime import date, timedelta
 from itertools import accumulate
 from typing import TypeVar
 
-from personaloom.catalogue import EMPLOYMENT, SCHOOL_LEAVING_AGE, Catalogue, Name, check_locales
-from personaloom.drift import plan_changes
+from personaloom.catalogue import (
+    EMPLOYMENT,
+    IMMIGRANT_SCALE,
+    RELIGIOUS,
+    SCHOOL_LEAVING_AGE,
+    Catalogue,
+    Name,
+    check_locales,
+    fact_closure,
+    fact_conflicts,
+    faith_weight,
+    interest_weight,
+    life_stage_for,
+)
+from personaloom.drift import changes_status, interest_misfit, person_facts, plan_changes, plan_violations
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
@@ -42,23 +55,49 @@ AGRICULTURE = "agriculture"
 
 # Every rule a skeleton obeys by construction; `skeleton_violations` names the ones a row breaks.
 SKELETON_INVARIANTS: dict[str, str] = {
-    "locale_known": "locale, country and nationality are one row of locales.csv",
+    "locale_known": "locale and country are one row of locales.csv, the nationality that locale's or (an "
+    "immigrant's) another locale's",
     "occupation_known": "the occupation is a role of occupations.csv (listed or derived) for this employment "
     "status, with its sector",
     "occupation_age": "the age is inside the occupation's [min_age, max_age]",
     "qualification_age": "no licensed profession (nor its retired or unemployed form) before school-leaving "
-    "age + training_years",
+    "age + the locale's training years (qualifications.csv, else occupations.csv)",
+    "occupation_locale": "a faith-bound occupation (pastor, imam) only where 0.1% or more hold that faith "
+    "(religions.csv)",
     "employment_age": "the employment status has a share above 0 at this locale, gender and age "
     "(employment_status.csv)",
     "life_stage": "life_stage follows from age and employment status (life_stage_for)",
     "hint_eligible": "the hint is one of seed_hints.csv and fits age, gender, employment, life stage, sector",
-    "languages_locale": "a main language of the locale first, each language from the locale's table, once",
+    "hint_locale": "the hint can happen in the locale: its faith held there by 0.1% or more, in its "
+    "locales, an immigration hint only where migration.csv has a corridor",
+    "faith_consistent": "the hint and the occupation are not bound to two different faiths",
+    "name_origin": "the name is a given name (of the gender) and a family name of the locale of the person's "
+    "nationality, in its order and script",
+    "surname_gender": "a family name with a feminine form (Polish -ska) takes it for women and not for men",
+    "name_faith": "given and family name mark no two different faiths, and a person whose hint or "
+    "occupation is bound to a faith bears that faith's names where the locale has some (else unmarked ones)",
+    "immigrant_background": "another locale's nationality exactly for an immigration hint: an origin of "
+    "the locale's migration.csv corridors, its first language; a newcomer does not speak the local language "
+    "yet, a settled immigrant does",
+    "languages_locale": "a main language of the person's origin locale first, each language from its table "
+    "(an immigrant: or the local language), once",
     "interaction_language": "the interaction language is the code of one of the person's languages that "
     "people write to an assistant in (language_codes.csv)",
+    "interest_age": "every interest (and one a planned change adds) fits the age (values_interests.csv)",
+    "interest_locale": "every interest is one of values_interests.csv with a weight above 0 in the locale "
+    "or the origin (interest_locales.csv, faith), and none learns a language the person speaks",
+    "facts_consistent": "the hint's and the interests' facts (facts.csv) do not conflict (no grandchildren "
+    "for someone expecting a first child)",
+    "event_history": "no planned life event happens twice or contradicts a fact held: the hint's, the "
+    "interests', an earlier event's (no first child for a parent, no divorce after a wedding)",
+    "work_change_learnable": "an event that changes the work status changes the work routine "
+    "(Pattern.Usage_Pattern, the change kind with that `status`); such a kind follows only such an event",
 }
 # Draws of a skeleton when a build restricts its interaction languages, among the locales where someone
 # speaks one of them: the rarest language of seeds/ (Welsh, 0.8% in en_GB) fails 2,000 draws 1e-7 of the time.
 MAX_LANGUAGE_DRAWS = 2_000
+NEWCOMER_MAX_SPEAKERS = 0.5  # a newcomer's origin: where fewer speak the local language they are learning
+MAX_HINT_DRAWS = 50  # then the hints that fit the age are listed (a rare age that few hints admit)
 _UNSPACED_NAME = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
@@ -72,23 +111,6 @@ def _weighted(rng: random.Random, items: list[dict], key: str = "weight") -> dic
 def _pick(rng: random.Random, items: Sequence[_T], cum: list[float]) -> _T:
     """One weighted draw from precomputed cumulative weights (what `random.choices` does for one item)."""
     return items[bisect(cum, rng.random() * cum[-1], 0, len(cum) - 1)]
-
-
-def life_stage_for(age: int, employment: str) -> str:
-    """The life stage a skeleton states, from its age and work status."""
-    if employment == "retired":
-        return "retired"
-    if employment in ("student", "apprentice") and age <= 29:
-        return "student"
-    if age <= 24:
-        return "young_adult"
-    if age <= 39:
-        return "family"
-    if age <= 54:
-        return "midlife"
-    if employment == "homemaker" and age >= 67:  # past pension age a homemaker's stage is retirement
-        return "retired"
-    return "pre_retirement"  # 55 and over, still working or looking for work
 
 
 def status_shares(cat: Catalogue, locale: str, gender: str, age: int) -> dict[str, float]:
@@ -121,8 +143,10 @@ class _Lookups:
     def __init__(self, cat: Catalogue) -> None:
         self.cat = cat
         self.locale = {loc["locale"]: loc for loc in cat.locales}
+        self.origin_of = {loc["nationality"]: loc["locale"] for loc in cat.locales}
         self.roles = {o["occupation"]: o for o in cat.occupations}
         self.hints = {h["hint"]: h for h in cat.hint_rules}
+        self.interests = {r["item"]: r for r in cat.interest_rules}
         self.mains = {loc: {lang for lang, _ in t["main"]} for loc, t in cat.languages.items()}
         self.known = {
             loc: self.mains[loc] | {lang for lang, _ in t["other"]} for loc, t in cat.languages.items()
@@ -132,18 +156,36 @@ class _Lookups:
         self._statuses: dict[tuple[str, str, int], tuple[list[str], list[float]]] = {}
         self._by_status = {s: [o for o in cat.occupations if s in o["statuses"]] for s in EMPLOYMENT}
         self._roles: dict[tuple[str, str, int], tuple[list[dict], list[float]]] = {}
-        self._languages: dict[str, tuple[list[str], list[float], list[tuple[str, float]]]] = {}
+        self._languages: dict[
+            tuple[str, str | None], tuple[list[str], list[float], list[tuple[str, float]]]
+        ] = {}
         codes = cat.language_codes
         # language name → ISO code, for the languages people write to an assistant in
         self.written = {lang: code for lang, (code, ok) in codes.items() if ok and code}
         self.fallback = {loc: _fallback_language(t, self.written) for loc, t in cat.languages.items()}
+        # the local language an immigrant learns: the locale's most widely held written language
+        self.local_language = self.fallback
         # locale → the interaction languages its people can have (their languages' codes, the fallback's)
         self.reachable = {
             loc: {self.written[lang] for rows in t.values() for lang, _ in rows if lang in self.written}
             for loc, t in cat.languages.items()
         }
-        self._hints: dict[tuple[int, str, str, str, str], list[str]] = {}
-        self._hint_groups: dict[tuple[str, str, str, str], list[dict]] = {}
+        self._hints: dict[tuple, tuple[list[dict], list[float]]] = {}
+        self._hint_groups: dict[tuple, list[dict]] = {}
+        self._hint_weights: dict[str, dict[str, float]] = {}
+        self._corridors: dict[tuple[str, str], tuple[list[str], list[float]]] = {}
+        self._given: dict[tuple[str, str, str | None], list[Name]] = {}
+        self._family: dict[tuple[str, str, str | None], list[Name]] = {}
+        self._interests: dict[tuple[str, str, int], tuple[list[dict], list[float]]] = {}
+        # (origin, romanized family name) → (the form's Name, the masculine table name, feminine?)
+        self.family_forms: dict[str, dict[str, tuple[Name, str, bool]]] = {}
+        for loc, names in cat.family_names.items():
+            forms = self.family_forms[loc] = {}
+            for n in names:
+                forms[n[0]] = (n, n[0], False)
+                fem = cat.feminine.get((loc, n[0]))
+                if fem:
+                    forms[fem[0]] = (fem, n[0], True)
 
     def locales(self, only: Sequence[str] | None) -> tuple[list[dict], list[float]]:
         key = tuple(only) if only else None
@@ -176,15 +218,31 @@ class _Lookups:
             )
         return hit
 
+    def qualified_at(self, role: dict, locale: str) -> int:
+        """The earliest age a licensed role is held in this locale (0: no licence needed)."""
+        if not role["training_years"]:
+            return 0
+        years = self.cat.qualifications.get(
+            (role["base"] or role["occupation"], locale), role["training_years"]
+        )
+        return SCHOOL_LEAVING_AGE + years
+
     def occupations(self, locale: str, status: str, age: int) -> tuple[list[dict], list[float]]:
         hit = self._roles.get((locale, status, age))
         if hit is None:
-            fit = [o for o in self._by_status[status] if o["min_age"] <= age <= o["max_age"]]
+            fit = [
+                o
+                for o in self._by_status[status]
+                if o["min_age"] <= age <= o["max_age"]
+                and age >= self.qualified_at(o, locale)
+                and faith_weight(self.cat, o["faith"], locale) > 0
+            ]
             if not fit:
                 raise UserError(
-                    f"seed table occupations.csv has no {status} occupation for age {age}: add one"
+                    f"seed table occupations.csv has no {status} occupation for age {age} in {locale}: "
+                    "add one"
                 )
-            weights = [o["weight"] for o in fit]
+            weights = [o["weight"] * faith_weight(self.cat, o["faith"], locale) for o in fit]
             farm = sum(w for o, w in zip(fit, weights, strict=True) if o["sector"] == AGRICULTURE)
             rest = sum(weights) - farm
             if status in JOB_STATUSES and farm and rest:  # the locale's share of work in agriculture
@@ -196,35 +254,191 @@ class _Lookups:
             hit = self._roles[(locale, status, age)] = (fit, list(accumulate(weights)))
         return hit
 
-    def languages(self, locale: str) -> tuple[list[str], list[float], list[tuple[str, float]]]:
-        hit = self._languages.get(locale)
+    def languages(
+        self, locale: str, without: str | None = None
+    ) -> tuple[list[str], list[float], list[tuple[str, float]]]:
+        """(first languages, their cumulative shares, additional languages) of a locale; `without` a language
+        (a newcomer's: the local one they are learning), the first languages written to an assistant."""
+        hit = self._languages.get((locale, without))
         if hit is None:
             table = self.cat.languages[locale]
-            mains = [lang for lang, _ in table["main"]]
-            hit = self._languages[locale] = (
-                mains,
-                list(accumulate(s for _, s in table["main"])),
-                table["other"],
+            mains = [
+                (lang, s)
+                for lang, s in table["main"]
+                if without is None or (lang != without and lang in self.written)
+            ]
+            hit = self._languages[(locale, without)] = (
+                [lang for lang, _ in mains],
+                list(accumulate(s for _, s in mains)),
+                [(lang, s) for lang, s in table["other"] if lang != without],
             )
         return hit
 
-    def eligible_hints(self, age: int, gender: str, employment: str, stage: str, sector: str) -> list[str]:
-        key = (age, gender, employment, stage, sector)
+    def speakers(self, locale: str, language: str | None) -> float:
+        """The share of a locale's people who speak a language (first, or additional for the others)."""
+        table = self.cat.languages[locale]
+        total = sum(s for _, s in table["main"])
+        first = sum(s for lang, s in table["main"] if lang == language) / total
+        other = sum(s for lang, s in table["other"] if lang == language)
+        return first + (1 - first) * other
+
+    def corridors(self, locale: str, background: str) -> tuple[list[str], list[float]]:
+        """The origins an immigrant of this background in `locale` comes from, by migrant stock: a newcomer
+        (who does not speak the local language yet) only from where fewer than half speak it and some first
+        language written to an assistant is another (no Mexican learning Spanish in Spain)."""
+        hit = self._corridors.get((locale, background))
+        if hit is None:
+            local = self.local_language.get(locale)
+            rows = [
+                (origin, stock)
+                for origin, stock in self.cat.migration.get(locale, [])
+                if background != "newcomer"
+                or (self.speakers(origin, local) < NEWCOMER_MAX_SPEAKERS and self.languages(origin, local)[0])
+            ]
+            hit = self._corridors[(locale, background)] = (
+                [o for o, _ in rows],
+                list(accumulate(s for _, s in rows)),
+            )
+        return hit
+
+    def background_weight(self, locale: str, background: str | None) -> float:
+        """An immigration hint's weight: IMMIGRANT_SCALE x the share of residents born in a usable origin."""
+        if background is None:
+            return 1.0
+        origins, cum = self.corridors(locale, background)
+        if not origins:
+            return 0.0
+        return IMMIGRANT_SCALE * cum[-1] / (self.locale[locale]["population"] * 1000)
+
+    def hint_weight(self, rule: dict, locale: str) -> float:
+        """A hint's weight in a locale (1 for most): its faith's share, its locales, its immigrants."""
+        if rule["locales"] is not None and locale not in rule["locales"]:
+            return 0.0
+        return faith_weight(self.cat, rule["faith"], locale) * self.background_weight(
+            locale, rule["background"]
+        )
+
+    def hint_draw(
+        self, locale: str, gender: str, employment: str, stage: str, sector: str, faith: str | None
+    ) -> tuple[list[dict], list[float]]:
+        """The hints that fit this person but for the age, with their cumulative weights in the locale."""
+        key = (locale, gender, employment, stage, sector, faith)
         hit = self._hints.get(key)
         if hit is None:
             group = self._hint_groups.get(key[1:])
-            if group is None:  # the rules that fit everything but the age, then the age alone
+            if group is None:  # the rules that fit this profile, in any locale
                 group = self._hint_groups[key[1:]] = [
-                    h for h in self.cat.hint_rules if _hint_fits_but_age(h, *key[1:])
+                    h
+                    for h in self.cat.hint_rules
+                    if _hint_fits_but_age(h, gender, employment, stage, sector)
+                    and not _faiths_differ(h["faith"], faith)
                 ]
-            hit = [h["hint"] for h in group if h["min_age"] <= age <= h["max_age"]]
+            weight = self._hint_weights.get(locale)
+            if weight is None:
+                weight = self._hint_weights[locale] = {
+                    h["hint"]: self.hint_weight(h, locale) for h in self.cat.hint_rules
+                }
+            rules = [h for h in group if weight[h["hint"]] > 0]
+            hit = self._hints[key] = (rules, list(accumulate(weight[h["hint"]] for h in rules)))
+        return hit
+
+    def hint(
+        self,
+        rng: random.Random,
+        locale: str,
+        age: int,
+        gender: str,
+        employment: str,
+        stage: str,
+        sector: str,
+        faith: str | None,
+    ) -> dict:
+        """One hint, weighted, among those that fit this person: a draw from the hints that fit all but the
+        age, again until one fits the age (the same distribution as drawing among the fitting ones)."""
+        rules, cum = self.hint_draw(locale, gender, employment, stage, sector, faith)
+        for _ in range(MAX_HINT_DRAWS):
+            rule = _pick(rng, rules, cum) if rules else None
+            if rule is None:
+                break
+            if rule["min_age"] <= age <= rule["max_age"]:
+                return rule
+        fit = [h for h in rules if h["min_age"] <= age <= h["max_age"]]
+        if not fit:
+            raise UserError(
+                f"seed table seed_hints.csv has no hint for age {age}, {gender}, {employment}, {stage}, "
+                f"{sector} in {locale}: add one with '*' eligibility"
+            )
+        return _pick(rng, fit, list(accumulate(self._hint_weights[locale][h["hint"]] for h in fit)))
+
+    def given_names(self, origin: str, gender: str, faith: str | None) -> list[Name]:
+        """The given names someone of this gender and faith can bear in `origin` (see `_faith_names`)."""
+        key = (origin, gender, faith)
+        hit = self._given.get(key)
+        if hit is None:
+            cat = self.cat
+            own = cat.given_names.get((origin, gender)) or [
+                n for (loc, _), names in cat.given_names.items() if loc == origin for n in names
+            ]
+            hit = _faith_names(own, lambda n: cat.given_faiths.get((origin, n[0]), frozenset()), faith)
+            if not hit:
+                raise UserError(f"seed table given_names.csv has no {gender} name for {faith} in {origin}")
+            self._given[key] = hit
+        return hit
+
+    def family_names(self, origin: str, given: str, faith: str | None) -> list[Name]:
+        """The family names that go with this given name (one community) and faith in `origin`."""
+        key = (origin, given, faith)
+        hit = self._family.get(key)
+        if hit is None:
+            cat = self.cat
+            mine = cat.given_faiths.get((origin, given), frozenset())
+            tags = lambda n: cat.family_faiths.get((origin, n[0]), frozenset())  # noqa: E731
+            hit = [
+                n
+                for n in _faith_names(cat.family_names[origin], tags, faith)
+                if not mine or not tags(n) or tags(n) & mine
+            ]
             if not hit:
                 raise UserError(
-                    f"seed table seed_hints.csv has no hint for age {age}, {gender}, {employment}, {stage}, "
-                    f"{sector}: add one with '*' eligibility"
+                    f"seed table family_names.csv has no family name for {given} ({faith}) in {origin}"
                 )
-            self._hints[key] = hit
+            self._family[key] = hit
         return hit
+
+    def interest_pool(self, locale: str, origin: str, age: int) -> tuple[list[dict], list[float]]:
+        """The interests that fit this age, weighted in the locale (an immigrant's: or the origin's)."""
+        key = (locale, origin, age)
+        hit = self._interests.get(key)
+        if hit is None:
+            rules, weights = [], []
+            for r in self.cat.interest_rules:
+                if r["min_age"] <= age <= r["max_age"]:
+                    w = max(interest_weight(self.cat, r, loc) for loc in {locale, origin})
+                    if w > 0:
+                        rules.append(r)
+                        weights.append(w)
+            hit = self._interests[key] = (rules, list(accumulate(weights)))
+        return hit
+
+
+def _faiths_differ(a: str | None, b: str | None) -> bool:
+    """Two specific faiths that are not the same (`religious` and none go with any)."""
+    return a not in (None, RELIGIOUS) and b not in (None, RELIGIOUS) and a != b
+
+
+def person_faith(hint: dict | None, role: dict | None) -> str | None:
+    """The specific faith a skeleton's hint or occupation binds it to (None: none; `religious` is none)."""
+    for faith in (hint["faith"] if hint else None, role["faith"] if role else None):
+        if faith not in (None, RELIGIOUS):
+            return faith
+    return None
+
+
+def _faith_names(names: list[Name], tags: Callable[[Name], frozenset[str]], faith: str | None) -> list[Name]:
+    """Without a faith, every name; with one, the names marking it, else (none does) those marking none."""
+    if faith is None:
+        return list(names)
+    return [n for n in names if faith in tags(n)] or [n for n in names if not tags(n)]
 
 
 def _fallback_language(table: dict[str, list[tuple[str, float]]], written: dict[str, str]) -> str | None:
@@ -346,23 +560,36 @@ def _sample_skeleton(
     age = rng.randint(int(band["min"]), int(band["max"]))
     employment = _pick(rng, *look.statuses(code, gender, age))
     occupation = _pick(rng, *look.occupations(code, employment, age))
-    given = cat.given_names.get((code, gender)) or [
-        n for (loc, _), names in cat.given_names.items() if loc == code for n in names
-    ]
-    name, romanized = full_name(rng.choice(given), rng.choice(cat.family_names[code]), locale["name_order"])
-    mains, main_cum, others = look.languages(code)
+    life_stage = life_stage_for(age, employment)
+    # the hint before the name: an immigration hint draws the person's origin, a faith-bound one their names
+    hint = look.hint(
+        rng, code, age, gender, employment, life_stage, occupation["sector"], occupation["faith"]
+    )
+    background = hint["background"]
+    origin = _pick(rng, *look.corridors(code, background)) if background else code
+    home = look.locale[origin]
+    faith = person_faith(hint, occupation)
+    given = rng.choice(look.given_names(origin, gender, faith))
+    family = rng.choice(look.family_names(origin, given[0], faith))
+    feminine = cat.feminine.get((origin, family[0]))
+    if feminine and gender != "male" and (gender == "female" or rng.random() < 0.5):
+        family = feminine  # the women's form (Polish -ska); a nonbinary person has either
+    name, romanized = full_name(given, family, home["name_order"])
+    local = look.local_language[code]
+    mains, main_cum, others = look.languages(origin, local if background == "newcomer" else None)
     languages = [_pick(rng, mains, main_cum)]
     for language, share in others:  # one draw per listed language, held already or not
         if rng.random() < share and language not in languages:
             languages.append(language)
-    life_stage = life_stage_for(age, employment)
+    if background == "settled" and local and local not in languages:
+        languages.append(local)  # years in the country, and a language test for citizenship
     row = SeedRow(
         persona_id=f"p{index:06d}",
         index=index,
         seed=seed,
         locale=code,
         country=locale["country"],
-        nationality=locale["nationality"],
+        nationality=home["nationality"],
         languages=languages,
         name=name,
         name_romanized=romanized,
@@ -374,12 +601,12 @@ def _sample_skeleton(
         life_stage=life_stage,
         domain_vocabulary=list(occupation["domain_vocabulary"]),
         mbti=_weighted(rng, attrs["mbti"])["type"],
-        values_interests=rng.sample(cat.values_interests, rng.randint(3, 5)),
+        values_interests=_interests(rng, look, code, origin, age, languages, hint["facts"]),
         formality=rng.choice(attrs["formality"]),
         verbosity=rng.choice(attrs["verbosity"]),
         proactivity=rng.choice(attrs["proactivity"]),
         emotional_tone=rng.choice(attrs["emotional_tone"]),
-        hint=rng.choice(look.eligible_hints(age, gender, employment, life_stage, occupation["sector"])),
+        hint=hint["hint"],
         start_date=FIRST_DAY + timedelta(days=rng.randint(0, 364)),
         # 1..14 days, uniform; `random()` is several times cheaper than `randint` for the many gaps of a row
         session_gaps_days=[0] + [1 + int(rng.random() * 14) for _ in range(n_sessions - 1)],
@@ -389,11 +616,46 @@ def _sample_skeleton(
     planned = plan_changes(rng, cat, row, n_changes, n_sessions)
     # then the language they write to an assistant in (drawn after everything else, so the rest of a
     # skeleton is the same whether or not a build restricts its languages)
-    languages, written = interaction_language(rng, look, locale, languages, allowed)
+    languages, written = interaction_language(rng, look, home, languages, allowed)
     if written is None:
         return None
     return row.model_copy(
         update={"planned_changes": planned, "languages": languages, "interaction_language": written}
+    )
+
+
+MAX_INTEREST_DRAWS = 1_000
+
+
+def _interests(
+    rng: random.Random,
+    look: _Lookups,
+    locale: str,
+    origin: str,
+    age: int,
+    languages: list[str],
+    facts: frozenset[str],
+) -> list[str]:
+    """3-5 distinct interests weighted for the locale and age, none learning a language the person speaks
+    nor stating a fact that conflicts with the hint's (grandchildren for someone expecting a first child)."""
+    rules, cum = look.interest_pool(locale, origin, age)
+    want = rng.randint(3, 5)
+    chosen: list[str] = []
+    held = fact_closure(look.cat, facts)
+    for _ in range(MAX_INTEREST_DRAWS):
+        if len(chosen) == want:
+            return chosen
+        r = _pick(rng, rules, cum)
+        if r["item"] in chosen or (r["learns"] and r["learns"] in languages):
+            continue
+        if r["facts"] and fact_conflicts(look.cat, held | r["facts"]):
+            continue
+        chosen.append(r["item"])
+        held = fact_closure(look.cat, held | r["facts"])
+    if len(chosen) == want:
+        return chosen
+    raise UserError(
+        f"seed table values_interests.csv has too few interests for age {age} in {locale}: add some"
     )
 
 
@@ -478,12 +740,34 @@ STAGE = Stage(
 # ---------------------------------------------------------------- invariants and the audit of a sample
 
 
+def _parse_name(look: _Lookups, row: SeedRow, origin: str) -> tuple[Name, Name, str, bool] | None:
+    """(given, family as written, the family name's table form, feminine form?) that make the row's name in
+    the origin's order and script, or None when no pair of the origin's tables does."""
+    cat = look.cat
+    order = look.locale[origin]["name_order"]
+    romanized = row.name_romanized or row.name
+    own = cat.given_names.get((origin, row.gender)) or [
+        n for (loc, _), names in cat.given_names.items() if loc == origin for n in names
+    ]
+    forms = look.family_forms.get(origin, {})
+    for given in own:
+        if order == "given_first":
+            rest = romanized.removeprefix(given[0] + " ") if romanized.startswith(given[0] + " ") else None
+        else:
+            rest = romanized.removesuffix(" " + given[0]) if romanized.endswith(" " + given[0]) else None
+        form = forms.get(rest) if rest is not None else None
+        if form is not None and full_name(given, form[0], order) == (row.name, romanized):
+            return given, form[0], form[1], form[2]
+    return None
+
+
 def skeleton_violations(row: SeedRow, cat: Catalogue) -> list[tuple[str, str]]:
     """Every rule of SKELETON_INVARIANTS the row breaks, as (invariant name, detail); [] when it is sound."""
     look = _lookups(cat)
     found: list[tuple[str, str]] = []
     loc = look.locale.get(row.locale)
-    if loc is None or (loc["country"], loc["nationality"]) != (row.country, row.nationality):
+    origin = look.origin_of.get(row.nationality)
+    if loc is None or loc["country"] != row.country or origin is None:
         found.append(("locale_known", f"{row.locale} / {row.country} / {row.nationality}"))
     role = look.roles.get(row.occupation)
     if role is None or row.employment not in role["statuses"] or role["sector"] != row.sector:
@@ -492,12 +776,15 @@ def skeleton_violations(row: SeedRow, cat: Catalogue) -> list[tuple[str, str]]:
         found.append(
             ("occupation_age", f"{row.occupation} at {row.age}: {role['min_age']}-{role['max_age']}")
         )
-    if role is not None and role["training_years"]:
-        earliest = SCHOOL_LEAVING_AGE + role["training_years"]
-        if row.age < earliest:
-            found.append(
-                ("qualification_age", f"{row.occupation} ({role['licence']}) at {row.age} < {earliest}")
+    if role is not None and row.age < (earliest := look.qualified_at(role, row.locale)):
+        found.append(
+            (
+                "qualification_age",
+                f"{row.occupation} ({role['licence']}) at {row.age} < {earliest} in {row.locale}",
             )
+        )
+    if role is not None and faith_weight(cat, role["faith"], row.locale) <= 0:
+        found.append(("occupation_locale", f"{row.occupation} ({role['faith']}) in {row.locale}"))
     if look.shares(row.locale, row.gender, row.age).get(row.employment, 0) <= 0:
         found.append(("employment_age", f"{row.employment} at {row.age} ({row.locale}, {row.gender})"))
     if row.life_stage != life_stage_for(row.age, row.employment):
@@ -508,14 +795,84 @@ def skeleton_violations(row: SeedRow, cat: Catalogue) -> list[tuple[str, str]]:
         found.append(
             ("hint_eligible", f"{row.hint!r} for {row.age}, {row.gender}, {row.employment}, {row.sector}")
         )
-    mains, known = look.mains.get(row.locale, set()), look.known.get(row.locale, set())
+    if rule is not None and loc is not None and look.hint_weight(rule, row.locale) <= 0:
+        found.append(("hint_locale", f"{row.hint!r} in {row.locale}"))
+    if rule is not None and role is not None and _faiths_differ(rule["faith"], role["faith"]):
+        found.append(
+            ("faith_consistent", f"{row.hint!r} ({rule['faith']}) as {row.occupation} ({role['faith']})")
+        )
+    home = origin if origin is not None and origin in look.locale else row.locale
+    if loc is not None and home in look.locale:
+        found += _name_violations(look, row, home, rule, role)
+        found += _background_violations(look, row, home, rule)
     langs = row.languages
+    mains, known = look.mains.get(home, set()), look.known.get(home, set())
+    if home != row.locale and row.locale in look.local_language:
+        known = known | {look.local_language[row.locale]}
     if not langs or langs[0] not in mains or not set(langs) <= known or len(set(langs)) != len(langs):
-        found.append(("languages_locale", f"{langs} in {row.locale} (main: {', '.join(sorted(mains))})"))
+        found.append(("languages_locale", f"{langs} of {home} (main: {', '.join(sorted(mains))})"))
     written = {look.written[lang] for lang in langs if lang in look.written}
     # None: a row sampled before interaction languages existed (its text is English), nothing to check
     if row.interaction_language is not None and row.interaction_language not in written:
         found.append(("interaction_language", f"{row.interaction_language} for {langs}"))
+    found += _interest_violations(cat, look, row, home)
+    if conflicts := fact_conflicts(cat, person_facts(cat, row)):
+        found.append(("facts_consistent", f"{row.hint!r} with {row.values_interests}: {conflicts}"))
+    found += [(name, detail) for name, detail in plan_violations(cat, row) if name in SKELETON_INVARIANTS]
+    return found
+
+
+def _name_violations(
+    look: _Lookups, row: SeedRow, origin: str, hint: dict | None, role: dict | None
+) -> list[tuple[str, str]]:
+    parsed = _parse_name(look, row, origin)
+    if parsed is None:
+        return [("name_origin", f"{row.name!r} ({row.name_romanized}) is no {row.gender} name of {origin}")]
+    found = []
+    given, family, table_form, is_feminine = parsed
+    if (origin, table_form) in look.cat.feminine and (
+        (row.gender == "female" and not is_feminine) or (row.gender == "male" and is_feminine)
+    ):
+        found.append(("surname_gender", f"{row.gender} {family[0]} ({origin})"))
+    faith = person_faith(hint, role)
+    if given not in look.given_names(origin, row.gender, faith) or not any(
+        n[0] == table_form for n in look.family_names(origin, given[0], faith)
+    ):
+        found.append(("name_faith", f"{given[0]} {table_form} ({origin}) for {faith or 'no faith'}"))
+    return found
+
+
+def _background_violations(
+    look: _Lookups, row: SeedRow, origin: str, hint: dict | None
+) -> list[tuple[str, str]]:
+    background = hint["background"] if hint else None
+    if origin == row.locale:
+        return (
+            [("immigrant_background", f"{row.hint!r} with the nationality of {row.locale}")]
+            if background
+            else []
+        )
+    if background is None:
+        return [("immigrant_background", f"{row.nationality} in {row.locale} without an immigration hint")]
+    found = []
+    if origin not in look.corridors(row.locale, background)[0]:
+        found.append(("immigrant_background", f"{background} from {origin} in {row.locale}: no corridor"))
+    local = look.local_language.get(row.locale)
+    if (background == "newcomer") == (local in row.languages):
+        found.append(("immigrant_background", f"{background} in {row.locale} with languages {row.languages}"))
+    return found
+
+
+def _interest_violations(cat: Catalogue, look: _Lookups, row: SeedRow, origin: str) -> list[tuple[str, str]]:
+    found = []
+    added = [
+        p.target for p in row.planned_changes if p.field == "Personality.Values_and_Interests" and p.target
+    ]
+    for item in [*row.values_interests, *added]:
+        if item not in look.interests:
+            found.append(("interest_locale", f"{item!r} is not in values_interests.csv"))
+        elif why := interest_misfit(cat, row, item, origin):
+            found.append(why)
     return found
 
 
@@ -524,7 +881,8 @@ def _share(rows: Sequence[SeedRow], hit: Callable[[SeedRow], bool]) -> str:
 
 
 def audit_summary(rows: Sequence[SeedRow], cat: Catalogue) -> list[str]:
-    """A short audit of a sample: status by age band, students, retirees, languages, locales, invariants."""
+    """A short audit of a sample: status by age band, students, retirees, languages, locales, invariants, and
+    the joint checks (names, immigrants, faith, interests, life events), re-run by `personaloom verify`."""
     if not rows:
         return ["no rows"]
     short = {
@@ -555,9 +913,84 @@ def audit_summary(rows: Sequence[SeedRow], cat: Catalogue) -> list[str]:
     lines.append("interaction languages: " + ", ".join(f"{c} {n / len(rows):.1%}" for c, n in writes))
     mix = Counter(r.locale for r in rows).most_common()
     lines.append("locales: " + ", ".join(f"{loc} {n / len(rows):.1%}" for loc, n in mix))
-    per_row = [{name for name, _ in skeleton_violations(r, cat)} for r in rows]
+    lines += _joint_summary(rows, cat)
+    per_row = [
+        {name for name, _ in skeleton_violations(r, cat)}
+        | {name for name, _ in plan_violations(cat, r) if name == "change_event_eligible"}
+        for r in rows
+    ]
     broken = Counter(name for names in per_row for name in names)
     bad = sum(1 for names in per_row if names)
     detail = f" ({', '.join(f'{k} {v}' for k, v in broken.most_common())})" if broken else ""
     lines.append(f"rows breaking a skeleton invariant: {bad}{detail}")
+    joint = [*JOINT_CHECKS, "change_event_eligible"]
+    lines.append("joint checks, rows breaking each: " + ", ".join(f"{k} {broken[k]}" for k in joint))
     return lines
+
+
+# the rules of issue 30: what a demographer checks in the joint draws (their counts close the audit)
+JOINT_CHECKS = (
+    "surname_gender",
+    "name_origin",
+    "name_faith",
+    "immigrant_background",
+    "hint_locale",
+    "occupation_locale",
+    "faith_consistent",
+    "qualification_age",
+    "interest_age",
+    "interest_locale",
+    "facts_consistent",
+    "event_history",
+    "work_change_learnable",
+)
+
+
+def _joint_summary(rows: Sequence[SeedRow], cat: Catalogue) -> list[str]:
+    look = _lookups(cat)
+    n = len(rows)
+    lines = []
+    gendered = {(loc, name) for loc, name in cat.feminine} | {
+        (loc, f[0]) for (loc, _), f in cat.feminine.items()
+    }
+    women = [r for r in rows if r.gender == "female" and _surname_key(look, r) in gendered]
+    if women:
+        fem = {(loc, f[0]) for (loc, _), f in cat.feminine.items()}
+        lines.append(
+            "women whose surname has a feminine form (Polish -ska) who bear it: "
+            f"{_share(women, lambda r: _surname_key(look, r) in fem)}"
+        )
+    movers = [r for r in rows if look.origin_of.get(r.nationality) != r.locale]
+    origins = Counter(look.origin_of.get(r.nationality) for r in movers).most_common(3)
+    lines.append(
+        f"immigrants (another locale's nationality): {len(movers) / n:.2%}"
+        + (f", from {', '.join(f'{o} {c}' for o, c in origins)}" if movers else "")
+    )
+    bound = Counter(
+        f for r in rows if (f := person_faith(look.hints.get(r.hint), look.roles.get(r.occupation)))
+    )
+    lines.append(
+        "hint or occupation bound to a faith, per 1,000: "
+        + (", ".join(f"{f} {1000 * c / n:.1f}" for f, c in bound.most_common()) or "none")
+    )
+    changed = sum(any(changes_status(e, s) for e, s in _status_steps(cat, r)) for r in rows)
+    lines.append(f"a planned event changes the work status (the work routine follows): {changed / n:.1%}")
+    return lines
+
+
+def _surname_key(look: _Lookups, row: SeedRow) -> tuple[str | None, str]:
+    """(origin locale, the last word of the romanized name): where a given-first family name is found."""
+    return look.origin_of.get(row.nationality), (row.name_romanized or row.name).split()[-1]
+
+
+def _status_steps(cat: Catalogue, row: SeedRow) -> list[tuple[dict, str]]:
+    """(event, work status before it) for each planned change whose event is known."""
+    events = {e["event"]: e for e in cat.life_events}
+    out, status = [], row.employment
+    for p in row.planned_changes:
+        e = events.get(p.event)
+        if e is not None:
+            out.append((e, status))
+            if changes_status(e, status):
+                status = e["work_status"]
+    return out
