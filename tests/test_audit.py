@@ -10,13 +10,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from personaloom.audit import INVARIANTS, audit
+from personaloom.audit import INVARIANTS, _skeleton_checks, audit
 from personaloom.build import build_dataset
 from personaloom.catalogue import load_catalogue
 from personaloom.drift import change_violations, persona_at, scales_of
 from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.schemas.records import PersonaRecord, Scene
-from personaloom.stages.seed import SKELETON_INVARIANTS
+from personaloom.schemas.records import PersonaRecord, PlannedChange, Scene
+from personaloom.stages.seed import SKELETON_INVARIANTS, sample_skeletons
 from personaloom.store import read_records
 from personaloom.testing.cli import run
 from personaloom.testing.fake_openai import FakeOpenAI
@@ -101,3 +101,44 @@ def test_tampered_ground_truth_is_counted(version: Path, tmp_path: Path) -> None
     pq.write_table(ptable.from_pylist(prows, schema=ptable.schema), persona_part)
     counts = audit(copy, load_catalogue())
     assert counts["active_changes_per_session"] >= 1 and counts["change_before_in_force"] == 1
+
+
+def test_life_events_are_checked_against_the_status_in_force() -> None:
+    """A retiring retiree, a job loss for the unemployed, a pay rise after a job loss: each counted."""
+    cat = load_catalogue()
+    rows = sample_skeletons(cat, range(400), 5, n_sessions=6, n_changes=0)
+
+    def change(event: str, kind: str, session: int) -> PlannedChange:
+        field = "Pattern.Usage_Pattern" if kind.startswith("usage") else "Communication.emotional_tone"
+        op, target = ("replace", None) if kind.startswith("usage") else ("switch", "cheerful")
+        return PlannedChange(
+            kind=kind, field=field, op=op, at_session=session, direction="d", event=event, target=target
+        )
+
+    retiree = next(r for r in rows if r.employment == "retired" and r.age <= 75)
+    jobless = next(r for r in rows if r.employment == "unemployed" and 25 <= r.age <= 60)
+    worker = next(r for r in rows if r.employment == "employed" and 25 <= r.age <= 60)
+    bad = [
+        retiree.model_copy(update={"planned_changes": [change("retired from work", "usage_retired", 1)]}),
+        jobless.model_copy(update={"planned_changes": [change("lost their job", "usage_job_search", 1)]}),
+        worker.model_copy(
+            update={
+                "planned_changes": [
+                    change("lost their job", "usage_job_search", 1),
+                    change("got a pay rise", "tone_cheerful", 2),
+                ]
+            }
+        ),
+    ]
+    assert _skeleton_checks(bad, cat)["change_event_eligible"] == 3
+    sound = worker.model_copy(
+        update={
+            "planned_changes": [
+                change("lost their job", "usage_job_search", 1),
+                change("started a new full-time job", "usage_new_job", 2),
+            ]
+        }
+    )
+    found = _skeleton_checks([sound, retiree, jobless], cat)
+    assert found["change_event_eligible"] == 0 and not +found
+    assert set(SKELETON_INVARIANTS).isdisjoint(INVARIANTS)  # each rule counted once, under one name

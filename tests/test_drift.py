@@ -9,15 +9,17 @@ from functools import cache
 
 import pytest
 
-from personaloom.catalogue import Catalogue, load_catalogue
+from personaloom.catalogue import Catalogue, fact_closure, load_catalogue, settle_facts
 from personaloom.drift import (
     active_changes,
     apply_change,
     change_violations,
     eligible_events,
     get_value,
+    history_conflict,
     persona_at,
     plan_changes,
+    plan_violations,
     resolve_changes,
     scales_of,
 )
@@ -205,3 +207,89 @@ def test_planning_is_reproducible_from_the_row_seed() -> None:
     assert again == plan_changes(random.Random(0), catalogue(), row, 3, 8)
     assert sample_skeletons(catalogue(), range(17, 18), 11, n_sessions=8, n_changes=3)[0] == row
     assert session_times(row)[0].date() == row.start_date
+
+
+# ---------------------------------------------------------------- life events against status and history
+
+
+def names(events: list[dict]) -> set[str]:
+    return {e["event"] for e in events}
+
+
+def test_events_fit_the_work_status_in_force() -> None:
+    cat = catalogue()
+    rows = thousand()
+    retiree = next(r for r in rows if r.employment == "retired" and 55 <= r.age <= 75)
+    assert "retired from work" not in names(eligible_events(cat, retiree))  # no retiring retiree
+    worker = next(r for r in rows if r.employment == "employed" and 56 <= r.age <= 64)
+    assert {"retired from work", "lost their job"} <= names(eligible_events(cat, worker))
+    after = names(eligible_events(cat, worker, ["retired from work"]))  # retired now
+    assert not after & {
+        "retired from work",
+        "lost their job",
+        "got a pay rise",
+        "was promoted to lead a team",
+    }
+    jobless = next(r for r in rows if r.employment == "unemployed" and 25 <= r.age <= 60)
+    assert "lost their job" not in names(eligible_events(cat, jobless))  # no job loss for the unemployed
+    assert "started a new full-time job" in names(eligible_events(cat, jobless))
+    employee = next(r for r in rows if r.employment == "employed" and 25 <= r.age <= 54)
+    laid_off = names(eligible_events(cat, employee, ["lost their job"]))
+    assert "got a pay rise" not in laid_off and "started a new full-time job" in laid_off
+    young = next(r for r in rows if r.age < 45)
+    assert "became a grandparent" not in names(
+        eligible_events(cat, young)
+    )  # grandchildren at 45 at the earliest
+
+
+def test_history_rules_out_repeats_and_contradictions() -> None:
+    cat = catalogue()
+    events = {e["event"]: e for e in cat.life_events}
+    married = settle_facts(cat, frozenset(), events["got married"]["sets"])
+    assert "married" in married and history_conflict(events["went through a divorce"], married, set())
+    divorced = settle_facts(cat, married, events["went through a divorce"]["sets"])
+    assert "married" not in divorced and history_conflict(events["got married"], divorced, set())
+    parent = fact_closure(cat, {"young_children"})
+    assert history_conflict(
+        events["their first child was born"], parent, set()
+    )  # no first child for a parent
+    assert history_conflict(events["became a grandparent"], parent, set())  # with young children
+    expecting = fact_closure(cat, {"childless", "expecting"})
+    assert history_conflict(events["their first child was born"], expecting, set()) is None
+    assert "childless" not in settle_facts(cat, expecting, events["their first child was born"]["sets"])
+    assert history_conflict(events["had a health scare"], frozenset(), {"had a health scare"})  # once
+    assert history_conflict(events["started a new full-time job"], fact_closure(cat, {"new_job"}), set())
+
+
+def test_planned_events_replay_clean_and_work_status_events_change_the_routine() -> None:
+    cat = catalogue()
+    kinds = {k["kind"]: k for k in cat.change_kinds}
+    events = {e["event"]: e for e in cat.life_events}
+    moved = 0
+    for row in thousand():
+        assert plan_violations(cat, row) == [], row.persona_id
+        assert len({c.event for c in row.planned_changes}) == len(row.planned_changes)
+        status = row.employment
+        for c in row.planned_changes:
+            e = events[c.event]
+            if e["work_status"] and e["work_status"] != status:  # a retirement, a job loss, a new job...
+                assert c.field == "Pattern.Usage_Pattern" and kinds[c.kind]["status"] == e["work_status"]
+                status, moved = e["work_status"], moved + 1
+            else:
+                assert not kinds[c.kind].get("status")
+        assert not (
+            row.employment == "retired" and "retired from work" in {c.event for c in row.planned_changes}
+        )
+    assert moved >= 50
+
+
+def test_a_work_status_change_reaches_the_persona_but_not_its_demographics() -> None:
+    cat = catalogue()
+    row = next(r for r in thousand() if any(c.event == "lost their job" for c in r.planned_changes))
+    persona = merge_persona(row, None, cat).persona
+    (change,) = [c for c in persona.Changes if c.event == "lost their job"]
+    assert change.field == "Pattern.Usage_Pattern" and "job hunting" in change.after
+    later = persona_at(persona, change.effective_session)
+    assert later.Pattern.Usage_Pattern == change.after
+    assert later.Demographics == persona.Demographics  # Career_Information never changes (invariant)
+    assert change_violations(persona, 8, scales_of(cat)) == []

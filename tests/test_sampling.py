@@ -15,11 +15,12 @@ import pytest
 from pydantic import ValidationError
 
 from personaloom.catalogue import Catalogue, load_catalogue
+from personaloom.drift import plan_violations
 from personaloom.errors import UserError
 from personaloom.paths import SEEDS_DIR
 from personaloom.pipeline import STAGES
 from personaloom.schemas.config import BuildConfig
-from personaloom.schemas.records import SeedRow
+from personaloom.schemas.records import PlannedChange, SeedRow
 from personaloom.stages.base import StageContext
 from personaloom.stages.seed import (
     SKELETON_INVARIANTS,
@@ -253,6 +254,236 @@ def test_rule_languages_locale() -> None:
     assert broken(a_row(languages=["German", "English", "Russian"])) == set()
 
 
+# ---------------------------------------------------------------- joint rules (issue 30), each fires
+
+
+def named(row: SeedRow, given: str, family: str) -> SeedRow:
+    """The row with another name of a Latin-script, given-first locale."""
+    return row.model_copy(update={"name": f"{given} {family}", "name_romanized": f"{given} {family}"})
+
+
+def plan(*events: str, kind: str = "tone_warm") -> list[PlannedChange]:
+    """Planned changes at sessions 1, 2, ... motivated by `events` (a kind no work-status event needs)."""
+    return [
+        PlannedChange(
+            kind=kind,
+            field="Communication.emotional_tone",
+            op="switch",
+            at_session=i + 1,
+            direction="sounds warmer",
+            event=e,
+            target="warm",
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+@cache
+def immigrants(locale: str) -> tuple[SeedRow, ...]:
+    rows = sample_skeletons(catalogue(), range(4000), 2, n_sessions=6, n_changes=2, locales=[locale])
+    return tuple(r for r in rows if r.nationality != LOCALES[locale])
+
+
+def test_rule_surname_gender() -> None:
+    cat = catalogue()
+    masculine = next(m for (loc, m) in cat.feminine if loc == "pl_PL")  # Kowalski
+    feminine = cat.feminine[("pl_PL", masculine)][0]  # Kowalska
+    woman = a_row("pl_PL", gender="female")
+    given = woman.name.split()[0]
+    assert broken(named(woman, given, masculine)) == {"surname_gender"}
+    assert broken(named(woman, given, feminine)) == set()
+    man = a_row("pl_PL", gender="male")
+    assert broken(named(man, man.name.split()[0], feminine)) == {"surname_gender"}
+    assert broken(named(man, man.name.split()[0], masculine)) == set()
+    other = a_row("pl_PL", gender="nonbinary")  # either form
+    assert broken(named(other, other.name.split()[0], feminine)) == set()
+    assert broken(named(other, other.name.split()[0], masculine)) == set()
+    assert broken(named(woman, given, "Nowak")) == set()  # a surname with one form for everyone
+
+
+def test_rule_name_origin() -> None:
+    woman = a_row(gender="female")
+    assert broken(named(woman, "Yuki", "Tanaka")) == {"name_origin"}  # Japanese names for a German
+    assert broken(named(woman, "Lukas", "Müller")) == {"name_origin"}  # a man's given name
+    assert broken(named(woman, "Anna", "Müller")) == set()
+    japanese = a_row("ja_JP")
+    assert broken(japanese.model_copy(update={"name": japanese.name_romanized})) == {"name_origin"}  # script
+
+
+def test_rule_name_faith() -> None:
+    woman = a_row("en_IN", gender="female")
+    assert broken(named(woman, "Priya", "Khan")) == {"name_faith"}  # a Hindu and a Muslim name
+    assert broken(named(woman, "Fatima", "Khan")) == set()
+    assert broken(named(woman, "Priya", "Shah")) == set()  # Shah is a Hindu and a Muslim surname
+    fasting = woman.model_copy(update={"hint": "fasting during Ramadan while working full time"})
+    assert broken(named(fasting, "Priya", "Sharma")) == {"name_faith"}  # the faith's names where there are
+    assert broken(named(fasting, "Fatima", "Qureshi")) == set()
+    choir = woman.model_copy(update={"hint": "active in a church choir"})
+    assert broken(named(choir, "Mary", "D'Souza")) == set()
+    assert broken(named(choir, "Fatima", "D'Souza")) == {"name_faith"}
+    us = a_row("en_US").model_copy(update={"hint": "fasting during Ramadan while working full time"})
+    assert broken(us) == set()  # no American name marks a faith: any name
+
+
+def test_rule_immigrant_background() -> None:
+    assert broken(a_row(hint="recently immigrated and learning the local language")) == {
+        "immigrant_background"
+    }
+    foreigner = a_row().model_copy(update={"nationality": "Turkish"})  # with a German name and language
+    assert {"immigrant_background", "name_origin", "languages_locale"} <= broken(foreigner)
+    movers = immigrants("de_DE")
+    newcomer = next(r for r in movers if r.hint.startswith("recently immigrated"))
+    settled = next(r for r in movers if r.hint == "preparing for a citizenship test")
+    assert broken(newcomer) == set() and broken(settled) == set()
+    assert "German" not in newcomer.languages and "German" in settled.languages
+    speaks = newcomer.model_copy(update={"languages": [*newcomer.languages, "German"]})
+    assert broken(speaks) == {"immigrant_background"}  # a newcomer still learning the language
+    silent = settled.model_copy(update={"languages": [x for x in settled.languages if x != "German"]})
+    assert "immigrant_background" in broken(silent)
+    assert "immigrant_background" in broken(
+        newcomer.model_copy(update={"nationality": "Kenyan"})
+    )  # no corridor
+
+
+def test_rule_hint_locale() -> None:
+    ramadan = "fasting during Ramadan while working full time"
+    assert broken(a_row("pl_PL", hint=ramadan)) == {"hint_locale"}  # under 0.1% Muslims (religions.csv)
+    assert broken(a_row("pl_PL", hint="active in a church choir")) == set()
+    assert broken(a_row(hint="making merit at the temple on every holy day")) == {"hint_locale"}  # th_TH only
+    assert "hint_locale" in broken(a_row("ar_EG", hint="preparing for a bar or bat mitzvah in the family"))
+    assert "hint_locale" in broken(a_row("ja_JP", hint="preparing for a citizenship test"))  # no test there
+    assert broken(a_row("en_US", hint="preparing for a bar or bat mitzvah in the family")) == set()
+
+
+def test_rule_occupation_locale_and_faith_consistent() -> None:
+    imam = {"occupation": "imam", "sector": "religion"}
+    assert broken(a_row("pl_PL", **imam)) == {"occupation_locale"}
+    assert broken(a_row("en_US", **imam)) == set()
+    assert broken(a_row("en_US", **imam, hint="active in a church choir")) == {"faith_consistent"}
+    assert broken(a_row("en_US", **imam, hint="planning a pilgrimage")) == set()  # any faith's
+    roles = catalogue_roles()
+    assert roles["imam"]["faith"] == "muslim" and roles["retired imam"]["faith"] == "muslim"
+
+
+def test_rule_qualification_age_by_country() -> None:
+    lawyer = {
+        "occupation": "lawyer",
+        "sector": "law",
+        "age": 24,
+        "life_stage": life_stage_for(24, "employed"),
+    }
+    assert broken(a_row("en_GB", **lawyer)) == set()  # LLB + two years of qualifying work: 23
+    assert broken(a_row("sv_SE", **lawyer)) == {"qualification_age"}  # advokat after 3 years' practice: 26
+    assert broken(a_row("sv_SE", **lawyer | {"age": 26, "life_stage": "family"})) == set()
+    earliest = {loc: 18 + y for (job, loc), y in catalogue().qualifications.items() if job == "lawyer"}
+    assert earliest["fr_FR"] >= 25 and earliest["sv_SE"] >= 26 and earliest["en_US"] == 25
+
+
+def test_rule_interest_age() -> None:
+    grandchildren = ["honesty", "chess", "spending time with grandchildren"]
+    assert broken(a_row(values_interests=grandchildren)) == {"interest_age"}  # 30-44
+    takes_up = PlannedChange(
+        kind="interest_new",
+        field="Personality.Values_and_Interests",
+        op="add",
+        at_session=1,
+        direction="takes up a new interest",
+        event="joined a local sports club",
+        target="spending time with grandchildren",
+    )
+    assert broken(a_row(planned_changes=[takes_up])) == {"interest_age"}
+    assert broken(a_row(planned_changes=[takes_up.model_copy(update={"target": "bouldering"})])) == set()
+
+
+def test_rule_interest_locale() -> None:
+    kabaddi = ["honesty", "chess", "kabaddi"]
+    assert broken(a_row(values_interests=kabaddi)) == {"interest_locale"}
+    assert broken(a_row("en_IN", values_interests=kabaddi)) == set()
+    assert broken(a_row("ja_JP", values_interests=["honesty", "chess", "learning Japanese"])) == {
+        "interest_locale"
+    }
+    speaker = a_row(
+        "en_US", languages=["English", "Spanish"], values_interests=["chess", "learning Spanish", "jazz"]
+    )
+    assert broken(speaker) == {"interest_locale"}  # they speak it
+    assert broken(a_row(values_interests=["chess", "jazz", "underwater basket weaving"])) == {
+        "interest_locale"
+    }
+
+
+def test_rule_facts_consistent() -> None:
+    expecting = a_row(gender="female", age=45, life_stage="midlife", hint="pregnant with a first child")
+    assert broken(expecting) == set()
+    grandchildren = ["chess", "jazz", "spending time with grandchildren"]
+    assert broken(expecting.model_copy(update={"values_interests": grandchildren})) == {"facts_consistent"}
+
+
+def test_rule_event_history() -> None:
+    assert broken(a_row(planned_changes=plan("got married"))) == set()
+    assert broken(a_row(planned_changes=plan("got married", "went through a divorce"))) == {"event_history"}
+    assert broken(a_row(planned_changes=plan("went through a divorce", "got married"))) == {"event_history"}
+    assert broken(a_row(planned_changes=plan("had a health scare", "had a health scare"))) == {
+        "event_history"
+    }
+    twins = a_row(hint="new parent of twins", planned_changes=plan("their first child was born"))
+    assert broken(twins) == {"event_history"}  # no first child for a parent
+    assert broken(a_row(hint="newly married", planned_changes=plan("got married"))) == {"event_history"}
+    assert (
+        broken(a_row(hint="going through a divorce", planned_changes=plan("went through a divorce"))) == set()
+    )
+    first = a_row(
+        gender="female",
+        hint="pregnant with a first child",
+        planned_changes=plan("their first child was born"),
+    )
+    assert broken(first) == set()
+    assert broken(a_row(planned_changes=plan("their first child was born", "became a grandparent"))) >= {
+        "event_history"
+    }
+
+
+def test_rule_work_change_learnable() -> None:
+    worried = plan("lost their job", kind="tone_anxious")
+    assert broken(a_row(planned_changes=worried)) == {"work_change_learnable"}  # the routine must follow
+    job_search = PlannedChange(
+        kind="usage_job_search",
+        field="Pattern.Usage_Pattern",
+        op="replace",
+        at_session=1,
+        direction="mostly job hunting: applications, CVs and interview practice",
+        event="lost their job",
+    )
+    assert broken(a_row(planned_changes=[job_search])) == set()
+    unmotivated = job_search.model_copy(update={"event": "had a health scare"})
+    assert broken(a_row(planned_changes=[unmotivated])) == {"work_change_learnable"}
+    # a new full-time job for someone employed already changes no status: any kind may follow it
+    assert broken(a_row(planned_changes=plan("started a new full-time job"))) == set()
+
+
+def test_20000_skeletons_break_no_rule_and_follow_the_joint_shares() -> None:
+    cat = catalogue()
+    rows = sample_skeletons(cat, range(20_000), 0, n_sessions=20, n_changes=2)  # as `personaloom sample`
+    counts = Counter(
+        name
+        for r in rows
+        for name in {n for n, _ in skeleton_violations(r, cat)} | {n for n, _ in plan_violations(cat, r)}
+    )
+    assert counts == Counter()
+    per_locale = Counter(r.locale for r in rows)
+
+    def rate(hint: str, locale: str) -> float:
+        return sum(r.hint == hint and r.locale == locale for r in rows) / per_locale[locale]
+
+    ramadan = "fasting during Ramadan while working full time"
+    assert rate(ramadan, "id_ID") > 5 * rate(ramadan, "zh_CN")
+    assert rate("active in a church choir", "pl_PL") > 5 * rate("active in a church choir", "th_TH")
+    movers = [r for r in rows if r.nationality != cat.locales[0]["nationality"] and r.locale == "en_US"]
+    assert movers and all(r.hint in {h["hint"] for h in cat.hint_rules if h["background"]} for r in movers)
+    old = [r for r in rows if r.age >= 75]
+    young_only = {"esports", "K-pop", "bouldering", "CrossFit", "coding bootcamps"}
+    assert not any(young_only & set(r.values_interests) for r in old)
+
+
 # ---------------------------------------------------------------- the tables are checked when loaded
 
 
@@ -358,6 +589,8 @@ def test_sample_command_writes_the_builds_skeletons(tmp_path: Path) -> None:
         "languages per person",
         "locales: ",
         "rows breaking a skeleton invariant: 0",
+        "joint checks, rows breaking each: surname_gender 0",
+        "immigrants (another locale's nationality)",
     ):
         assert needle in res.stdout, res.stdout
 
