@@ -410,6 +410,10 @@ def _print_summary(out: Path, dataset: str, version: str) -> None:
         f"{sum(r.llm_calls for r in report)} LLM calls, {sum(r.cache_hits for r in report)} cache hits, "
         f"{sum(r.tokens for r in report)} tokens → {out / dataset / version}"
     )
+    if m.probe_yield:
+        kept = sum(t.get("kept", 0) for t in m.probe_yield.values())
+        planned = sum(t.get("planned", 0) for t in m.probe_yield.values())
+        typer.echo(f"probes: {kept} kept of {planned} planned (`personaloom show` gives the reasons)")
 
 
 @app.command()
@@ -628,6 +632,22 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
     _show_languages(path, m.languages)
+    _show_probes(m)
+
+
+def _show_probes(m: Any) -> None:
+    """The probes' yield per type and their blind baselines (rules that never read the history)."""
+    from personaloom.card import baseline_lines, yield_lines
+
+    if m.probe_yield:
+        typer.echo("probes per type:")
+        for line in yield_lines(m):
+            typer.echo("  " + line.removeprefix("- "))
+    if m.probe_baselines:
+        typer.echo("blind baselines (never read the history; each should be near chance):")
+        for line in baseline_lines(m):
+            if not line.startswith("|---"):
+                typer.echo("  " + " ".join(line.strip("|").split()))
 
 
 def _show_languages(path: Path, found: dict[str, int]) -> None:
@@ -941,6 +961,13 @@ def evaluate(
     context_tokens: Annotated[
         int | None, typer.Option(help="cap or pad each item's history (tokens)")
     ] = None,
+    context: Annotated[
+        str,
+        typer.Option(
+            help="history: the user's sessions; none: question and options only (a blind reader); "
+            "base-persona: the persona before any change (a stale memory)"
+        ),
+    ] = "history",
     personas: Annotated[int | None, typer.Option(help="only the first N personas' items")] = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
     run: Annotated[
@@ -949,7 +976,8 @@ def evaluate(
     out: OutOpt = OUT_DEFAULT,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Score a model on a version's probes; results go to vN/eval/RUN/, with random and oracle rows."""
+    """Score a model on a version's probes; results go to vN/eval/RUN/, beside chance, the blind rules
+    (which never read the history) and an oracle."""
     from personaloom.schemas.config import dataset_name_problem
     from personaloom.schemas.probes import EvalConfig
 
@@ -958,7 +986,13 @@ def evaluate(
         raise UserError(f"--run: {problem}")
     llm = dict(model=model, base_url=base_url, concurrency=concurrency, judge_model=judge_model)
     fields = dict(
-        dataset=name, version=version, mode=mode, context_tokens=context_tokens, personas=personas, run=run
+        dataset=name,
+        version=version,
+        mode=mode,
+        context_tokens=context_tokens,
+        context=context,
+        personas=personas,
+        run=run,
     )
     cfg = _run_config(EvalConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
     if cache_dir is not None:
@@ -980,6 +1014,14 @@ def evaluate(
 DestOpt = Annotated[Path | None, path_option("--dest", "folder to write to")]
 
 
+def _outside_version(dest: Path, version: Path, label: str) -> None:
+    """A version never changes after it is published: nothing is written into it."""
+    if dest.resolve().is_relative_to(version.resolve()):
+        raise UserError(
+            f"--dest {dest} is inside {label}, and a version never changes: choose a folder outside"
+        )
+
+
 @app.command()
 def plot(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
@@ -997,6 +1039,7 @@ def plot(
     name, version = _split_spec(spec)
     view = open_version(out, name, version)
     target = dest or Path("plots") / f"{name}-{view.version}"  # versions are immutable: plots go outside them
+    _outside_version(target, view.path, view.label)
     paths = write_pngs(view, output_dir(target, "--dest"))
     typer.echo(f"{view.label}: {len(paths)} figures → {target}")
 
@@ -1037,7 +1080,9 @@ def export(
             f"--context-tokens: only for {', '.join(ITEM_FORMATS)} ({fmt} copies the tables as is)"
         )
     folder = DatasetStore(out, name).resolve(version)
-    target = output_dir(dest or Path("exports") / f"{name}-{folder.name}-{fmt}", "--dest")
+    target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
+    _outside_version(target, folder, f"{name}@{folder.name}")
+    output_dir(target, "--dest")
     if fmt in ITEM_FORMATS:
         files = export_items(out, name, folder.name, fmt, target, context_tokens)  # type: ignore[arg-type]
         rows = ", ".join(f"{f} ({n} rows)" for f, n in files.items())
