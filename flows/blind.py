@@ -19,11 +19,12 @@ import numpy as np
 from personaloom.filtering.grounding import content_tokens
 
 CHANCE = 0.25
+SPREAD = (CHANCE * (1 - CHANCE)) ** 0.5  # of one guess's credit
 MARGIN = 0.04  # how far above chance a rule may drift over the kept items
 # ... and below: eliminating the pick of a rule that scores p leaves (1 - p) / 3 for a guess among the
 # rest, 0.27 at p = 0.19; a tighter floor starves the gate (the longest and the shortest option cannot
 # both be the key, so holding both near chance from below rejects nearly every item)
-FLOOR = 0.06
+FLOOR = 0.055
 
 Rule = Callable[[str, Sequence[str]], set[int]]
 
@@ -85,7 +86,8 @@ def rule_credits(question: str, options: Sequence[str], answer: int) -> dict[str
 
 def select(credits: Sequence[dict[str, float]]) -> list[bool]:
     """Which items to keep so that every rule's mean credit over the kept ones lies within
-    [chance - FLOOR, chance + MARGIN] (the judge: below chance + MARGIN), removing as few as a greedy
+    [chance - FLOOR, chance + MARGIN] (the judge: below chance + MARGIN), each widened by half a standard
+    error of n guesses (0.022 at 100 items, 0.068 at 10), removing as few as a greedy
     search finds: while a rule is out of its band, drop the item whose removal brings the rules back the
     most (ties: the earliest, in the caller's seeded order). A running quota in item order starved on the
     rules that pull against each other (the longest and the shortest option cannot both be the key)."""
@@ -94,16 +96,20 @@ def select(credits: Sequence[dict[str, float]]) -> list[bool]:
     rules = sorted({r for c in credits for r in c})
     # an item the judge gave no verdict on weighs as chance for it: neither for nor against
     table = np.array([[c.get(r, CHANCE) for r in rules] for c in credits], dtype=float)
-    hi = np.full(len(rules), CHANCE + MARGIN)
-    lo = np.array([CHANCE - FLOOR if r in RULES else -1.0 for r in rules])
+    below = np.array([FLOOR if r in RULES else 1.0 for r in rules])
     keep = np.ones(len(table), dtype=bool)
     sums, n = table.sum(axis=0), len(table)
 
-    def excess(means: np.ndarray) -> np.ndarray:
-        return (np.clip(means - hi, 0, None) + np.clip(lo - means, 0, None)).sum(axis=-1)
+    def excess(means: np.ndarray, n: int) -> np.ndarray:
+        # half a standard error of a mean of n guesses on top: a handful of items cannot sit at chance
+        # exactly, and demanding it would reject nearly all of a small build's items
+        slack = 0.5 * SPREAD / np.sqrt(n)
+        over = np.clip(means - (CHANCE + MARGIN + slack), 0, None)
+        under = np.clip((CHANCE - below - slack) - means, 0, None)
+        return (over + under).sum(axis=-1)
 
-    while n > 1 and excess(sums / n) > 0:
-        after = excess((sums - table) / (n - 1))  # every item's removal at once
+    while n > 1 and excess(sums / n, n) > 0:
+        after = excess((sums - table) / (n - 1), n - 1)  # every item's removal at once
         after[~keep] = np.inf
         drop = int(np.argmin(after))
         keep[drop] = False

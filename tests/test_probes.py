@@ -258,7 +258,8 @@ def test_the_gate_keeps_a_leaking_rule_at_chance_and_positions_balanced() -> Non
     assert all(r.reason == "probe_blind_answerable" for r in out.rejections)
     assert sum("longest" in (r.detail or "") for r in out.rejections) >= 0.8 * len(out.rejections)
     table = baselines(kept)["all"]
-    assert table["longest"] <= blind.CHANCE + blind.MARGIN + 0.01
+    slack = 0.5 * blind.SPREAD / len(kept) ** 0.5  # the band's allowance for a finite number of items
+    assert table["longest"] <= blind.CHANCE + blind.MARGIN + slack + 0.001  # baselines round to 3 places
     assert table["position_majority"] <= 0.26
     moved = balance_positions(kept)
     assert all(i.options[i.answer] == k.options[k.answer] for i, k in zip(moved, kept, strict=True))
