@@ -106,8 +106,13 @@ def test_a_served_deployment_runs_only_the_parameters_it_was_served_with(tmp_pat
                     alive()
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.5)
-                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
-                return fr.state.type, [log.message for log in logs]
+                while True:  # logs go in batches: the last may arrive after the final state
+                    found = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+                    logs = [log.message for log in found]
+                    done = fr.state.is_completed() or any("overrides" in m for m in logs)
+                    if done or time.monotonic() > deadline:
+                        return fr.state.type, logs
+                    await asyncio.sleep(0.5)
 
         trap_url = f"http://127.0.0.1:{trap.getsockname()[1]}/v1"
 
