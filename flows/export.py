@@ -106,6 +106,7 @@ REJECTED: tuple[OptionKind, ...] = (
     "reordered",
     "mentioned",
     "other_persona",
+    "alternative",
     "generic",
     "contradiction",
     "fabricated",

@@ -53,8 +53,22 @@ KIND_OF = {v: k for k, v in TYPES.items()}
 LETTERS = "ABCD"
 DISTINCT = 92.0  # rapidfuzz ratio above which two options count as the same reply
 VALUES_APART = 70.0  # two values closer than this (rapidfuzz ratio) could both be read as the truth
-LENGTH_BAND = (0.67, 1.5)  # every option's length against the item's median
+LENGTH_BAND = (0.5, 2.0)  # every option's length against the item's median
 STABLE_FIELDS = ("Preference.Preferred_Formats", "Preference.Preferred_Styles", "Pattern.Usage_Pattern")
+# persona field → the seed attribute pool of plausible values of it (seeds/attributes.json)
+SEED_POOLS = {
+    "Pattern.Behavior_Engagement_Pattern": "behavior_engagement",
+    "Pattern.Usage_Pattern": "usage",
+    "Pattern.Emotion_Pattern": "emotion",
+    "Pattern.Purchase_Pattern": "purchase",
+    "Preference.Preferred_Styles": "preferred_styles",
+    "Preference.Preferred_Formats": "preferred_formats",
+    "Preference.Preferred_Workflows": "preferred_workflows",
+    "Communication.formality": "formality",
+    "Communication.verbosity": "verbosity",
+    "Communication.proactivity": "proactivity",
+    "Communication.emotional_tone": "emotional_tone",
+}
 MENTIONED = 0.5  # share of an item's content words a session must carry to count as mentioning it
 
 
@@ -254,7 +268,18 @@ class Planner:
         )
 
     def others(self, path: str, taken: list[str], k: int, seed: int) -> list[tuple[OptionKind, str]]:
-        return [("other_persona", v) for v in self.pools.values(self.pid, path, taken, k, seed)]
+        """Other users' values of the field; too few users (a small build): values from the seed tables."""
+        found: list[tuple[OptionKind, str]] = [
+            ("other_persona", v) for v in self.pools.values(self.pid, path, taken, k, seed)
+        ]
+        pool = list(self.cat.attributes.get(SEED_POOLS.get(path, ""), []))
+        random.Random(seed ^ 0xA17).shuffle(pool)
+        for value in pool:
+            if len(found) >= k:
+                break
+            if isinstance(value, str) and apart(value, [*taken, *(v for _, v in found)]):
+                found.append(("alternative", value))
+        return found
 
     def changed(self, c: int) -> list[tuple[str, list[PreferenceChange]]]:
         """Fields changed by session c, the most recently changed first."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.manifest import ShardInfo, StageUsage
@@ -24,7 +24,8 @@ ProbeType = Literal[
 # What an option stands for. Written today: correct (the value in force), outdated (the value before the
 # change), other_persona (another user's value of the same field), other_change (the reason behind another
 # of this user's changes), reordered (the user's own sequence out of order), mentioned (a thing the user
-# did mention, for "new things"). generic, contradiction and fabricated: earlier versions' items only.
+# did mention, for "new things"), alternative (a value of the same field from the seed tables, when a build
+# has too few other users). generic, contradiction and fabricated: earlier versions' items only.
 OptionKind = Literal[
     "correct",
     "outdated",
@@ -32,6 +33,7 @@ OptionKind = Literal[
     "other_change",
     "reordered",
     "mentioned",
+    "alternative",
     "generic",
     "contradiction",
     "fabricated",
@@ -104,6 +106,16 @@ class EvalConfig(BaseModel):
     personas: int | None = Field(None, ge=1, description="only the first N personas' items")
     shard_size: int = Field(200, ge=1, description="items per task (one results part each)")
     run: str | None = Field(None, description="run folder name under eval/ (default: derived from settings)")
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, v: str | None) -> str | None:
+        """A folder of its own under eval/, never a path out of it."""
+        from personaloom.schemas.config import dataset_name_problem
+
+        if v is not None and (problem := dataset_name_problem(v)):
+            raise ValueError(problem)
+        return v
 
 
 class EvalManifest(BaseModel):

@@ -44,7 +44,10 @@ def built(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Pa
     out = tmp_path_factory.mktemp("outputs") / "output"
     with FakeOpenAI(latency=0.0, responder=calibrated(probe_writer)) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
-        cfg = BuildConfig(dataset="demo", personas=4, scenes_per_persona=4, shard_size=2, llm=llm)
+        # en_US: the fake writes English, so the rows (and the probes built from them) survive language ID
+        cfg = BuildConfig(
+            dataset="demo", personas=4, scenes_per_persona=4, shard_size=2, locales=["en_US"], llm=llm
+        )
         asyncio.run(build_dataset(cfg, out=str(out)))
         replay = ReplayConfig(dataset="demo", agents=["none", "golden"], personas=2, run=RUN, llm=llm)
         asyncio.run(replay_dataset(replay, out=str(out)))
