@@ -61,6 +61,8 @@ def test_scheduled_runs_with_grow_make_growing_versions(out: Path) -> None:
                 timeout=300,
             )
             assert done.returncode == 0, done.stderr[-3000:]
+            # its exit code is 0 whatever the flow run's state
+            assert state_of(run.id) == StateType.COMPLETED, done.stderr[-3000:]
     store = DatasetStore(out, "nightly")
     assert store.versions() == ["v0001", "v0002"]
     first, second = store.manifest("v0001"), store.manifest("v0002")
@@ -70,6 +72,15 @@ def test_scheduled_runs_with_grow_make_growing_versions(out: Path) -> None:
     seeds = pl.read_parquet(store.resolve("v0002") / "seeds" / "*.parquet")
     assert sorted(seeds["index"]) == [0, 1, 2, 3]
     assert {s.path for s in second.shards if s.inherited_from == "v0001"} == {s.path for s in first.shards}
+
+
+def state_of(flow_run_id: Any) -> StateType:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    assert state is not None
+    return state.type
 
 
 def test_a_served_deployment_runs_only_the_parameters_it_was_served_with(tmp_path: Path) -> None:
@@ -175,6 +186,6 @@ def test_a_deployment_without_a_record_runs_only_its_stored_parameters(tmp_path:
             return fr.state.type, [log.message for log in logs]
 
     state, logs = asyncio.run(outcome())
-    assert state == StateType.FAILED, (done.stderr[-3000:], logs)
+    assert state == StateType.FAILED and done.returncode == 0, (done.stderr[-3000:], logs)
     assert any("overrides grow:" in m for m in logs), logs
     assert not (tmp_path / "o").exists()
