@@ -20,7 +20,7 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from personaloom.errors import UserError
-from personaloom.prefect_env import private_home, write_private
+from personaloom.prefect_env import prefect_home, private_home, write_private
 from personaloom.schemas.config import BuildConfig
 
 RECORDS = "personaloom-deployments"  # in $PREFECT_HOME: what `serve` was given, by deployment name
@@ -48,9 +48,9 @@ def deployment(config: BuildConfig, out: Path, cron: str, name: str, grow: int |
     parameters: dict[str, Any] = {"config": config.model_dump(mode="json"), "out": str(Path(out).resolve())}
     if grow is not None:
         parameters["grow"] = grow
-    # written by this user only (0600 in a 0700 folder): the API cannot change what runs
-    records = private_home() / RECORDS
-    records.mkdir(mode=0o700, exist_ok=True)
+    # written by this user only (0600 in a 0700 folder): the API cannot change what runs (a deployment's name
+    # cannot change either)
+    (private_home() / RECORDS).mkdir(mode=0o700, exist_ok=True)
     write_private(_record(name), json.dumps(parameters, sort_keys=True))
     return build_dataset.to_deployment(
         name=name,
@@ -62,7 +62,7 @@ def deployment(config: BuildConfig, out: Path, cron: str, name: str, grow: int |
 
 
 def _record(name: str) -> Path:
-    return private_home() / RECORDS / f"{quote(name, safe='')}.json"
+    return prefect_home() / RECORDS / f"{quote(name, safe='')}.json"
 
 
 def _served(deployment_id: str) -> tuple[str, dict[str, Any]]:
