@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from personaloom import probes
+from personaloom import _callable, probes
 from personaloom.audit import audit, broken
 from personaloom.card import dataset_card
 from personaloom.errors import UserError
@@ -125,6 +125,114 @@ def plan_build(store: DatasetStore, config: BuildConfig, grow: int | None, rebui
                 )
         return Plan(config.model_copy(update={"personas": m.config.personas}), "rebuild")
     return Plan(config, "build")
+
+
+def on_latest_settings(
+    config: BuildConfig, store: DatasetStore, personas_given: bool, flag: str
+) -> BuildConfig:
+    """--grow and --rebuild start from the latest version's settings; the settings given override them.
+
+    Left out: the persona count (the growth decides it) and the LLM's endpoint, speed and budget settings.
+    """
+    if personas_given:
+        raise UserError(f"--personas with {flag}: the latest version decides the personas (--grow N adds N)")
+    latest = store.latest()
+    if latest is None:
+        return config
+    base = store.manifest(latest).config.model_dump(
+        mode="json", exclude={"personas": True, "llm": set(LLM_NOT_IDENTITY)}
+    )
+    given = config.model_dump(mode="json", include=config.model_fields_set - {"llm", "personas"})
+    llm = {**base.pop("llm"), **config.llm.model_dump(mode="json", include=config.llm.model_fields_set)}
+    return BuildConfig.model_validate({**base, **given, "llm": llm})
+
+
+@dataclass(frozen=True)
+class PreparedBuild:
+    """A build checked and planned once (`prepare_build`), ready to run (`run_build`)."""
+
+    settings: BuildConfig  # what the flow is given (for a grow or rebuild: merged with the latest version)
+    plan: Plan  # what it will build: its `config` holds the personas of the version it publishes
+    grow: int | None
+    rebuild: bool
+    seeds_dir: Path | None
+
+    @property
+    def config(self) -> BuildConfig:
+        return self.plan.config
+
+
+def prepare_build(
+    config: BuildConfig | dict[str, object] | None = None,
+    *,
+    out: Path,
+    grow: int | None = None,
+    rebuild: bool = False,
+    seeds_dir: Path | None = None,
+    check: bool = True,
+    **settings: object,
+) -> PreparedBuild:
+    """Settings merged (a config, then `settings` by name: BuildConfig's fields, `sessions` for
+    scenes_per_persona, LLMConfig's fields), merged with the latest version for grow and rebuild,
+    validated, seed tables, locales, budget and endpoint checked, and the build planned: every bad input
+    fails here in one line, before any Prefect server or LLM call."""
+    from pydantic import ValidationError
+
+    from personaloom.catalogue import check_languages, check_locales, load_catalogue
+    from personaloom.llm.budget import Budget
+    from personaloom.schemas.config import LLMConfig
+
+    data = (
+        config.model_dump(mode="json", exclude_unset=True)
+        if isinstance(config, BuildConfig)
+        else dict(config or {})
+    )
+    if "sessions" in settings:
+        settings["scenes_per_persona"] = settings.pop("sessions")
+    llm = dict(data.get("llm") or {})  # type: ignore[call-overload]
+    llm |= {k: v for k, v in settings.items() if k in LLMConfig.model_fields and v is not None}
+    data |= {k: v for k, v in settings.items() if k not in LLMConfig.model_fields and v is not None}
+    data["llm"] = llm
+    try:
+        cfg = BuildConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "value"
+        raise UserError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+    if grow is not None and rebuild:
+        raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
+    store = DatasetStore(out, cfg.dataset)
+    if grow is not None or rebuild:
+        cfg = on_latest_settings(
+            cfg, store, "personas" in data, "--grow" if grow is not None else "--rebuild"
+        )
+    if check:
+        cat = load_catalogue(seeds_dir) if seeds_dir else load_catalogue()
+        check_locales(cat, cfg.locales, "locales")
+        check_languages(cat, cfg.languages, "languages", cfg.locales)
+        for m in cfg.llm.models():  # every role's model needs a price under max_cost
+            Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
+        from personaloom.llm.endpoint import check_endpoint
+
+        check_endpoint(cfg.llm)
+    return PreparedBuild(cfg, plan_build(store, cfg, grow, rebuild), grow, rebuild, seeds_dir)
+
+
+def run_build(
+    prepared: PreparedBuild, *, out: Path, cache_dir: str | Path | None = None, force: bool = False
+) -> str:
+    """Run the flow on a prepared build; returns the version it published (or the one up to date)."""
+    return asyncio.run(
+        build_dataset(
+            prepared.settings,
+            out=str(out),
+            cache_dir=str(cache_dir) if cache_dir else None,
+            seeds_dir=str(prepared.seeds_dir) if prepared.seeds_dir else None,
+            grow=prepared.grow,
+            rebuild=prepared.rebuild,
+            force=force,
+        )
+    )
 
 
 def check_growable(run: Run[BuildConfig], parent: Manifest) -> None:
@@ -452,3 +560,6 @@ async def _generate_remote(run: Run[BuildConfig], cache: str, seeds_dir: str | N
                 setattr(total, key, getattr(total, key) + value)
     await _dataset_stages(run, seconds)
     return seconds
+
+
+_callable.make_callable(__name__, "build")  # personaloom.build(...) is the Python API's build

@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from personaloom import blind
+from personaloom import _callable, blind
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
@@ -347,3 +347,6 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
         markdown=markdown, key=artifact_key("eval", config.dataset, version_dir.name, run_dir.name)
     )
     return str(run_dir)
+
+
+_callable.make_callable(__name__, "evaluate")  # personaloom.evaluate(...) is the Python API's evaluate

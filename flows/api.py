@@ -1,0 +1,160 @@
+"""The Python API: build a version, open one, read its tables, evaluate a model on its probes.
+
+```python
+import personaloom
+
+v = personaloom.build(dataset="demo", personas=20, sessions=5, out="output", model="gpt-4o-mini")
+v = personaloom.open("output/demo@v1")          # or "output/demo" (latest), or open("output", "demo", "v1")
+v.table("dataset").filter(pl.col("session_index") == 0).collect()
+v.manifest.probe_baselines["all"]                # blind baselines of the probes
+ds = v.to_datasets()                             # datasets.DatasetDict, one split per published table
+run = personaloom.evaluate(v, model="gpt-4o-mini", base_url="http://localhost:8000/v1")
+```
+
+A `Version` is immutable, like the folder it reads; derived runs (evaluate, replay) are read as their own
+folders. `build` plans, checks and runs the same flow as `personaloom build` (grow and rebuild included),
+under a temporary Prefect server unless one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from personaloom.errors import UserError
+from personaloom.schemas.manifest import Manifest
+from personaloom.store import DatasetStore
+
+# every table a version publishes, in the order a reader meets them (personaloom.pipeline.PUBLISHED)
+TABLES = ("seeds", "personas", "scenes", "queries", "dataset", "probes", "rejections")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One published dataset version: its manifest and its tables as lazy Polars frames."""
+
+    path: Path
+    dataset: str
+    version: str
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return Manifest.model_validate_json((self.path / "manifest.json").read_bytes())
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}@{self.version}"
+
+    def tables(self) -> list[str]:
+        """The tables this version holds (each with at least one part, possibly of zero rows)."""
+        return [t for t in TABLES if list((self.path / t).glob("part-*.parquet"))]
+
+    def table(self, name: str) -> pl.LazyFrame:
+        """A table as a lazy frame over its Parquet parts (nothing is read until `collect`)."""
+        if name not in TABLES:
+            raise UserError(f"table {name!r}: a version holds {', '.join(TABLES)}")
+        parts = sorted((self.path / name).glob("part-*.parquet"))
+        if not parts:
+            raise UserError(f"{self.label} has no {name} table")
+        return pl.scan_parquet(parts)
+
+    def to_datasets(self) -> Any:
+        """A Hugging Face `datasets.DatasetDict` with one split per table that has rows."""
+        try:
+            import datasets
+        except ImportError:
+            raise UserError("to_datasets needs the datasets package: pip install datasets") from None
+        splits = {}
+        for name in self.tables():
+            parts = [str(p) for p in sorted((self.path / name).glob("part-*.parquet"))]
+            if self.table(name).select(pl.len()).collect().item():
+                splits[name] = datasets.Dataset.from_parquet(parts)
+        return datasets.DatasetDict(splits)
+
+    def runs(self, kind: str = "eval") -> list[Path]:
+        """The derived runs of this version (`eval` or `replay`), each a folder with its own manifest."""
+        return sorted(p for p in (self.path / kind).glob("*") if (p / "manifest.json").exists())
+
+
+def open(spec: str | Path, dataset: str | None = None, version: str | None = None) -> Version:  # noqa: A001
+    """`open("OUT/DATASET@vN")`, `open("OUT/DATASET")` (latest), or `open("OUT", "DATASET", "vN")`."""
+    text = str(spec)
+    if dataset is None:
+        where, _, ver = text.rpartition("@") if "@" in Path(text).name else (text, "", None)
+        root = Path(where)
+        out, dataset = root.parent, root.name
+        version = version or ver or None
+    else:
+        out = Path(text)
+    store = DatasetStore(out, dataset)
+    path = store.resolve(version)
+    return Version(path, dataset, path.name)
+
+
+def build(
+    config: Any = None,
+    *,
+    out: str | Path = "output",
+    cache_dir: str | Path | None = None,
+    grow: int | None = None,
+    rebuild: bool = False,
+    force: bool = False,
+    **settings: Any,
+) -> Version:
+    """Build a version (or find it up to date) and open it. `config`: a BuildConfig, a dict, or None;
+    `settings` override it (`dataset`, `personas`, `sessions`, `seed`, ... and the LLM's `model`,
+    `base_url`, `concurrency`, ... by name)."""
+    _quiet_defaults()
+    from personaloom.build import prepare_build, run_build
+
+    plan = prepare_build(config, out=Path(out), grow=grow, rebuild=rebuild, **settings)
+    version = _with_prefect(lambda: run_build(plan, out=Path(out), cache_dir=cache_dir, force=force))
+    return open(Path(out), plan.config.dataset, version)
+
+
+def evaluate(version: Version, *, model: str, base_url: str | None = None, **settings: Any) -> Path:
+    """Score `model` on the version's probes (`personaloom evaluate`); returns the run folder."""
+    _quiet_defaults()
+    from personaloom.evaluate import evaluate_dataset
+    from personaloom.llm.endpoint import check_endpoint
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.schemas.probes import EvalConfig
+
+    llm_keys = set(LLMConfig.model_fields)
+    llm = {k: settings.pop(k) for k in list(settings) if k in llm_keys}
+    cfg = EvalConfig.model_validate(
+        {
+            "dataset": version.dataset,
+            "version": version.version,
+            "llm": {"model": model, "base_url": base_url, **llm},
+            **settings,
+        }
+    )
+    check_endpoint(cfg.llm)
+    out = version.path.parent.parent
+    return Path(_with_prefect(lambda: asyncio.run(evaluate_dataset(cfg, out=str(out)))))
+
+
+def _quiet_defaults() -> None:
+    """The CLI's Prefect defaults (offline, quiet), before Prefect is first imported."""
+    from personaloom.prefect_env import apply_prefect_defaults
+
+    apply_prefect_defaults()
+
+
+def _with_prefect(work: Any) -> Any:
+    """Run `work` against Prefect: the configured API, a standing `personaloom server`, else a temporary
+    one (started once per process, stopped at exit)."""
+    from personaloom.prefect_server import EarlyServer, use_standing_server
+
+    if not os.environ.get("PREFECT_API_URL"):
+        use_standing_server()
+    server = EarlyServer()
+    server.wait()
+    return work()
