@@ -83,9 +83,13 @@ class Version:
 
 
 def open(spec: str | Path, dataset: str | None = None, version: str | None = None) -> Version:  # noqa: A001
-    """`open("OUT/DATASET@vN")`, `open("OUT/DATASET")` (latest), or `open("OUT", "DATASET", "vN")`."""
+    """`open("OUT/DATASET@vN")`, `open("OUT/DATASET")` (latest), `open("OUT", "DATASET", "vN")`, or a
+    version folder itself (`open("OUT/DATASET/v0003")`)."""
     text = str(spec)
-    if dataset is None:
+    folder = Path(text)
+    if dataset is None and (folder / "manifest.json").is_file() and folder.name.startswith("v"):
+        out, dataset, version = folder.parent.parent, folder.parent.name, folder.name
+    elif dataset is None:
         where, _, ver = text.rpartition("@") if "@" in Path(text).name else (text, "", None)
         root = Path(where)
         out, dataset = root.parent, root.name

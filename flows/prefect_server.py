@@ -162,7 +162,9 @@ class EarlyServer:
             cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(site)]
             cmd += ["--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno())]
             cmd += ["--log-level", "error", "--lifespan", "on"]
-            self._proc = _popen(cmd, env, pass_fds=[sock.fileno()])
+            # its own session: a Ctrl-C at the terminal is the command's to handle (one line), not uvicorn's
+            # ("Aborted!"); it still dies with the command (parent-death signal) and is stopped at exit
+            self._proc = _popen(cmd, env, pass_fds=[sock.fileno()], start_new_session=True)
         use_api(self.api_url, auth)
         atexit.register(self.close)  # after Prefect's own exit handlers (registered later): they still send
 
