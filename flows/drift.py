@@ -94,6 +94,14 @@ def _events_by_name(cat: Catalogue) -> dict[str, dict[str, Any]]:
 
 
 _BY_NAME: dict[str, dict[str, dict[str, Any]]] = {}
+_KINDS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def _kinds_by_name(cat: Catalogue) -> dict[str, dict[str, Any]]:
+    hit = _KINDS.get(cat.digest)
+    if hit is None:
+        hit = _KINDS[cat.digest] = {k["kind"]: k for k in cat.change_kinds}
+    return hit
 
 
 def status_after(cat: Catalogue, row: SeedRow, history: Sequence[str] = ()) -> tuple[str, str]:
@@ -397,7 +405,7 @@ def plan_violations(cat: Catalogue, row: SeedRow) -> list[tuple[str, str]]:
     """
     out: list[tuple[str, str]] = []
     events = _events_by_name(cat)
-    kinds = {k["kind"]: k for k in cat.change_kinds}
+    kinds = _kinds_by_name(cat)
     status, stage = row.employment, row.life_stage
     facts = person_facts(cat, row)
     used: set[str] = set()

@@ -147,6 +147,7 @@ class _Lookups:
         self.roles = {o["occupation"]: o for o in cat.occupations}
         self.hints = {h["hint"]: h for h in cat.hint_rules}
         self.interests = {r["item"]: r for r in cat.interest_rules}
+        self.events = {e["event"]: e for e in cat.life_events}
         self.mains = {loc: {lang for lang, _ in t["main"]} for loc, t in cat.languages.items()}
         self.known = {
             loc: self.mains[loc] | {lang for lang, _ in t["other"]} for loc, t in cat.languages.items()
@@ -379,10 +380,9 @@ class _Lookups:
             own = cat.given_names.get((origin, gender)) or [
                 n for (loc, _), names in cat.given_names.items() if loc == origin for n in names
             ]
-            hit = _faith_names(own, lambda n: cat.given_faiths.get((origin, n[0]), frozenset()), faith)
-            if not hit:
-                raise UserError(f"seed table given_names.csv has no {gender} name for {faith} in {origin}")
-            self._given[key] = hit
+            hit = self._given[key] = _faith_names(
+                own, lambda n: cat.given_faiths.get((origin, n[0]), frozenset()), faith
+            )
         return hit
 
     def family_names(self, origin: str, given: str, faith: str | None) -> list[Name]:
@@ -393,16 +393,11 @@ class _Lookups:
             cat = self.cat
             mine = cat.given_faiths.get((origin, given), frozenset())
             tags = lambda n: cat.family_faiths.get((origin, n[0]), frozenset())  # noqa: E731
-            hit = [
+            hit = self._family[key] = [
                 n
                 for n in _faith_names(cat.family_names[origin], tags, faith)
                 if not mine or not tags(n) or tags(n) & mine
             ]
-            if not hit:
-                raise UserError(
-                    f"seed table family_names.csv has no family name for {given} ({faith}) in {origin}"
-                )
-            self._family[key] = hit
         return hit
 
     def interest_pool(self, locale: str, origin: str, age: int) -> tuple[list[dict], list[float]]:
@@ -488,8 +483,27 @@ def interaction_language(
 def _lookups(cat: Catalogue) -> _Lookups:
     hit = _LOOKUPS.get(id(cat))
     if hit is None or hit.cat is not cat:
-        hit = _LOOKUPS[id(cat)] = _Lookups(cat)
+        hit = _Lookups(cat)
+        _check_names(hit)
+        _LOOKUPS[id(cat)] = hit
     return hit
+
+
+def _check_names(look: _Lookups) -> None:
+    """Every person the tables can make gets a name: each gender a given name, and each given name a family
+    name, for no faith and for each faith a row of the locale (or an immigrant's occupation) may bind."""
+    cat = look.cat
+    bound = {o["faith"] for o in cat.occupations} - {None, RELIGIOUS}
+    genders = [g["value"] for g in cat.attributes["genders"]]
+    for code in look.locale:
+        faiths = {None} | bound
+        faiths |= {h["faith"] for h in cat.hint_rules if look.hint_weight(h, code) > 0} - {RELIGIOUS}
+        for faith in faiths:
+            for gender in genders:
+                for given in _some(
+                    look.given_names(code, gender, faith), "given_names.csv", code, gender, faith
+                ):
+                    _some(look.family_names(code, given[0], faith), "family_names.csv", code, given[0], faith)
 
 
 def sample_skeleton(
@@ -569,8 +583,12 @@ def _sample_skeleton(
     origin = _pick(rng, *look.corridors(code, background)) if background else code
     home = look.locale[origin]
     faith = person_faith(hint, occupation)
-    given = rng.choice(look.given_names(origin, gender, faith))
-    family = rng.choice(look.family_names(origin, given[0], faith))
+    given = rng.choice(
+        _some(look.given_names(origin, gender, faith), "given_names.csv", origin, gender, faith)
+    )
+    family = rng.choice(
+        _some(look.family_names(origin, given[0], faith), "family_names.csv", origin, given[0], faith)
+    )
     feminine = cat.feminine.get((origin, family[0]))
     if feminine and gender != "male" and (gender == "female" or rng.random() < 0.5):
         family = feminine  # the women's form (Polish -ska); a nonbinary person has either
@@ -625,6 +643,14 @@ def _sample_skeleton(
 
 
 MAX_INTEREST_DRAWS = 1_000
+
+
+def _some(names: list[Name], table: str, origin: str, who: str, faith: str | None) -> list[Name]:
+    if not names:
+        raise UserError(
+            f"seed table {table} has no name for {who} ({faith or 'any faith'}) in {origin}: add one"
+        )
+    return names
 
 
 def _interests(
@@ -985,7 +1011,7 @@ def _surname_key(look: _Lookups, row: SeedRow) -> tuple[str | None, str]:
 
 def _status_steps(cat: Catalogue, row: SeedRow) -> list[tuple[dict, str]]:
     """(event, work status before it) for each planned change whose event is known."""
-    events = {e["event"]: e for e in cat.life_events}
+    events = _lookups(cat).events
     out, status = [], row.employment
     for p in row.planned_changes:
         e = events.get(p.event)
