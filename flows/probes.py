@@ -578,6 +578,66 @@ BLIND: LLMCall[Blind, int | None] = LLMCall(
         (0, 1, 2, 3),
     ),
 )
+
+
+class Matching(Draft):
+    matching: list[str]
+
+
+def _matching(item: ProbeItem, res: LLMResult[Any]) -> list[int] | None:
+    if res.value is None:
+        return None
+    letters = {m.strip().upper()[:1] for m in res.value.matching}
+    return sorted(LETTERS.index(x) for x in letters if x in LETTERS)
+
+
+CONFIRM: LLMCall[ProbeItem, list[int] | None] = LLMCall(
+    name="probes/confirm",
+    variables=("value", "field", "options", "language"),
+    render=lambda i: {
+        "value": i.truth,
+        "field": i.path,
+        "options": dict(zip(LETTERS, i.options, strict=True)),
+        "language": i.language,
+    },
+    build=_matching,
+    response=Matching,
+    max_tokens=40,
+    role="judge",
+    temperature=0.0,
+    sample=lambda s: BLIND.sample(s).item,  # type: ignore[misc]
+)
+
+
+async def confirm(ctx: StageContext, items: Sequence[ProbeItem]) -> StageOutcome[ProbeItem]:
+    """A judge at temperature 0 confirms that exactly one option, the key, follows the value in force —
+    asked only when the build's judge earned trust on items with a known answer (stage 5's calibration);
+    an untrusted judge's verdict would be no evidence, so the items go on unconfirmed."""
+    from personaloom.stages.calibration import judge_calibration
+
+    calibration = await judge_calibration(ctx.llm, ctx.config.judge_min_accuracy)
+    if calibration is not None and not calibration.trusted:
+        return StageOutcome(records=list(items))
+    verdicts = await map_async(items, lambda i: ctx.llm.run(CONFIRM, i))
+    out: StageOutcome[ProbeItem] = StageOutcome()
+    for item, matching in zip(items, verdicts, strict=True):
+        if matching == [item.answer]:
+            out.records.append(item)
+            continue
+        said = "no verdict" if matching is None else f"options {[LETTERS[i] for i in matching]} match"
+        out.rejections.append(
+            Rejection(
+                stage=NAME,
+                row_id=item.probe_id,
+                persona_id=item.persona_id,
+                reason="probe_key_not_confirmed",
+                detail=f"{said}; the key is {LETTERS[item.answer]}",
+                raw_output=item.question,
+            )
+        )
+    return out
+
+
 BLIND_ORDERS = ((0, 1, 2, 3), (3, 2, 1, 0))  # the item's order, then reversed: a position bias cancels
 
 
@@ -761,6 +821,7 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[ProbeItem]:
     ]
     written = StageOutcome.split(await map_async(specs, lambda s: ctx.llm.run(WRITE, s), ctx.advance))
     unique = written.then(dedup(written.records, ctx.earlier("probes")))
+    unique = unique.then(await confirm(ctx, unique.records))
     judged: dict[str, float] = {}
     if cfg.probe_blind_judge:
         credits = await map_async(unique.records, lambda i: judge_credit(ctx, i))
@@ -775,7 +836,7 @@ STAGE = Stage(
     record=ProbeItem,
     run=run,
     scope="dataset",
-    calls=(WRITE, BLIND),
+    calls=(WRITE, CONFIRM, BLIND),
     rows_in=lambda cfg, n: n["probes"] + n["rejected:probes"],  # the items planned
 )
 

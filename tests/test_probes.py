@@ -32,7 +32,8 @@ from personaloom.schemas.probes import EvalConfig, ProbeItem
 from personaloom.schemas.records import DatasetRow
 from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
-from personaloom.testing.probe_model import probe_writer
+from personaloom.testing.judge_model import calibrated
+from personaloom.testing.probe_model import probe_confirmer, probe_writer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -263,6 +264,20 @@ def test_the_gate_keeps_a_leaking_rule_at_chance_and_positions_balanced() -> Non
     assert table["position_majority"] <= 0.26
     moved = balance_positions(kept)
     assert all(i.options[i.answer] == k.options[k.answer] for i, k in zip(moved, kept, strict=True))
+
+
+@pytest.mark.parametrize("lying", [False, True])
+def test_a_trusted_judge_confirms_exactly_one_option_holds_the_key(tmp_path: Path, lying: bool) -> None:
+    with FakeOpenAI(responder=calibrated(probe_confirmer(lying))) as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=32)
+        cfg = BuildConfig(dataset="c", personas=8, scenes_per_persona=6, seed=1, locales=["en_US"], llm=llm)
+        asyncio.run(build_dataset(cfg, out=str(tmp_path)))
+        asked = [r for r in fake.requests if "Which of these replies follow it?" in json.dumps(r["body"])]
+    m = json.loads((tmp_path / "c" / "v0001" / "manifest.json").read_text())
+    rejected = sum(t.get("rejected:probe_key_not_confirmed", 0) for t in m["probe_yield"].values())
+    kept = sum(t["kept"] for t in m["probe_yield"].values())
+    assert asked and all(r["body"]["temperature"] == 0 for r in asked)
+    assert (kept == 0 and rejected > 0) if lying else (kept > 0 and rejected == 0)
 
 
 def test_items_repeating_an_earlier_one_are_rejected_with_its_id(version: Path) -> None:

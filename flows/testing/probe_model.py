@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+from collections.abc import Callable
 from typing import Any
 
 FRAMES = (
@@ -35,3 +37,19 @@ def probe_writer(body: dict[str, Any]) -> str | None:
     rng = random.Random(hashlib.sha256(user.encode()).digest())
     replies = {f"reply_{x.lower()}": rng.choice(FRAMES).format(m=f"[{x}]") for x in "ABCD"}
     return json.dumps({"question": rng.choice(QUESTIONS), **replies})
+
+
+def probe_confirmer(lying: bool = False) -> Callable[[dict[str, Any]], str | None]:
+    """The probe writer, plus a judge for `probes/confirm` that names the options holding the value as a
+    competent judge would (or, `lying`, every option: no key can then be confirmed)."""
+
+    def reply(body: dict[str, Any]) -> str | None:
+        user = next((m["content"] for m in body.get("messages", []) if m["role"] == "user"), "")
+        if "Which of these replies follow it?" not in user:
+            return probe_writer(body)
+        value = re.search(r'What holds for this user now \([^)]*\): "(.*)"\n', user)
+        options = re.findall(r"^([A-D])\. (.*)$", user, flags=re.M)
+        held = [x for x, text in options if value and f'"{value.group(1)}"' in text]
+        return json.dumps({"matching": [x for x, _ in options] if lying else held})
+
+    return reply
