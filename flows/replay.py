@@ -1,9 +1,9 @@
 """Prefect flow `replay_dataset`: a dataset version through the reference agents, results beside it.
 
-Output: output/<dataset>/v<NNNN>/replay/<run>/{sessions,turns,snapshots,metrics}/part-<shard>.parquet,
+Output: output/<dataset>/v<NNNN>/replay/<run>/<table>/part-<shard>.parquet for the tables in TABLES,
 summary.md (also a Prefect markdown artifact) and manifest.json (its usage counts the calls of the
 invocation that finished the run; per-session tokens are in `sessions`). One Prefect task per shard of
-personas runs every agent for those personas; a shard whose four parts exist is skipped, so a re-run
+personas runs every agent for those personas; a shard whose parts all exist is skipped, so a re-run
 of the same command resumes, and the response cache answers every LLM call that had completed.
 """
 
@@ -21,16 +21,18 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from personaloom.agent.agents import describe
 from personaloom.agent.calls import agent_calls, role_settings, usage_by
-from personaloom.agent.loop import ReplayOutputs, replay_user
+from personaloom.agent.loop import ReplayOutputs, judge_pairs, replay_user
 from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
-from personaloom.agent.metrics import summarize, summary_markdown
+from personaloom.agent.metrics import summarize, summarize_pairs, summary_markdown
 from personaloom.errors import UserError
 from personaloom.llm.client import LLM
 from personaloom.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
     MetricRow,
+    PairwiseRow,
     ReplayConfig,
     ReplayManifest,
     SessionRow,
@@ -41,7 +43,13 @@ from personaloom.store import DatasetStore, read_records, shard_infos, write_rec
 from personaloom.version import code_version
 
 # Written in this order; `metrics` last, so its part existing means the shard is complete.
-TABLES = {"sessions": SessionRow, "turns": TurnRow, "snapshots": SnapshotRow, "metrics": MetricRow}
+TABLES = {
+    "sessions": SessionRow,
+    "turns": TurnRow,
+    "snapshots": SnapshotRow,
+    "pairwise": PairwiseRow,
+    "metrics": MetricRow,
+}
 # Settings that change throughput, not results: left out of a run's identity so they can change on resume.
 NOT_IDENTITY = {"run": True, "shard_size": True, "llm": LLM_NOT_IDENTITY}
 
@@ -100,6 +108,10 @@ async def replay_shard(ctx: ReplayContext, shard: int) -> None:
     merged = ReplayOutputs()
     for result in await asyncio.gather(*jobs):
         merged.extend(result)
+    pairs = ctx.config.pairwise_pairs() if ctx.config.judge else []
+    if pairs:  # both agents' answers to the same sessions exist once the shard's replays are done
+        users = {pid: ctx.users[pid] for pid in ctx.shard_users(shard)}
+        merged.pairwise = await judge_pairs(merged.sessions, users, pairs, ctx.llm)
     for table, model in TABLES.items():
         write_records(ctx.part(table, shard), model, getattr(merged, table))
 
@@ -118,7 +130,10 @@ def publish_run(
     cfg, agents = ctx.config, ctx.config.agent_names()
     metrics = read_records(ctx.run_dir / "metrics", MetricRow)
     summary = summarize(metrics, agents)
-    markdown = summary_markdown(f"Replay {cfg.dataset}@{version} — run {ctx.run_dir.name}", summary)
+    pairs = summarize_pairs(read_records(ctx.run_dir / "pairwise", PairwiseRow), cfg.pairwise_pairs())
+    title = f"Replay {cfg.dataset}@{version} — run {ctx.run_dir.name}"
+    markdown = summary_markdown(title, summary, pairs, cfg.judge_mode)
+    hashes = ctx.llm.prompts.hashes
     (ctx.run_dir / "summary.md").write_text(markdown)
     manifest = ReplayManifest(
         dataset=cfg.dataset,
@@ -133,11 +148,13 @@ def publish_run(
         agents=agents,
         personas=len(ctx.users),
         sessions=len(metrics),
-        prompt_hashes={k: v for k, v in ctx.llm.prompts.hashes.items() if k.startswith("agent/")},
+        prompt_hashes={k: v for k, v in hashes.items() if k.startswith("agent/")},
         usage_by_role=usage_by(ctx.llm.usage, 0),
         usage_by_agent=usage_by(ctx.llm.usage, 1),
         seconds=round(seconds, 3),
         summary=summary,
+        pairwise=pairs,
+        agent_settings={name: describe(name, cfg, hashes) for name in agents},
         shards=shard_infos(ctx.run_dir),
     )
     (ctx.run_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))

@@ -9,7 +9,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.manifest import ShardInfo, StageUsage
@@ -69,6 +69,16 @@ class ReplayConfig(BaseModel):
         2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment"
     )
     judge: bool = Field(True, description="LLM judge ratings and persona similarity")
+    judge_mode: Literal["paper", "reference"] = Field(
+        "paper",
+        description="paper: AI Persona's rating prompt word for word (persona, query, answer); "
+        "reference: the judge also sees the scene and its reference answer",
+    )
+    pairwise: list[str] | None = Field(
+        None,
+        description="agent pairs 'A:B' whose first answers the judge compares on every session, in both "
+        "orders (Fig. 4) [default: each learned-kK against golden, when golden runs]; [] for none",
+    )
     embedding_model: str | None = Field(
         None,
         description="embed memories with this model of the endpoint's /embeddings API [default: an offline "
@@ -100,6 +110,28 @@ class ReplayConfig(BaseModel):
         if v is not None and not RUN_NAME.match(v):
             raise ValueError("use letters, digits, '.', '_' or '-' (no path characters), at most 64")
         return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ReplayConfig:
+        names = set(self.agent_names())
+        for a, b in self.pairwise_pairs():
+            if a == b or a not in names or b not in names:
+                known = ", ".join(sorted(names))
+                raise ValueError(f"pairwise {a}:{b}: both must be agents of this run and differ ({known})")
+        return self
+
+    def pairwise_pairs(self) -> list[tuple[str, str]]:
+        """The (A, B) pairs compared pair-wise; by default every learned-kK against golden (Fig. 4)."""
+        if self.pairwise is None:
+            names = self.agent_names()
+            return [(n, "golden") for n in names if n.startswith("learned-k")] if "golden" in names else []
+        pairs = []
+        for spec in self.pairwise:
+            a, sep, b = spec.partition(":")
+            if not sep:
+                raise ValueError(f"pairwise {spec!r}: write A:B, e.g. learned-k3:golden")
+            pairs.append((a.strip(), b.strip()))
+        return list(dict.fromkeys(pairs))
 
     def agent_names(self) -> list[str]:
         """`learned` expands to one agent per k: learned-k1, learned-k3, …"""
@@ -207,6 +239,21 @@ class MetricRow(Record):
     wall_seconds: float
 
 
+class PairwiseRow(Record):
+    """One session's comparison of two agents' first answers, asked in both orders (Fig. 4)."""
+
+    persona_id: str
+    session_index: int
+    position: int
+    agent_a: str
+    agent_b: str
+    a_first: str | None = Field(description="verdict with A shown as Response 1: first | second | tie")
+    a_second: str | None = Field(description="verdict with A shown as Response 2: first | second | tie")
+    score_a: float | None = Field(
+        description="A's score on this session: mean over both orders of 1 (A preferred), 0.5 (tie), 0"
+    )
+
+
 # ---------------------------------------------------------------- run outputs
 
 
@@ -222,6 +269,33 @@ class SummaryRow(BaseModel):
     revealed_held: float | None
     changes_tracked: float | None
     tokens_per_session: float
+
+
+class GroupRate(BaseModel):
+    positions: str = Field(description="session positions of the group, e.g. 1-10")
+    sessions: int
+    win_rate: float | None
+
+
+class PairwiseSummary(BaseModel):
+    """Fig. 4: how often A's first answer is preferred to B's, ties counted half, by session group."""
+
+    agent_a: str
+    agent_b: str
+    sessions: int = Field(description="sessions with at least one readable verdict")
+    win_rate: float | None
+    consistent: float | None = Field(description="share of sessions where both orders named the same answer")
+    groups: list[GroupRate]
+
+
+class AgentSettings(BaseModel):
+    """What one agent of the run is: its kind, the LLM calls it makes (with their template hashes) and the
+    settings it runs with."""
+
+    kind: str
+    k: int | None = Field(None, description="persona update cadence, for learned and learned-rag")
+    calls: dict[str, str] = Field(description="declared call → template hash, the agent's own calls only")
+    settings: dict[str, object]
 
 
 class RoleSettings(BaseModel):
@@ -255,4 +329,8 @@ class ReplayManifest(BaseModel):
     usage_by_agent: dict[str, StageUsage]
     seconds: float
     summary: list[SummaryRow]
+    pairwise: list[PairwiseSummary] = Field(default_factory=list)
+    agent_settings: dict[str, AgentSettings] = Field(
+        default_factory=dict, description="per agent: kind, calls with template hashes, settings"
+    )
     shards: list[ShardInfo]

@@ -25,17 +25,30 @@ from personaloom.agent.agents import (
 )
 from personaloom.agent.calls import Caller, agent_calls
 from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, ChatJob
-from personaloom.agent.judge import JUDGE_RATING, Judge, RateJob, parse_rating
+from personaloom.agent.judge import (
+    JUDGE_RATING,
+    JUDGE_RATING_REFERENCE,
+    JUDGE_SIMILARITY,
+    Judge,
+    RateJob,
+    SimilarityJob,
+    pair_score,
+    parse_rating,
+    parse_winner,
+)
 from personaloom.agent.loop import World, replay_user, run_session
 from personaloom.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
 from personaloom.agent.metrics import (
     changes_tracked,
     field_similarity,
+    position_groups,
     revealed_held,
     revealed_to_agent,
+    summarize_pairs,
+    summary_markdown,
     text_similarity,
 )
-from personaloom.agent.persona import flatten, golden_at, initial_persona
+from personaloom.agent.persona import flatten, golden_at, initial_persona, persona_lines
 from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.tools import TOOL_EXECUTOR, ToolCall, ToolJob, parse_tool_calls, strip_tool_calls
 from personaloom.agent.updater import FieldUpdate, PersonaUpdater, apply_update, update_due
@@ -48,7 +61,7 @@ from personaloom.paths import PROMPTS_DIR
 from personaloom.samples import sample_records
 from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.records import ApiArgument, ApiSpec, DatasetRow, Persona, PreferenceChange
-from personaloom.schemas.replay import ReplayConfig, VarsParams
+from personaloom.schemas.replay import PairwiseRow, ReplayConfig, VarsParams
 from personaloom.testing.fake_openai import FakeOpenAI
 
 
@@ -182,7 +195,9 @@ def test_every_agent_template_is_one_declared_call_that_renders_its_sample() -> 
         "tool_executor": "tool",
         "user_judge": "simulator",
         "judge_rating": "judge",
+        "judge_rating_reference": "judge",
         "judge_similarity": "judge",
+        "judge_pairwise": "judge",
         "persona_update": "memory",
         "persona_agent_feedback": "memory",
         "persona_agent_rewrite": "memory",
@@ -483,26 +498,163 @@ def test_parse_rating(text: str, scores: tuple) -> None:
     assert (r.solution, r.persona) == scores and r.raw == text
 
 
+# AI Persona (arXiv 2412.13103), appendix "Prompt Template (GPT Evaluation for Personalized Responses,
+# English)": the anchors as the paper writes them
+PAPER_SOLUTION = {
+    10: "The AI assistant fully meets the user’s needs and provides clear, effective, and helpful solutions.",
+    7: "The AI assistant partially meets the user’s needs but has certain shortcomings, such as missing "
+    "detailed information, API calls, or operational steps.",
+    5: "The AI assistant provides some knowledge related to the user’s needs but does not solve the problem.",
+    3: "The AI assistant provides knowledge unrelated to the user’s needs or lacks accuracy.",
+    0: "The AI assistant provides no relevant solutions or information related to the user’s needs.",
+}
+PAPER_PERSONALIZATION = {
+    10: "The AI assistant fully understands the user’s persona and provides completely personalized "
+    "responses and suggestions based on the user’s characteristics and preferences.",
+    7: "The AI assistant shows partial understanding of the user’s persona in its response but has room "
+    "for improvement.",
+    5: "The AI assistant shows no clear understanding of the user’s persona and merely performs generic Q&A.",
+    0: "The AI assistant misunderstands the user’s persona and provides incorrect responses that do not "
+    "align with the user’s intent.",
+}
+
+
+def _rendered(call: Any, job: Any, prompt_set: str = "default") -> tuple[str, str]:
+    messages = PromptLibrary(prompt_set=prompt_set).render(call.name, **call.variables_for(job)).messages
+    return messages[0]["content"], messages[-1]["content"]
+
+
 @pytest.mark.parametrize("prompt_set", ["default", "small"])
-def test_rating_prompt_carries_the_papers_anchors(prompt_set: str) -> None:
-    """10/7/5/3/0 for both scores, the persona in force, and the output format its parser reads."""
-    rendered = PromptLibrary(prompt_set=prompt_set).render(
-        JUDGE_RATING.name, **JUDGE_RATING.variables_for(RateJob(row(2), "an answer"))
-    )
-    text = rendered.messages[-1]["content"]
-    helpful, _, personal = text.partition("persona_score (personalization)")
-    for anchor in ("10 = fully helpful", "7 = helpful with minor gaps", "5 = partly helpful"):
-        assert anchor in helpful
-    assert "3 = barely helpful" in helpful and "0 = not helpful at all" in helpful
-    for anchor in ("10 = fully personalized", "7 = mostly personalized", "5 = partly personalized"):
-        assert anchor in personal
-    assert "3 = barely personalized" in personal and "0 = not personalized at all" in personal
-    assert "Preference.Preferred_Formats: detailed tables" in text  # the change in force at session 2
+def test_rating_prompt_is_the_papers_word_for_word(prompt_set: str) -> None:
+    """Solution 10/7/5/3/0, personalization 10/7/5/0 with 5 = generic Q&A; no reference answer shown."""
+    row2 = row(2).model_copy(update={"expected_response": "REFERENCE-ANSWER-XYZ"})
+    system, user = _rendered(JUDGE_RATING, RateJob(row2, "an answer"), prompt_set)
+    solution, _, personal = system.partition("2. Personalization Score")
+    for score, anchor in PAPER_SOLUTION.items():
+        assert f"{score}: {anchor}" in solution.splitlines()
+    for score, anchor in PAPER_PERSONALIZATION.items():
+        assert f"{score}: {anchor}" in personal.splitlines()
+    assert not any(line.startswith("3:") for line in personal.splitlines())  # no 3 for personalization
+    assert "<rating>\nsolution_score; persona_score\n</rating>" in system
+    assert "REFERENCE-ANSWER-XYZ" not in system + user and "reference answer" not in (system + user).lower()
+    assert "Preference.Preferred_Formats: detailed tables" in user  # the golden persona in force at session 2
+    assert "User Query: Suggest a dinner recipe." in user and "AI Assistant Response: an answer" in user
+    assert JUDGE_RATING.temperature == 0.0
+    assert parse_rating("<analysis>\nok\n</analysis>\n<rating>\n7; 5\n</rating>").persona == 5.0
+
+
+def test_reference_judge_is_an_option_that_shows_the_reference_answer() -> None:
+    row2 = row(2).model_copy(update={"expected_response": "REFERENCE-ANSWER-XYZ"})
+    _, user = _rendered(JUDGE_RATING_REFERENCE, RateJob(row2, "an answer"))
     assert (
-        "<analysis>your reasoning in a few sentences</analysis><rating>solution_score; persona_score</rating>"
-        in text
+        "Reference answer: REFERENCE-ANSWER-XYZ" in user and "<rating>solution_score; persona_score" in user
     )
-    assert parse_rating("<analysis>ok</analysis><rating>7; 3</rating>").solution == 7.0
+    with FakeOpenAI(responder=lambda body: "<rating>6; 4</rating>") as fake:
+
+        async def go(llm: LLM) -> list[str]:
+            for mode in ("paper", "reference"):
+                await Judge(Caller(llm, "x", "p1"), mode).rate(row2, "answer")
+            return [_system(r["body"]) for r in fake.requests]
+
+        systems = run(with_llm(fake, go))
+    assert systems[0].startswith("I will now provide you with a conversation") and "impartial" in systems[1]
+    assert ReplayConfig(dataset="d").judge_mode == "paper"
+    with pytest.raises(ValueError):
+        ReplayConfig(dataset="d", judge_mode="lenient")
+
+
+def test_similarity_prompt_is_the_papers() -> None:
+    system, user = _rendered(JUDGE_SIMILARITY, SimilarityJob(persona_lines(initial_persona(row())), row()))
+    assert "10: Fully consistent in semantics, coherent behavior, no ambiguity or deviation." in system
+    assert (
+        "5: Some fields reflect user characteristics, but overall restoration lacks depth, with many "
+        in system
+    )
+    assert "<rating>\nconsistency_score ; detail_restoration_score\n</rating>" in system
+    assert "<ground_truth>" in user and "<learned_truth>" in user and "- Demographics.Age: 34" in user
+    sim = JUDGE_SIMILARITY.build(
+        SimilarityJob([], row()), LLMResult("<rating>7 ; 3</rating>", "<rating>7 ; 3</rating>")
+    )
+    assert (sim.consistency, sim.detail, sim.raw) == (7.0, 3.0, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ("<analysis>x</analysis><winner>1</winner>", "first"),
+        ("<winner> Response 2 </winner>", "second"),
+        ("<winner>tie</winner>", "tie"),
+        ("format <winner>1, 2 or tie</winner> then <winner>2</winner>", "second"),
+        ("<winner>both</winner>", None),
+        ("I prefer the first.", None),
+    ],
+)
+def test_parse_winner(text: str, verdict: str | None) -> None:
+    assert parse_winner(text) == verdict
+
+
+def test_pairwise_asks_both_orders_and_cancels_position_bias() -> None:
+    """A judge that always picks Response 1 gives each agent ½; one that follows the content gives 1 and 0."""
+    assert pair_score("first", "second") == 1.0 and pair_score("second", "first") == 0.0
+    assert pair_score("first", "first") == 0.5 and pair_score("tie", "first") == 0.25
+    assert pair_score(None, "second") == 1.0 and pair_score(None, None) is None
+
+    def always_first(body: dict) -> str:
+        return "<winner>1</winner>"
+
+    def likes_tables(body: dict) -> str:
+        first = _user(body).split("Response 1:")[1].split("Response 2:")[0]
+        return "<winner>1</winner>" if "table" in first else "<winner>2</winner>"
+
+    scores = []
+    for responder in (always_first, likes_tables):
+        with FakeOpenAI(responder=responder) as fake:
+            got = run(
+                with_llm(
+                    fake, lambda llm: Judge(Caller(llm, "pairwise", "p1")).pair(row(), "a table", "text")
+                )
+            )
+            scores.append(pair_score(*got))
+            orders = [_user(r["body"]).split("Response 1: ")[1][:5] for r in fake.requests]
+        assert orders == ["a tab", "text\n"] or orders == ["a tab", "text"]
+    assert scores == [0.5, 1.0]
+
+
+def test_position_groups_and_pair_summary() -> None:
+    assert position_groups(32) == [(1, 11), (12, 21), (22, 32)]
+    assert position_groups(3) == [(1, 1), (2, 2), (3, 3)] and position_groups(2) == [(1, 1), (2, 2)]
+
+    def pr(position: int, first: str, second: str) -> PairwiseRow:
+        return PairwiseRow(
+            persona_id="p1",
+            session_index=position - 1,
+            position=position,
+            agent_a="learned-k3",
+            agent_b="golden",
+            a_first=first,
+            a_second=second,
+            score_a=pair_score(first, second),  # type: ignore[arg-type]
+        )
+
+    rows = [pr(1, "second", "first"), pr(2, "first", "first"), pr(3, "first", "second")]
+    (s,) = summarize_pairs(rows, [("learned-k3", "golden")])
+    assert (s.sessions, s.win_rate, s.consistent) == (3, 0.5, round(2 / 3, 3))
+    assert [(g.positions, g.win_rate) for g in s.groups] == [("1-1", 0.0), ("2-2", 0.5), ("3-3", 1.0)]
+    text = summary_markdown("t", [], [s])
+    assert "| learned-k3 | golden | 0.50 | 0.00 | 0.50 | 1.00 | 0.67 | 3 |" in text
+
+
+def test_pairwise_pairs_default_and_validation() -> None:
+    cfg = ReplayConfig(dataset="d", agents=["none", "golden", "learned"], ks=[1, 3])
+    assert cfg.pairwise_pairs() == [("learned-k1", "golden"), ("learned-k3", "golden")]
+    assert ReplayConfig(dataset="d", agents=["none", "learned"]).pairwise_pairs() == []
+    assert ReplayConfig(
+        dataset="d", agents=["none", "golden"], pairwise=["none:golden"]
+    ).pairwise_pairs() == [("none", "golden")]
+    assert ReplayConfig(dataset="d", agents=["none", "golden"], pairwise=[]).pairwise_pairs() == []
+    for bad in (["vars:golden"], ["golden:golden"], ["none-golden"]):
+        with pytest.raises(ValueError):
+            ReplayConfig(dataset="d", agents=["none", "golden"], pairwise=bad)
 
 
 def test_judge_garbage_is_null_not_a_crash() -> None:
@@ -510,7 +662,10 @@ def test_judge_garbage_is_null_not_a_crash() -> None:
         rating = run(with_llm(fake, lambda llm: Judge(Caller(llm, "x", "p1")).rate(row(), "answer")))
         sim = run(
             with_llm(
-                fake, lambda llm: Judge(Caller(llm, "x", "p1")).similarity(initial_persona(row()), row())
+                fake,
+                lambda llm: Judge(Caller(llm, "x", "p1")).similarity(
+                    persona_lines(initial_persona(row())), row()
+                ),
             )
         )
     assert (

@@ -49,8 +49,12 @@ def responder(body: dict) -> str | None:
         return "Here is a plan in short bullet lists."
     if "You role-play" in system and "<Satisfied>" in user:  # the user: satisfied at the second answer
         return "<Satisfied>" if user.count("ASSISTANT:") >= 2 else "<Continue> Please use bullet lists."
-    if "impartial judge" in system:
+    if system.startswith("I will now provide you with a conversation"):  # the paper's rating judge
         return "<analysis>fine</analysis><rating>7; 6</rating>"
+    if system.startswith("I will provide you with two persona profiles"):  # the paper's similarity judge
+        return "<analysis>close</analysis><rating>6 ; 5</rating>"
+    if "two responses from AI assistants" in system:  # pair-wise: prefers the answer shown first
+        return "<analysis>first</analysis><winner>1</winner>"
     if "maintain a profile" in system:
         return json.dumps(
             {
@@ -71,7 +75,13 @@ def test_replay_every_agent(out: Path) -> None:
     with FakeOpenAI(responder=responder) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
         build = BuildConfig(
-            dataset="demo", personas=2, scenes_per_persona=4, expand_hints=False, answerability=False, llm=llm
+            dataset="demo",
+            personas=2,
+            scenes_per_persona=4,
+            expand_hints=False,
+            answerability=False,
+            locales=["en_US"],
+            llm=llm,
         )
         asyncio.run(build_dataset(build, out=str(out)))
         cfg = ReplayConfig(
@@ -165,9 +175,8 @@ def test_replay_every_agent(out: Path) -> None:
 
     # the summary: one row per agent, like Table 1
     summary = (run_dir / "summary.md").read_text()
-    table = [
-        line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| Agent")
-    ]
+    table1 = summary.split("| Agent |")[1].split("\n\n")[0]  # the first table, up to its blank line
+    table = [line for line in table1.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in table] == NAMES
     assert "Helpfulness" in summary and "Utterances" in summary
     assert table[0].split("|")[2].strip() == "7.00"
@@ -175,6 +184,30 @@ def test_replay_every_agent(out: Path) -> None:
     assert manifest["agents"] == NAMES and manifest["sessions"] == len(metrics) and manifest["personas"] == 2
     assert manifest["usage_by_agent"]["learned-k1"]["calls"] > 0 and "chatbot" in manifest["usage_by_role"]
     assert "agent/chatbot" in manifest["prompt_hashes"]
+    settings = manifest["agent_settings"]
+    assert (
+        list(settings) == NAMES
+        and settings["learned-k3"]["kind"] == "learned"
+        and settings["learned-k3"]["k"] == 3
+    )
+    assert set(settings["learned-k1"]["calls"]) == {
+        "agent/chatbot",
+        "agent/tool_executor",
+        "agent/persona_update",
+    }
+    assert all(len(h) == 16 for a in settings.values() for h in a["calls"].values())
+    assert settings["rag"]["settings"]["retrieve"] == 2
+
+    # Fig. 4: each learned-kK against golden on every session, both orders; a judge that always picks
+    # Response 1 gives ½ (the order swap cancels its position bias)
+    pairwise = pl.read_parquet(run_dir / "pairwise" / "*.parquet")
+    assert len(pairwise) == 2 * n_rows and set(pairwise["agent_b"]) == {"golden"}
+    assert (pairwise["score_a"] == 0.5).all() and (pairwise["a_first"] == "first").all()
+    assert [(p["agent_a"], p["win_rate"], p["consistent"]) for p in manifest["pairwise"]] == [
+        ("learned-k1", 0.5, 0.0),
+        ("learned-k3", 0.5, 0.0),
+    ]
+    assert "## Pair-wise comparison (Fig. 4)" in summary and "| learned-k1 | golden | 0.50 |" in summary
     assert {r: (v["model"], v["temperature"]) for r, v in manifest["roles"].items()} == {
         "chatbot": ("fake-model", 0.8),
         "tool": ("fake-model", 0.8),
@@ -195,6 +228,7 @@ def test_resume_redoes_only_missing_shards(out: Path) -> None:
                     scenes_per_persona=2,
                     expand_hints=False,
                     answerability=False,
+                    locales=["en_US"],
                     llm=llm,
                 ),
                 out=str(out),
@@ -248,12 +282,22 @@ def test_roles_get_their_models_in_build_and_replay(out: Path) -> None:
             model="m-chat", user_model="m-user", judge_model="m-judge", base_url=fake.base_url, concurrency=8
         )
         build = BuildConfig(
-            dataset="roles", personas=1, scenes_per_persona=2, expand_hints=False, answerability=True, llm=llm
+            dataset="roles",
+            personas=1,
+            scenes_per_persona=2,
+            expand_hints=False,
+            answerability=True,
+            locales=["en_US"],
+            llm=llm,
         )
         version = asyncio.run(build_dataset(build, out=str(out)))
         built = len(fake.requests)
         cfg = ReplayConfig(
-            dataset="roles", agents=["none", "demographics-only", "learned"], ks=[1], run="r", llm=llm
+            dataset="roles",
+            agents=["none", "demographics-only", "golden", "learned"],
+            ks=[1],
+            run="r",
+            llm=llm,
         )
         run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
         chats = [r["body"] if "messages" in (r["body"] or {}) else None for r in fake.requests]
@@ -265,8 +309,9 @@ def test_roles_get_their_models_in_build_and_replay(out: Path) -> None:
     assert sent(build_rs, "You role-play a real person") == {("m-user", 0.8)}  # queries/simulate
     assert sent(build_rs, "You check evaluation data") == {("m-judge", 0.0)}  # filter/answerability
     assert sent(replay_rs, "You role-play") == {("m-user", 0.8)}  # the simulated user
-    assert sent(replay_rs, "impartial judge") == {("m-judge", 0.0)}  # rating
-    assert sent(replay_rs, "You compare a user profile") == {("m-judge", 0.0)}  # similarity
+    assert sent(replay_rs, "I will now provide you with a conversation") == {("m-judge", 0.0)}  # rating
+    assert sent(replay_rs, "two persona profiles") == {("m-judge", 0.0)}  # similarity
+    assert sent(replay_rs, "two responses from AI assistants") == {("m-judge", 0.0)}  # pair-wise
     assert sent(replay_rs, "You are a personalized AI assistant") == {("m-chat", 0.8)}
     assert sent(replay_rs, "maintain a profile") == {("m-chat", 0.8)}
 

@@ -22,11 +22,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from personaloom.agent.calls import Caller
-from personaloom.agent.chatbot import AgentContext, Chatbot, transcript
+from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, transcript
 from personaloom.agent.memory import Embedder, VarsState, satisfaction_reward
-from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of
+from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of, persona_lines
 from personaloom.agent.sessions import SessionLog, SessionManager, sample_session
+from personaloom.agent.tools import TOOL_EXECUTOR
 from personaloom.agent.updater import (
+    PERSONA_UPDATE,
     PersonaUpdate,
     PersonaUpdater,
     editable,
@@ -37,7 +39,7 @@ from personaloom.agent.updater import (
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.records import DatasetRow
-from personaloom.schemas.replay import ReplayConfig
+from personaloom.schemas.replay import AgentSettings, ReplayConfig
 
 LEARNED = re.compile(r"^learned-k(\d+)$")
 
@@ -150,9 +152,20 @@ class Agent:
         self.start: FlatPersona = initial_persona(first)  # reference point of "revealed fields held"
         self.language = language_of(first)  # the user's language: every call of the agent works in it
 
+    CALLS: tuple[LLMCall[Any, Any], ...] = ()  # the agent's own calls beside the chatbot's and the tools'
+
+    @classmethod
+    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
+        """The settings this kind of agent runs with (recorded per agent in the replay manifest)."""
+        return {"max_tool_rounds": cfg.max_tool_rounds, "max_user_turns": cfg.max_user_turns}
+
     @property
     def persona(self) -> FlatPersona | None:
         return None
+
+    def learned_lines(self) -> list[dict[str, str]] | None:
+        """What the similarity judge compares with the golden persona; None: the agent holds no persona."""
+        return persona_lines(self.persona) if self.persona is not None else None
 
     async def context(self, row: DatasetRow) -> AgentContext:
         return AgentContext()
@@ -187,11 +200,21 @@ class GoldenAgent(Agent):
 
 
 class RagAgent(Agent):
+    @classmethod
+    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
+        return {**super().settings(cfg), "retrieve": cfg.retrieve}
+
     async def context(self, row: DatasetRow) -> AgentContext:
         return AgentContext(memory=await self.sessions.similar(row.neutralized_query, self.cfg.retrieve))
 
 
 class LearnedAgent(Agent):
+    CALLS = (PERSONA_UPDATE,)
+
+    @classmethod
+    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
+        return {**super().settings(cfg), "retrieve": cfg.retrieve}
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._persona = dict(self.start)
@@ -220,7 +243,12 @@ class LearnedAgent(Agent):
 class PersonaAgent(LearnedAgent):
     """Aligns on the learned agent's cadence (the smallest k) so both spend updates alike."""
 
+    CALLS = (PERSONA_AGENT_FEEDBACK, PERSONA_AGENT_REWRITE, MEMORY_SUMMARY)
     summary: str | None = None
+
+    @classmethod
+    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
+        return {**super().settings(cfg), "align_n": cfg.align_n}
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -262,6 +290,10 @@ class PersonaAgent(LearnedAgent):
 class VarsAgent(Agent):
     """Memory items are the user's follow-ups: corrections carry the preferences a first answer missed."""
 
+    @classmethod
+    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
+        return {**super().settings(cfg), **cfg.vars.model_dump()}
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.state = VarsState(self.cfg.vars, self.embedder.dim)
@@ -283,14 +315,12 @@ class VarsAgent(Agent):
         return None
 
 
-def make_agent(
-    name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: Embedder
-) -> Agent:
-    args = (name, caller, cfg, first, total, embedder)
+def kind_of(name: str, cfg: ReplayConfig) -> tuple[type[Agent], int]:
+    """The class behind an agent name of the run, and its update cadence k (1 when it has none)."""
     if m := LEARNED.match(name):
-        return LearnedAgent(*args, k=int(m.group(1)))
+        return LearnedAgent, int(m.group(1))
     if name == "persona-agent":
-        return PersonaAgent(*args, k=min(cfg.ks))
+        return PersonaAgent, min(cfg.ks)
     kinds: dict[str, type[Agent]] = {
         "none": Agent,
         "demographics-only": DemographicsAgent,
@@ -300,4 +330,24 @@ def make_agent(
     }
     if name not in kinds:
         raise ValueError(f"unknown agent {name!r}")
-    return kinds[name](*args)
+    return kinds[name], 1
+
+
+def make_agent(
+    name: str, caller: Caller, cfg: ReplayConfig, first: DatasetRow, total: int, embedder: Embedder
+) -> Agent:
+    cls, k = kind_of(name, cfg)
+    return cls(name, caller, cfg, first, total, embedder, k=k)
+
+
+def describe(name: str, cfg: ReplayConfig, hashes: dict[str, str]) -> AgentSettings:
+    """The replay manifest's record of one agent: kind, its calls with their template hashes, its settings."""
+    cls, k = kind_of(name, cfg)
+    calls = (CHATBOT, TOOL_EXECUTOR, *cls.CALLS)
+    kind = name.rsplit("-k", 1)[0] if cls is LearnedAgent else name
+    return AgentSettings(
+        kind=kind,
+        k=k if cls is LearnedAgent or cls is PersonaAgent else None,
+        calls={c.name: hashes.get(c.name, "") for c in calls},
+        settings=cls.settings(cfg),
+    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from personaloom.agent.agents import Agent, make_agent
 from personaloom.agent.calls import AGENT_ROLES, EVAL_ROLES, Caller
 from personaloom.agent.chatbot import AgentContext, Chatbot
-from personaloom.agent.judge import Judge, Rating, Similarity
+from personaloom.agent.judge import Judge, Rating, Similarity, pair_score
 from personaloom.agent.memory import Embedder
 from personaloom.agent.metrics import (
     changes_tracked,
@@ -22,13 +22,21 @@ from personaloom.agent.metrics import (
     revealed_held,
     revealed_to_agent,
 )
-from personaloom.agent.persona import FlatPersona, golden_at
+from personaloom.agent.persona import golden_at
 from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.user_simulator import UserSimulator
 from personaloom.drift import persona_at
 from personaloom.llm.client import LLM
 from personaloom.schemas.records import DatasetRow
-from personaloom.schemas.replay import MetricRow, PersonaField, ReplayConfig, SessionRow, SnapshotRow, TurnRow
+from personaloom.schemas.replay import (
+    MetricRow,
+    PairwiseRow,
+    PersonaField,
+    ReplayConfig,
+    SessionRow,
+    SnapshotRow,
+    TurnRow,
+)
 
 
 @dataclass
@@ -37,12 +45,14 @@ class ReplayOutputs:
     turns: list[TurnRow] = field(default_factory=list)
     snapshots: list[SnapshotRow] = field(default_factory=list)
     metrics: list[MetricRow] = field(default_factory=list)
+    pairwise: list[PairwiseRow] = field(default_factory=list)
 
     def extend(self, other: ReplayOutputs) -> None:
         self.sessions += other.sessions
         self.turns += other.turns
         self.snapshots += other.snapshots
         self.metrics += other.metrics
+        self.pairwise += other.pairwise
 
 
 @dataclass
@@ -115,13 +125,13 @@ Judged = tuple[Rating | None, Similarity | None]
 
 
 async def _judge(
-    world: World, row: DatasetRow, log: SessionLog, persona: FlatPersona | None, enabled: bool
+    world: World, row: DatasetRow, log: SessionLog, learned: list[dict[str, str]] | None, enabled: bool
 ) -> Judged:
     if not enabled:
         return None, None
-    if persona is None:
+    if learned is None:
         return await world.judge.rate(row, log.first_answer), None
-    return await asyncio.gather(world.judge.rate(row, log.first_answer), world.judge.similarity(persona, row))
+    return await asyncio.gather(world.judge.rate(row, log.first_answer), world.judge.similarity(learned, row))
 
 
 def metric_row(
@@ -215,7 +225,9 @@ async def replay_user(
     rows = sorted(rows, key=lambda r: r.session_index)
     pid = rows[0].persona_id
     caller = Caller(llm, agent_name, pid)
-    world = World(caller, Chatbot(caller, cfg.max_tool_rounds), UserSimulator(caller), Judge(caller))
+    world = World(
+        caller, Chatbot(caller, cfg.max_tool_rounds), UserSimulator(caller), Judge(caller, cfg.judge_mode)
+    )
     agent = make_agent(agent_name, caller, cfg, rows[0], len(rows), embedder)
     out = ReplayOutputs()
     if (first := snapshot(agent, pid, -1, 0, [])) is not None:
@@ -228,7 +240,7 @@ async def replay_user(
         changed = await agent.observe(log, position)
         revealed |= revealed_to_agent(log, persona_at(row.persona, row.session_index))
         intended |= learnable(row.revealed_fields)
-        judged = await _judge(world, row, log, agent.persona, cfg.judge)
+        judged = await _judge(world, row, log, agent.learned_lines(), cfg.judge)
         wall = time.perf_counter() - started
         srow = session_row(agent, row, position, log, malformed, changed is not None, caller, before, wall)
         out.sessions.append(srow)
@@ -246,6 +258,39 @@ async def replay_user(
                 srow.agent_prompt_tokens + srow.agent_completion_tokens,
                 wall,
                 len(intended),
+            )
+        )
+    return out
+
+
+async def judge_pairs(
+    sessions: list[SessionRow], users: dict[str, list[DatasetRow]], pairs: list[tuple[str, str]], llm: LLM
+) -> list[PairwiseRow]:
+    """Fig. 4: for each pair (A, B) and each session both replayed, the judge prefers one first answer, asked
+    with A shown first and again with B shown first; A's score averages the two (a tie counts ½)."""
+    answers = {(s.persona_id, s.agent, s.session_index): s for s in sessions}
+    jobs, keys = [], []
+    for pid, rows in users.items():
+        judge = Judge(Caller(llm, "pairwise", pid))
+        for row in rows:
+            for a, b in pairs:
+                sa, sb = answers.get((pid, a, row.session_index)), answers.get((pid, b, row.session_index))
+                if sa is None or sb is None:
+                    continue
+                jobs.append(judge.pair(row, sa.first_answer, sb.first_answer))
+                keys.append((pid, row.session_index, sa.position, a, b))
+    out = []
+    for (pid, index, position, a, b), (first, second) in zip(keys, await asyncio.gather(*jobs), strict=True):
+        out.append(
+            PairwiseRow(
+                persona_id=pid,
+                session_index=index,
+                position=position,
+                agent_a=a,
+                agent_b=b,
+                a_first=first,
+                a_second=second,
+                score_a=pair_score(first, second),
             )
         )
     return out

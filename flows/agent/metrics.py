@@ -27,7 +27,14 @@ from rapidfuzz.utils import default_process
 from personaloom.agent.persona import SECTIONS, FlatPersona, is_protected
 from personaloom.agent.sessions import SessionLog
 from personaloom.schemas.records import Persona, PreferenceChange
-from personaloom.schemas.replay import MetricRow, SectionScore, SummaryRow
+from personaloom.schemas.replay import (
+    GroupRate,
+    MetricRow,
+    PairwiseRow,
+    PairwiseSummary,
+    SectionScore,
+    SummaryRow,
+)
 from personaloom.stages.queries import lexical_reveals  # the build's own lexical check, not a copy
 
 HELD_MIN = 0.5
@@ -140,15 +147,50 @@ def summarize(metrics: list[MetricRow], agents: list[str]) -> list[SummaryRow]:
     return rows
 
 
+def position_groups(last: int, n: int = 3) -> list[tuple[int, int]]:
+    """Positions 1..last cut into n consecutive groups, as equal as possible (Fig. 4: 1-10, 11-20, 21-32)."""
+    bounds = [round(last * i / n) for i in range(n + 1)]
+    return [(lo + 1, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+
+
+def summarize_pairs(rows: list[PairwiseRow], pairs: list[tuple[str, str]]) -> list[PairwiseSummary]:
+    """Fig. 4: A's win rate against B over every session (a tie counts ½), then per group of positions."""
+    out = []
+    for a, b in pairs:
+        scored = [r for r in rows if r.agent_a == a and r.agent_b == b and r.score_a is not None]
+        both = [r for r in scored if r.a_first is not None and r.a_second is not None]
+        # the same answer preferred in both orders: A first and A second name A, or both name B, or two ties
+        agree = sum(
+            (r.a_first, r.a_second) in {("first", "second"), ("second", "first"), ("tie", "tie")}
+            for r in both
+        )
+        last = max((r.position for r in scored), default=0)
+        groups = []
+        for lo, hi in position_groups(last):
+            inside = [r.score_a for r in scored if lo <= r.position <= hi]
+            groups.append(GroupRate(positions=f"{lo}-{hi}", sessions=len(inside), win_rate=_mean(inside)))
+        out.append(
+            PairwiseSummary(
+                agent_a=a,
+                agent_b=b,
+                sessions=len(scored),
+                win_rate=_mean([r.score_a for r in scored]),
+                consistent=round(agree / len(both), 3) if both else None,
+                groups=groups,
+            )
+        )
+    return out
+
+
 def _cell(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-def summary_markdown(title: str, rows: list[SummaryRow]) -> str:
-    """Like the paper's Table 1.
-
-    Helpfulness, Personalization (judge, 0–10), Similarity, Utterances (lower is better).
-    """
+def summary_markdown(
+    title: str, rows: list[SummaryRow], pairs: list[PairwiseSummary] | None = None, judge_mode: str = "paper"
+) -> str:
+    """Like the paper's Table 1 (Helpfulness, Personalization, Similarity, Utterances), then Fig. 4's
+    pair-wise win rates."""
     lines = [
         f"# {title}",
         "",
@@ -167,7 +209,8 @@ def summary_markdown(title: str, rows: list[SummaryRow]) -> str:
         )
     lines += [
         "",
-        "Helpfulness and Personalization: judge scores of each session's first answer. "
+        "Helpfulness and Personalization: judge scores of each session's first answer "
+        f"({JUDGES[judge_mode]}). "
         "Similarity: learned persona vs the golden "
         "persona with the changes in force (judge: mean of consistency and detail; "
         "fields: rapidfuzz per field, Demographics "
@@ -177,4 +220,37 @@ def summary_markdown(title: str, rows: list[SummaryRow]) -> str:
         "updated (the baseline for what learning adds). – : the agent holds no persona, or no "
         "judge score could be parsed.",
     ]
+    if pairs:
+        lines += _pairs_markdown(pairs)
     return "\n".join(lines) + "\n"
+
+
+JUDGES = {
+    "paper": "AI Persona's rating prompt: persona, query and answer, no reference answer",
+    "reference": "judge_mode reference: the judge also sees the scene's reference answer",
+}
+
+
+def _pairs_markdown(pairs: list[PairwiseSummary]) -> list[str]:
+    spans = [g.positions for g in pairs[0].groups] if pairs else []
+    head = (
+        "| A | B | Win rate of A | "
+        + " | ".join(f"Sessions {p}" for p in spans)
+        + " | Consistent | Sessions |"
+    )
+    lines = ["", "## Pair-wise comparison (Fig. 4)", "", head, "|" + "---|" * (5 + len(spans))]
+    for p in pairs:
+        rates = {g.positions: g.win_rate for g in p.groups}
+        cells = " | ".join(_cell(rates.get(s)) for s in spans)
+        lines.append(
+            f"| {p.agent_a} | {p.agent_b} | {_cell(p.win_rate)} | {cells} "
+            f"| {_cell(p.consistent)} | {p.sessions} |"
+        )
+    lines += [
+        "",
+        "Win rate of A: how often the judge prefers A's first answer to B's on the same session, asked twice "
+        "with the order swapped (a tie, or a split between the two orders, counts ½). Sessions p-q: the same "
+        "by session position. Consistent: share of sessions where both orders named the same answer (low "
+        "values mean the judge follows the position, not the answer).",
+    ]
+    return lines
