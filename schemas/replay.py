@@ -20,6 +20,7 @@ AGENT_KINDS: tuple[str, ...] = (
     "demographics-only",
     "golden",
     "learned",
+    "learned-rag",
     "rag",
     "persona-agent",
     "vars",
@@ -49,7 +50,8 @@ class ReplayConfig(BaseModel):
     version: str | None = Field(None, description="v3, v0003, 3 or latest")
     agents: list[str] = Field(default_factory=lambda: ["none", "golden", "learned"])
     ks: list[int] = Field(
-        default_factory=lambda: [3], description="update cadence of `learned` (a list sweeps)"
+        default_factory=lambda: [3],
+        description="update cadence of `learned` and `learned-rag` (a list sweeps)",
     )
     personas: int | None = Field(None, ge=1, description="replay only the first N personas")
     run: str | None = Field(
@@ -62,9 +64,7 @@ class ReplayConfig(BaseModel):
     max_tool_rounds: int = Field(
         2, ge=0, le=4, description="tool call → result → answer rounds per assistant turn"
     )
-    retrieve: int = Field(
-        2, ge=0, description="past sessions retrieved into the prompt (rag, learned, persona-agent)"
-    )
+    retrieve: int = Field(2, ge=0, description="past sessions retrieved into the prompt (rag, learned-rag)")
     align_n: int = Field(
         2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment"
     )
@@ -134,10 +134,10 @@ class ReplayConfig(BaseModel):
         return list(dict.fromkeys(pairs))
 
     def agent_names(self) -> list[str]:
-        """`learned` expands to one agent per k: learned-k1, learned-k3, …"""
+        """`learned` and `learned-rag` expand to one agent per k: learned-k1, learned-k3, learned-rag-k3, …"""
         names: list[str] = []
         for a in self.agents:
-            names += [f"learned-k{k}" for k in self.ks] if a == "learned" else [a]
+            names += [f"{a}-k{k}" for k in self.ks] if a in ("learned", "learned-rag") else [a]
         return names
 
 

@@ -326,6 +326,51 @@ def test_learned_agent_updates_on_cadence_from_the_last_k_sessions() -> None:
     assert seen == [[0, 1], [2, 3], [3, 4]]  # each update reads the last k sessions only
 
 
+def test_persona_learning_gets_no_retrieved_sessions_the_rag_rows_do() -> None:
+    """Table 1: Persona Learning (learned-kK) prompts with the learned persona alone; Conversations RAG with
+    retrieved sessions alone; learned-rag-kK, ours, with both."""
+    systems: list[str] = []
+
+    def responder(body: dict) -> str | None:
+        system = _system(body)
+        if "personalized AI assistant" in system:
+            systems.append(system)
+            return "Here is a plan in bullet lists."
+        if "role-play" in system:
+            return "<Satisfied>"
+        if "maintain a profile" in system:
+            update = {"field": "Preference.Preferred_Formats", "value": "bullet lists", "evidence": "x"}
+            return json.dumps({"updates": [update]})
+        return None
+
+    seen: dict[str, list[str]] = {}
+    cfg = ReplayConfig(dataset="d", agents=["learned", "learned-rag", "rag"], ks=[1], judge=False)
+    rows = [row(0), row(1), row(2)]
+    with FakeOpenAI(responder=responder) as fake:
+        for agent in ("learned-k1", "learned-rag-k1", "rag"):
+            systems.clear()
+            run(with_llm(fake, lambda llm, a=agent: replay_user(rows, a, llm, cfg, HashingEmbedder())))
+            seen[agent] = list(systems)
+    retrieved = {a: ["Relevant earlier sessions" in s for s in ss] for a, ss in seen.items()}
+    assert retrieved == {
+        "learned-k1": [False, False, False],  # persona learning: never a retrieved session
+        "learned-rag-k1": [False, True, True],
+        "rag": [False, True, True],
+    }
+    learned = {a: ["Preference.Preferred_Formats: bullet lists" in s for s in ss] for a, ss in seen.items()}
+    assert learned == {
+        "learned-k1": [False, True, True],
+        "learned-rag-k1": [False, True, True],
+        "rag": [False, False, False],
+    }
+    assert ReplayConfig(dataset="d", agents=["learned", "learned-rag"], ks=[3, 1]).agent_names() == [
+        "learned-k1",
+        "learned-k3",
+        "learned-rag-k1",
+        "learned-rag-k3",
+    ]
+
+
 def test_demographics_are_never_updated() -> None:
     start = initial_persona(row())
     new, changed = apply_update(

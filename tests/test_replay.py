@@ -21,8 +21,19 @@ from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-AGENTS = ["none", "demographics-only", "golden", "learned", "rag", "persona-agent", "vars"]
-NAMES = ["none", "demographics-only", "golden", "learned-k1", "learned-k3", "rag", "persona-agent", "vars"]
+AGENTS = ["none", "demographics-only", "golden", "learned", "learned-rag", "rag", "persona-agent", "vars"]
+NAMES = [
+    "none",
+    "demographics-only",
+    "golden",
+    "learned-k1",
+    "learned-k3",
+    "learned-rag-k1",
+    "learned-rag-k3",
+    "rag",
+    "persona-agent",
+    "vars",
+]
 
 
 def _system(body: dict) -> str:
@@ -129,7 +140,7 @@ def test_replay_every_agent(out: Path) -> None:
 
     # update cadence: learned-k1 after every session, learned-k3 after the 3rd and the last
     per_persona = dataset.group_by("persona_id").len()
-    for agent, k in (("learned-k1", 1), ("learned-k3", 3)):
+    for agent, k in (("learned-k1", 1), ("learned-k3", 3), ("learned-rag-k1", 1), ("learned-rag-k3", 3)):
         got = sessions.filter(pl.col("agent") == agent)
         for pid, total in per_persona.iter_rows():
             updated = (

@@ -1,12 +1,18 @@
-"""The seven agent kinds. Each holds one user's state across sessions and supplies the chatbot's context.
+"""The agent kinds. Each holds one user's state across sessions and supplies the chatbot's context.
 
-none          no persona, no memory
+AI Persona's Table 1 rows (arXiv 2412.13103, §4.1 Baselines):
+none          No Persona Access: no persona, no memory
+golden        Golden Persona Access: the ground-truth persona of each session (changes applied): the
+              upper bound
+learned-kK    Persona Learning: the persona learned by the updater every K sessions, and nothing else (no
+              retrieval: the paper's persona learning and its conversation RAG are separate rows)
+rag           Conversations RAG: retrieved similar past sessions, no persona
+Ours beside them:
 demographics-only
               the Demographics a learning agent starts from, never updated, no memory: the baseline
               that separates what `learned` learns from what it is given
-golden        the ground-truth persona of each session (changes applied): the upper bound
-learned-kK    AI Persona: persona learned by the updater every K sessions, plus retrieved sessions
-rag           retrieved similar past sessions, no persona
+learned-rag-kK
+              the learned persona plus retrieved sessions (persona learning and RAG together)
 persona-agent PersonaAgent: episodic memory (retrieval) + semantic memory (a summary) + a persona
               rewritten at test time from textual feedback on simulated vs actual interactions
 vars          VARS: a preference memory whose items enter the prompt by base + <z_eff, v_m>,
@@ -41,7 +47,7 @@ from personaloom.llm.client import LLMResult
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import AgentSettings, ReplayConfig
 
-LEARNED = re.compile(r"^learned-k(\d+)$")
+LEARNED = re.compile(r"^learned(-rag)?-k(\d+)$")
 
 # ---------------------------------------------------------------- PersonaAgent's calls
 
@@ -209,11 +215,9 @@ class RagAgent(Agent):
 
 
 class LearnedAgent(Agent):
-    CALLS = (PERSONA_UPDATE,)
+    """AI Persona's Persona Learning: the learned persona is the only thing the chatbot gets."""
 
-    @classmethod
-    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
-        return {**super().settings(cfg), "retrieve": cfg.retrieve}
+    CALLS = (PERSONA_UPDATE,)
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -225,10 +229,7 @@ class LearnedAgent(Agent):
         return self._persona
 
     async def context(self, row: DatasetRow) -> AgentContext:
-        return AgentContext(
-            persona=self._persona,
-            memory=await self.sessions.similar(row.neutralized_query, self.cfg.retrieve),
-        )
+        return AgentContext(persona=self._persona)
 
     async def observe(self, log: SessionLog, position: int) -> list[str] | None:
         await self.sessions.add(log)
@@ -240,7 +241,20 @@ class LearnedAgent(Agent):
         return changed
 
 
-class PersonaAgent(LearnedAgent):
+class LearnedRagAgent(LearnedAgent):
+    """The learned persona and the `retrieve` most similar past sessions."""
+
+    @classmethod
+    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
+        return {**super().settings(cfg), "retrieve": cfg.retrieve}
+
+    async def context(self, row: DatasetRow) -> AgentContext:
+        ctx = await super().context(row)
+        ctx.memory = await self.sessions.similar(row.neutralized_query, self.cfg.retrieve)
+        return ctx
+
+
+class PersonaAgent(LearnedRagAgent):
     """Aligns on the learned agent's cadence (the smallest k) so both spend updates alike."""
 
     CALLS = (PERSONA_AGENT_FEEDBACK, PERSONA_AGENT_REWRITE, MEMORY_SUMMARY)
@@ -318,7 +332,7 @@ class VarsAgent(Agent):
 def kind_of(name: str, cfg: ReplayConfig) -> tuple[type[Agent], int]:
     """The class behind an agent name of the run, and its update cadence k (1 when it has none)."""
     if m := LEARNED.match(name):
-        return LearnedAgent, int(m.group(1))
+        return (LearnedRagAgent if m.group(1) else LearnedAgent), int(m.group(2))
     if name == "persona-agent":
         return PersonaAgent, min(cfg.ks)
     kinds: dict[str, type[Agent]] = {
@@ -344,10 +358,10 @@ def describe(name: str, cfg: ReplayConfig, hashes: dict[str, str]) -> AgentSetti
     """The replay manifest's record of one agent: kind, its calls with their template hashes, its settings."""
     cls, k = kind_of(name, cfg)
     calls = (CHATBOT, TOOL_EXECUTOR, *cls.CALLS)
-    kind = name.rsplit("-k", 1)[0] if cls is LearnedAgent else name
+    kind = name.rsplit("-k", 1)[0] if LEARNED.match(name) else name
     return AgentSettings(
         kind=kind,
-        k=k if cls is LearnedAgent or cls is PersonaAgent else None,
+        k=k if issubclass(cls, LearnedAgent) else None,
         calls={c.name: hashes.get(c.name, "") for c in calls},
         settings=cls.settings(cfg),
     )

@@ -217,8 +217,9 @@ def summary_markdown(
         "excluded). Utterances: user turns per session (3 also when never satisfied). "
         "Revealed held: of the fields the user's messages to the agent revealed (lexically), those the "
         "learned persona holds. demographics-only: the Demographics a learning agent starts from, never "
-        "updated (the baseline for what learning adds). – : the agent holds no persona, or no "
-        "judge score could be parsed.",
+        "updated (the baseline for what learning adds). learned-kK: AI Persona's persona learning, the "
+        "persona alone; learned-rag-kK: the persona and retrieved sessions. – : the agent holds no persona, "
+        "or no judge score could be parsed.",
     ]
     if pairs:
         lines += _pairs_markdown(pairs)
