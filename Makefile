@@ -27,7 +27,7 @@ $(VENV)/.local: $(VENV)/.core
 	touch $@
 
 build: $(VENV)/.local
-	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --scenes-per-persona $(SCENES) --out $(OUT)
+	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --sessions $(SCENES) --out $(OUT)
 
 replay: $(VENV)/.local
 	$(BIN)/personaloom replay $(DATASET) --agents none,demographics-only,golden,learned,rag,persona-agent,vars --k 3 --out $(OUT)
@@ -36,7 +36,7 @@ replay: $(VENV)/.local
 SAMPLE  ?= 1000
 SEED    ?= 0
 sample: $(VENV)/.core
-	$(BIN)/personaloom sample --personas $(SAMPLE) --seed $(SEED) --out $(OUT)/sample.parquet $(if $(LOCALES),--locales $(LOCALES))
+	$(BIN)/personaloom sample --personas $(SAMPLE) --seed $(SEED) --dest $(OUT)/sample.parquet $(if $(LOCALES),--locales $(LOCALES))
 
 test: $(VENV)/.core
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from personaloom.audit import INVARIANTS
+from personaloom.errors import UserError
 from personaloom.languages import language_name
 from personaloom.schemas.manifest import Manifest
 from personaloom.stages.seed import SKELETON_INVARIANTS
@@ -16,6 +20,55 @@ TABLE_DOCS = {
     "rejections": "every row removed by any stage, with reason, score and raw output",
     "probes": "multiple-choice evaluation items (PersonaMem types) with answer key and evidence sessions",
 }
+
+
+@dataclass
+class CardSettings:
+    """What the card says beyond the manifest: chosen by `build --license / --card-endpoint`."""
+
+    license: str | None = None  # None: not chosen (the card says so; no licence tag in its metadata)
+    endpoint: bool = False  # name the endpoint's host (an internal host name would go public with the data)
+
+
+CARD = CardSettings()  # the build command sets it before the flow writes the card
+LICENSE_TAG = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+NOT_CHOSEN = (
+    "not chosen. The rows are model outputs: the terms of the model that wrote them (`{model}`) and of the "
+    "seed tables' sources apply, and only the builder can choose a licence (`personaloom build --license "
+    "cc-by-4.0`, or `personaloom push --license`)."
+)
+
+
+def card_settings(license: str | None = None, endpoint: bool = False) -> CardSettings:
+    if license is not None and not LICENSE_TAG.match(license.lower()):
+        raise UserError(f"--license {license!r}: give a licence id such as cc-by-4.0, apache-2.0 or mit")
+    CARD.license = license.lower() if license else None
+    CARD.endpoint = endpoint
+    return CARD
+
+
+def table_rows(m: Manifest) -> dict[str, int]:
+    """Rows per published table, from the shard list (a table of 0 rows is no loadable config)."""
+    rows: dict[str, int] = {}
+    for s in m.shards:
+        table = s.path.split("/", 1)[0]
+        rows[table] = rows.get(table, 0) + s.rows
+    return rows
+
+
+def priced(m: Manifest) -> bool:
+    """Whether every model of the build has a price: else its cost is unknown (never $0)."""
+    from personaloom.llm.budget import DEFAULT_PRICES
+
+    table = {**DEFAULT_PRICES, **m.config.llm.prices}
+    return all(model in table for model in m.config.llm.models())
+
+
+def cost_text(m: Manifest, usd: float | None = None) -> str:
+    """`$1.2345`, or `unknown` for an unpriced model."""
+    if not priced(m):
+        return "unknown"
+    return f"${sum(u.cost_usd for u in m.usage.values()) if usd is None else usd:.4f}"
 
 
 def _size_category(rows: int) -> str:
@@ -123,18 +176,27 @@ def probe_section(m: Manifest) -> str:
     )
 
 
-def dataset_card(m: Manifest) -> str:
+def dataset_card(m: Manifest, settings: CardSettings | None = None) -> str:
+    settings = settings or CARD
     rows = m.rows
+    in_table = table_rows(m)
+    if not m.shards:  # an old manifest without a shard list: every table, as before
+        in_table = dict.fromkeys(TABLE_DOCS, 1)
     configs = "\n".join(
         f"- config_name: {t}\n  data_files:\n  - split: train\n    path: {t}/part-*.parquet"
         + ("\n  default: true" if t == "dataset" else "")
         for t in TABLE_DOCS
+        if in_table.get(t, 0)
     )
+    unknown = not priced(m)
     stage_lines = "\n".join(
         f"| {r.stage} | {r.rows_in} | {r.rows_out} | {r.rejected} | {r.fallback_rows} | {r.llm_calls} | "
-        f"{r.cache_hits} | {r.tokens} | {r.cost_usd:.4f} |"
+        f"{r.cache_hits} | {r.tokens} | {'unknown' if unknown else f'{r.cost_usd:.4f}'} |"
         for r in m.stage_report()
     )
+    license_meta = f"license: {settings.license}\n" if settings.license else ""
+    license_line = settings.license or NOT_CHOSEN.format(model=m.model)
+    where = f" at {m.endpoint}" if settings.endpoint else ""
     invariant_lines = "\n".join(
         f"| `{name}` | {n} | {(INVARIANTS | SKELETON_INVARIANTS).get(name, '')} |"
         for name, n in m.invariants.items()
@@ -147,12 +209,14 @@ def dataset_card(m: Manifest) -> str:
     found = m.languages or {"en": rows}  # versions built before language ID counted nothing: English
     language_tags = "\n".join(f"- {code}" for code in found)
     language_lines = "\n".join(f"| {code} | {language_name(code)} | {n} |" for code, n in found.items())
-    tables = "\n".join(f"- `{t}/` — {doc}" for t, doc in TABLE_DOCS.items())
+    tables = "\n".join(
+        f"- `{t}/` — {doc}" + ("" if in_table.get(t, 0) else " (0 rows in this version: no config)")
+        for t, doc in TABLE_DOCS.items()
+    )
     exports = EXPORTS if "probes" in m.counts and m.counts["probes"].rows_out else ""
     probes = probe_section(m)
     return f"""---
-license: cc-by-4.0
-language:
+{license_meta}language:
 {language_tags}
 pretty_name: {m.dataset} {m.version}
 size_categories:
@@ -174,8 +238,10 @@ Synthetic, life-long persona dataset built by personaloom (five-stage pipeline a
 *AI Persona: Towards Life-long Personalization of LLMs*, arXiv 2412.13103).
 
 - built {m.created_at:%Y-%m-%d %H:%M} UTC by code {m.code_version}
-- model `{m.model}` at {m.endpoint}; seed {m.seed}; parent version {m.parent or "none"}
+- model `{m.model}`{where}; seed {m.seed}; parent version {m.parent or "none"}
 - {m.config.personas} personas × {m.config.scenes_per_persona} sessions → {rows} dataset rows{_lineage(m)}
+- LLM cost: {cost_text(m)}{" (no price for the model: add it as [llm.prices])" if unknown else ""}
+- licence: {license_line}
 
 ## Tables
 

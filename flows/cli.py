@@ -11,6 +11,7 @@ import sys
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,8 +21,28 @@ from pydantic import ValidationError
 
 from personaloom import collector
 from personaloom.errors import EnvironmentFailure, UserError
+from personaloom.schemas.config import BuildConfig, LLMConfig  # pydantic only: --help stays light
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic life-long persona datasets.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Synthetic life-long persona datasets.",
+    context_settings={"show_default": True},
+)
+DEPRECATED: list[str] = []  # notes on old option spellings, printed once the command succeeded
+
+
+def _deprecated(old: str, new: str) -> None:
+    DEPRECATED.append(f"note: {old} is deprecated: use {new} (the old spelling still works)")
+
+
+def _given(ctx: typer.Context, **values: Any) -> dict[str, Any]:
+    """`values` by parameter name, None for each option left at its default: a config file's setting, or
+    the model's own default (the one --help shows), then applies."""
+    return {
+        k: None if ctx.get_parameter_source(k).name in ("DEFAULT", "DEFAULT_MAP") else v
+        for k, v in values.items()
+    }
 
 
 def _path_parser(option: str) -> Callable[[str | Path], Path]:
@@ -38,37 +59,66 @@ def _path_parser(option: str) -> Callable[[str | Path], Path]:
     return parse
 
 
-def path_option(option: str, help: str) -> Any:
-    return typer.Option(option, help=help, parser=_path_parser(option), metavar="PATH")
+def path_option(option: str, help: str, *aliases: str, **kw: Any) -> Any:
+    return typer.Option(option, *aliases, help=help, parser=_path_parser(option), metavar="PATH", **kw)
 
+
+def flag(name: str, help: str, **kw: Any) -> Any:
+    """A boolean option as `--x/--no-x`, its default in --help (no `<bool>` type column)."""
+    return typer.Option(f"--{name}/--no-{name}", help=help, metavar="", **kw)
+
+
+def _field_default(model: Any, field: str) -> Any:
+    return model.model_fields[field].default
+
+
+# The settings' own defaults, shown in --help; an option left at its default never overrides a config file
+# (`_given`): these are the defaults BuildConfig and LLMConfig apply themselves.
+B = partial(_field_default, BuildConfig)
+L = partial(_field_default, LLMConfig)
+NO_LIMIT = "no limit"
 
 OutOpt = Annotated[Path, path_option("--out", "output root holding datasets")]
-CacheOpt = Annotated[Path | None, path_option("--cache-dir", "LLM response cache [default: OUT/.cache]")]
+CacheOpt = Annotated[Path | None, path_option("--cache-dir", "LLM response cache", show_default="OUT/.cache")]
 # Options that `build` and `serve` share: one declaration, one help text.
-DatasetOpt = Annotated[str | None, typer.Option(help="dataset name [default: personas]")]
-PersonasOpt = Annotated[int | None, typer.Option(help="number of personas [default: 200]")]
-ScenesOpt = Annotated[int | None, typer.Option(help="sessions per persona [default: 20]")]
-ModelOpt = Annotated[str | None, typer.Option(help="model name at the endpoint")]
+DatasetOpt = Annotated[str, typer.Option(help="dataset name")]
+PersonasOpt = Annotated[int, typer.Option(help="number of personas")]
+SessionsOpt = Annotated[int, typer.Option("--sessions", help="sessions per persona")]
+# The old spelling of --sessions: still read (scripts, Makefiles), hidden, with a note once the command ends
+OldScenesOpt = Annotated[int | None, typer.Option("--scenes-per-persona", hidden=True)]
+ModelOpt = Annotated[
+    str, typer.Option(help="model name at the endpoint (needed with --base-url; the embedded: its own)")
+]
 UserModelOpt = Annotated[
-    str | None, typer.Option(help="model of the user simulator, same endpoint [default: --model]")
+    str | None,
+    typer.Option(help="model of the user simulator, same endpoint", show_default="--model"),
 ]
 JudgeModelOpt = Annotated[
-    str | None, typer.Option(help="model of the judges and checks, same endpoint [default: --model]")
+    str | None,
+    typer.Option(help="model of the judges and checks, same endpoint", show_default="--model"),
 ]
 BaseUrlOpt = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible URL (else $OPENAI_BASE_URL, else the embedded model)")
+    str | None,
+    typer.Option(
+        help="OpenAI-compatible URL; give --model with it",
+        show_default="$OPENAI_BASE_URL, else the embedded model",
+    ),
 ]
+ConcurrencyOpt = Annotated[int, typer.Option(help="LLM calls in flight")]
 ConfigOpt = Annotated[Path | None, path_option("--config", "JSON or TOML file of build settings")]
 LocalesOpt = Annotated[
-    str | None, typer.Option(help="comma list of locales to sample, e.g. en_US,de_DE [default: all]")
+    str | None,
+    typer.Option(help="comma list of locales to sample, e.g. en_US,de_DE", show_default="all"),
 ]
 LanguagesOpt = Annotated[
     str | None,
     typer.Option(
-        help="comma list of ISO 639-1 codes: only personas writing in these, e.g. en,zh [default: all]"
+        help="comma list of ISO 639-1 codes: only personas writing in these, e.g. en,zh", show_default="all"
     ),
 ]
-SeedsOpt = Annotated[Path | None, path_option("--seeds", "seed tables folder [default: the shipped seeds/]")]
+SeedsOpt = Annotated[
+    Path | None, path_option("--seeds", "seed tables folder", show_default="the shipped seeds/")
+]
 GrowOpt = Annotated[
     int | None,
     typer.Option(help="add N personas past the latest version (its settings; only the new ones are built)"),
@@ -92,12 +142,12 @@ def _validation_line(e: ValidationError, source: str | None) -> str:
     return f"{source}: {where}: {msg}"
 
 
-OPTION_OF = {"ks": "k"}  # config fields whose option has another name
+OPTION_OF = {"ks": "k", "scenes_per_persona": "sessions"}  # config fields whose option has another name
 
 
 # Prefect's log lines that only repeat, with a traceback, what main() says in one line.
 _REPEATS = re.compile(
-    r"Crash detected!|in state Crashed\(|UserError|EnvironmentFailure|LLMError|No space left"
+    r"Crash detected!|in state Crashed\(|UserError|BudgetExceeded|EnvironmentFailure|LLMError|No space left"
 )
 _INTERRUPTS = ("KeyboardInterrupt", "CancelledError", "TerminationSignal")
 
@@ -217,36 +267,56 @@ def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dic
 
 @app.command()
 def build(
-    dataset: DatasetOpt = None,
-    personas: PersonasOpt = None,
-    scenes_per_persona: ScenesOpt = None,
-    model: ModelOpt = None,
+    ctx: typer.Context,
+    dataset: DatasetOpt = B("dataset"),
+    personas: PersonasOpt = B("personas"),
+    sessions: SessionsOpt = B("scenes_per_persona"),
+    scenes_per_persona: OldScenesOpt = None,
+    model: ModelOpt = L("model"),
     user_model: UserModelOpt = None,
     judge_model: JudgeModelOpt = None,
     base_url: BaseUrlOpt = None,
-    concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
-    rpm: Annotated[int | None, typer.Option(help="requests per minute limit")] = None,
-    tpm: Annotated[int | None, typer.Option(help="tokens per minute limit")] = None,
-    seed: Annotated[int | None, typer.Option(help="sampler seed")] = None,
+    concurrency: ConcurrencyOpt = L("concurrency"),
+    rpm: Annotated[int | None, typer.Option(help="requests per minute limit", show_default=NO_LIMIT)] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute limit", show_default=NO_LIMIT)] = None,
+    seed: Annotated[int, typer.Option(help="sampler seed")] = B("seed"),
     redraws: Annotated[
-        int | None,
+        int,
         typer.Option(help="redraw an answer stage 5 would drop (copied example, wrong language) N times"),
-    ] = None,
+    ] = L("redraws"),
     locales: LocalesOpt = None,
     languages: LanguagesOpt = None,
-    shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
-    expand_hints: Annotated[bool | None, typer.Option(help="LLM seed-hint expansion (stage 1)")] = None,
-    answerability: Annotated[bool | None, typer.Option(help="LLM answerability check (stage 5)")] = None,
-    probes: Annotated[bool | None, typer.Option(help="evaluation items (probes/) after stage 5")] = None,
+    shard_size: Annotated[int, typer.Option(help="personas per shard task")] = B("shard_size"),
+    expand_hints: Annotated[bool, flag("expand-hints", "LLM seed-hint expansion (stage 1)")] = B(
+        "expand_hints"
+    ),
+    answerability: Annotated[bool, flag("answerability", "LLM answerability check (stage 5)")] = B(
+        "answerability"
+    ),
+    probes: Annotated[bool, flag("probes", "evaluation items (probes/) after stage 5")] = B("probes"),
     quality_min: Annotated[
-        int | None, typer.Option(help="LLM quality score 1-10 (stage 5): reject below this")
+        int | None,
+        typer.Option(help="LLM quality score 1-10 (stage 5): reject below this", show_default="off"),
     ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option(help="stop cleanly once this run spent this many tokens")
+        int | None,
+        typer.Option(help="stop cleanly once this run spent this many tokens", show_default=NO_LIMIT),
     ] = None,
     max_cost: Annotated[
-        float | None, typer.Option(help="stop cleanly once this run spent this many USD")
+        float | None,
+        typer.Option(help="stop cleanly once this run spent this many USD", show_default=NO_LIMIT),
     ] = None,
+    license: Annotated[
+        str | None,
+        typer.Option(
+            help="the card's licence, an SPDX id or HF licence tag (e.g. cc-by-4.0); "
+            "none is chosen for you: choose one before sharing",
+            show_default="not chosen",
+        ),
+    ] = None,
+    card_endpoint: Annotated[
+        bool, flag("card-endpoint", "name the endpoint's host in the card (it is always in manifest.json)")
+    ] = False,
     config: ConfigOpt = None,
     seeds: SeedsOpt = None,
     runner: Annotated[str, typer.Option(help="local | dask | ray: where shard tasks run")] = "local",
@@ -255,48 +325,66 @@ def build(
     ] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: CacheOpt = None,
-    progress: Annotated[bool, typer.Option(help="live progress display")] = True,
+    progress: Annotated[
+        bool, flag("progress", "live progress on a terminal (else a plain line every 10 s)")
+    ] = True,
     grow: GrowOpt = None,
     rebuild: Annotated[
         bool,
-        typer.Option(
-            "--rebuild",
-            help="regenerate the latest version's personas (same indices, seed) with new settings",
-        ),
+        flag("rebuild", "regenerate the latest version's personas (same indices, seed) with new settings"),
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="publish even when nothing changed since the latest version")
+        bool, flag("force", "publish even when nothing changed since the latest version")
     ] = False,
 ) -> None:
     """Build a new dataset version through the five stages (nothing when the latest is up to date)."""
+    g = _given(
+        ctx,
+        dataset=dataset,
+        personas=personas,
+        sessions=sessions,
+        model=model,
+        concurrency=concurrency,
+        seed=seed,
+        redraws=redraws,
+        shard_size=shard_size,
+        expand_hints=expand_hints,
+        answerability=answerability,
+        probes=probes,
+    )
+    sessions_given = _sessions(g["sessions"], scenes_per_persona)
     cfg = make_config(
         config,
         dict(
-            dataset=dataset,
-            personas=personas,
-            scenes_per_persona=scenes_per_persona,
-            seed=seed,
+            dataset=g["dataset"],
+            personas=g["personas"],
+            scenes_per_persona=sessions_given,
+            seed=g["seed"],
             locales=_locale_list(locales),
             languages=_locale_list(languages, "--languages", "en,zh"),
-            shard_size=shard_size,
-            expand_hints=expand_hints,
-            answerability=answerability,
-            probes=probes,
+            shard_size=g["shard_size"],
+            expand_hints=g["expand_hints"],
+            answerability=g["answerability"],
+            probes=g["probes"],
             quality_min=quality_min,
         ),
         dict(
-            model=model,
+            model=g["model"],
             user_model=user_model,
             judge_model=judge_model,
             base_url=base_url,
-            concurrency=concurrency,
+            concurrency=g["concurrency"],
             rpm=rpm,
             tpm=tpm,
             max_tokens=max_tokens,
             max_cost=max_cost,
-            redraws=redraws,
+            redraws=g["redraws"],
         ),
     )
+    personas = g["personas"]  # None unless given: --grow and --rebuild refuse it
+    from personaloom.card import card_settings
+
+    card_settings(license=license, endpoint=card_endpoint)  # checked here, used when the card is written
     if grow is not None and rebuild:
         raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
     if grow is not None or rebuild:
@@ -322,6 +410,7 @@ def build(
     from personaloom.llm.endpoint import check_endpoint  # the OpenAI SDK: 1.5 s, only past every other check
 
     check_endpoint(cfg.llm)
+    _model_for_endpoint(cfg.llm, model_given=g["model"] is not None or "model" in cfg.llm.model_fields_set)
     from personaloom.build import build_dataset, plan_build
     from personaloom.display import live_progress
 
@@ -335,7 +424,7 @@ def build(
     before = set(store.versions())
     _quiet_prefect_tracebacks()
     prefect_api.wait()
-    with live_progress(enabled=progress and sys.stderr.isatty() and runner == "local"):
+    with live_progress(enabled=progress and runner == "local", priced=_priced(cfg.llm)):
         version = asyncio.run(
             flow(
                 cfg,
@@ -352,6 +441,61 @@ def build(
         typer.echo(f"up to date: {cfg.dataset}@{version} (--force publishes anyway)")
         return
     _print_summary(out, cfg.dataset, version)
+
+
+def _sessions(sessions: int | None, old: int | None) -> int | None:
+    """--sessions, or its old spelling --scenes-per-persona (a note once the command succeeded)."""
+    if old is None:
+        return sessions
+    if sessions is not None and sessions != old:
+        raise UserError(f"--sessions {sessions} and --scenes-per-persona {old}: give --sessions only")
+    _deprecated("--scenes-per-persona", "--sessions")
+    OPTION_OF["scenes_per_persona"] = "scenes-per-persona"  # an error names the spelling given
+    return old
+
+
+def _priced(llm: Any) -> bool:
+    """Whether every model the run may call has a price (else its cost is unknown, never $0)."""
+    from personaloom.llm.budget import DEFAULT_PRICES
+
+    table = {**DEFAULT_PRICES, **llm.prices}
+    return all(m in table for m in llm.models())
+
+
+def _model_for_endpoint(llm: Any, *, model_given: bool) -> None:
+    """A custom endpoint without --model: refused, unless it lists the default model itself (else the
+    default, gpt-4o-mini, would be sent there, and recorded and priced as if it answered)."""
+    import httpx
+
+    from personaloom.llm.endpoint import OPENAI_URL, api_key_from_env
+
+    url = llm.base_url or os.environ.get("OPENAI_BASE_URL")
+    if model_given or not url or url.rstrip("/") == OPENAI_URL:
+        return
+    from personaloom.llm.client import endpoint_label
+
+    try:
+        r = httpx.get(
+            f"{url.rstrip('/')}/models",
+            headers={"Authorization": f"Bearer {api_key_from_env() or 'none'}"},
+            timeout=5,
+            verify=not url.startswith("http://"),
+        )
+        served = [m["id"] for m in r.json()["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        served = None
+    if served is not None and llm.model in served:
+        return
+    where = "--base-url" if llm.base_url else "OPENAI_BASE_URL"
+    lists = (
+        f"it serves {', '.join(served[:5])}{' …' if len(served) > 5 else ''}"
+        if served
+        else "its /models lists none"
+    )
+    raise UserError(
+        f"{where} {endpoint_label(url)} without --model: {lists}, not the default {llm.model}: "
+        "choose one with --model"
+    )
 
 
 def on_latest_settings(cfg: Any, out: Path, personas: int | None, flag: str) -> Any:
@@ -401,6 +545,7 @@ def task_runner(runner: str, address: str | None) -> Any:
 
 
 def _print_summary(out: Path, dataset: str, version: str) -> None:
+    from personaloom.card import cost_text
     from personaloom.store import DatasetStore
 
     m = DatasetStore(out, dataset).manifest(version)
@@ -408,7 +553,7 @@ def _print_summary(out: Path, dataset: str, version: str) -> None:
     typer.echo(
         f"{dataset}@{version}: {m.rows} rows, {sum(m.rejection_reasons.values())} rejected; "
         f"{sum(r.llm_calls for r in report)} LLM calls, {sum(r.cache_hits for r in report)} cache hits, "
-        f"{sum(r.tokens for r in report)} tokens → {out / dataset / version}"
+        f"{sum(r.tokens for r in report)} tokens, cost {cost_text(m)} → {out / dataset / version}"
     )
     if m.probe_yield:
         kept = sum(t.get("kept", 0) for t in m.probe_yield.values())
@@ -418,14 +563,16 @@ def _print_summary(out: Path, dataset: str, version: str) -> None:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')],
-    dataset: DatasetOpt = None,
-    personas: PersonasOpt = None,
-    scenes_per_persona: ScenesOpt = None,
-    model: ModelOpt = None,
+    dataset: DatasetOpt = B("dataset"),
+    personas: PersonasOpt = B("personas"),
+    sessions: SessionsOpt = B("scenes_per_persona"),
+    scenes_per_persona: OldScenesOpt = None,
+    model: ModelOpt = L("model"),
     base_url: BaseUrlOpt = None,
     config: ConfigOpt = None,
-    name: Annotated[str | None, typer.Option(help="deployment name [default: the dataset name]")] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name", show_default="the dataset name")] = None,
     out: OutOpt = OUT_DEFAULT,
     grow: GrowOpt = None,
 ) -> None:
@@ -434,26 +581,32 @@ def serve(
     Each run publishes a new version when something changed (settings, seed tables, prompts, code), or,
     with --grow N, a version holding N more personas than the one before.
     """
+    g = _given(ctx, dataset=dataset, personas=personas, sessions=sessions, model=model)
     cfg = make_config(
         config,
-        dict(dataset=dataset, personas=personas, scenes_per_persona=scenes_per_persona),
-        dict(model=model, base_url=base_url),
+        dict(
+            dataset=g["dataset"],
+            personas=g["personas"],
+            scenes_per_persona=_sessions(g["sessions"], scenes_per_persona),
+        ),
+        dict(model=g["model"], base_url=base_url),
     )
     if grow is not None:
-        cfg = on_latest_settings(cfg, out, personas, "--grow")
+        cfg = on_latest_settings(cfg, out, g["personas"], "--grow")
     output_dir(out, "--out")
-    _prefect_env()
+    prefect_api = _prefect_env(start_early=True)  # an authenticated temporary server unless one runs
     from prefect import serve as prefect_serve
 
     from personaloom.schedule import deployment
 
     _quiet_prefect_tracebacks()
+    prefect_api.wait()
     prefect_serve(deployment(cfg, out, cron, name or cfg.dataset, grow=grow))
 
 
 @app.command()
 def server(
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="interface to listen on (loopback only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 4200,
 ) -> None:
     """Keep one Prefect server running: every personaloom command (any shell) uses it and starts in seconds.
@@ -471,7 +624,12 @@ def server(
 
     def ready(api_url: str) -> None:
         typer.echo(f"Prefect server at {api_url}: personaloom commands now use it (Ctrl-C stops it)")
-        typer.echo(f"other Prefect clients: export PREFECT_API_URL={api_url}")
+        from personaloom.prefect_env import AUTH_FILE, prefect_home
+
+        typer.echo(
+            f"other Prefect clients: export PREFECT_API_URL={api_url} "
+            f'PREFECT_API_AUTH_STRING="$(cat {prefect_home() / AUTH_FILE})"'
+        )
 
     try:
         serve_forever(host, port, ready=ready)
@@ -522,16 +680,18 @@ def _writable_file(path: Path, option: str) -> None:
 
 @app.command()
 def sample(
-    personas: PersonasOpt = None,
-    seed: Annotated[int | None, typer.Option(help="sampler seed, as in build [default: 0]")] = None,
-    out: Annotated[Path, path_option("--out", "Parquet file to write (the seeds table schema)")] = Path(
+    ctx: typer.Context,
+    personas: PersonasOpt = B("personas"),
+    seed: Annotated[int, typer.Option(help="sampler seed, as in build")] = B("seed"),
+    dest: Annotated[Path, path_option("--dest", "Parquet file to write (the seeds table schema)")] = Path(
         "sample.parquet"
     ),
+    old_out: Annotated[Path | None, path_option("--out", "", hidden=True)] = None,
     locales: LocalesOpt = None,
     languages: LanguagesOpt = None,
-    sessions: Annotated[
-        int | None, typer.Option(help="sessions per persona, as in build [default: 20]")
-    ] = None,
+    sessions: Annotated[int, typer.Option(help="sessions per persona, as in build")] = B(
+        "scenes_per_persona"
+    ),
     config: ConfigOpt = None,
     seeds: SeedsOpt = None,
 ) -> None:
@@ -543,12 +703,18 @@ def sample(
     from personaloom.stages.seed import audit_summary, sample_skeletons
     from personaloom.store import write_records
 
+    g = _given(ctx, personas=personas, seed=seed, sessions=sessions)
+    label = "--dest"
+    if old_out is not None:  # `--out FILE`, before --out meant the output root everywhere
+        _deprecated("sample --out FILE", "--dest FILE")
+        dest, label = old_out, "--out"
+    out = dest
     cfg = make_config(
         config,
         dict(
-            personas=personas,
-            seed=seed,
-            scenes_per_persona=sessions,
+            personas=g["personas"],
+            seed=g["seed"],
+            scenes_per_persona=g["sessions"],
             locales=_locale_list(locales),
             languages=_locale_list(languages, "--languages", "en,zh"),
         ),
@@ -557,7 +723,7 @@ def sample(
     cat = load_catalogue(seeds) if seeds else load_catalogue()
     check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
     check_languages(cat, cfg.languages, "--languages" if languages else f"{config}: languages", cfg.locales)
-    _writable_file(out, "--out")
+    _writable_file(out, label)
     start = time.perf_counter()
     rows = sample_skeletons(
         cat,
@@ -574,7 +740,7 @@ def sample(
     except OSError as e:
         if _full_disk(e):  # the machine's problem, not the path's: main() says so
             raise
-        raise UserError(f"--out {out}: cannot write ({e.strerror}): choose a writable path") from None
+        raise UserError(f"{label} {out}: cannot write ({e.strerror}): choose a writable path") from None
     took = time.perf_counter() - start
     typer.echo(
         f"{len(rows):,} skeletons (seed {cfg.seed}) → {out}: sampled in {sampled:.2f} s, written in "
@@ -588,7 +754,7 @@ def sample(
 
 
 @app.command()
-def versions(dataset: str, out: OutOpt = OUT_DEFAULT) -> None:
+def versions(dataset: Annotated[str, typer.Argument(metavar="DATASET")], out: OutOpt = OUT_DEFAULT) -> None:
     """List the versions of a dataset."""
     from personaloom.store import DatasetStore
 
@@ -619,11 +785,21 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
         f"{name}@{m.version}  {path}\ncreated {m.created_at:%Y-%m-%d %H:%M} UTC  "
         f"model {m.model} at {m.endpoint}  seed {m.seed}  parent {m.parent or '-'}  code {m.code_version}"
     )
-    columns = ("stage", "in", "out", "rejected", "fallback", "calls", "cached", "tokens", "sec")
+    from personaloom.card import cost_text, priced
+
+    known = priced(m)
+    columns = ("stage", "in", "out", "rejected", "fallback", "calls", "cached", "tokens", "USD", "sec")
     typer.echo(f"{columns[0]:<10}" + "".join(f"{c:>10}" for c in columns[1:]))
     for r in m.stage_report():
         cells = (r.rows_in, r.rows_out, r.rejected, r.fallback_rows, r.llm_calls, r.cache_hits, r.tokens)
-        typer.echo(f"{r.stage:<10}" + "".join(f"{c:>10}" for c in cells) + f"{r.seconds:>10.1f}")
+        usd = f"{r.cost_usd:.4f}" if known else "unknown"
+        typer.echo(f"{r.stage:<10}" + "".join(f"{c:>10}" for c in cells) + f"{usd:>10}{r.seconds:>10.1f}")
+    retries = sum(u.retries for u in m.usage.values())
+    typer.echo(
+        f"LLM cost {cost_text(m)}"
+        + ("" if known else " (no price for the model: add it as [llm.prices] in the config)")
+        + f", {retries} retries"
+    )
     redrawn = [f"{s} {u.redraws} ({u.flagged} still flagged)" for s, u in m.usage.items() if u.redraws]
     if redrawn:
         typer.echo("redrawn (a check of stage 5 flagged the answer): " + ", ".join(redrawn))
@@ -722,7 +898,7 @@ def diff(
 
 @app.command()
 def gc(
-    dataset: str,
+    dataset: Annotated[str, typer.Argument(metavar="DATASET")],
     keep: Annotated[int, typer.Option(help="versions to keep, newest first (latest is always kept)")] = 5,
     out: OutOpt = OUT_DEFAULT,
 ) -> None:
@@ -751,19 +927,26 @@ def filter_cmd(
         ),
     ],
     column: Annotated[str, typer.Option(help="the text column")] = "text",
-    out: Annotated[Path, path_option("--out", "folder for kept.parquet and rejections.parquet")] = Path(
+    dest: Annotated[Path, path_option("--dest", "folder for kept.parquet and rejections.parquet")] = Path(
         "filtered"
     ),
+    old_out: Annotated[Path | None, path_option("--out", "", hidden=True)] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="near-duplicate similarity (rapidfuzz ratio 0–100) [default: 85]")
+        float | None,
+        typer.Option(help="near-duplicate similarity (rapidfuzz ratio 0–100)", show_default="85"),
     ] = None,
-    min_words: Annotated[int | None, typer.Option(help="drop texts with fewer words")] = None,
-    max_words: Annotated[int | None, typer.Option(help="drop texts with more words")] = None,
+    min_words: Annotated[
+        int | None, typer.Option(help="drop texts with fewer words", show_default="the filter's rule")
+    ] = None,
+    max_words: Annotated[
+        int | None, typer.Option(help="drop texts with more words", show_default="the filter's rule")
+    ] = None,
     id_column: Annotated[
-        str | None, typer.Option(help="column naming rows in dup_of (default: row number)")
+        str | None, typer.Option(help="column naming rows in dup_of", show_default="row number")
     ] = None,
     lang: Annotated[
-        str | None, typer.Option(help="keep only these languages, e.g. en,de (enables language ID)")
+        str | None,
+        typer.Option(help="keep only these languages, e.g. en,de (enables language ID)", show_default="all"),
     ] = None,
     lang_column: Annotated[
         str | None,
@@ -773,18 +956,27 @@ def filter_cmd(
         int | None,
         typer.Option(
             help="filter the rows in this many slices, spilling to OUT/.spill-*: bounded memory, "
-            "duplicates across slices still found, same result"
+            "duplicates across slices still found, same result",
+            show_default="one slice",
         ),
     ] = None,
 ) -> None:
     """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts (IN: a
     file, or a folder of Parquet parts read in name order)."""
-    from personaloom.filter_file import filter_parquet
+    from personaloom import filter_file
+    from personaloom.progress import stage_reporter
 
-    filter_parquet(
+    label = "--dest"
+    if old_out is not None:  # `--out FOLDER`, before --out meant the output root everywhere
+        _deprecated("filter --out FOLDER", "--dest FOLDER")
+        dest, label = old_out, "--out"
+    output_dir(dest, label)  # one line naming the option given, before any row is read
+    # plain lines, never `\r`, when stderr is not a terminal (a log file, CI)
+    filter_file.report = stage_reporter(sys.stderr)
+    filter_file.filter_parquet(
         input,
         column=column,
-        out=out,
+        out=dest,
         threshold=threshold,
         min_words=min_words,
         max_words=max_words,
@@ -804,7 +996,7 @@ def prompts(
         str | None, typer.Option("--show", metavar="NAME", help="render this call for a sample row")
     ] = None,
     prompt_set: Annotated[str, typer.Option(help="default | small (the embedded model's set)")] = "default",
-    schema: Annotated[bool, typer.Option(help="with --show: also print the response JSON schema")] = False,
+    schema: Annotated[bool, flag("schema", "with --show: also print the response JSON schema")] = False,
     seed: Annotated[int, typer.Option(help="with --show: the sample persona's build seed")] = 0,
 ) -> None:
     """List every declared LLM call, or render one (--show NAME) for a sample row, without any LLM."""
@@ -888,6 +1080,7 @@ def _int_list(text: str, option: str) -> list[int]:
 
 @app.command()
 def replay(
+    ctx: typer.Context,
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
     agents: Annotated[
         str,
@@ -896,20 +1089,27 @@ def replay(
     k: Annotated[
         str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")
     ] = "3",
-    personas: Annotated[int | None, typer.Option(help="replay only the first N personas")] = None,
-    model: ModelOpt = None,
+    personas: Annotated[
+        int | None, typer.Option(help="replay only the first N personas", show_default="all")
+    ] = None,
+    model: ModelOpt = L("model"),
     user_model: UserModelOpt = None,
     judge_model: JudgeModelOpt = None,
     base_url: BaseUrlOpt = None,
-    concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
-    shard_size: Annotated[int | None, typer.Option(help="personas per shard task")] = None,
-    judge: Annotated[bool, typer.Option(help="LLM judge ratings and persona similarity")] = True,
+    concurrency: ConcurrencyOpt = L("concurrency"),
+    shard_size: Annotated[
+        int | None, typer.Option(help="personas per shard task", show_default="as in build")
+    ] = None,
+    judge: Annotated[bool, flag("judge", "LLM judge ratings and persona similarity")] = True,
     embedding_model: Annotated[
         str | None,
-        typer.Option(help="embed agent memories with this model of the endpoint's /embeddings API"),
+        typer.Option(
+            help="embed agent memories with this model of the endpoint's /embeddings API",
+            show_default="no embeddings",
+        ),
     ] = None,
     run: Annotated[
-        str | None, typer.Option("--run", help="run folder name [default: derived from the settings]")
+        str | None, typer.Option("--run", help="run folder name", show_default="derived from the settings")
     ] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: CacheOpt = None,
@@ -918,6 +1118,7 @@ def replay(
     from personaloom.schemas.replay import ReplayConfig
 
     name, version = _split_spec(spec)
+    model = _given(ctx, model=model)["model"]
     llm = dict(
         model=model,
         user_model=user_model,
@@ -937,6 +1138,7 @@ def replay(
         embedding_model=embedding_model,
     )
     cfg = _run_config(ReplayConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
+    _model_for_endpoint(cfg.llm, model_given=model is not None)
     if cache_dir is not None:
         output_dir(cache_dir, "--cache-dir")
     prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
@@ -951,15 +1153,21 @@ def replay(
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
-    model: ModelOpt = None,
+    model: ModelOpt = L("model"),
     base_url: BaseUrlOpt = None,
+    temperature: Annotated[
+        float, typer.Option(help="sampling temperature of the answers (0: the model's best answer)")
+    ] = 0.0,
     mode: Annotated[
         str, typer.Option(help="mcq: pick one of four replies; open: answer freely, judged")
     ] = "mcq",
-    judge_model: Annotated[str | None, typer.Option(help="model that grades open answers")] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="model that grades open answers", show_default="--model")
+    ] = None,
     context_tokens: Annotated[
-        int | None, typer.Option(help="cap or pad each item's history (tokens)")
+        int | None, typer.Option(help="cap or pad each item's history (tokens)", show_default="as built")
     ] = None,
     context: Annotated[
         str,
@@ -968,10 +1176,13 @@ def evaluate(
             "base-persona: the persona before any change (a stale memory)"
         ),
     ] = "history",
-    personas: Annotated[int | None, typer.Option(help="only the first N personas' items")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="LLM calls in flight")] = None,
+    personas: Annotated[
+        int | None, typer.Option(help="only the first N personas' items", show_default="all")
+    ] = None,
+    concurrency: ConcurrencyOpt = L("concurrency"),
     run: Annotated[
-        str | None, typer.Option("--run", help="run folder name [default: from the settings]")
+        str | None,
+        typer.Option("--run", help="run folder name", show_default="e-MODEL-MODE-CONTEXT-HASH"),
     ] = None,
     out: OutOpt = OUT_DEFAULT,
     cache_dir: CacheOpt = None,
@@ -984,7 +1195,14 @@ def evaluate(
     name, version = _split_spec(spec)
     if run is not None and (problem := dataset_name_problem(run)):  # a folder under vN/eval/, never outside
         raise UserError(f"--run: {problem}")
-    llm = dict(model=model, base_url=base_url, concurrency=concurrency, judge_model=judge_model)
+    given = _given(ctx, model=model)
+    llm = dict(
+        model=given["model"],
+        base_url=base_url,
+        concurrency=concurrency,
+        judge_model=judge_model,
+        temperature=temperature,
+    )
     fields = dict(
         dataset=name,
         version=version,
@@ -995,6 +1213,7 @@ def evaluate(
         run=run,
     )
     cfg = _run_config(EvalConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
+    _model_for_endpoint(cfg.llm, model_given=given["model"] is not None)
     if cache_dir is not None:
         output_dir(cache_dir, "--cache-dir")
     prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
@@ -1059,8 +1278,15 @@ def export(
     dest: DestOpt = None,
     context_tokens: Annotated[
         int | None,
-        typer.Option(help="sft, dpo, persona-mem: cap or pad each history to about N tokens"),
+        typer.Option(
+            help="sft, dpo, persona-mem: cap or pad each history to about N tokens", show_default="all"
+        ),
     ] = None,
+    splits: Annotated[
+        str,
+        typer.Option(help="sft, dpo: shares of train,validation,test by persona (1: train only)"),
+    ] = "0.8,0.1,0.1",
+    split_seed: Annotated[int, typer.Option(help="sft, dpo: seed of the persona hash that splits")] = 0,
 ) -> None:
     """Write every table of a version (replay runs included), or its probes as training or PersonaMem files.
 
@@ -1079,12 +1305,26 @@ def export(
         raise UserError(
             f"--context-tokens: only for {', '.join(ITEM_FORMATS)} ({fmt} copies the tables as is)"
         )
+    from personaloom.export import parse_splits
+
+    shares = parse_splits(splits)
+    if fmt not in ("sft", "dpo") and splits != "0.8,0.1,0.1":
+        raise UserError(f"--splits: only for sft and dpo ({fmt} keeps every item together)")
     folder = DatasetStore(out, name).resolve(version)
     target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
     _outside_version(target, folder, f"{name}@{folder.name}")
     output_dir(target, "--dest")
     if fmt in ITEM_FORMATS:
-        files = export_items(out, name, folder.name, fmt, target, context_tokens)  # type: ignore[arg-type]
+        files = export_items(
+            out,
+            name,
+            folder.name,
+            fmt,
+            target,
+            context_tokens,
+            shares,
+            split_seed,  # type: ignore[arg-type]
+        )
         rows = ", ".join(f"{f} ({n} rows)" for f, n in files.items())
         typer.echo(f"{name}@{folder.name}: probes as {fmt}: {rows} → {target}")
         return
@@ -1173,6 +1413,8 @@ def main() -> None:
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
             raise SystemExit(code)
+        for note in DEPRECATED:  # after the work, so an error stays the one line a command prints
+            typer.echo(note, err=True)
     except UserError as e:
         raise SystemExit(fail(str(e), e.exit_code).exit_code) from None
     except typer.Exit as e:
@@ -1184,8 +1426,7 @@ def main() -> None:
             raise SystemExit(fail(str(e)).exit_code) from None
         # usage errors: typer vendors its own click, so match the ClickException shape, not the class
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            raise SystemExit(e.exit_code) from None
+            raise SystemExit(_usage_error(e)) from None
         if full := _full_disk(e):
             where = _full_folder(full)
             message = f"no space left on device writing under {where}: {FREE_AND_RESUME}"
@@ -1203,6 +1444,18 @@ def main() -> None:
             SIGNALLED.append(signal.SIGTERM)
             _interrupted()
         raise
+
+
+def _usage_error(e: Any) -> int:
+    """click's usage errors in our one-line style: `error: missing argument 'DATASET' (see ... --help)`."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # `personaloom` alone: the help, as before
+        e.show()
+        return e.exit_code
+    message = e.format_message().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    where = getattr(getattr(e, "ctx", None), "command_path", None)
+    typer.echo(f"error: {message}" + (f" (see `{where} --help`)" if where else ""), err=True)
+    return e.exit_code
 
 
 def _interrupted() -> None:

@@ -1,47 +1,79 @@
-"""Live terminal display of a build: done/total per stage, LLM calls, cache hits and tokens."""
+"""Progress of a build on stderr: live bars on a terminal, a plain line every few seconds elsewhere.
+
+Per stage done/total and time left; for the LLM: calls made and their rate, calls in flight (and queued
+for a slot), retries, cache hits, tokens and the cost in USD ("unknown" for an unpriced model).
+"""
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from personaloom.progress import progress_sink
+from personaloom.progress import LLMMeter, clock, eta, progress_sink
 
 
 @contextmanager
-def live_progress(enabled: bool = True, interval: float = 0.25) -> Iterator[None]:
-    """Draw the sink's counters on stderr while the body runs (a no-op when disabled)."""
+def live_progress(
+    enabled: bool = True,
+    interval: float = 0.25,
+    *,
+    priced: bool = True,
+    stream: TextIO | None = None,
+    every: float = 10.0,
+) -> Iterator[None]:
+    """Draw the sink's counters on `stream` (stderr) while the body runs; a no-op when disabled.
+
+    A terminal gets live bars; anything else (a log file, CI) a plain line every `every` seconds and a
+    last one at the end, never a `\\r`.
+    """
+    stream = stream or sys.stderr
     if not enabled:
         yield
         return
+    if not stream.isatty():
+        with _plain_lines(stream, every, priced):
+            yield
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     bars = Progress(
         TextColumn("{task.description:<9}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[llm]}"),
-        console=Console(stderr=True),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=Console(file=stream),
         transient=False,
     )
+    meter = LLMMeter()
     ids: dict[str, int] = {}
     stop = threading.Event()
 
-    def refresh() -> None:
-        usage = progress_sink.usage() if progress_sink.usage else {}
+    def refresh(final: bool = False) -> None:
         for stage, done, total in progress_sink.snapshot():
-            u = usage.get(stage)
-            llm = (
-                f"calls {u.calls}  cached {u.cache_hits}  tokens {u.prompt_tokens + u.completion_tokens}"
-                if u
-                else ""
-            )
+            if final and total and done < total:  # an estimate (probes): the end says what came
+                total = done
             if stage not in ids:
-                ids[stage] = bars.add_task(stage, total=total or None, llm=llm)
-            bars.update(ids[stage], completed=done, total=total or None, llm=llm)
+                ids[stage] = bars.add_task(stage, total=total or None, note="")
+            bars.update(ids[stage], completed=done, total=total or None)
+        line = meter.read().line(priced)
+        if "llm" not in ids:
+            ids["llm"] = bars.add_task("LLM", total=None, note=line, visible=False)
+        bars.update(ids["llm"], note=line, visible=True)
 
     def loop() -> None:
         while not stop.wait(interval):
@@ -55,4 +87,33 @@ def live_progress(enabled: bool = True, interval: float = 0.25) -> Iterator[None
         finally:
             stop.set()
             worker.join()
-            refresh()
+            refresh(final=True)
+
+
+def progress_line(meter: LLMMeter, started: float, priced: bool) -> str:
+    """`progress 01:02 eta 00:40 | seed 20/20 scene 31/60 ... | LLM 523 calls (12.1/s), ...`."""
+    snap = progress_sink.snapshot()
+    elapsed = time.monotonic() - started
+    stages = " ".join(f"{s} {d}/{t}" for s, d, t in snap)
+    llm = meter.read().line(priced)
+    return f"progress {clock(elapsed)} eta {clock(eta(snap, elapsed))} | {stages} | LLM {llm}"
+
+
+@contextmanager
+def _plain_lines(stream: TextIO, every: float, priced: bool) -> Iterator[None]:
+    meter = LLMMeter()
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            if progress_sink.snapshot():
+                print(progress_line(meter, started, priced), file=stream, flush=True)
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()

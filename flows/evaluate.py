@@ -279,6 +279,27 @@ def summarize(results: Sequence[EvalResult]) -> tuple[dict[str, float], str]:
     return overall, "\n".join(lines)
 
 
+def unparsed(results: Sequence[EvalResult], model: str) -> int:
+    """The model's replies that named no single option (mcq), or that the judge gave no verdict on (open)."""
+    return sum(1 for r in results if r.model == model and r.predicted is None)
+
+
+def unparsed_line(results: Sequence[EvalResult], config: EvalConfig) -> str:
+    n = unparsed(results, config.llm.model)
+    total = sum(1 for r in results if r.model == config.llm.model)
+    what = "named no single option letter" if config.mode == "mcq" else "got no verdict from the judge"
+    return (
+        f"Unparsed: {n} of {total} replies {what}; they count as wrong (the `raw` column of results/ "
+        "holds each reply).\n\n"
+    )
+
+
+def run_name(config: EvalConfig, key: str) -> str:
+    """`e-<model>-<mode>-<context>-<hash>`: a figure or a folder listing says which run is which."""
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", config.llm.model.rsplit("/", 1)[-1]).strip("-._")[:24]
+    return f"e-{model or 'model'}-{config.mode}-{config.context}-{key[:8]}"
+
+
 # ---------------------------------------------------------------- the flow
 
 
@@ -300,7 +321,7 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
     cache = Path(cache_dir) if cache_dir else Path(out) / ".cache"
     ident = {"version": str(version_dir.resolve())}
     async with open_run(config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident) as run:
-        run_dir = version_dir / "eval" / (config.run or f"e-{run.key}")
+        run_dir = version_dir / "eval" / (config.run or run_name(config, run.key))
         claim_run_dir(run_dir, run.key)
         asked = asked_items(items, rows, config.context_tokens, config.context)
         size = config.shard_size
@@ -322,9 +343,9 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
             f"context: {config.context})"
         )
         markdown = (
-            f"# {title}\n\n{len(items)} items; accuracy per row. `oracle` must be 1.0; the `blind:` rows "
-            "never read the history and should be near `chance`.\n\n"
-            f"{table}\n"
+            f"# {title}\n\n{len(items)} items at temperature {config.llm.temperature:g}; accuracy per row. "
+            "`oracle` must be 1.0; the `blind:` rows never read the history and should be near `chance`.\n\n"
+            f"{unparsed_line(results, config)}{table}\n"
         )
         (run_dir / "summary.md").write_text(markdown)
         manifest = EvalManifest(

@@ -1,9 +1,10 @@
 """Export a version for other tools.
 
 Its Parquet tables as JSON Lines or CSV (for tools that read neither Parquet nor Arrow), or its probes as
-training and evaluation files: `sft` (chat JSONL for TRL's SFTTrainer), `dpo` (prompt/chosen/rejected
-JSONL for TRL's DPOTrainer) and `persona-mem` (`questions.csv` + `shared_contexts.jsonl`, the layout
-PersonaMem's `inference_standalone_openai.py` reads).
+training and evaluation files: `sft` (conversational prompt/completion JSONL for TRL's SFTTrainer, each
+assistant turn the completion of exactly one example), `dpo` (prompt/chosen/rejected JSONL for TRL's
+DPOTrainer), both split train/validation/test by persona, and `persona-mem` (`questions.csv` +
+`shared_contexts.jsonl`, the layout PersonaMem's `inference_standalone_openai.py` reads).
 """
 
 from __future__ import annotations
@@ -174,12 +175,14 @@ def _correct(item: ProbeItem) -> str:
     return item.options[item.answer]
 
 
-def sft_examples(items: Sequence[ProbeItem], h: _Histories) -> Iterator[dict[str, Any]]:
-    """Per persona: one example per kept session, then one per probe.
+def sft_examples(items: Sequence[ProbeItem], h: _Histories) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(persona id, example) per kept session, then per probe, in TRL's conversational prompt/completion
+    form: the prompt is the history before and the user's turn, the completion the one assistant turn
+    trained. Earlier replies appear only in prompts (TRL trains on the completion alone), so each assistant
+    turn is trained once, not once per later session.
 
-    A session example is the history before it, the session's personalized query and its expected response
-    (the reply that fits the persona in force then); a probe example is the history up to the checkpoint,
-    the probe's question and its correct option.
+    A session's completion is its expected response (the reply that fits the persona in force then); a
+    probe's is its correct option, after the history up to the checkpoint and the probe's question.
     """
     by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
     for item in items:
@@ -187,22 +190,113 @@ def sft_examples(items: Sequence[ProbeItem], h: _Histories) -> Iterator[dict[str
     for pid, rows in h.rows.items():
         for r in rows:
             past = h.before(pid, r.session_index - 1)
-            yield {"messages": [*past, _user(r.personalized_query), _assistant(r.expected_response)]}
+            yield (
+                pid,
+                {
+                    "prompt": [*past, _user(r.personalized_query)],
+                    "completion": [_assistant(r.expected_response)],
+                },
+            )
         for item in by_persona.get(pid, []):
             past = h.before(pid, item.checkpoint_session, item.evidence_sessions)
-            yield {"messages": [*past, _user(item.question), _assistant(_correct(item))]}
+            yield pid, {"prompt": [*past, _user(item.question)], "completion": [_assistant(_correct(item))]}
 
 
-def dpo_pairs(items: Sequence[ProbeItem], h: _Histories) -> Iterator[dict[str, Any]]:
-    """One pair per probe: chosen fits the preference in force, rejected is the first of REJECTED it has."""
+def dpo_pairs(items: Sequence[ProbeItem], h: _Histories) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(persona id, pair) per probe: chosen fits the preference in force, rejected is the first of REJECTED
+    it has."""
     for item in items:
         kind = next(k for k in REJECTED if k in item.option_kinds)
         past = h.before(item.persona_id, item.checkpoint_session, item.evidence_sessions)
-        yield {
-            "prompt": [*past, _user(item.question)],
-            "chosen": [_assistant(_correct(item))],
-            "rejected": [_assistant(item.options[item.option_kinds.index(kind)])],
-        }
+        yield (
+            item.persona_id,
+            {
+                "prompt": [*past, _user(item.question)],
+                "chosen": [_assistant(_correct(item))],
+                "rejected": [_assistant(item.options[item.option_kinds.index(kind)])],
+            },
+        )
+
+
+# ---------------------------------------------------------------- persona-level splits
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_SPLITS = (0.8, 0.1, 0.1)
+
+
+def parse_splits(text: str) -> tuple[float, ...]:
+    """`0.8,0.1,0.1` → shares of train, validation, test (one or two values: the first splits only)."""
+    try:
+        shares = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--splits {text!r}: give shares separated by commas, e.g. 0.8,0.1,0.1") from None
+    if not 1 <= len(shares) <= 3 or any(x < 0 for x in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise UserError(f"--splits {text!r}: one to three shares (train,validation,test) that sum to 1")
+    if shares[0] <= 0:
+        raise UserError(f"--splits {text!r}: train needs a share above 0")
+    return shares
+
+
+def split_of(persona_id: str, shares: Sequence[float], seed: int = 0) -> str:
+    """The split of a persona: a seeded hash of its id into [0, 1), cut at the cumulative shares. Every
+    example of a persona lands in one split, whatever else the version holds."""
+    digest = hashlib.sha256(f"{seed}:{persona_id}".encode()).digest()
+    x = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name, share in zip(SPLITS, shares, strict=False):
+        edge += share
+        if x < edge:
+            return name
+    return SPLITS[len(shares) - 1]
+
+
+def _write_splits(
+    dest: Path, fmt: str, examples: Iterable[tuple[str, dict[str, Any]]], shares: Sequence[float], seed: int
+) -> dict[str, int]:
+    """`dest/<split>.jsonl` for each split with examples, and a card listing them; returns file → rows."""
+    by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS[: len(shares)]}
+    for pid, example in examples:
+        by_split[split_of(pid, shares, seed)].append(example)
+    written = {}
+    for name, rows in by_split.items():
+        stale = dest / f"{name}.jsonl"
+        if rows:
+            written[f"{name}.jsonl"] = _write_jsonl(stale, rows)
+        elif stale.exists():  # an earlier export's split with other shares
+            stale.unlink()
+    with replacing(dest / "README.md") as tmp:
+        tmp.write_text(export_card(fmt, written, shares, seed))
+    return written
+
+
+def export_card(fmt: str, written: dict[str, int], shares: Sequence[float], seed: int) -> str:
+    """A Hugging Face card for an export folder: one config, a split per non-empty file."""
+    files = "\n".join(f"  - split: {f.removesuffix('.jsonl')}\n    path: {f}" for f in written)
+    layout = (
+        "prompt/completion (TRL SFTTrainer; the loss is on the completion, one assistant turn)"
+        if fmt == "sft"
+        else "prompt/chosen/rejected (TRL DPOTrainer)"
+    )
+    counts = ", ".join(f"{f.removesuffix('.jsonl')} {n}" for f, n in written.items())
+    share_text = ",".join(f"{x:g}" for x in shares)
+    return f"""---
+configs:
+- config_name: {fmt}
+  data_files:
+{files}
+  default: true
+tags:
+- synthetic
+- personaloom
+---
+
+# {fmt} export
+
+Conversational {layout}. Splits by persona (a persona's examples are all in one split): shares
+{share_text} of a hash of the persona id with seed {seed}. Examples per split: {counts}.
+
+`datasets.load_dataset("<this folder>")` loads the splits; `manifest.json` is the version's provenance.
+"""
 
 
 def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[str, Any]], dict[str, list]]:
@@ -300,8 +394,13 @@ def export_items(
     fmt: ItemFormat,
     dest: Path | str,
     context_tokens: int | None = None,
+    splits: Sequence[float] = DEFAULT_SPLITS,
+    split_seed: int = 0,
 ) -> dict[str, int]:
     """Write the version's probes as `fmt` files in `dest` (plus the manifest); returns file → rows.
+
+    `sft` and `dpo` write `train.jsonl`, `validation.jsonl` and `test.jsonl` by persona (`splits`: the
+    shares, `split_seed`: the hash's seed) and a card (README.md) listing them as Hugging Face splits.
 
     Each item's history is the user's kept sessions up to its checkpoint (capped, or padded with other
     personas' sessions, to about `context_tokens`), as `personaloom evaluate` asks it.
@@ -323,9 +422,9 @@ def export_items(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if fmt == "sft":
-        written = {"sft.jsonl": _write_jsonl(dest / "sft.jsonl", sft_examples(items, h))}
+        written = _write_splits(dest, fmt, sft_examples(items, h), splits, split_seed)
     elif fmt == "dpo":
-        written = {"dpo.jsonl": _write_jsonl(dest / "dpo.jsonl", dpo_pairs(items, h))}
+        written = _write_splits(dest, fmt, dpo_pairs(items, h), splits, split_seed)
     else:
         questions, contexts = persona_mem(items, h)
         written = {

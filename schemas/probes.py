@@ -95,7 +95,7 @@ class EvalConfig(BaseModel):
 
     dataset: str
     version: str | None = None
-    llm: LLMConfig = Field(default_factory=LLMConfig)
+    llm: LLMConfig = Field(default_factory=lambda: LLMConfig(temperature=0.0), validate_default=True)
     mode: Literal["mcq", "open"] = "mcq"
     context_tokens: int | None = Field(None, ge=64, description="cap or pad each item's history to this size")
     context: Literal["history", "none", "base-persona"] = Field(
@@ -105,7 +105,17 @@ class EvalConfig(BaseModel):
     )
     personas: int | None = Field(None, ge=1, description="only the first N personas' items")
     shard_size: int = Field(200, ge=1, description="items per task (one results part each)")
-    run: str | None = Field(None, description="run folder name under eval/ (default: derived from settings)")
+    run: str | None = Field(
+        None, description="run folder name under eval/ (default: e-<model>-<mode>-<context>-<hash>)"
+    )
+
+    @field_validator("llm")
+    @classmethod
+    def _greedy(cls, v: LLMConfig) -> LLMConfig:
+        """Scored at temperature 0 unless one is given: a score, not one sample of the model's answers."""
+        if "temperature" in v.model_fields_set:
+            return v
+        return v.model_copy(update={"temperature": 0.0})
 
     @field_validator("run")
     @classmethod

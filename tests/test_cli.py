@@ -69,7 +69,7 @@ def test_build_twice_then_read(tmp_path: Path) -> None:
     """The issue's done-when: 20 personas build a complete version; the re-run makes no LLM call."""
     out = tmp_path / "out"
     env = {"PREFECT_HOME": str(tmp_path / "prefect"), "OPENAI_API_KEY": TEST_KEY}
-    args = ["build", "--personas", "20", "--scenes-per-persona", "3", "--dataset", "cli", "--out", str(out)]
+    args = ["build", "--personas", "20", "--sessions", "3", "--dataset", "cli", "--out", str(out)]
     with FakeOpenAI(latency=0.05, api_key=TEST_KEY) as fake:
         t0 = time.perf_counter()
         first = run(*args, "--base-url", fake.base_url, env=env)
@@ -81,12 +81,15 @@ def test_build_twice_then_read(tmp_path: Path) -> None:
         assert second.returncode == 0, second.stderr[-2000:]
         assert fake.stats.by_path["/v1/chat/completions"] == calls > 20 * 3 * 3
     assert "cli@v0001" in first.stdout and "cli@v0002" in second.stdout and "0 LLM calls" in second.stdout
+    assert "cost $" in first.stdout and "0.0000" not in first.stdout  # gpt-4o-mini has a price
+    assert "\r" not in first.stderr  # not a terminal: plain lines only
     print(f"first build {t1 - t0:.1f} s, cached re-run {t2 - t1:.1f} s")
     for stream in (first.stdout, first.stderr, second.stdout, second.stderr):
         assert TEST_KEY not in stream and "Traceback" not in stream
 
     shown = run("show", "cli@v1", "--out", str(out))
     assert shown.returncode == 0 and "personas" in shown.stdout and "filter" in shown.stdout
+    assert "LLM cost $" in shown.stdout and "USD" in shown.stdout
     listed = run("versions", "cli", "--out", str(out))
     assert listed.returncode == 0 and "v0002 (latest)" in listed.stdout and "parent=v0001" in listed.stdout
     assert_one_line_error(run("show", "cli@v7", "--out", str(out)), "no version v7")
@@ -107,7 +110,7 @@ def test_filter_any_parquet(tmp_path: Path) -> None:
             "body": [base, base.upper() + "!", "As an AI language model, I can't.", "hi"],
         }
     ).write_parquet(src)
-    res = run("filter", str(src), "--column", "body", "--id-column", "id", "--out", str(tmp_path / "f"))
+    res = run("filter", str(src), "--column", "body", "--id-column", "id", "--dest", str(tmp_path / "f"))
     assert res.returncode == 0, res.stderr
     kept = pl.read_parquet(tmp_path / "f" / "kept.parquet")
     rej = pl.read_parquet(tmp_path / "f" / "rejections.parquet")
@@ -136,6 +139,5 @@ def test_filter_bad_inputs(tmp_path: Path) -> None:
 
 def test_usage_errors_have_no_traceback() -> None:
     res = run("versions")
-    assert res.returncode == 2 and "Missing argument" in res.stderr and "Traceback" not in res.stderr
-    res = run("build", "--personas", "many")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert_one_line_error(res, "missing argument 'DATASET'", "personaloom versions --help")
+    assert_one_line_error(run("build", "--personas", "many"), "--personas")

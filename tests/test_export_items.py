@@ -24,7 +24,7 @@ import pytest
 from datasets import load_dataset
 
 from personaloom.build import build_dataset
-from personaloom.export import PERSONA_MEM_COLUMNS
+from personaloom.export import PERSONA_MEM_COLUMNS, REJECTED
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import ProbeItem
 from personaloom.schemas.records import DatasetRow
@@ -88,39 +88,82 @@ def alternates(messages: list[dict[str, str]], last: str) -> bool:
 # ---------------------------------------------------------------- TRL layouts
 
 
+def _split_rows(dest: Path) -> dict[str, Any]:
+    """The export folder as `datasets` loads it: its card's config, one split per file."""
+    return load_dataset(str(dest))
+
+
 def test_sft_loads_with_datasets(
     built: Path, tmp_path: Path, probes: list[ProbeItem], sessions: dict
 ) -> None:
     dest = export(built, tmp_path, "sft")
-    ds = load_dataset("json", data_files=str(dest / "sft.jsonl"), split="train")
-    assert ds.column_names == ["messages"]
-    assert ds.num_rows == len(sessions) + len(probes)  # one example per kept session, one per probe
-    finals = []
-    for messages in ds["messages"]:
-        assert alternates(messages, "assistant"), [m["role"] for m in messages]
-        assert all(m["content"].strip() for m in messages)
-        finals.append(messages[-1]["content"])
-    assert {r.expected_response for r in sessions.values()} <= set(finals)
-    assert {p.options[p.answer] for p in probes} <= set(finals)  # probe examples end with the correct reply
+    loaded = _split_rows(dest)
+    assert set(loaded) <= {"train", "validation", "test"} and "train" in loaded
+    rows = [row for split in loaded.values() for row in split]
+    assert all(split.column_names == ["prompt", "completion"] for split in loaded.values())
+    assert len(rows) == len(sessions) + len(probes)  # one example per kept session, one per probe
+    completions = []
+    for row in rows:
+        assert alternates(row["prompt"], "user"), [m["role"] for m in row["prompt"]]
+        assert [m["role"] for m in row["completion"]] == ["assistant"]
+        assert all(m["content"].strip() for m in row["prompt"] + row["completion"])
+        completions.append(row["completion"][0]["content"])
+    assert {r.expected_response for r in sessions.values()} <= set(completions)
+    assert {p.options[p.answer] for p in probes} <= set(completions)  # probe examples end with the key
+    # each assistant turn is trained once: the completions hold every session reply exactly once
+    replies = [r.expected_response for r in sessions.values()]
+    trained = [c for c in completions if c in set(replies)]
+    assert sorted(trained) == sorted(replies)
     card = (built / "items" / "v0001" / "README.md").read_text()
     assert "--format sft|dpo|persona-mem" in card  # the card documents the three formats
+    export_card = (dest / "README.md").read_text()
+    assert all(f"split: {name}" in export_card for name in loaded)
+
+
+def test_splits_are_disjoint_by_persona(built: Path, tmp_path: Path, sessions: dict) -> None:
+    dest = export(built, tmp_path, "sft", "--splits", "0.5,0.25,0.25", "--split-seed", "7")
+    seen: dict[str, str] = {}
+    by_reply = {r.expected_response: pid for (pid, _), r in sessions.items()}
+    for name in ("train", "validation", "test"):
+        path = dest / f"{name}.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            reply = json.loads(line)["completion"][0]["content"]
+            if (pid := by_reply.get(reply)) is not None:
+                assert seen.setdefault(pid, name) == name, pid  # never in two splits
+    assert len(set(seen.values())) >= 2  # 12 personas at 0.5/0.25/0.25: more than one split holds some
+    (tmp_path / "again").mkdir()
+    (tmp_path / "only").mkdir()
+    again = export(built, tmp_path / "again", "sft", "--splits", "0.5,0.25,0.25", "--split-seed", "7")
+    assert all(
+        (again / f).read_bytes() == (dest / f).read_bytes() for f in os.listdir(dest) if f.endswith(".jsonl")
+    )  # seeded: the same personas in the same splits
+    only = export(built, tmp_path / "only", "sft", "--splits", "1")
+    assert sorted(f for f in os.listdir(only) if f.endswith(".jsonl")) == ["train.jsonl"]
 
 
 def test_dpo_loads_with_datasets(built: Path, tmp_path: Path, probes: list[ProbeItem]) -> None:
     dest = export(built, tmp_path, "dpo")
-    ds = load_dataset("json", data_files=str(dest / "dpo.jsonl"), split="train")
-    assert ds.column_names == ["prompt", "chosen", "rejected"]
-    assert ds.num_rows == len(probes)  # one pair per probe, in persona, checkpoint, probe id order
-    items = sorted(probes, key=lambda p: (p.persona_id, p.checkpoint_session, p.probe_id))
+    loaded = _split_rows(dest)
+    assert all(split.column_names == ["prompt", "chosen", "rejected"] for split in loaded.values())
+    rows = [row for split in loaded.values() for row in split]
+    assert len(rows) == len(probes)  # one pair per probe
+    by_question = {}
+    for p in probes:
+        by_question.setdefault(p.question, []).append(p)
     outdated = 0
-    for row, item in zip(ds, items, strict=True):
-        assert alternates(row["prompt"], "user") and row["prompt"][-1]["content"] == item.question
+    for row in rows:
+        assert alternates(row["prompt"], "user")
         assert [m["role"] for m in row["chosen"]] == [m["role"] for m in row["rejected"]] == ["assistant"]
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         assert chosen != rejected
+        item = next(
+            p
+            for p in by_question[row["prompt"][-1]["content"]]
+            if p.options[p.answer] == chosen and rejected in p.options
+        )
         assert item.option_kinds[item.options.index(chosen)] == "correct"
         kind = item.option_kinds[item.options.index(rejected)]
-        assert kind == "outdated" if "outdated" in item.option_kinds else kind in ("generic", "other_persona")
+        assert kind == next(k for k in REJECTED if k in item.option_kinds)  # the outdated reply first
         outdated += kind == "outdated"
     assert outdated == sum("outdated" in p.option_kinds for p in probes)
 
