@@ -521,13 +521,21 @@ def on_latest_settings(cfg: Any, out: Path, personas: int | None, flag: str) -> 
     return BuildConfig.model_validate({**base, **given, "llm": llm})
 
 
+def install_hint(extra: str) -> str:
+    """`pip install -e '.[x]'` in a checkout of the repository, else `pip install 'personaloom[x]'`."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "flows" / "cli.py").is_file():
+        return f"pip install -e '.[{extra}]'"
+    return f"pip install 'personaloom[{extra}]'"
+
+
 def task_runner(runner: str, address: str | None) -> Any:
     """Prefect's Dask or Ray task runner (optional extras), on an existing cluster when `address` is given."""
     if runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
-            raise UserError("--runner dask needs prefect-dask: pip install -e '.[dask]'") from None
+            raise UserError(f"--runner dask needs prefect-dask: {install_hint('dask')}") from None
         import logging
 
         # a local cluster's teardown logs closed-connection tracebacks that mean nothing to the user
@@ -537,7 +545,7 @@ def task_runner(runner: str, address: str | None) -> Any:
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:
-        raise UserError("--runner ray needs prefect-ray: pip install -e '.[ray]'") from None
+        raise UserError(f"--runner ray needs prefect-ray: {install_hint('ray')}") from None
     if address:
         return RayTaskRunner(address=address)
     # a local instance for this build: no dashboard (it triples Ray's start-up here), quiet logs
