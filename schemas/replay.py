@@ -43,6 +43,20 @@ class VarsParams(BaseModel):
     top_m: int = Field(3, ge=1, description="memory items that enter the prompt")
 
 
+class PersonaAgentParams(BaseModel):
+    """PersonaAgent (arXiv 2506.06254): test-time alignment over the latest `batch` interactions, `iterations`
+    rounds of simulate → textual loss → rewrite, after every `every` sessions; `top_k` episodes retrieved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch: int = Field(3, ge=1, description="latest interactions simulated at each alignment (paper: 3)")
+    iterations: int = Field(
+        3, ge=1, description="alignment rounds per update (paper: gains plateau after about 3)"
+    )
+    every: int = Field(3, ge=1, description="sessions between alignments")
+    top_k: int = Field(3, ge=0, description="episodes retrieved from episodic memory into the prompt")
+
+
 class ReplayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -65,9 +79,7 @@ class ReplayConfig(BaseModel):
         2, ge=0, le=4, description="tool call → result → answer rounds per assistant turn"
     )
     retrieve: int = Field(2, ge=0, description="past sessions retrieved into the prompt (rag, learned-rag)")
-    align_n: int = Field(
-        2, ge=1, description="persona-agent: latest interactions simulated at test-time alignment"
-    )
+    persona_agent: PersonaAgentParams = Field(default_factory=PersonaAgentParams)
     judge: bool = Field(True, description="LLM judge ratings and persona similarity")
     judge_mode: Literal["paper", "reference"] = Field(
         "paper",

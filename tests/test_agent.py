@@ -13,16 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from personaloom.agent.agents import (
-    MEMORY_SUMMARY,
-    PERSONA_AGENT_FEEDBACK,
-    PERSONA_AGENT_REWRITE,
-    FeedbackJob,
-    LearnedAgent,
-    RewriteJob,
-    SummaryJob,
-    make_agent,
-)
+from personaloom.agent.agents import LearnedAgent, make_agent
 from personaloom.agent.calls import Caller, agent_calls
 from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, ChatJob
 from personaloom.agent.judge import (
@@ -49,6 +40,16 @@ from personaloom.agent.metrics import (
     text_similarity,
 )
 from personaloom.agent.persona import flatten, golden_at, initial_persona, persona_lines
+from personaloom.agent.persona_agent import (
+    INITIAL_PERSONA,
+    MEMORY_SUMMARY,
+    PERSONA_AGENT_FEEDBACK,
+    PERSONA_AGENT_REWRITE,
+    FeedbackJob,
+    RewriteJob,
+    SummaryJob,
+    episode_of,
+)
 from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.tools import TOOL_EXECUTOR, ToolCall, ToolJob, parse_tool_calls, strip_tool_calls
 from personaloom.agent.updater import FieldUpdate, PersonaUpdater, apply_update, update_due
@@ -207,12 +208,13 @@ def test_every_agent_template_is_one_declared_call_that_renders_its_sample() -> 
 
 def test_failed_answers_fall_back_in_build() -> None:
     """What each call keeps when the model's answer is unusable (no exception reaches the loop)."""
-    start = {**initial_persona(row()), "Preference.Preferred_Styles": "warm"}
-    assert PERSONA_AGENT_REWRITE.build(RewriteJob(start, []), FAILED) == (start, [])
+    assert PERSONA_AGENT_REWRITE.build(RewriteJob(INITIAL_PERSONA, []), FAILED) == INITIAL_PERSONA
+    assert PERSONA_AGENT_REWRITE.build(RewriteJob("old", []), LLMResult(" new \n", " new \n")) == "new"
     assert MEMORY_SUMMARY.build(SummaryJob("- likes jazz", []), FAILED) == "- likes jazz"
     assert MEMORY_SUMMARY.build(SummaryJob(None, []), LLMResult(" - brief \n", " - brief \n")) == "- brief"
     log = SessionLog(3, "Dinner plan", "q", [Message("user", "q", 1)])
-    assert PERSONA_AGENT_FEEDBACK.build(FeedbackJob(log, "draft"), FAILED) == {
+    job = FeedbackJob(INITIAL_PERSONA, episode_of(log, row(3)), "draft")
+    assert PERSONA_AGENT_FEEDBACK.build(job, FAILED) == {
         "index": 3,
         "title": "Dinner plan",
         "feedback": "",

@@ -13,130 +13,35 @@ demographics-only
               that separates what `learned` learns from what it is given
 learned-rag-kK
               the learned persona plus retrieved sessions (persona learning and RAG together)
-persona-agent PersonaAgent: episodic memory (retrieval) + semantic memory (a summary) + a persona
-              rewritten at test time from textual feedback on simulated vs actual interactions
+persona-agent PersonaAgent (persona_agent.py): episodic and semantic memory, a persona prompt that
+              drives tool choice, rewritten at test time from a textual loss against the ground truth
 vars          VARS: a preference memory whose items enter the prompt by base + <z_eff, v_m>,
               with long- and short-term user vectors learned from the satisfaction reward
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from personaloom.agent.calls import Caller
-from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, transcript
+from personaloom.agent.chatbot import CHATBOT, AgentContext
 from personaloom.agent.memory import Embedder, VarsState, satisfaction_reward
 from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of, persona_lines
-from personaloom.agent.sessions import SessionLog, SessionManager, sample_session
+from personaloom.agent.sessions import SessionLog, SessionManager
 from personaloom.agent.tools import TOOL_EXECUTOR
 from personaloom.agent.updater import (
     PERSONA_UPDATE,
-    PersonaUpdate,
     PersonaUpdater,
-    editable,
-    session_views,
     update_due,
-    updated,
 )
 from personaloom.llm.calls import LLMCall
-from personaloom.llm.client import LLMResult
 from personaloom.schemas.records import DatasetRow
-from personaloom.schemas.replay import AgentSettings, ReplayConfig
+from personaloom.schemas.replay import AgentSettings, PersonaField, ReplayConfig
 
 LEARNED = re.compile(r"^learned(-rag)?-k(\d+)$")
-
-# ---------------------------------------------------------------- PersonaAgent's calls
-
-
-class FeedbackJob(NamedTuple):
-    session: SessionLog  # what actually happened
-    simulated: str  # the answer the current persona gives to the session's opening query
-    language: str = "en"  # ISO 639-1 code of the user's language
-
-
-def feedback_item(job: FeedbackJob, res: LLMResult[Any]) -> dict[str, object]:
-    s = job.session
-    return {"index": s.session_index, "title": s.title, "feedback": (res.value or "").strip()}
-
-
-PERSONA_AGENT_FEEDBACK: LLMCall[FeedbackJob, dict[str, object]] = LLMCall(
-    name="agent/persona_agent_feedback",
-    variables=("query", "simulated", "transcript", "satisfied", "language"),
-    render=lambda job: {
-        "query": job.session.query,
-        "simulated": job.simulated,
-        "transcript": transcript(job.session.dialogue()),
-        "satisfied": job.session.satisfied,
-        "language": job.language,
-    },
-    build=feedback_item,
-    response=None,
-    max_tokens=300,
-    role="memory",
-    sample=lambda s: FeedbackJob(
-        sample_session(s.row),
-        "Sure! Here are a few general options, each with the steps to follow.",
-        language_of(s.row),
-    ),
-)
-
-
-class RewriteJob(NamedTuple):
-    persona: FlatPersona
-    feedback: list[dict[str, object]]  # one PERSONA_AGENT_FEEDBACK item per recent session
-    language: str = "en"
-
-
-PERSONA_AGENT_REWRITE: LLMCall[RewriteJob, tuple[FlatPersona, list[str]]] = LLMCall(
-    name="agent/persona_agent_rewrite",
-    variables=("persona", "feedback", "language"),
-    render=lambda job: {"persona": editable(job.persona), "feedback": job.feedback, "language": job.language},
-    build=lambda job, res: updated(job.persona, res),
-    response=PersonaUpdate,
-    max_tokens=700,
-    role="memory",
-    sample=lambda s: RewriteJob(
-        initial_persona(s.row),
-        [
-            {
-                "index": s.row.session_index,
-                "title": s.row.title,
-                "feedback": "The user accepted a plain answer; nothing shows a preference it missed.",
-            }
-        ],
-        language_of(s.row),
-    ),
-)
-
-
-class SummaryJob(NamedTuple):
-    previous: str | None  # the semantic memory so far
-    sessions: list[SessionLog]  # the sessions since the last summary
-    language: str = "en"
-
-
-MEMORY_SUMMARY: LLMCall[SummaryJob, str | None] = LLMCall(
-    name="agent/memory_summary",
-    variables=("previous", "sessions", "language"),
-    render=lambda job: {
-        "previous": job.previous,
-        "sessions": session_views(job.sessions),
-        "language": job.language,
-    },
-    build=lambda job, res: res.value.strip() if res.value else job.previous,  # a failure keeps the old one
-    response=None,
-    max_tokens=300,
-    role="memory",
-    sample=lambda s: SummaryJob(
-        f"- Preferred formats: {golden_at(s.row)['Preference.Preferred_Formats']}",
-        [sample_session(s.row)],
-        language_of(s.row),
-    ),
-)
 
 
 class Agent:
@@ -176,8 +81,17 @@ class Agent:
     async def context(self, row: DatasetRow) -> AgentContext:
         return AgentContext()
 
-    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
-        """Learn from a finished session; the changed paths when the persona was revised, else None."""
+    def snapshot_fields(self) -> list[PersonaField] | None:
+        """What a persona snapshot records of the agent (None: it holds no persona)."""
+        if self.persona is None:
+            return None
+        return [PersonaField(path=p, value=v) for p, v in self.persona.items()]
+
+    async def observe(
+        self, log: SessionLog, position: int, row: DatasetRow | None = None
+    ) -> list[str] | None:
+        """Learn from a finished session (`row`: its dataset row, for what an agent may read once it is
+        over); the changed paths when the persona was revised, else None."""
         await self.sessions.add(log)
         return None
 
@@ -231,7 +145,9 @@ class LearnedAgent(Agent):
     async def context(self, row: DatasetRow) -> AgentContext:
         return AgentContext(persona=self._persona)
 
-    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
+    async def observe(
+        self, log: SessionLog, position: int, row: DatasetRow | None = None
+    ) -> list[str] | None:
         await self.sessions.add(log)
         if not update_due(position, self.k, self.total):
             return None
@@ -254,53 +170,6 @@ class LearnedRagAgent(LearnedAgent):
         return ctx
 
 
-class PersonaAgent(LearnedRagAgent):
-    """Aligns on the learned agent's cadence (the smallest k) so both spend updates alike."""
-
-    CALLS = (PERSONA_AGENT_FEEDBACK, PERSONA_AGENT_REWRITE, MEMORY_SUMMARY)
-    summary: str | None = None
-
-    @classmethod
-    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
-        return {**super().settings(cfg), "align_n": cfg.align_n}
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.chatbot = Chatbot(self.caller, max_tool_rounds=0)
-
-    async def context(self, row: DatasetRow) -> AgentContext:
-        ctx = await super().context(row)
-        ctx.summary = self.summary
-        return ctx
-
-    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
-        await self.sessions.add(log)
-        if not update_due(position, self.k, self.total):
-            return None
-        recent = self.sessions.last(self.cfg.align_n)
-        feedback = await asyncio.gather(*(self._feedback(s) for s in recent))
-        self._persona, changed = await self.caller.run(
-            "align", PERSONA_AGENT_REWRITE, RewriteJob(self._persona, feedback, self.language)
-        )
-        await self._summarize()
-        return changed
-
-    async def _feedback(self, s: SessionLog) -> dict[str, object]:
-        """Simulate the answer the current persona gives.
-
-        Then let the LLM say how it differs from what the user wanted.
-        """
-        ctx = AgentContext(persona=self._persona)
-        simulated = await self.chatbot.draft(ctx, s.query, role="align", language=self.language)
-        return await self.caller.run(
-            "align", PERSONA_AGENT_FEEDBACK, FeedbackJob(s, simulated, self.language)
-        )
-
-    async def _summarize(self) -> None:
-        job = SummaryJob(self.summary, self.sessions.last(self.k), self.language)
-        self.summary = await self.caller.run("memory", MEMORY_SUMMARY, job)
-
-
 class VarsAgent(Agent):
     """Memory items are the user's follow-ups: corrections carry the preferences a first answer missed."""
 
@@ -319,7 +188,9 @@ class VarsAgent(Agent):
         self._selected = self.state.select(await self.embedder.aembed(row.neutralized_query), self.vectors)
         return AgentContext(memory=[self.items[i] for i in self._selected])
 
-    async def observe(self, log: SessionLog, position: int) -> list[str] | None:
+    async def observe(
+        self, log: SessionLog, position: int, row: DatasetRow | None = None
+    ) -> list[str] | None:
         await self.sessions.add(log)
         reward = satisfaction_reward(log.satisfied, log.user_turns, self.cfg.max_user_turns)
         self.state.update([self.vectors[i] for i in self._selected], reward)
@@ -334,7 +205,9 @@ def kind_of(name: str, cfg: ReplayConfig) -> tuple[type[Agent], int]:
     if m := LEARNED.match(name):
         return (LearnedRagAgent if m.group(1) else LearnedAgent), int(m.group(2))
     if name == "persona-agent":
-        return PersonaAgent, min(cfg.ks)
+        from personaloom.agent.persona_agent import PersonaAgent  # it builds on Agent
+
+        return PersonaAgent, cfg.persona_agent.every
     kinds: dict[str, type[Agent]] = {
         "none": Agent,
         "demographics-only": DemographicsAgent,

@@ -51,7 +51,7 @@ class Caller:
 
 def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
     """Every LLM call the reference agent and its simulated world make: one per agent/ template."""
-    from personaloom.agent import agents, chatbot, judge, tools, updater, user_simulator
+    from personaloom.agent import chatbot, judge, persona_agent, tools, updater, user_simulator
 
     return (
         chatbot.CHATBOT,
@@ -62,9 +62,9 @@ def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
         judge.JUDGE_SIMILARITY,
         judge.JUDGE_PAIRWISE,
         updater.PERSONA_UPDATE,
-        agents.PERSONA_AGENT_FEEDBACK,
-        agents.PERSONA_AGENT_REWRITE,
-        agents.MEMORY_SUMMARY,
+        persona_agent.PERSONA_AGENT_FEEDBACK,
+        persona_agent.PERSONA_AGENT_REWRITE,
+        persona_agent.MEMORY_SUMMARY,
     )
 
 

@@ -1,31 +1,41 @@
 """The Personalized Chatbot: answers with the agent's persona, retrieved memory and the scene's APIs.
 
 A reply may hold tool calls (format in tools.py): each goes to the Tool Executor and the chatbot is
-asked again with the results, at most `max_tool_rounds` times; then it must answer without tools.
+asked again with the results, at most `max_tool_rounds` times; then it must answer without tools. An
+agent may add APIs of its own (`AgentContext.extra_apis`, PersonaAgent's personal-data tool): those run
+in the agent (`local_tools`), not in the Tool Executor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from personaloom.agent.calls import Caller
 from personaloom.agent.persona import FlatPersona, golden_at, language_of, persona_lines
 from personaloom.agent.sessions import Message, SessionLog, sample_session
-from personaloom.agent.tools import ToolExecutor, parse_tool_calls, strip_tool_calls
+from personaloom.agent.tools import ToolExecutor, check_call, parse_tool_calls, strip_tool_calls
 from personaloom.llm.calls import LLMCall
 from personaloom.schemas.records import ApiSpec, DatasetRow
 
 NO_ANSWER = "Sorry, I could not produce an answer."
 
 
+LocalTool = Callable[[dict[str, Any]], Awaitable[str]]
+
+
 @dataclass
 class AgentContext:
-    """What an agent puts into the chatbot's system prompt for one session."""
+    """What an agent puts into the chatbot's system prompt for one session (or one turn)."""
 
     persona: FlatPersona | None = None
-    memory: list[str] = field(default_factory=list)
-    summary: str | None = None
+    memory: list[str] = field(default_factory=list)  # retrieved earlier sessions
+    summary: str | None = None  # a semantic memory of the user
+    persona_prompt: str | None = None  # PersonaAgent: the persona, a system prompt the agent rewrites
+    preferences: list[str] = field(default_factory=list)  # VARS: preference notes that enter the prompt
+    extra_apis: list[ApiSpec] = field(default_factory=list)  # the agent's own APIs beside the scene's
+    local_tools: dict[str, LocalTool] = field(default_factory=dict)  # their implementations, by name
 
 
 def transcript(messages: list[Message]) -> list[dict[str, str | None]]:
@@ -44,11 +54,23 @@ class ChatJob(NamedTuple):
 
 CHATBOT: LLMCall[ChatJob, str] = LLMCall(
     name="agent/chatbot",
-    variables=("persona", "memory", "summary", "apis", "tools_left", "transcript", "language"),
+    variables=(
+        "persona",
+        "persona_prompt",
+        "memory",
+        "summary",
+        "preferences",
+        "apis",
+        "tools_left",
+        "transcript",
+        "language",
+    ),
     render=lambda job: {
         "persona": persona_lines(job.ctx.persona),
+        "persona_prompt": job.ctx.persona_prompt,
         "memory": job.ctx.memory,
         "summary": job.ctx.summary,
+        "preferences": job.ctx.preferences,
         "apis": [a.model_dump() for a in job.apis],
         "tools_left": job.tools_left,
         "transcript": transcript(job.messages),
@@ -86,17 +108,22 @@ class Chatbot:
                 return answer
             for call in parsed.calls:
                 log.messages.append(Message("tool_call", call.render(), user_turn, call.name))
-                result, _ok = await self.executor.run(call, row.apis, row.context, language_of(row))
+                local = ctx.local_tools.get(call.name)
+                if local is not None:  # the agent's own API: it answers from its memory, no LLM call
+                    problem = check_call(call, ctx.extra_apis)
+                    result = f"ERROR: {problem}" if problem else await local(call.arguments)
+                else:
+                    result, _ok = await self.executor.run(call, row.apis, row.context, language_of(row))
                 log.messages.append(Message("tool_result", result, user_turn, call.name))
             for err in parsed.errors:
                 log.messages.append(Message("tool_result", f"ERROR: {err}", user_turn))
         raise AssertionError("unreachable: the last round always answers")
 
     async def _ask(self, ctx: AgentContext, row: DatasetRow, log: SessionLog, tools_left: bool) -> str:
-        job = ChatJob(ctx, row.apis, tools_left, log.messages, language_of(row))
+        job = ChatJob(ctx, [*row.apis, *ctx.extra_apis], tools_left, log.messages, language_of(row))
         return await self.caller.run("chatbot", CHATBOT, job)
 
     async def draft(self, ctx: AgentContext, query: str, role: str, language: str = "en") -> str:
-        """A tool-free answer to an opening query alone (PersonaAgent's simulated response)."""
+        """A tool-free answer to an opening query alone (PersonaAgent's simulated response r̂)."""
         job = ChatJob(ctx, [], False, [Message("user", query, 1)], language)
         return strip_tool_calls(await self.caller.run(role, CHATBOT, job))

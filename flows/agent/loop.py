@@ -31,7 +31,6 @@ from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
     MetricRow,
     PairwiseRow,
-    PersonaField,
     ReplayConfig,
     SessionRow,
     SnapshotRow,
@@ -108,9 +107,9 @@ def turn_rows(log: SessionLog, persona_id: str, agent: str) -> list[TurnRow]:
 def snapshot(
     agent: Agent, persona_id: str, after: int, position: int, changed: list[str]
 ) -> SnapshotRow | None:
-    if agent.persona is None:
+    fields = agent.snapshot_fields()
+    if fields is None:
         return None
-    fields = [PersonaField(path=p, value=v) for p, v in agent.persona.items()]
     return SnapshotRow(
         persona_id=persona_id,
         agent=agent.name,
@@ -237,7 +236,7 @@ async def replay_user(
     for position, row in enumerate(rows, start=1):
         started, before = time.perf_counter(), (caller.totals(AGENT_ROLES), caller.totals(EVAL_ROLES))
         log, malformed = await run_session(await agent.context(row), row, world, cfg.max_user_turns)
-        changed = await agent.observe(log, position)
+        changed = await agent.observe(log, position, row)
         revealed |= revealed_to_agent(log, persona_at(row.persona, row.session_index))
         intended |= learnable(row.revealed_fields)
         judged = await _judge(world, row, log, agent.learned_lines(), cfg.judge)
