@@ -207,7 +207,8 @@ class RuleConfig(BaseModel):
 
 
 class NearDupConfig(BaseModel):
-    """MinHash-LSH blocking over word shingles, then rapidfuzz verification of every pair."""
+    """MinHash-LSH blocking over word shingles (and character shingles of short texts and of scripts without
+    spaces, in a second index), then rapidfuzz verification of every pair."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -237,8 +238,38 @@ class NearDupConfig(BaseModel):
         4,
         ge=1,
         le=16,
-        description="characters per shingle for texts mostly in scripts without spaces (Chinese, Japanese, "
-        "Thai): words fail there, so they are shingled and verified on characters",
+        description="characters per shingle in the character index: texts mostly in scripts without spaces "
+        "(Chinese, Japanese, Thai; words fail there, so they are shingled and verified on characters) and "
+        "short texts (char_index_words)",
+    )
+    cjk_shingle_size: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="the same for texts mostly in Chinese or Japanese characters (Han, kana), each worth "
+        "about two letters: 4 of them left a 20-character text too few shingles to find it with 3 edited",
+    )
+    char_index_words: int = Field(
+        20,
+        ge=0,
+        description="texts of at most this many words are also shingled on characters (0: none): one edited "
+        "character changes every word shingle of its word, and a short text has too few for LSH to find it",
+    )
+    # The character index keeps template text: a short text is mostly its template, and pruning it at
+    # max_df left too few shingles to find a copy with 2-3 edited characters (bench/short_edits_bench.py).
+    char_max_df_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="the character index drops shingles found in more than this share of the rows (and more "
+        "than max_df): the script's and the data's common text",
+    )
+    char_edits: int = Field(
+        3,
+        ge=0,
+        description="texts verified on words are also duplicates when at most this many characters differ "
+        "(Levenshtein distance of the normalized texts) and they are `threshold` alike in characters: a word "
+        "score counts one edited character as a whole word (0: words only)",
     )
     verify_on: Literal["words", "chars"] = Field(
         "words",
@@ -262,6 +293,10 @@ class NearDupConfig(BaseModel):
     def max_df_for(self, rows: int) -> int:
         """The document-frequency limit over `rows` rows: max_df, or max_df_share of them if more."""
         return max(self.max_df, math.ceil(self.max_df_share * rows))
+
+    def char_max_df_for(self, rows: int) -> int:
+        """The same limit in the character index: max_df, or char_max_df_share of the rows if more."""
+        return max(self.max_df, math.ceil(self.char_max_df_share * rows))
 
 
 class LangIdConfig(BaseModel):

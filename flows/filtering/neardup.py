@@ -11,7 +11,17 @@ Why each step exists (measured on templated persona queries, see bench/filter_be
 - Groups are the connected components of verified edges; the earliest row of each group is kept.
 - Texts mostly in a script written without spaces (Chinese, Japanese, Thai) have no words to shingle:
   a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`) and
-  verified on characters, in the same LSH index as the others (their shingle hashes are salted apart).
+  verified on characters.
+  Chinese and Japanese characters are worth about two letters each: shingles of `cjk_shingle_size`.
+- Short texts (`char_index_words`) are shingled on characters too, whatever their script: one edited
+  character changes every word shingle holding its word, and a text of 8-20 words has few of those, most of
+  them its template's, pruned as boilerplate; LSH never paired a copy with 2-3 edited characters (recall 0.6
+  on bench/short_edits_bench.py). Character shingles go to a second LSH index (their hashes have the top bit
+  set), whose pruning keeps template text (`char_max_df_share`): in a short text it is most of what there is.
+- A pair of texts in scripts with spaces is also a duplicate when at most `char_edits` characters differ
+  (Levenshtein distance of the normalized texts) and they are `threshold` alike in characters: word scores
+  count one edited character as a whole word (three typos in 8 words score 62), and character scores alone
+  would join rows of one template whose slot values differ in a few short words.
 
 Every step is a function of one part of the rows that the sharded filter (personaloom.filtering.sharded)
 runs shard by shard, joining parts on disk: shingle counts are sorted (shingle, count) arrays that merge
@@ -29,14 +39,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
 
 from personaloom.filtering.normalize import normalize
-from personaloom.filtering.rules import SPACED_WORD, UNSPACED_CHAR, has_unspaced
+from personaloom.filtering.rules import HAN, KANA, SPACED_WORD, UNSPACED_CHAR, has_unspaced
 from personaloom.schemas.filtering import NearDupConfig
 
 _U64 = np.uint64
 _MASK32 = _U64(0xFFFFFFFF)
-_CHAR_SALT = _U64(0xC4A125A17C4A125A)  # keeps character shingles apart from word shingles
+_CHAR_BIT = _U64(1 << 63)  # set in character shingles (the second LSH index), clear in word shingles
+_CHAR_SEED = 2  # the character index's MinHash seed is config.seed + this (band hashes use seed + 1 more)
 _FOLD = _U64(0x9E3779B97F4A7C15)  # odd multiplier folding a band's signature values into one hash
 MAX_ROWS = 1 << 32  # a band entry packs its row number into 32 bits
 VERIFY_CHUNK = 1 << 20  # pairs scored per rapidfuzz call: bounds the index arrays and lists alive at once
@@ -91,10 +103,13 @@ class Texts:
 class Shingled:
     """What near-dup needs of some rows: their shingles (grouped by row) and the text each is verified on."""
 
-    sh: np.ndarray  # uint64 shingle hashes; one row's shingles are contiguous
+    sh: np.ndarray  # uint64 shingle hashes; words', then characters' (`_CHAR_BIT`); a row's are contiguous
     doc: np.ndarray  # int64 row of each shingle (index into the rows shingled)
     texts: Texts  # per row: one character per word, or the row's characters (see `shingle`)
-    n_char: int  # rows shingled on characters
+    n_char: int  # rows written mostly without spaces: shingled and verified on characters only
+    on_words: np.ndarray  # bool per row: verified on words (so also by `char_edits`)
+    chars: np.ndarray  # int64 per row: characters of the normalized text
+    n_char_index: int = 0  # rows in the character index (those above and short texts)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -140,6 +155,18 @@ def char_rows(normalized: pl.Series) -> np.ndarray:
     return (counts["chars"] > counts["words"]).to_numpy() & mixed.to_numpy()
 
 
+def ideographic(normalized: pl.Series, rows: np.ndarray) -> np.ndarray:
+    """Which of some rows (bool mask) are mostly Chinese or Japanese characters (Han, kana), not spaces."""
+    texts = pl.DataFrame({"t": normalized.filter(pl.Series(rows))})
+    counts = texts.select(
+        pl.col("t").str.count_matches(rf"[{HAN}{KANA}]").alias("cjk"),
+        pl.col("t").str.replace_all(" ", "").str.len_chars().alias("chars"),
+    )
+    out = np.zeros(rows.shape[0], dtype=bool)
+    out[rows] = (2 * counts["cjk"] > counts["chars"]).to_numpy()
+    return out
+
+
 def tokenize_chars(normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Character hashes of every row (spaces dropped), flattened, and the number of characters per row."""
     chars = normalized.replace("", None).str.replace_all(" ", "").str.split("")
@@ -178,20 +205,40 @@ def shingle(series: pl.Series, config: NearDupConfig) -> Shingled:
     spaced = series.zip_with(pl.Series(~by_char), blank) if n_char else series
     hashes, lengths = tokenize(spaced)
     sh, doc = word_shingles(hashes, lengths, config.shingle_size)
+    sh &= ~_CHAR_BIT
     texts = Texts.of_words(hashes, lengths)
     del hashes
-    if n_char:  # shingled and verified on characters, spaces dropped
-        unspaced = series.zip_with(pl.Series(by_char), blank)
-        c_hashes, c_lengths = tokenize_chars(unspaced)
-        c_sh, c_doc = word_shingles(c_hashes, c_lengths, config.char_shingle_size)
-        sh, doc = np.concatenate([sh, c_sh ^ _CHAR_SALT]), np.concatenate([doc, c_doc])
-    if n_char or config.verify_on == "chars":
+    in_chars = by_char | ((lengths > 0) & (lengths <= config.char_index_words))
+    n_index = int(in_chars.sum())
+    cjk = ideographic(series, by_char) if n_char else by_char
+    parts = [(sh, doc)]
+    for rows, size in ((in_chars & ~cjk, config.char_shingle_size), (cjk, config.cjk_shingle_size)):
+        if rows.any():  # shingled on characters, spaces dropped
+            listed = series if rows.all() else series.zip_with(pl.Series(rows), blank)
+            c_sh, c_doc = word_shingles(*tokenize_chars(listed), size)
+            parts.append((c_sh | _CHAR_BIT, c_doc))
+    if len(parts) > 1:
+        sh, doc = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if n_char or config.verify_on == "chars":  # verified on characters, spaces dropped
         strings = texts.strings() if config.verify_on == "words" else series.to_list()
         rows = np.flatnonzero(by_char).tolist()
         for i, text in zip(rows, series.gather(rows).to_list(), strict=True):
             strings[i] = text.replace(" ", "")
         texts = Texts.of_strings(strings)
-    return Shingled(sh=sh, doc=doc, texts=texts, n_char=n_char)
+    on_words = ~by_char if config.verify_on == "words" else np.zeros(series.len(), dtype=bool)
+    chars = series.str.len_chars().to_numpy().astype(np.int64)
+    return Shingled(sh, doc, texts, n_char, on_words=on_words, chars=chars, n_char_index=n_index)
+
+
+def split_indexes(sh: np.ndarray, doc: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(shingles, rows) of the word index, then of the character index; a row's shingles stay contiguous."""
+    in_chars = sh >= _CHAR_BIT
+    return [(sh[~in_chars], doc[~in_chars]), (sh[in_chars], doc[in_chars])]
+
+
+def index_seeds(config: NearDupConfig) -> tuple[int, int]:
+    """MinHash seeds of the word index and of the character index."""
+    return config.seed, config.seed + _CHAR_SEED
 
 
 # ---------------------------------------------------------------- document frequency
@@ -237,9 +284,12 @@ def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return values, counts
 
 
-def df_window(counts: np.ndarray, config: NearDupConfig, rows: int) -> np.ndarray:
-    """Which shingles' document frequency is in [min_df, max_df] (the limit for `rows` rows)."""
-    return (counts >= config.min_df) & (counts <= config.max_df_for(rows))
+def df_window(values: np.ndarray, counts: np.ndarray, config: NearDupConfig, rows: int) -> np.ndarray:
+    """Which shingles (`values`, occurring `counts` times) have a document frequency in [min_df, max_df]:
+    the limit for `rows` rows, of the word index or of the character index."""
+    word_limit, char_limit = config.max_df_for(rows), config.char_max_df_for(rows)
+    limit = np.where(values >= _CHAR_BIT, char_limit, word_limit) if word_limit != char_limit else word_limit
+    return (counts >= config.min_df) & (counts <= limit)
 
 
 def keep_shingles(
@@ -384,11 +434,19 @@ def unpack_pairs(codes: np.ndarray) -> np.ndarray:
     return np.stack([(codes >> _U64(32)).astype(np.int64), (codes & _MASK32).astype(np.int64)], axis=1)
 
 
-def lsh_candidates(sig: np.ndarray, rows: np.ndarray, config: NearDupConfig) -> np.ndarray:
-    """Unique candidate pairs as sorted `band_pairs` codes (u << 32 | v, u < v)."""
-    entries = band_entries(sig, rows, config.bands, config.rows, config.seed)
-    codes = [band_pairs(entries[band], config.max_bucket_size) for band in range(config.bands)]
-    return sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.uint64)
+def signatures(sh: np.ndarray, doc: np.ndarray, config: NearDupConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """MinHash signatures and their rows (see `minhash`) in the word index, then in the character index."""
+    parts = zip(split_indexes(sh, doc), index_seeds(config), strict=True)
+    return [minhash(s, d, config.num_perm, seed) for (s, d), seed in parts]
+
+
+def lsh_candidates(signed: list[tuple[np.ndarray, np.ndarray]], config: NearDupConfig) -> np.ndarray:
+    """Unique candidate pairs of both indexes (`signatures`), as sorted `band_pairs` codes (u << 32 | v)."""
+    codes = [np.zeros(0, dtype=np.uint64)]
+    for (sig, rows), seed in zip(signed, index_seeds(config), strict=True):
+        entries = band_entries(sig, rows, config.bands, config.rows, seed)
+        codes += [band_pairs(entries[band], config.max_bucket_size) for band in range(config.bands)]
+    return sorted_unique(np.concatenate(codes))
 
 
 # ---------------------------------------------------------------- verification and groups
@@ -403,21 +461,63 @@ def verify_pairs(strings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return process.cpdist(left, right, scorer=fuzz.ratio, workers=-1, dtype=np.float32).astype(np.float64)
 
 
+@dataclass
+class EditRule:
+    """What `char_edits` needs to know of the rows `strings` holds: which are verified on words, their word
+    count (the length of their word string) and the characters of their normalized text."""
+
+    on_words: np.ndarray  # bool per row
+    words: np.ndarray  # int64 per row
+    chars: np.ndarray  # int64 per row
+    limit: int  # config.char_edits
+
+    def worth_a_look(self, pairs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Which pairs (int64 [pairs, 2] of indices into the rows; their word scores) may be `limit`
+        characters apart: both verified on words, lengths at most `limit` apart, and at most 3 * `limit`
+        word insertions and deletions apart (one character merges or splits two words, or changes one)."""
+        a, b = pairs[:, 0], pairs[:, 1]
+        near = self.on_words[a] & self.on_words[b] & (np.abs(self.chars[a] - self.chars[b]) <= self.limit)
+        indel = (1.0 - scores / 100.0) * (self.words[a] + self.words[b])
+        return near & (indel <= 3 * self.limit + 0.5)
+
+
 def verified_edges(
-    strings: np.ndarray, codes: np.ndarray, threshold: float, at: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    strings: np.ndarray,
+    codes: np.ndarray,
+    threshold: float,
+    at: np.ndarray | None = None,
+    edits: EditRule | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The candidate pairs (`band_pairs` codes) scoring >= threshold, as int64 [edges, 2] row numbers
-    and their scores. `strings` holds each row's text once (`Texts.objects`): a row is in ~15 pairs at 10M
-    rows, and decoding its string per chunk of pairs instead was most of the time. Chunked: only a chunk's
-    pairs and lists exist at once. `at` maps a row number to its index in `strings` (default: the same)."""
+    and their scores, and (with `edits`) the pairs under it that `edits` should look at (row numbers).
+    `strings` holds each row's text once (`Texts.objects`): a row is in ~15 pairs at 10M rows, and decoding
+    its string per chunk of pairs instead was most of the time. Chunked: only a chunk's pairs and lists exist
+    at once. `at` maps a row number to its index in `strings` (default: the same)."""
     edges, scores = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0, dtype=np.float64)]
+    again = [np.zeros((0, 2), dtype=np.int64)]
     for lo in range(0, codes.shape[0], VERIFY_CHUNK):
         pairs = unpack_pairs(codes[lo : lo + VERIFY_CHUNK])
-        score = verify_pairs(strings, pairs if at is None else at[pairs])
+        index = pairs if at is None else at[pairs]
+        score = verify_pairs(strings, index)
         ok = score >= threshold
         edges.append(pairs[ok])
         scores.append(score[ok])
-    return np.concatenate(edges), np.concatenate(scores)
+        if edits is not None and edits.limit:
+            again.append(pairs[~ok][edits.worth_a_look(index[~ok], score[~ok])])
+    return np.concatenate(edges), np.concatenate(scores), np.concatenate(again)
+
+
+def edit_edges(
+    left: list[str], right: list[str], pairs: np.ndarray, threshold: float, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (row numbers; `left`, `right`: their normalized texts) at most `limit` characters apart
+    (Levenshtein) and at least `threshold` alike in characters (rapidfuzz ratio), and that ratio."""
+    if not pairs.shape[0]:
+        return pairs, np.zeros(0, dtype=np.float64)
+    dist = process.cpdist(left, right, scorer=Levenshtein.distance, score_cutoff=limit, workers=-1)
+    ratio = process.cpdist(left, right, scorer=fuzz.ratio, workers=-1, dtype=np.float32).astype(np.float64)
+    ok = (dist <= limit) & (ratio >= threshold)
+    return pairs[ok], ratio[ok]
 
 
 def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -480,19 +580,27 @@ def find_near_duplicates(
 
     t = time.perf_counter()
     values, counts = shingle_counts(part.sh)
-    sh, doc = keep_shingles(part.sh, part.doc, values, df_window(counts, config, n))
+    sh, doc = keep_shingles(part.sh, part.doc, values, df_window(values, counts, config, n))
     timings["df_prune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sig, sig_rows = minhash(sh, doc, config.num_perm, config.seed)
+    signed = signatures(sh, doc, config)
     timings["minhash_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    codes = lsh_candidates(sig, sig_rows, config)
+    codes = lsh_candidates(signed, config)
     timings["lsh_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    edges, scores = verified_edges(part.texts.objects(), codes, config.threshold)
+    rule = EditRule(part.on_words, part.texts.lengths, part.chars, config.char_edits)
+    edges, scores, again = verified_edges(part.texts.objects(), codes, config.threshold, edits=rule)
+    rows = sorted_unique(again.ravel())
+    text = np.empty(n, dtype=object)
+    text[rows] = series.gather(rows).to_list()
+    by_edits, edit_scores = edit_edges(
+        text[again[:, 0]].tolist(), text[again[:, 1]].tolist(), again, config.threshold, config.char_edits
+    )
+    edges, scores = np.concatenate([edges, by_edits]), np.concatenate([scores, edit_scores])
     timings["verify_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -502,11 +610,16 @@ def find_near_duplicates(
     result.stats = {
         "rows": n,
         "char_rows": part.n_char,
+        "char_index_rows": part.n_char_index,
         "shingles": part.sh.shape[0],
         "shingles_kept": sh.shape[0],
         "max_df": config.max_df_for(n),
-        "rows_with_signature": int(sig_rows.shape[0]),
+        "char_max_df": config.char_max_df_for(n),
+        "rows_with_signature": int(signed[0][1].shape[0]),
+        "rows_with_char_signature": int(signed[1][1].shape[0]),
         "candidate_pairs": int(codes.shape[0]),
+        "edit_checked_pairs": int(again.shape[0]),
+        "edit_pairs": int(by_edits.shape[0]),
         "verified_pairs": int(edges.shape[0]),
         "near_duplicates": int((result.dup_of >= 0).sum()),
         **timings,

@@ -57,6 +57,7 @@ SECOND_HASH_SEED = 0x2545F491  # confirms a cross-shard text-hash match (the tex
 DF_BUCKET = 1 << 24  # distinct (shingle, shard) entries merged at once: ~256 MB
 BAND_BUCKET = 1 << 25  # band entries merged and sorted at once: 256 MB
 PAIR_RANGE = 1 << 23  # candidate pairs (of all bands, before dropping repeats) merged at once: 64 MB
+BAND_KINDS = ("bands", "cbands")  # spilled band entries of the word index and of the character index
 
 
 @dataclass
@@ -101,6 +102,12 @@ class Spill:
 
     def sorted_range(self, kind: str, index: int, lo: int, hi: int, row: int = 0) -> np.ndarray:
         return self.read(kind, index, *self.bounds(kind, index, lo, hi, row), row=row)
+
+    def save_texts(self, kind: str, index: int, texts: pl.Series) -> None:
+        pl.DataFrame({"t": texts}).write_ipc(self.folder / f"{kind}-{index:05d}.arrow")
+
+    def load_texts(self, kind: str, index: int) -> pl.Series:
+        return pl.read_ipc((self.folder / f"{kind}-{index:05d}.arrow").read_bytes())["t"]  # not mapped
 
 
 @dataclass
@@ -231,6 +238,9 @@ class ShardedFilter:
         self.spill.save("rows", shard, rows.astype(np.uint32))
         self.spill.save("codes", shard, part.texts.codes)
         self.spill.save("lengths", shard, part.texts.lengths)
+        self.spill.save("on_words", shard, part.on_words)
+        self.spill.save("chars", shard, part.chars)
+        self.spill.save_texts("norm", shard, norm.fill_null(""))  # what `char_edits` compares
 
     # ------------------------------------------------------------ 2. document frequency
 
@@ -247,12 +257,13 @@ class ShardedFilter:
                 for s, cut in enumerate(cuts)
             ]
             values, total = neardup.merge_counts(parts)
-            window = values[neardup.df_window(total, self.config.near_dup, rows)]
+            window = values[neardup.df_window(values, total, self.config.near_dup, rows)]
             for shard, ((mine, _), (start, stop)) in enumerate(zip(parts, cuts, strict=True)):
                 keep[shard][start:stop] = sorted_member(mine, window)
         for shard in range(self.shards):
             self.spill.save("keep", shard, keep[shard])
         self.stats["max_df"] = self.config.near_dup.max_df_for(rows)
+        self.stats["char_max_df"] = self.config.near_dup.char_max_df_for(rows)
 
     # ------------------------------------------------------------ 3. sign
 
@@ -264,70 +275,108 @@ class ShardedFilter:
             self.spill.load("uniq", shard),
             self.spill.load("keep", shard),
         )
-        sig, rows = neardup.minhash(sh, doc.astype(np.int64), nd.num_perm, nd.seed)
+        signed = neardup.signatures(sh, doc.astype(np.int64), nd)
         del sh, doc
-        self.spill.save("bands", shard, neardup.band_entries(sig, rows, nd.bands, nd.rows, nd.seed))
+        for kind, (sig, rows), seed in zip(BAND_KINDS, signed, neardup.index_seeds(nd), strict=True):
+            self.spill.save(kind, shard, neardup.band_entries(sig, rows, nd.bands, nd.rows, seed))
 
     # ------------------------------------------------------------ 4. candidates
 
     def candidates(self) -> np.ndarray:
         """Each band's candidate pairs over all rows, spilled sorted: a band's entries of every shard are
-        merged one key range at a time (a range's entries sorted together group its rows by key).
-        Returns which rows are in some pair."""
+        merged one key range at a time (a range's entries sorted together group its rows by key), in the
+        word index and in the character index. Returns which rows are in some pair."""
         nd = self.config.near_dup
-        total = sum(self.spill.layout["bands", s][1][1] for s in range(self.shards))
         needed = np.zeros(self.n_rows, dtype=bool)
-        for band in range(nd.bands):
-            found = []
-            for lo, hi in hash_ranges(total, BAND_BUCKET):
-                merged = [self.spill.sorted_range("bands", s, lo, hi, row=band) for s in range(self.shards)]
-                found.append(neardup.band_pairs(neardup.merge_sorted(merged), nd.max_bucket_size))
-            codes = neardup.sort_integers(np.concatenate(found))
-            needed[(codes >> np.uint64(32)).astype(np.int64)] = True
-            needed[(codes & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
-            self.spill.save("pairs", band, codes)
-            self.report("lsh", band + 1, nd.bands)
+        for i, kind in enumerate(BAND_KINDS):
+            total = sum(self.spill.layout[kind, s][1][1] for s in range(self.shards))
+            for band in range(nd.bands):
+                found = [np.zeros(0, dtype=np.uint64)]
+                for lo, hi in hash_ranges(total, BAND_BUCKET):
+                    merged = [self.spill.sorted_range(kind, s, lo, hi, row=band) for s in range(self.shards)]
+                    found.append(neardup.band_pairs(neardup.merge_sorted(merged), nd.max_bucket_size))
+                codes = neardup.sort_integers(np.concatenate(found))
+                needed[(codes >> np.uint64(32)).astype(np.int64)] = True
+                needed[(codes & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
+                self.spill.save("pairs", i * nd.bands + band, codes)
+                self.report("lsh", i * nd.bands + band + 1, len(BAND_KINDS) * nd.bands)
         return needed
 
     # ------------------------------------------------------------ 5. verify and group
 
     def link(self, needed: np.ndarray) -> None:
         """Score the candidate pairs on the spilled texts of their rows, one range of first rows at a time
-        (each band's pairs of the range merged, pairs found in several bands scored once); mark every row
-        but the earliest of each group as a near-duplicate of it."""
+        (each band's pairs of the range merged, pairs found in several bands scored once), then the pairs
+        `char_edits` may join on their normalized texts; mark every row but the earliest of each group as a
+        near-duplicate of it."""
         t = time.perf_counter()
-        texts, at = self.texts_of(needed)
-        bands = range(self.config.near_dup.bands)
+        nd = self.config.near_dup
+        texts, at, rule = self.texts_of(needed)
+        bands = range(len(BAND_KINDS) * nd.bands)
         ranges = row_ranges(self.n_rows, sum(self.spill.layout["pairs", b][1][0] for b in bands), PAIR_RANGE)
-        edges, scores = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0)]
+        edges, scores, again = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0)], []
         candidates = 0
         for i, (lo, hi) in enumerate(ranges):
             codes = neardup.sorted_unique(
                 np.concatenate([self.spill.sorted_range("pairs", b, lo, hi) for b in bands]), runs=True
             )
             candidates += codes.shape[0]
-            found, score = neardup.verified_edges(texts, codes, self.config.near_dup.threshold, at)
+            found, score, look = neardup.verified_edges(texts, codes, nd.threshold, at, rule)
             edges.append(found)
             scores.append(score)
+            again.append(look)
             self.report("verify", i + 1, len(ranges))
         del texts, at
-        verified = np.concatenate(edges)
-        dup_of, dup_score = neardup.group_duplicates(self.n_rows, verified, np.concatenate(scores))
+        pairs = np.concatenate(again) if again else np.zeros((0, 2), dtype=np.int64)
+        normalized = self.normalized_of(neardup.sorted_unique(pairs.ravel()))
+        found, score = neardup.edit_edges(
+            [normalized[r] for r in pairs[:, 0].tolist()],
+            [normalized[r] for r in pairs[:, 1].tolist()],
+            pairs,
+            nd.threshold,
+            nd.char_edits,
+        )
+        verified = np.concatenate([*edges, found])
+        dup_of, dup_score = neardup.group_duplicates(self.n_rows, verified, np.concatenate([*scores, score]))
         hit = np.flatnonzero(dup_of >= 0)
         self.verdicts.duplicates(hit, dup_of[hit], dup_score[hit], "near")
         self.verdicts.repoint_exact()
         self.stats.update(
-            candidate_pairs=candidates, verified_pairs=verified.shape[0], verify_s=time.perf_counter() - t
+            candidate_pairs=candidates,
+            edit_checked_pairs=pairs.shape[0],
+            edit_pairs=found.shape[0],
+            verified_pairs=verified.shape[0],
+            verify_s=time.perf_counter() - t,
         )
 
-    def texts_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def texts_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, neardup.EditRule]:
         """The spilled texts of the rows marked in `rows` (bool per row), each decoded once into a Python
-        string (an object array; a shard's code points at a time), and row number -> their index."""
-        parts = []
+        string (an object array; a shard's code points at a time), row number -> their index, and what
+        `char_edits` needs to know of them."""
+        parts, on_words, words, chars = [], [], [], []
         for shard in range(self.shards):
             texts = neardup.Texts(self.spill.load("codes", shard), self.spill.load("lengths", shard))
-            parts.append(texts.take(np.flatnonzero(rows[self.spill.load("rows", shard)])).objects())
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=object), np.cumsum(rows) - 1
+            mine = np.flatnonzero(rows[self.spill.load("rows", shard)])
+            parts.append(texts.take(mine).objects())
+            on_words.append(self.spill.load("on_words", shard)[mine])
+            words.append(texts.lengths[mine])
+            chars.append(self.spill.load("chars", shard)[mine])
+        rule = neardup.EditRule(
+            *(np.concatenate(p) for p in (on_words, words, chars)), limit=self.config.near_dup.char_edits
+        )
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object), np.cumsum(rows) - 1, rule
+
+    def normalized_of(self, rows: np.ndarray) -> dict[int, str]:
+        """The normalized texts of some rows (row numbers, sorted), read from their shards' spill."""
+        out: dict[int, str] = {}
+        for shard in range(self.shards):
+            start, stop = self.bounds(shard)
+            mine = rows[(rows >= start) & (rows < stop)]
+            if mine.shape[0]:
+                local = np.searchsorted(self.spill.load("rows", shard), mine)
+                texts = self.spill.load_texts("norm", shard).gather(local).to_list()
+                out.update(zip(mine.tolist(), texts, strict=True))
+        return out
 
     # ------------------------------------------------------------ 6. write
 
