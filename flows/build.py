@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import orjson
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
@@ -277,6 +278,7 @@ def publish_version(
     stage_seconds: Counter[str],
     plan: Plan | None = None,
     judges: dict[str, JudgeCalibration] | None = None,
+    earlier: dict[str, StageUsage] | None = None,
 ) -> str:
     """Manifest and card into the staging folder, then one rename makes it the next version.
 
@@ -332,7 +334,7 @@ def publish_version(
             prompt_hashes=run.llm.prompts.hashes,
             calls=run.call_manifest(),
             counts=stage_counts(staging, config),
-            usage={s: run.llm.usage.get(s, StageUsage()) for s in REPORTED},
+            usage={s: _merged(earlier or {}, run.llm.usage).get(s, StageUsage()) for s in REPORTED},
             rejection_reasons=dict(sorted(reasons.items())),
             judges=judges or {},
             probe_baselines=probes.baselines(probe_items, judged),
@@ -349,6 +351,7 @@ def publish_version(
         )
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         (staging / "README.md").write_text(dataset_card(manifest))
+        (staging / USAGE_FILE).unlink(missing_ok=True)  # in the manifest now
         store.publish(staging, version)
     return version
 
@@ -417,16 +420,48 @@ async def build_dataset(
             run.timings["endpoint_start"] = time.perf_counter() - entered
             logger.info("building %s with %s into %s", config.dataset, run.endpoint, run.staging)
             started = time.perf_counter()
-            if runner == "local":
-                seconds = await _generate(run)
-            else:
-                seconds = await _generate_remote(run, str(paths.cache), seeds_dir)
-            run.timings["generate"] = time.perf_counter() - started
-            judges = await _judges(run)
-            version = publish_version(run, store, seconds, plan, judges)
+            earlier = _earlier_usage(run.staging)  # what interrupted runs of this build already spent
+            try:
+                if runner == "local":
+                    seconds = await _generate(run)
+                else:
+                    seconds = await _generate_remote(run, str(paths.cache), seeds_dir)
+                run.timings["generate"] = time.perf_counter() - started
+                judges = await _judges(run)
+                version = publish_version(run, store, seconds, plan, judges, earlier)
+            finally:
+                _save_usage(run.staging, _merged(earlier, run.llm.usage))
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version
+
+
+USAGE_FILE = ".usage.json"  # in a staging folder: the LLM usage of this build's interrupted runs
+
+
+def _earlier_usage(staging: Path) -> dict[str, StageUsage]:
+    try:
+        data = orjson.loads((staging / USAGE_FILE).read_bytes())
+        return {s: StageUsage.model_validate(u) for s, u in data.items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_usage(staging: Path, usage: dict[str, StageUsage]) -> None:
+    """Kept for the next run of an interrupted build (a published one's staging is gone)."""
+    if staging.is_dir():
+        try:
+            (staging / USAGE_FILE).write_bytes(orjson.dumps({s: u.model_dump() for s, u in usage.items()}))
+        except OSError:
+            pass  # a full disk: the manifest then counts this run's spend only
+
+
+def _merged(a: dict[str, StageUsage], b: dict[str, StageUsage]) -> dict[str, StageUsage]:
+    out = {}
+    for s in {*a, *b}:
+        x, y = a.get(s, StageUsage()), b.get(s, StageUsage())
+        out[s] = StageUsage(**{k: getattr(x, k) + getattr(y, k) for k in StageUsage.model_fields})
+    return out
 
 
 async def _judges(run: Run[BuildConfig]) -> dict[str, JudgeCalibration]:
@@ -444,6 +479,7 @@ async def _generate(run: Run[BuildConfig]) -> Counter[str]:
     """Every stage into the staging folder; shards run concurrently and share the LLM's limits."""
     llm = run.llm
     progress_sink.usage = lambda: dict(llm.usage)
+    progress_sink.llm = llm  # calls in flight, for the display
     progress_sink.plan(planned_rows(run.config.model_copy(update={"personas": len(new_personas(run))})))
     seconds: Counter[str] = Counter()
 

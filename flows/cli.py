@@ -19,7 +19,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from personaloom import collector
+from personaloom import collector, paths
 from personaloom.errors import EnvironmentFailure, UserError
 from personaloom.schemas.config import BuildConfig, LLMConfig  # pydantic only: --help stays light
 
@@ -521,21 +521,13 @@ def on_latest_settings(cfg: Any, out: Path, personas: int | None, flag: str) -> 
     return BuildConfig.model_validate({**base, **given, "llm": llm})
 
 
-def install_hint(extra: str) -> str:
-    """`pip install -e '.[x]'` in a checkout of the repository, else `pip install 'personaloom[x]'`."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "flows" / "cli.py").is_file():
-        return f"pip install -e '.[{extra}]'"
-    return f"pip install 'personaloom[{extra}]'"
-
-
 def task_runner(runner: str, address: str | None) -> Any:
     """Prefect's Dask or Ray task runner (optional extras), on an existing cluster when `address` is given."""
     if runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
-            raise UserError(f"--runner dask needs prefect-dask: {install_hint('dask')}") from None
+            raise UserError(f"--runner dask needs prefect-dask: {paths.install_hint('dask')}") from None
         import logging
 
         # a local cluster's teardown logs closed-connection tracebacks that mean nothing to the user
@@ -545,7 +537,7 @@ def task_runner(runner: str, address: str | None) -> Any:
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:
-        raise UserError(f"--runner ray needs prefect-ray: {install_hint('ray')}") from None
+        raise UserError(f"--runner ray needs prefect-ray: {paths.install_hint('ray')}") from None
     if address:
         return RayTaskRunner(address=address)
     # a local instance for this build: no dashboard (it triples Ray's start-up here), quiet logs
@@ -972,7 +964,6 @@ def filter_cmd(
     """Run stage 5's filter (rules, exact and near-duplicate removal) on any Parquet of texts (IN: a
     file, or a folder of Parquet parts read in name order)."""
     from personaloom import filter_file
-    from personaloom.progress import stage_reporter
 
     label = "--dest"
     if old_out is not None:  # `--out FOLDER`, before --out meant the output root everywhere
@@ -980,7 +971,6 @@ def filter_cmd(
         dest, label = old_out, "--out"
     output_dir(dest, label)  # one line naming the option given, before any row is read
     # plain lines, never `\r`, when stderr is not a terminal (a log file, CI)
-    filter_file.report = stage_reporter(sys.stderr)
     filter_file.filter_parquet(
         input,
         column=column,
@@ -1321,6 +1311,12 @@ def export(
     folder = DatasetStore(out, name).resolve(version)
     target = dest or Path("exports") / f"{name}-{folder.name}-{fmt}"
     _outside_version(target, folder, f"{name}@{folder.name}")
+    if context_tokens is not None and context_tokens < 1:
+        raise UserError(f"--context-tokens: must be at least 1, got {context_tokens}")
+    if fmt in ITEM_FORMATS and not _has_rows(folder / "probes"):
+        from personaloom.probes import no_probes_message  # before any folder is made for nothing
+
+        raise UserError(no_probes_message(name, folder) + f" (nothing to export as {fmt})")
     output_dir(target, "--dest")
     if fmt in ITEM_FORMATS:
         files = export_items(
@@ -1405,6 +1401,12 @@ def _read_failure(e: Exception) -> str | None:
 
     found = find_damaged()
     return str(found) if found else None
+
+
+def _has_rows(table: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return any(pq.read_metadata(p).num_rows for p in table.glob("part-*.parquet"))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from personaloom.errors import UserError
 from personaloom.filtering import filter_texts
 from personaloom.filtering.engine import FilterOutcome
 from personaloom.filtering.sharded import ShardedFilter, Spill
+from personaloom.progress import stage_reporter
 from personaloom.schemas.filtering import FilterConfig
 from personaloom.store import ParquetAppender, output_dir, write_parquet
 
@@ -113,8 +114,8 @@ def filter_config(
     return FilterConfig.model_validate(cfg.model_dump())
 
 
-def report(stage: str, done: int, total: int) -> None:
-    print(f"\r{stage:<12} {done:>10,}/{total:,}", end="", file=sys.stderr, flush=True)
+# a `\r` line redrawn on a terminal; plain lines every 10 s in a log file (personaloom.progress)
+report = stage_reporter(sys.stderr)
 
 
 def filter_parquet(
@@ -156,7 +157,8 @@ def filter_parquet(
             source, column, cfg, shards, out, id_column=id_column, lang_column=lang_column
         )
         kept = result.counts["kept"]
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)  # end the redrawn line
     reasons = ", ".join(f"{r}={n}" for r, n in result.counts.items() if r != "kept" and n)
     print(
         f"kept {kept:,} of {source.n_rows:,} rows; "

@@ -22,3 +22,10 @@ SEEDS_DIR = Path(_home) / "seeds" if _home else _package_dir("personaloom.seeds"
 SOURCE_ROOT: Path | None = Path(__file__).resolve().parent.parent
 if not (SOURCE_ROOT / ".git").exists() or Path(__file__).resolve().parent.name != "flows":
     SOURCE_ROOT = None
+
+
+def install_hint(extra: str) -> str:
+    """`pip install -e '.[x]'` in a checkout of the repository, else `pip install 'personaloom[x]'`."""
+    if SOURCE_ROOT is not None and (SOURCE_ROOT / "pyproject.toml").is_file():
+        return f"pip install -e '.[{extra}]'"
+    return f"pip install 'personaloom[{extra}]'"

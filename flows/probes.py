@@ -748,12 +748,19 @@ def no_probes_message(dataset: str, version_dir: Path) -> str:
         m = orjson.loads((version_dir / "manifest.json").read_bytes())
     except (OSError, ValueError):
         m = {}
-    planned = sum(t.get("planned", 0) for t in (m.get("probe_yield") or {}).values())
+    table = m.get("probe_yield") or {}
+    planned = sum(t.get("planned", 0) for t in table.values())
+    kept = sum(t.get("kept", 0) for t in table.values())
     if not (m.get("config") or {}).get("probes", True):
         why = "it was built with --no-probes: build a version with probes"
+    elif kept:
+        why = (
+            f"its probes table is missing or empty although its manifest lists {kept} kept items: "
+            f"run `personaloom verify {dataset}@{version_dir.name}`"
+        )
     elif planned:
         reasons: Counter[str] = Counter()
-        for t in m["probe_yield"].values():
+        for t in table.values():
             reasons.update(
                 {k.removeprefix("rejected:"): n for k, n in t.items() if k.startswith("rejected:")}
             )

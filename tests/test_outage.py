@@ -93,3 +93,23 @@ def test_a_key_in_the_url_is_refused_in_one_line(tmp_path: Path, where: str) -> 
     res = run("build", "--personas", "1", "--out", str(tmp_path / "o"), *flag, env=env, timeout=60)
     assert_one_line_error(res, where, "credentials", "OPENAI_API_KEY")
     assert TEST_KEY not in res.stderr + res.stdout and not list((tmp_path / "o").glob("*/v0*"))
+
+
+def test_a_resumed_build_counts_what_the_interrupted_run_spent(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    from personaloom.llm.client import LLMError
+
+    with HostileEndpoint(upstream, ["ok"] * 40, then="500") as flaky:
+        cfg = _cfg(flaky.base_url).model_copy(
+            update={"llm": _cfg(flaky.base_url).llm.model_copy(update={"max_retries": 0})}
+        )
+        with pytest.raises(LLMError):
+            asyncio.run(build_dataset(cfg, out=str(tmp_path)))
+        first = flaky.chat_requests
+        flaky.then = "ok"
+        version = asyncio.run(build_dataset(cfg, out=str(tmp_path)))
+        total = flaky.chat_requests
+    manifest = json.loads((tmp_path / "f" / version / "manifest.json").read_text())
+    calls = sum(u["calls"] for u in manifest["usage"].values())
+    # every request that got a reply is counted once: the interrupted run's 40 and the resumed run's
+    assert calls == 40 + (total - first)
+    assert not (tmp_path / "f" / version / ".usage.json").exists()

@@ -135,7 +135,7 @@ def test_role_settings_for_the_replay_manifest() -> None:
         "judge": ("m-judge", 0.0),
         "memory": ("m-chat", 0.8),
     }
-    assert roles["judge"].calls == ["agent/judge_rating", "agent/judge_similarity"]
+    assert {"agent/judge_rating", "agent/judge_similarity"} <= set(roles["judge"].calls)
     assert sorted(c for s in roles.values() for c in s.calls) == sorted(c.name for c in agent_calls())
 
 

@@ -190,7 +190,13 @@ def test_rebuild_regenerates_the_same_personas_with_another_model(out: Path) -> 
 
 def test_new_rows_are_deduplicated_against_earlier_kept_rows() -> None:
     cat = load_catalogue()
-    old, other = sample_records(cat, index=0), sample_records(cat, index=1)
+    # the sample query is English: two personas who write English, so language ID keeps their rows
+    english = (
+        r
+        for i in range(50)
+        if (r := sample_records(cat, index=i)).persona.persona.Demographics.Interaction_Language == "en"
+    )
+    old, other = next(english), next(english)
     twin = old.persona.model_copy(update={"persona_id": "p000009"})  # the same person under a new index
     twin_scene = old.scene.model_copy(update={"persona_id": "p000009", "scene_id": "p000009-s000"})
     twin_query = old.query.model_copy(

