@@ -168,7 +168,10 @@ class BuildConfig(BaseModel):
     )
     probes: bool = Field(True, description="build evaluation items (probes/) from the kept sessions")
     probes_per_checkpoint: int = Field(
-        2, ge=1, le=7, description="items planned at each kept session of a persona (types by seeded rotation)"
+        2,
+        ge=1,
+        le=7,
+        description="items planned at each kept session of a persona (types by seeded rotation)",
     )
     probe_blind_judge: bool = Field(
         True,
