@@ -31,6 +31,7 @@ from personaloom.llm.client import LLM
 from personaloom.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
+    MemoryCardRow,
     MetricRow,
     PairwiseRow,
     ReplayConfig,
@@ -47,6 +48,7 @@ TABLES = {
     "sessions": SessionRow,
     "turns": TurnRow,
     "snapshots": SnapshotRow,
+    "memory_cards": MemoryCardRow,
     "pairwise": PairwiseRow,
     "metrics": MetricRow,
 }

@@ -29,18 +29,33 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class VarsParams(BaseModel):
-    """VARS: score = base + <β_L·z_L + β_S·z_S, v_m>; z_L learns slowly, z_S fast and decays each session."""
+    """VARS (arXiv 2603.20939, §3.5-3.6, appendix D, tables 10-13): the paper's values by default.
+
+    s(u_t, m) = s₀(u_t, m) + ⟨z_eff, v_m⟩ with z_eff = β_L·z_L + β_S·z_S (mix "beta"), or the convex mix
+    α_mix·z_L + (1-α_mix)·z_S (mix "alpha"); π(m) = softmax(s/τ) over the dense candidates; the top J enter
+    the prompt. REINFORCE: A = g_t(r̂_t - b_U); Δz = η·(A/τ)(v_chosen - μ_t); z_L += Δz_L;
+    z_S ← (1-λ)z_S + Δz_S; b_U ← (1-α)b_U + α·r̂_t; z_S is reset to 0 at each session.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    beta_long: float = 1.0
-    beta_short: float = 1.0
-    eta_long: float = Field(0.1, ge=0)
-    eta_short: float = Field(0.5, ge=0)
-    decay: float = Field(
-        0.5, ge=0, le=1, description="short-term vector kept per session (z_S ← decay·z_S + …)"
+    eta_long: float = Field(1e-2, ge=0, description="η_L, learning rate of the long-term vector z_L")
+    eta_short: float = Field(5e-2, ge=0, description="η_S, learning rate of the short-term vector z_S")
+    decay: float = Field(0.1, ge=0, le=1, description="λ, decay of z_S between turns: z_S ← (1-λ)z_S + Δz_S")
+    baseline_alpha: float = Field(
+        0.05, ge=0, le=1, description="α, EMA coefficient of the reward baseline b_U"
     )
-    top_m: int = Field(3, ge=1, description="memory items that enter the prompt")
+    tau: float = Field(1.0, gt=0, description="τ, temperature of the retrieval policy softmax")
+    beta_long: float = Field(2.0, ge=0, description="β_L, weight of z_L in z_eff")
+    beta_short: float = Field(5.0, ge=0, description="β_S, weight of z_S in z_eff")
+    mix: Literal["beta", "alpha"] = Field(
+        "beta", description="beta: z_eff = β_L z_L + β_S z_S (the paper); alpha: α_mix z_L + (1-α_mix) z_S"
+    )
+    mix_alpha: float = Field(0.5, ge=0, le=1, description="α_mix of the convex mix (mix = alpha)")
+    top_m: int = Field(3, ge=1, description="J, conditional memory cards that enter the prompt (rerank_topk)")
+    dense_top_k: int = Field(64, ge=1, description="K, candidates from dense retrieval (dense_topk)")
+    global_cap: int = Field(10, ge=0, description="global preferences injected directly, at most")
+    item_dim: int = Field(256, ge=1, description="k, dimension of the item and user vectors")
 
 
 class PersonaAgentParams(BaseModel):
@@ -249,6 +264,22 @@ class MetricRow(Record):
     changes_tracked: int | None
     tokens: int = Field(description="agent-side tokens in this session (chatbot, tools, updates)")
     wall_seconds: float
+
+
+class MemoryCardRow(Record):
+    """One VARS memory card (§3.4, appendix J) as it stands at the end of the persona's replay."""
+
+    persona_id: str
+    agent: str
+    card: int = Field(description="0-based order of creation within the persona's replay")
+    condition: str
+    action: str
+    confidence: float
+    note: str = Field(description="When {condition}, {action}. — what enters the prompt")
+    is_global: bool = Field(description="injected into every prompt (up to the cap), not retrieved")
+    source_session: int = Field(description="session_index of the session it was extracted from")
+    source_turns: list[int] = Field(description="1-based user turns of that session that showed it")
+    injected: int = Field(description="turns the card entered the chatbot's prompt")
 
 
 class PairwiseRow(Record):

@@ -28,7 +28,7 @@ from personaloom.agent.judge import (
     parse_winner,
 )
 from personaloom.agent.loop import World, replay_user, run_session
-from personaloom.agent.memory import HashingEmbedder, VarsState, satisfaction_reward
+from personaloom.agent.memory import HashingEmbedder
 from personaloom.agent.metrics import (
     changes_tracked,
     field_similarity,
@@ -62,7 +62,7 @@ from personaloom.paths import PROMPTS_DIR
 from personaloom.samples import sample_records
 from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.records import ApiArgument, ApiSpec, DatasetRow, Persona, PreferenceChange
-from personaloom.schemas.replay import PairwiseRow, ReplayConfig, VarsParams
+from personaloom.schemas.replay import PairwiseRow, ReplayConfig
 from personaloom.testing.fake_openai import FakeOpenAI
 
 
@@ -203,6 +203,7 @@ def test_every_agent_template_is_one_declared_call_that_renders_its_sample() -> 
         "persona_agent_feedback": "memory",
         "persona_agent_rewrite": "memory",
         "memory_summary": "memory",
+        "vars_extract": "memory",
     }
 
 
@@ -910,34 +911,6 @@ def test_demographics_only_agent_knows_demographics_and_never_learns() -> None:
 
 
 # ---------------------------------------------------------------- VARS
-
-
-def test_vars_update_math_by_hand() -> None:
-    p = VarsParams(beta_long=1.0, beta_short=2.0, eta_long=0.1, eta_short=0.5, decay=0.5, top_m=1)
-    s = VarsState(p, 2)
-    v1, v2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-    q = np.array([0.6, 0.8])
-    assert s.select(q, [v1, v2]) == [1]  # base only: 0.6 vs 0.8
-    s.update([v2], reward=-1.0)  # g = v2
-    assert s.z_long.tolist() == pytest.approx([0.0, -0.1]) and s.z_short.tolist() == pytest.approx(
-        [0.0, -0.5]
-    )
-    # z_eff = 1·(0, −0.1) + 2·(0, −0.5) = (0, −1.1): scores 0.6 and 0.8 − 1.1 = −0.3
-    assert s.scores(q, [v1, v2]).tolist() == pytest.approx([0.6, -0.3])
-    assert s.select(q, [v1, v2]) == [0]
-    s.update([v1, v2], reward=1.0)  # g = (0.5, 0.5)
-    assert s.z_long.tolist() == pytest.approx([0.05, -0.05])
-    assert s.z_short.tolist() == pytest.approx([0.25, 0.5 * -0.5 + 0.25])  # decayed, then the new step
-    assert s.z_eff.tolist() == pytest.approx([0.05 + 0.5, -0.05 + 0.0])
-    s.update([], reward=1.0)  # nothing selected: only the short-term decay
-    assert s.z_short.tolist() == pytest.approx([0.125, 0.0]) and s.z_long.tolist() == pytest.approx(
-        [0.05, -0.05]
-    )
-
-
-def test_satisfaction_reward() -> None:
-    assert [satisfaction_reward(True, t, 3) for t in (1, 2, 3)] == [1.0, 0.5, 0.0]
-    assert satisfaction_reward(False, 3, 3) == -1.0
 
 
 def test_hashing_embedder_is_deterministic_and_ranks_overlap() -> None:

@@ -12,15 +12,22 @@ import json
 import re
 from typing import Any
 
+import numpy as np
+import pytest
+
 from personaloom.agent.agents import make_agent
 from personaloom.agent.calls import Caller
-from personaloom.agent.loop import replay_user
+from personaloom.agent.chatbot import Chatbot
+from personaloom.agent.judge import Judge
+from personaloom.agent.loop import World, replay_user, run_session
 from personaloom.agent.memory import HashingEmbedder
 from personaloom.agent.persona_agent import HISTORY_TOOL, INITIAL_PERSONA, PersonaAgent
 from personaloom.agent.sessions import Message, SessionLog
+from personaloom.agent.user_simulator import UserSimulator
+from personaloom.agent.vars import VarsAgent, VarsState, gate, is_global, verdict_reward
 from personaloom.llm.client import LLM
 from personaloom.schemas.config import LLMConfig
-from personaloom.schemas.replay import PersonaAgentParams, ReplayConfig
+from personaloom.schemas.replay import PersonaAgentParams, ReplayConfig, VarsParams
 from personaloom.testing.fake_openai import FakeOpenAI
 from tests.test_agent import row
 
@@ -198,3 +205,157 @@ def test_persona_agent_holds_no_flat_persona_but_is_judged_on_its_prompt() -> No
     lines = {f["path"]: f["value"] for f in agent.learned_lines()}
     assert lines["PersonaAgent.persona_prompt"] == INITIAL_PERSONA and lines["Demographics.Age"] == "34"
     assert agent.episodes[0].ground_truth == "a recipe list" and agent.episodes[0].feedback == []
+
+
+# ---------------------------------------------------------------- VARS
+
+
+def test_vars_defaults_are_the_papers_table_10_to_12() -> None:
+    p = VarsParams()
+    assert (p.eta_long, p.eta_short, p.decay, p.baseline_alpha, p.tau) == (1e-2, 5e-2, 0.1, 0.05, 1.0)
+    assert (p.beta_long, p.beta_short, p.top_m, p.dense_top_k, p.item_dim) == (2.0, 5.0, 3, 64, 256)
+    assert (p.mix, p.global_cap) == ("beta", 10)
+
+
+def test_reinforce_step_delta_z_baseline_and_gate_by_hand() -> None:
+    """Two cards v1 = (1, 0), v2 = (0, 1), base scores s0 = (0.5, 0.2), J = 1, the paper's η, λ, α, τ, β.
+
+    Turn 1: z = 0, so s = s0 and π = softmax(0.5, 0.2) = (0.574443, 0.425557); v1 is chosen; the user is
+    satisfied (r̂ = +1) and the card is relevant (s_max 0.5 > 0.4): g = 0.6, A = 0.6·(1 - 0) = 0.6,
+    v_chosen - μ = (0.425557, -0.425557), Δz_L = 0.01·0.6·that = (0.0025533, -0.0025533),
+    Δz_S = 0.05·0.6·that = (0.0127667, -0.0127667), z_S = 0.9·0 + Δz_S, b = 0.95·0 + 0.05·1 = 0.05.
+    Turn 2: z_eff = 2·z_L + 5·z_S = (0.0689403, -0.0689403), s = (0.5689403, 0.1310597),
+    π = (0.607754, 0.392246); v1 again; the user asks for more (r̂ = -1) and nothing similar was retrieved
+    (s_max 0.1 < 0.2): g = 0.9, A = 0.9·(-1 - 0.05) = -0.945, grad = -0.945·(0.392246, -0.392246),
+    z_L = (0.0025533 - 0.0037067) = -0.0011534, z_S = 0.9·0.0127667 + 0.05·grad = -0.0070436,
+    b = 0.95·0.05 - 0.05 = -0.0025."""
+    s = VarsState(VarsParams(top_m=1), 2)
+    items, base = np.eye(2), np.array([0.5, 0.2])
+    scores = s.scores(base, items)
+    probs = s.policy(scores)
+    assert scores.tolist() == [0.5, 0.2] and probs.tolist() == pytest.approx([0.574443, 0.425557], abs=1e-6)
+    chosen = s.select(scores)
+    assert chosen == [0] and gate(verdict_reward(True), 0.5) == 0.6
+    step = s.update(items, chosen, probs, reward=1.0, gate=0.6)
+    assert step.advantage == pytest.approx(0.6)
+    assert step.delta_long.tolist() == pytest.approx([0.0025533, -0.0025533], abs=1e-7)
+    assert step.delta_short.tolist() == pytest.approx([0.0127667, -0.0127667], abs=1e-7)
+    assert s.z_short.tolist() == pytest.approx(step.delta_short.tolist()) and s.baseline == pytest.approx(
+        0.05
+    )
+
+    assert s.z_eff.tolist() == pytest.approx([0.0689403, -0.0689403], abs=1e-7)
+    scores = s.scores(base, items)
+    probs = s.policy(scores)
+    assert scores.tolist() == pytest.approx([0.5689403, 0.1310597], abs=1e-7)
+    assert probs.tolist() == pytest.approx([0.607754, 0.392246], abs=1e-6)
+    assert gate(verdict_reward(False), 0.1) == 0.9
+    step = s.update(items, s.select(scores), probs, reward=-1.0, gate=0.9)
+    assert step.advantage == pytest.approx(-0.945)
+    assert s.z_long.tolist() == pytest.approx([-0.0011534, 0.0011534], abs=1e-7)
+    assert s.z_short.tolist() == pytest.approx([-0.0070436, 0.0070436], abs=1e-7)
+    assert s.baseline == pytest.approx(-0.0025)
+
+    # no chosen card, or an advantage of 0: no step, the baseline stays
+    assert s.update(items, [], probs, reward=1.0, gate=0.6) is None
+    s.baseline = 1.0
+    assert s.update(items, [0], probs, reward=1.0, gate=0.6) is None and s.baseline == 1.0
+    s.new_session()
+    assert s.z_short.tolist() == [0.0, 0.0] and s.z_long.tolist() != [0.0, 0.0]  # z_S resets, z_L persists
+
+
+def test_gate_is_table_13() -> None:
+    assert gate(-1.0, 0.1) == 0.9  # retrieval failure
+    assert gate(-1.0, 0.6) == 0.2  # LLM failure
+    assert gate(-1.0, 0.3) == 0.5  # in between: neutral
+    assert gate(1.0, 0.41) == 0.6 and gate(1.0, 0.4) == 0.3  # retrieval helped / no retrieval help
+    assert gate(0.0, 0.9) == 0.5
+
+
+def test_alpha_mix_is_the_option() -> None:
+    s = VarsState(VarsParams(mix="alpha", mix_alpha=0.25), 2)
+    s.z_long, s.z_short = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    assert s.z_eff.tolist() == [0.25, 0.75]
+    s.params = VarsParams()
+    assert s.z_eff.tolist() == [2.0, 5.0]
+
+
+def test_global_preferences_by_the_papers_rule() -> None:
+    assert is_global("general") and is_global("always") and is_global("for any request")
+    assert is_global("replies") and not is_global("math")  # under three words, no domain term
+    assert not is_global("planning dinner meals") and not is_global("company offsite planning")
+
+
+class VarsWorld:
+    """Extraction finds a global and a conditional preference; the user is satisfied at the second answer."""
+
+    def __init__(self) -> None:
+        self.systems: list[str] = []
+
+    def __call__(self, body: dict) -> str | None:
+        system, user = _system(body), _user(body)
+        if system.startswith("You are a preference extraction assistant"):
+            assert "USER (turn 2): Shorter, with prices." in user
+            prefs = [
+                {
+                    "condition": "general",
+                    "action": "answer in short bullet lists",
+                    "confidence": 0.9,
+                    "turns": [2],
+                },
+                {
+                    "condition": "planning dinner meals",
+                    "action": "include prices",
+                    "confidence": 0.7,
+                    "turns": [2, 5],
+                },
+            ]
+            return json.dumps({"preferences": prefs})
+        if "personalized AI assistant" in system:
+            self.systems.append(system)
+            return "Here is a plan."
+        if "role-play" in system:
+            return "<Satisfied>" if user.count("ASSISTANT:") >= 2 else "<Continue> Shorter, with prices."
+        return None
+
+
+def test_vars_agent_extracts_cards_injects_them_and_learns_per_turn() -> None:
+    world = VarsWorld()
+    cfg = ReplayConfig(dataset="d", agents=["vars"], judge=False)
+    data = [r.model_copy(update={"apis": []}) for r in rows(3)]
+    with FakeOpenAI(responder=world) as fake:
+
+        async def go(llm: LLM) -> Any:
+            agent = make_agent("vars", Caller(llm, "vars", "p1"), cfg, data[0], 3, HashingEmbedder())
+            world_ = World(
+                agent.caller, Chatbot(agent.caller, 0), UserSimulator(agent.caller), Judge(agent.caller)
+            )
+            z_short_at_start = []
+            for position, r in enumerate(data, start=1):
+                ctx = await agent.context(r)
+                z_short_at_start.append(float(np.abs(agent.state.z_short).sum()))
+                log, _ = await run_session(ctx, r, world_, 3, agent)
+                await agent.observe(log, position, r)
+            return agent, z_short_at_start
+
+        agent, z_short_at_start = run(with_llm(fake, go))
+    assert isinstance(agent, VarsAgent)
+    assert z_short_at_start == [0.0, 0.0, 0.0]  # reset at each session start
+    global_note, cond_note = (
+        "When general, answer in short bullet lists.",
+        "When planning dinner meals, include prices.",
+    )
+    assert [global_note in s for s in world.systems] == [False, False, True, True, True, True]
+    assert [cond_note in s for s in world.systems] == [False, False, True, True, True, True]
+    # session 1 had no card: no step; sessions 2 and 3: turn 1 (-1, asked for more), turn 2 (+1, satisfied)
+    assert [st.reward for st in agent.steps] == [-1.0, 1.0, -1.0, 1.0]
+    assert agent.state.baseline == pytest.approx(
+        (((0.95 * 0 - 0.05) * 0.95 + 0.05) * 0.95 - 0.05) * 0.95 + 0.05
+    )
+    cards = agent.memory_cards("p1")
+    assert [(c.condition, c.action, c.is_global, c.source_session, c.source_turns) for c in cards] == [
+        ("general", "answer in short bullet lists", True, 0, [2]),
+        ("planning dinner meals", "include prices", False, 0, [2]),  # turn 5 does not exist: dropped
+    ]
+    assert [c.injected for c in cards] == [2, 4] and cards[0].confidence == 0.9
+    assert len(agent.cards) == 2  # the same notes extracted again are not added twice

@@ -66,6 +66,14 @@ def responder(body: dict) -> str | None:
         return "<analysis>close</analysis><rating>6 ; 5</rating>"
     if "two responses from AI assistants" in system:  # pair-wise: prefers the answer shown first
         return "<analysis>first</analysis><winner>1</winner>"
+    if system.startswith("You are a preference extraction assistant"):  # VARS' memory cards
+        pref = {
+            "condition": "planning my week",
+            "action": "use bullet lists",
+            "confidence": 0.8,
+            "turns": [2],
+        }
+        return json.dumps({"preferences": [pref]})
     if "maintain a profile" in system:
         return json.dumps(
             {
@@ -194,6 +202,18 @@ def test_replay_every_agent(out: Path) -> None:
     pa_m = metrics.filter(pl.col("agent") == "persona-agent")
     assert pa_m["field_similarity"].is_null().all() and (pa_m["judge_consistency"] == 6.0).all()
 
+    # VARS: its memory cards, one per note and persona, from the session where the user asked for them
+    cards = pl.read_parquet(run_dir / "memory_cards" / "*.parquet")
+    assert set(cards["agent"]) == {"vars"} and len(cards) == n_personas
+    assert cards.select("condition", "action", "confidence", "is_global", "source_turns").rows()[0] == (
+        "planning my week",
+        "use bullet lists",
+        0.8,
+        False,
+        [2],
+    )
+    assert (cards["source_session"] == 0).all() and (cards["injected"] > 0).all()
+
     # the summary: one row per agent, like Table 1
     summary = (run_dir / "summary.md").read_text()
     table1 = summary.split("| Agent |")[1].split("\n\n")[0]  # the first table, up to its blank line
@@ -218,6 +238,14 @@ def test_replay_every_agent(out: Path) -> None:
     }
     assert all(len(h) == 16 for a in settings.values() for h in a["calls"].values())
     assert settings["rag"]["settings"]["retrieve"] == 2
+    vars_settings = settings["vars"]["settings"]
+    assert (vars_settings["eta_long"], vars_settings["eta_short"], vars_settings["beta_short"]) == (
+        0.01,
+        0.05,
+        5.0,
+    )
+    assert "agent/vars_extract" in settings["vars"]["calls"]
+    assert settings["persona-agent"]["settings"]["iterations"] == 3
 
     # Fig. 4: each learned-kK against golden on every session, both orders; a judge that always picks
     # Response 1 gives ½ (the order swap cancels its position bias)

@@ -15,8 +15,8 @@ learned-rag-kK
               the learned persona plus retrieved sessions (persona learning and RAG together)
 persona-agent PersonaAgent (persona_agent.py): episodic and semantic memory, a persona prompt that
               drives tool choice, rewritten at test time from a textual loss against the ground truth
-vars          VARS: a preference memory whose items enter the prompt by base + <z_eff, v_m>,
-              with long- and short-term user vectors learned from the satisfaction reward
+vars          VARS (vars.py): preference cards {condition, action, confidence} retrieved by
+              s0 + <z_eff, v_m>, long- and short-term user vectors learned by REINFORCE
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
-
 from personaloom.agent.calls import Caller
 from personaloom.agent.chatbot import CHATBOT, AgentContext
-from personaloom.agent.memory import Embedder, VarsState, satisfaction_reward
+from personaloom.agent.memory import Embedder
 from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of, persona_lines
 from personaloom.agent.sessions import SessionLog, SessionManager
 from personaloom.agent.tools import TOOL_EXECUTOR
@@ -39,7 +37,7 @@ from personaloom.agent.updater import (
 )
 from personaloom.llm.calls import LLMCall
 from personaloom.schemas.records import DatasetRow
-from personaloom.schemas.replay import AgentSettings, PersonaField, ReplayConfig
+from personaloom.schemas.replay import AgentSettings, MemoryCardRow, PersonaField, ReplayConfig
 
 LEARNED = re.compile(r"^learned(-rag)?-k(\d+)$")
 
@@ -79,7 +77,20 @@ class Agent:
         return persona_lines(self.persona) if self.persona is not None else None
 
     async def context(self, row: DatasetRow) -> AgentContext:
+        """What the chatbot gets at the start of a session."""
         return AgentContext()
+
+    async def turn_context(self, ctx: AgentContext, log: SessionLog, turn: int) -> AgentContext:
+        """What the chatbot gets for user turn `turn` (the session's context, unless the agent retrieves per
+        turn, as VARS does)."""
+        return ctx
+
+    async def after_turn(self, log: SessionLog, turn: int, satisfied: bool) -> None:
+        """The user's verdict on the answer of turn `turn` (VARS learns from it)."""
+
+    def memory_cards(self, persona_id: str) -> list[MemoryCardRow]:
+        """The agent's preference memory, for the run's `memory_cards` table (VARS only)."""
+        return []
 
     def snapshot_fields(self) -> list[PersonaField] | None:
         """What a persona snapshot records of the agent (None: it holds no persona)."""
@@ -170,36 +181,6 @@ class LearnedRagAgent(LearnedAgent):
         return ctx
 
 
-class VarsAgent(Agent):
-    """Memory items are the user's follow-ups: corrections carry the preferences a first answer missed."""
-
-    @classmethod
-    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
-        return {**super().settings(cfg), **cfg.vars.model_dump()}
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.state = VarsState(self.cfg.vars, self.embedder.dim)
-        self.items: list[str] = []
-        self.vectors: list[np.ndarray] = []
-        self._selected: list[int] = []
-
-    async def context(self, row: DatasetRow) -> AgentContext:
-        self._selected = self.state.select(await self.embedder.aembed(row.neutralized_query), self.vectors)
-        return AgentContext(memory=[self.items[i] for i in self._selected])
-
-    async def observe(
-        self, log: SessionLog, position: int, row: DatasetRow | None = None
-    ) -> list[str] | None:
-        await self.sessions.add(log)
-        reward = satisfaction_reward(log.satisfied, log.user_turns, self.cfg.max_user_turns)
-        self.state.update([self.vectors[i] for i in self._selected], reward)
-        for text in log.follow_ups:
-            self.items.append(text)
-            self.vectors.append(await self.embedder.aembed(text))
-        return None
-
-
 def kind_of(name: str, cfg: ReplayConfig) -> tuple[type[Agent], int]:
     """The class behind an agent name of the run, and its update cadence k (1 when it has none)."""
     if m := LEARNED.match(name):
@@ -208,12 +189,15 @@ def kind_of(name: str, cfg: ReplayConfig) -> tuple[type[Agent], int]:
         from personaloom.agent.persona_agent import PersonaAgent  # it builds on Agent
 
         return PersonaAgent, cfg.persona_agent.every
+    if name == "vars":
+        from personaloom.agent.vars import VarsAgent
+
+        return VarsAgent, 1
     kinds: dict[str, type[Agent]] = {
         "none": Agent,
         "demographics-only": DemographicsAgent,
         "golden": GoldenAgent,
         "rag": RagAgent,
-        "vars": VarsAgent,
     }
     if name not in kinds:
         raise ValueError(f"unknown agent {name!r}")

@@ -51,7 +51,7 @@ class Caller:
 
 def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
     """Every LLM call the reference agent and its simulated world make: one per agent/ template."""
-    from personaloom.agent import chatbot, judge, persona_agent, tools, updater, user_simulator
+    from personaloom.agent import chatbot, judge, persona_agent, tools, updater, user_simulator, vars
 
     return (
         chatbot.CHATBOT,
@@ -65,6 +65,7 @@ def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
         persona_agent.PERSONA_AGENT_FEEDBACK,
         persona_agent.PERSONA_AGENT_REWRITE,
         persona_agent.MEMORY_SUMMARY,
+        vars.VARS_EXTRACT,
     )
 
 

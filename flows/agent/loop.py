@@ -29,6 +29,7 @@ from personaloom.drift import persona_at
 from personaloom.llm.client import LLM
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
+    MemoryCardRow,
     MetricRow,
     PairwiseRow,
     ReplayConfig,
@@ -44,6 +45,7 @@ class ReplayOutputs:
     turns: list[TurnRow] = field(default_factory=list)
     snapshots: list[SnapshotRow] = field(default_factory=list)
     metrics: list[MetricRow] = field(default_factory=list)
+    memory_cards: list[MemoryCardRow] = field(default_factory=list)
     pairwise: list[PairwiseRow] = field(default_factory=list)
 
     def extend(self, other: ReplayOutputs) -> None:
@@ -51,6 +53,7 @@ class ReplayOutputs:
         self.turns += other.turns
         self.snapshots += other.snapshots
         self.metrics += other.metrics
+        self.memory_cards += other.memory_cards
         self.pairwise += other.pairwise
 
 
@@ -65,21 +68,25 @@ class World:
 
 
 async def run_session(
-    ctx: AgentContext, row: DatasetRow, world: World, max_user_turns: int
+    ctx: AgentContext, row: DatasetRow, world: World, max_user_turns: int, agent: Agent | None = None
 ) -> tuple[SessionLog, int]:
     """(the session, malformed verdicts).
 
-    The user opens with the neutralized query; at most `max_user_turns` turns.
+    The user opens with the neutralized query; at most `max_user_turns` turns. `agent`, when given, may
+    change the context per turn and hears each verdict (VARS retrieves and learns per turn).
     """
     log = SessionLog(
         row.session_index, row.title, row.neutralized_query, [Message("user", row.neutralized_query, 1)]
     )
     malformed = 0
     for turn in range(1, max_user_turns + 1):
-        await world.chatbot.respond(ctx, row, log, turn)
+        turn_ctx = await agent.turn_context(ctx, log, turn) if agent is not None else ctx
+        await world.chatbot.respond(turn_ctx, row, log, turn)
         log.user_turns = turn
         verdict = await world.user.judge(row, log, turns_left=max_user_turns - turn)
         malformed += verdict.malformed
+        if agent is not None:
+            await agent.after_turn(log, turn, verdict.satisfied)
         if verdict.satisfied:
             log.satisfied = True
             break
@@ -235,7 +242,7 @@ async def replay_user(
     intended: set[str] = set()  # what the generator meant the (personalized) queries to reveal
     for position, row in enumerate(rows, start=1):
         started, before = time.perf_counter(), (caller.totals(AGENT_ROLES), caller.totals(EVAL_ROLES))
-        log, malformed = await run_session(await agent.context(row), row, world, cfg.max_user_turns)
+        log, malformed = await run_session(await agent.context(row), row, world, cfg.max_user_turns, agent)
         changed = await agent.observe(log, position, row)
         revealed |= revealed_to_agent(log, persona_at(row.persona, row.session_index))
         intended |= learnable(row.revealed_fields)
@@ -259,6 +266,7 @@ async def replay_user(
                 len(intended),
             )
         )
+    out.memory_cards = agent.memory_cards(pid)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Embeddings and the memories built on them: episodic retrieval and the VARS user vectors.
+"""Embeddings and the episodic memory built on them (VARS' user vectors are in vars.py).
 
 The default embedding is a hashing vectorizer in numpy: deterministic, offline, no model to download,
 and good enough to rank a user's own past sessions by shared words, in any script: words are Unicode
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from personaloom.languages import WORD
-from personaloom.schemas.replay import VarsParams
 
 if TYPE_CHECKING:
     from personaloom.llm.client import LLM
@@ -115,54 +114,3 @@ class EpisodicMemory:
         if not self.vectors or k <= 0:
             return []
         return [self.texts[i] for i in top_k(await self.embedder.aembed(query), self.vectors, k)]
-
-
-@dataclass
-class VarsState:
-    """VARS user vectors over a preference memory.
-
-    score(m) = base(m) + <z_eff, v_m>, z_eff = β_L·z_L + β_S·z_S, base = cosine(query, v_m).
-    After a session with reward r (from the user's satisfaction) and selected items S:
-    g = mean of v_m over S;  z_L ← z_L + η_L·r·g;  z_S ← decay·z_S + η_S·r·g.
-    The long-term vector accumulates slowly; the short-term one reacts fast and fades.
-    """
-
-    params: VarsParams
-    dim: int
-    z_long: np.ndarray = field(init=False)
-    z_short: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.z_long = np.zeros(self.dim)
-        self.z_short = np.zeros(self.dim)
-
-    @property
-    def z_eff(self) -> np.ndarray:
-        return self.params.beta_long * self.z_long + self.params.beta_short * self.z_short
-
-    def scores(self, query: np.ndarray, items: list[np.ndarray]) -> np.ndarray:
-        if not items:
-            return np.zeros(0)
-        v = np.stack(items)
-        return v @ query + v @ self.z_eff
-
-    def select(self, query: np.ndarray, items: list[np.ndarray]) -> list[int]:
-        s = self.scores(query, items)
-        return [int(i) for i in np.argsort(-s, kind="stable")[: self.params.top_m]]
-
-    def update(self, selected: list[np.ndarray], reward: float) -> None:
-        g = np.mean(np.stack(selected), axis=0) if selected else np.zeros(self.dim)
-        self.z_long = self.z_long + self.params.eta_long * reward * g
-        self.z_short = self.params.decay * self.z_short + self.params.eta_short * reward * g
-
-
-def satisfaction_reward(satisfied: bool, user_turns: int, max_turns: int) -> float:
-    """Scalar reward: +1 satisfied at once, −1 never satisfied.
-
-    In between, falling linearly to 0 when satisfied at the last turn.
-    """
-    if not satisfied:
-        return -1.0
-    if max_turns <= 1:
-        return 1.0
-    return 1.0 - (user_turns - 1) / (max_turns - 1)
