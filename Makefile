@@ -6,6 +6,9 @@ OUT     ?= output
 DATASET ?= demo
 PERSONAS ?= 3
 SCENES  ?= 4
+# the embedded 270M model writes English only: a demo of personas who write in English keeps its rows
+# through stage 5's language check (LANGUAGES= builds every language the locales speak)
+LANGUAGES ?= en
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: build test lint bench clean local-llm replay serve server sample gc
@@ -27,7 +30,7 @@ $(VENV)/.local: $(VENV)/.core
 	touch $@
 
 build: $(VENV)/.local
-	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --sessions $(SCENES) --out $(OUT)
+	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --sessions $(SCENES) --out $(OUT) $(if $(LANGUAGES),--languages $(LANGUAGES))
 
 replay: $(VENV)/.local
 	$(BIN)/personaloom replay $(DATASET) --agents none,demographics-only,golden,learned,rag,persona-agent,vars --k 3 --out $(OUT)
