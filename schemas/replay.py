@@ -264,6 +264,13 @@ class MetricRow(Record):
     changes_tracked: int | None
     tokens: int = Field(description="agent-side tokens in this session (chatbot, tools, updates)")
     wall_seconds: float
+    user_tokens: int = Field(
+        0, description="word tokens the user wrote in the session, the opening included (user effort)"
+    )
+    corrections: int = Field(
+        0, description="answers the user rejected (<Continue>), the last one at the turn cap included"
+    )
+    timeout: bool = Field(False, description="the session used every user turn without satisfying the user")
 
 
 class MemoryCardRow(Record):
@@ -312,6 +319,14 @@ class SummaryRow(BaseModel):
     revealed_held: float | None
     changes_tracked: float | None
     tokens_per_session: float
+    success: float = Field(0.0, description="share of sessions ending with the user satisfied")
+    first_answer_success: float = Field(0.0, description="share satisfied by the first answer")
+    timeout: float = Field(0.0, description="share of sessions that used every turn unsatisfied")
+    user_tokens: float = Field(0.0, description="mean word tokens the user wrote per session")
+    corrections: float = Field(0.0, description="mean answers rejected per session")
+    success_per_1k_user_tokens: float | None = Field(
+        None, description="satisfied sessions per 1,000 user tokens (VARS' interaction efficiency)"
+    )
 
 
 class GroupRate(BaseModel):

@@ -35,6 +35,7 @@ from personaloom.agent.metrics import (
     position_groups,
     revealed_held,
     revealed_to_agent,
+    summarize,
     summarize_pairs,
     summary_markdown,
     text_similarity,
@@ -833,6 +834,37 @@ def test_revealed_held_scores_what_the_agent_saw_not_the_generators_intent() -> 
     assert [(m.revealed_seen, m.revealed_held, m.revealed_intended) for m in golden] == [(1, 1, 2), (1, 1, 2)]
     assert [(m.revealed_seen, m.revealed_held) for m in metrics["none"]] == [(1, None), (1, None)]
     assert [(m.revealed_seen, m.revealed_held) for m in metrics["demographics-only"]] == [(1, 0), (1, 0)]
+
+
+def test_interaction_efficiency_per_session_and_agent() -> None:
+    """VARS' MultiSessionCollab metrics: success, timeout, user effort (turns, tokens, corrections)."""
+
+    def responder(body: dict) -> str | None:
+        system, user = _system(body), _user(body)
+        if "personalized AI assistant" in system:
+            return "Here is a plan."
+        if "role-play" in system:
+            if "Plan my week" in user:  # never satisfied: a timeout after 3 turns
+                return "<Continue> No, shorter please."
+            return "<Satisfied>"
+        return None
+
+    rows = [row(0), row(1).model_copy(update={"neutralized_query": "Plan my week."})]
+    with FakeOpenAI(responder=responder) as fake:
+        cfg = ReplayConfig(dataset="d", judge=False)
+        out = run(with_llm(fake, lambda llm: replay_user(rows, "none", llm, cfg, HashingEmbedder())))
+    first, second = out.metrics
+    assert (first.satisfied, first.timeout, first.corrections, first.user_tokens) == (True, False, 0, 4)
+    # "plan my week" + 2 × "no shorter please" (the third follow-up is never sent)
+    assert (second.satisfied, second.timeout, second.corrections, second.user_tokens) == (False, True, 3, 9)
+    (r,) = summarize(out.metrics, ["none"])
+    assert (r.success, r.first_answer_success, r.timeout, r.utterances) == (0.5, 0.5, 0.5, 2.0)
+    assert (r.user_tokens, r.corrections, r.success_per_1k_user_tokens) == (6.5, 1.5, round(1000 / 13, 2))
+    text = summary_markdown("t", [r])
+    assert (
+        "## Interaction efficiency" in text
+        and "| none | 0.50 | 0.50 | 0.50 | 2.00 | 6.5 | 1.50 | 76.92 |" in text
+    )
 
 
 def test_change_tracking() -> None:

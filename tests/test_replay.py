@@ -220,6 +220,18 @@ def test_replay_every_agent(out: Path) -> None:
     table = [line for line in table1.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in table] == NAMES
     assert "Helpfulness" in summary and "Utterances" in summary
+    # interaction efficiency: every agent's row; the scripted user is satisfied at the second answer
+    efficiency = summary.split("## Interaction efficiency")[1].split("\n\n")[1]
+    eff_rows = [line.split("|")[1:-1] for line in efficiency.splitlines()[2:]]
+    assert [r[0].strip() for r in eff_rows] == NAMES
+    assert {tuple(c.strip() for c in r[1:5]) + (r[6].strip(),) for r in eff_rows} == {
+        ("1.00", "0.00", "0.00", "2.00", "1.00")
+    }
+    assert (
+        (metrics["corrections"] == 1).all()
+        and (metrics["user_tokens"] > 0).all()
+        and not metrics["timeout"].any()
+    )
     assert table[0].split("|")[2].strip() == "7.00"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["agents"] == NAMES and manifest["sessions"] == len(metrics) and manifest["personas"] == 2

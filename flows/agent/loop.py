@@ -14,7 +14,7 @@ from personaloom.agent.agents import Agent, make_agent
 from personaloom.agent.calls import AGENT_ROLES, EVAL_ROLES, Caller
 from personaloom.agent.chatbot import AgentContext, Chatbot
 from personaloom.agent.judge import Judge, Rating, Similarity, pair_score
-from personaloom.agent.memory import Embedder
+from personaloom.agent.memory import Embedder, tokens
 from personaloom.agent.metrics import (
     changes_tracked,
     field_similarity,
@@ -150,6 +150,7 @@ def metric_row(
     tokens: int,
     wall: float,
     intended: int,
+    max_user_turns: int = 3,
 ) -> MetricRow:
     """`revealed`: fields revealed to this agent so far (seen text); `intended`: the generator's count."""
     rating, sim = judged
@@ -182,7 +183,16 @@ def metric_row(
         changes_tracked=tracked,
         tokens=tokens,
         wall_seconds=round(wall, 4),
+        user_tokens=user_tokens(log),
+        corrections=log.user_turns - int(log.satisfied),
+        timeout=not log.satisfied and log.user_turns >= max_user_turns,
     )
+
+
+def user_tokens(log: SessionLog) -> int:
+    """User effort in tokens: word tokens (Unicode words, character bigrams in unspaced scripts) of every
+    message the user wrote in the session."""
+    return sum(len(tokens(m.content)) for m in log.messages if m.role == "user")
 
 
 def session_row(
@@ -264,6 +274,7 @@ async def replay_user(
                 srow.agent_prompt_tokens + srow.agent_completion_tokens,
                 wall,
                 len(intended),
+                cfg.max_user_turns,
             )
         )
     out.memory_cards = agent.memory_cards(pid)

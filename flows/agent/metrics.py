@@ -142,9 +142,21 @@ def summarize(metrics: list[MetricRow], agents: list[str]) -> list[SummaryRow]:
                 revealed_held=_share([m.revealed_held for m in ms], [m.revealed_seen for m in ms]),
                 changes_tracked=_share([m.changes_tracked for m in ms], [m.changes_due for m in ms]),
                 tokens_per_session=round(fmean(m.tokens for m in ms), 1),
+                success=round(fmean(float(m.satisfied) for m in ms), 3),
+                first_answer_success=round(fmean(float(m.satisfied and m.utterances == 1) for m in ms), 3),
+                timeout=round(fmean(float(m.timeout) for m in ms), 3),
+                user_tokens=round(fmean(m.user_tokens for m in ms), 1),
+                corrections=round(fmean(m.corrections for m in ms), 3),
+                success_per_1k_user_tokens=_per_1k(
+                    sum(m.satisfied for m in ms), sum(m.user_tokens for m in ms)
+                ),
             )
         )
     return rows
+
+
+def _per_1k(successes: int, user_tokens: int) -> float | None:
+    return round(1000 * successes / user_tokens, 2) if user_tokens else None
 
 
 def position_groups(last: int, n: int = 3) -> list[tuple[int, int]]:
@@ -221,9 +233,35 @@ def summary_markdown(
         "persona alone; learned-rag-kK: the persona and retrieved sessions. – : the agent holds no persona, "
         "or no judge score could be parsed.",
     ]
+    lines += _efficiency_markdown(rows)
     if pairs:
         lines += _pairs_markdown(pairs)
     return "\n".join(lines) + "\n"
+
+
+def _efficiency_markdown(rows: list[SummaryRow]) -> list[str]:
+    lines = [
+        "",
+        "## Interaction efficiency (as VARS reports on MultiSessionCollab)",
+        "",
+        "| Agent | Success | First-answer success | Timeout ↓ | User turns ↓ | User tokens ↓ | Corrections ↓ "
+        "| Success / 1k user tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.agent} | {r.success:.2f} | {r.first_answer_success:.2f} | {r.timeout:.2f} "
+            f"| {r.utterances:.2f} | {r.user_tokens:.1f} | {r.corrections:.2f} "
+            f"| {_cell(r.success_per_1k_user_tokens)} |"
+        )
+    lines += [
+        "",
+        "Success: sessions that end with the user satisfied. Timeout: sessions that use every user turn "
+        "without it. User turns, tokens (word tokens of everything the user wrote, the opening included) and "
+        "corrections (answers the user rejected) are means per session: the user's effort. One row per agent "
+        "and, for learned and learned-rag, per k.",
+    ]
+    return lines
 
 
 JUDGES = {
