@@ -19,6 +19,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from personaloom.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import spawn_fake
@@ -27,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 apply_prefect_defaults()
 
-AGENTS = ["none", "golden", "learned", "rag", "persona-agent", "vars"]
+AGENTS = ["none", "demographics-only", "golden", "learned", "learned-rag", "rag", "persona-agent", "vars"]
 
 
-def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurrency: int) -> dict[str, float]:
+def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurrency: int) -> dict[str, Any]:
     from personaloom.build import build_dataset
     from personaloom.replay import replay_dataset
     from personaloom.schemas.config import BuildConfig, LLMConfig
@@ -52,7 +53,19 @@ def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurre
     wall = time.perf_counter() - started
     m = json.loads((run_dir / "manifest.json").read_text())
     calls = sum(u["calls"] for u in m["usage_by_role"].values())
-    return {"wall": wall, "flow": m["seconds"], "sessions": m["sessions"], "calls": calls}
+    sessions = {r["agent"]: r["sessions"] for r in m["summary"]}
+    # LLM calls per session of each agent: its own, its world's (user simulator, tools) and its judging;
+    # "pairwise" is Fig. 4's judge, per session it compares
+    per_agent = {
+        a: u["calls"] / sessions.get(a, max(sessions.values())) for a, u in m["usage_by_agent"].items()
+    }
+    return {
+        "wall": wall,
+        "flow": m["seconds"],
+        "sessions": m["sessions"],
+        "calls": calls,
+        "per_agent": per_agent,
+    }
 
 
 def main() -> None:
@@ -93,6 +106,10 @@ def main() -> None:
         f"{t['calls']:.0f} calls in {t['flow']:.2f} s "
         f"= {rate:.1f} calls/s = {rate / limit:.2f} × the limit {limit:.0f} calls/s; "
         f"{t['sessions'] / t['flow']:.1f} sessions/s"
+    )
+    print(
+        "LLM calls per session (agent, its world and its judge): "
+        + ", ".join(f"{a} {c:.1f}" for a, c in o["per_agent"].items())
     )
     print(
         f"reproduce: .venv/bin/python bench/replay_bench.py --personas {args.personas} "
