@@ -10,18 +10,20 @@ Why each step exists (measured on templated persona queries, see bench/filter_be
   template siblings together and dropped 19-56% of unique rows.
 - Groups are the connected components of verified edges; the earliest row of each group is kept.
 - Texts mostly in a script written without spaces (Chinese, Japanese, Thai) have no words to shingle:
-  a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`) and
-  verified on characters.
-  Chinese and Japanese characters are worth about two letters each: shingles of `cjk_shingle_size`.
+  a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`; a Chinese
+  or Japanese character is worth about two letters: `cjk_shingle_size`) and verified on characters.
 - Short texts (`char_index_words`) are shingled on characters too, whatever their script: one edited
-  character changes every word shingle holding its word, and a text of 8-20 words has few of those, most of
-  them its template's, pruned as boilerplate; LSH never paired a copy with 2-3 edited characters (recall 0.6
-  on bench/short_edits_bench.py). Character shingles go to a second LSH index (their hashes have the top bit
-  set), whose pruning keeps template text (`char_max_df_share`): in a short text it is most of what there is.
+  character changes every word shingle holding its word, a text of 8 words has 7 of them, and in templated
+  data most are its template's, pruned as boilerplate. At 300,000 rows LSH paired 0.85-0.90 of 8-word copies
+  with 1-3 edited characters with their row (bench/short_edits_bench.py). Character shingles go to a second
+  LSH index (their hashes have the top bit set) whose pruning keeps template text (`char_max_df_share`):
+  in a short text it is most of what there is, and with it LSH pairs 0.999 or more of them.
 - A pair of texts in scripts with spaces is also a duplicate when at most `char_edits` characters differ
-  (Levenshtein distance of the normalized texts) and they are `threshold` alike in characters: word scores
-  count one edited character as a whole word (three typos in 8 words score 62), and character scores alone
-  would join rows of one template whose slot values differ in a few short words.
+  (Levenshtein distance of the normalized texts) and they are `threshold` alike in characters. Word scores
+  count one edited character as a whole word (two typos in 8 words score 75: 0.6 of the copies with 1-3
+  edited characters were found), and character scores alone would join rows of one template whose slot
+  values differ in a few short words (86% alike or more: 57,939 such pairs among the candidates of
+  bench/filter_bench.py at 1,000,000 rows).
 
 Every step is a function of one part of the rows that the sharded filter (personaloom.filtering.sharded)
 runs shard by shard, joining parts on disk: shingle counts are sorted (shingle, count) arrays that merge
@@ -214,9 +216,9 @@ def shingle(series: pl.Series, config: NearDupConfig) -> Shingled:
     parts = [(sh, doc)]
     for rows, size in ((in_chars & ~cjk, config.char_shingle_size), (cjk, config.cjk_shingle_size)):
         if rows.any():  # shingled on characters, spaces dropped
-            listed = series if rows.all() else series.zip_with(pl.Series(rows), blank)
+            listed = series if rows.all() else series.filter(pl.Series(rows))
             c_sh, c_doc = word_shingles(*tokenize_chars(listed), size)
-            parts.append((c_sh | _CHAR_BIT, c_doc))
+            parts.append((c_sh | _CHAR_BIT, c_doc if rows.all() else np.flatnonzero(rows)[c_doc]))
     if len(parts) > 1:
         sh, doc = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if n_char or config.verify_on == "chars":  # verified on characters, spaces dropped

@@ -6,14 +6,16 @@ Rows keep their global number (input order) throughout, and every step is the in
 
 1. screen, shard by shard: rules; exact duplicates against a table of the first occurrence of every
    text hash seen so far (earlier shards) and within the shard; the survivors' shingles, their counts and
-   the texts they are verified on are spilled to disk.
+   the texts they are verified on (and their normalized text, for `char_edits`) are spilled to disk.
 2. document frequency: every shard's sorted (shingle, count) arrays are merged one hash range at a time;
    each shard gets back the shingles whose global frequency is in [min_df, max_df].
-3. sign, shard by shard: MinHash of the kept shingles -> LSH band entries (band key, row), sorted, spilled.
+3. sign, shard by shard: MinHash of the kept shingles -> LSH band entries (band key, row), sorted, spilled,
+   of the word index and of the character index.
 4. candidates, band by band (and key range by key range): the shards' sorted entries are merged, and rows
    sharing a key become candidate pairs, across shards as within one.
 5. verify, one range of first rows at a time: the range's pairs of every band merged (a pair found in
-   several bands is scored once), scored on the spilled texts of the rows in pairs; components over all rows.
+   several bands is scored once), scored on the spilled texts of the rows in pairs; then the few pairs a
+   few characters may join, on the normalized texts of their rows; components over all rows.
 6. write, shard by shard: language ID of the rows left, kept and rejected rows with reason and dup_of.
 
 Memory is one shard's working set, arrays over all rows (verdicts, ~50 bytes a row), the verification
