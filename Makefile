@@ -33,7 +33,7 @@ build: $(VENV)/.local
 	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --sessions $(SCENES) --out $(OUT) $(if $(LANGUAGES),--languages $(LANGUAGES))
 
 replay: $(VENV)/.local
-	$(BIN)/personaloom replay $(DATASET) --agents none,demographics-only,golden,learned,rag,persona-agent,vars --k 3 --out $(OUT)
+	$(BIN)/personaloom replay $(DATASET) --agents none,demographics-only,golden,learned,rag,learned-rag,persona-agent,vars --k 3 --out $(OUT)
 
 # skeletons only (no LLM, no key): preview and audit the attribute mix of a build
 SAMPLE  ?= 1000

@@ -1082,7 +1082,10 @@ def replay(
     spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
     agents: Annotated[
         str,
-        typer.Option(help="comma list of none, demographics-only, golden, learned, rag, persona-agent, vars"),
+        typer.Option(
+            help="comma list of none, golden, learned, rag, demographics-only, learned-rag, persona-agent, "
+            "vars"
+        ),
     ] = "none,golden,learned",
     k: Annotated[
         str, typer.Option("--k", help="learned persona update every k sessions; a list sweeps, e.g. 1,3,5")
@@ -1099,6 +1102,22 @@ def replay(
         int | None, typer.Option(help="personas per shard task", show_default="as in build")
     ] = None,
     judge: Annotated[bool, flag("judge", "LLM judge ratings and persona similarity")] = True,
+    judge_mode: Annotated[
+        str,
+        typer.Option(
+            "--judge-mode",
+            help="paper: AI Persona's rating prompt (persona, query, answer); reference: the judge also sees "
+            "the scene's reference answer",
+        ),
+    ] = "paper",
+    pairwise: Annotated[
+        str | None,
+        typer.Option(
+            help="agent pairs A:B the judge compares on every session, both orders (Fig. 4), e.g. "
+            "learned-k3:golden,vars:golden; none for no comparison",
+            show_default="each learned-kK against golden",
+        ),
+    ] = None,
     embedding_model: Annotated[
         str | None,
         typer.Option(
@@ -1132,6 +1151,12 @@ def replay(
         personas=personas,
         shard_size=shard_size,
         judge=judge,
+        judge_mode=judge_mode,
+        pairwise=None
+        if pairwise is None
+        else []
+        if pairwise.strip() == "none"
+        else [p.strip() for p in pairwise.split(",") if p.strip()],
         run=run,
         embedding_model=embedding_model,
     )

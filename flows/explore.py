@@ -32,13 +32,23 @@ LABEL_CHARS = 30
 KIND_COLORS = {"common": "#4C72B0", "specific": "#DD8452", "revisit": "#55A868"}
 # Replay metric columns drawn as learning curves, in this order, when present; any other numeric
 # column whose name contains "similarity" is added too, so a renamed or new similarity score still shows.
-CURVE_METRICS = ("persona_similarity", "field_similarity", "utterances", "helpfulness", "personalization")
+CURVE_METRICS = (
+    "persona_similarity",
+    "field_similarity",
+    "utterances",
+    "helpfulness",
+    "personalization",
+    "user_tokens",
+    "corrections",
+)
 METRIC_LABELS = {
     "persona_similarity": "persona similarity (fields, 0–1)",
     "field_similarity": "persona similarity (fields, 0–1)",
     "utterances": "user utterances to satisfaction ↓",
     "helpfulness": "helpfulness (judge, 0–10)",
     "personalization": "personalization (judge, 0–10)",
+    "user_tokens": "user tokens per session ↓",
+    "corrections": "answers rejected per session ↓",
 }
 
 
@@ -287,9 +297,8 @@ def replay_summary(run: ReplayView) -> pl.DataFrame:
     lf = _replay_metrics(run)
     if lf is None:
         return pl.DataFrame()
-    extra = (
-        [pl.col("satisfied").cast(pl.Float64).mean()] if "satisfied" in lf.collect_schema().names() else []
-    )
+    names = lf.collect_schema().names()
+    extra = [pl.col(c).cast(pl.Float64).mean() for c in ("satisfied", "timeout") if c in names]
     table = (
         lf.group_by("agent")
         .agg(pl.col(metric_columns(lf)).mean(), *extra, pl.len().alias("sessions"))
