@@ -261,6 +261,16 @@ output was empty or invalid; `answerability` there means no judge verdict was ap
 Rejection reasons:
 {reasons}
 {judges}
+## What the skeletons are and are not
+
+Persona skeletons are drawn from the seed tables, whose sources `seeds/README.md` names (names and surname
+forms by gender, religious composition, migration corridors, qualification ages, life events checked
+against each person's status and history). MBTI types follow the US national-sample shares published by the
+Myers-Briggs organisation in every locale, age and gender, and formality, verbosity, proactivity and
+emotional tone are drawn uniformly and independently of locale, age, gender, MBTI and one another: no
+public survey measures them for people writing to an assistant, so differences in these fields between
+groups of this dataset are not findings.
+
 ## Languages
 
 Each persona writes to the assistant in one language (`persona.Demographics.Interaction_Language`, drawn
