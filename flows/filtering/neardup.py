@@ -469,8 +469,8 @@ class EditRule:
     count (the length of their word string) and the characters of their normalized text."""
 
     on_words: np.ndarray  # bool per row
-    words: np.ndarray  # int64 per row
-    chars: np.ndarray  # int64 per row
+    words: np.ndarray  # integers per row
+    chars: np.ndarray  # integers per row
     limit: int  # config.char_edits
 
     def worth_a_look(self, pairs: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -478,8 +478,9 @@ class EditRule:
         characters apart: both verified on words, lengths at most `limit` apart, and at most 3 * `limit`
         word insertions and deletions apart (one character merges or splits two words, or changes one)."""
         a, b = pairs[:, 0], pairs[:, 1]
-        near = self.on_words[a] & self.on_words[b] & (np.abs(self.chars[a] - self.chars[b]) <= self.limit)
-        indel = (1.0 - scores / 100.0) * (self.words[a] + self.words[b])
+        gap = np.abs(self.chars[a].astype(np.int64) - self.chars[b])
+        near = self.on_words[a] & self.on_words[b] & (gap <= self.limit)
+        indel = (1.0 - scores / 100.0) * (self.words[a].astype(np.int64) + self.words[b])
         return near & (indel <= 3 * self.limit + 0.5)
 
 

@@ -6,7 +6,7 @@ Rows keep their global number (input order) throughout, and every step is the in
 
 1. screen, shard by shard: rules; exact duplicates against a table of the first occurrence of every
    text hash seen so far (earlier shards) and within the shard; the survivors' shingles, their counts and
-   the texts they are verified on (and their normalized text, for `char_edits`) are spilled to disk.
+   the texts they are verified on are spilled to disk.
 2. document frequency: every shard's sorted (shingle, count) arrays are merged one hash range at a time;
    each shard gets back the shingles whose global frequency is in [min_df, max_df].
 3. sign, shard by shard: MinHash of the kept shingles -> LSH band entries (band key, row), sorted, spilled,
@@ -15,7 +15,8 @@ Rows keep their global number (input order) throughout, and every step is the in
    sharing a key become candidate pairs, across shards as within one.
 5. verify, one range of first rows at a time: the range's pairs of every band merged (a pair found in
    several bands is scored once), scored on the spilled texts of the rows in pairs; then the few pairs a
-   few characters may join, on the normalized texts of their rows; components over all rows.
+   few characters may join (`char_edits`), on their rows' normalized texts (read and normalized again);
+   components over all rows.
 6. write, shard by shard: language ID of the rows left, kept and rejected rows with reason and dup_of.
 
 Memory is one shard's working set, arrays over all rows (verdicts, ~50 bytes a row), the verification
@@ -46,6 +47,7 @@ from personaloom.filtering.engine import (
     exact_duplicates,
     split_rows,
 )
+from personaloom.filtering.normalize import normalize
 from personaloom.schemas.filtering import FilterConfig
 
 # Reads rows [start, stop) of the input: the given columns, or all columns for None.
@@ -104,12 +106,6 @@ class Spill:
 
     def sorted_range(self, kind: str, index: int, lo: int, hi: int, row: int = 0) -> np.ndarray:
         return self.read(kind, index, *self.bounds(kind, index, lo, hi, row), row=row)
-
-    def save_texts(self, kind: str, index: int, texts: pl.Series) -> None:
-        pl.DataFrame({"t": texts}).write_ipc(self.folder / f"{kind}-{index:05d}.arrow")
-
-    def load_texts(self, kind: str, index: int) -> pl.Series:
-        return pl.read_ipc((self.folder / f"{kind}-{index:05d}.arrow").read_bytes())["t"]  # not mapped
 
 
 @dataclass
@@ -241,8 +237,7 @@ class ShardedFilter:
         self.spill.save("codes", shard, part.texts.codes)
         self.spill.save("lengths", shard, part.texts.lengths)
         self.spill.save("on_words", shard, part.on_words)
-        self.spill.save("chars", shard, part.chars)
-        self.spill.save_texts("norm", shard, norm.fill_null(""))  # what `char_edits` compares
+        self.spill.save("chars", shard, part.chars.astype(np.int32))
 
     # ------------------------------------------------------------ 2. document frequency
 
@@ -361,7 +356,7 @@ class ShardedFilter:
             mine = np.flatnonzero(rows[self.spill.load("rows", shard)])
             parts.append(texts.take(mine).objects())
             on_words.append(self.spill.load("on_words", shard)[mine])
-            words.append(texts.lengths[mine])
+            words.append(texts.lengths[mine].astype(np.int32))
             chars.append(self.spill.load("chars", shard)[mine])
         rule = neardup.EditRule(
             *(np.concatenate(p) for p in (on_words, words, chars)), limit=self.config.near_dup.char_edits
@@ -369,15 +364,15 @@ class ShardedFilter:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object), np.cumsum(rows) - 1, rule
 
     def normalized_of(self, rows: np.ndarray) -> dict[int, str]:
-        """The normalized texts of some rows (row numbers, sorted), read from their shards' spill."""
+        """The normalized texts of some rows (row numbers, sorted), read again from the input: they are few,
+        and spilling every row's would have added a quarter to the spill."""
         out: dict[int, str] = {}
         for shard in range(self.shards):
             start, stop = self.bounds(shard)
             mine = rows[(rows >= start) & (rows < stop)]
             if mine.shape[0]:
-                local = np.searchsorted(self.spill.load("rows", shard), mine)
-                texts = self.spill.load_texts("norm", shard).gather(local).to_list()
-                out.update(zip(mine.tolist(), texts, strict=True))
+                texts = self.read(start, stop, [self.column])[self.column].gather(mine - start)
+                out.update(zip(mine.tolist(), normalize(texts).fill_null("").to_list(), strict=True))
         return out
 
     # ------------------------------------------------------------ 6. write
