@@ -238,22 +238,29 @@ class NearDupConfig(BaseModel):
         4,
         ge=1,
         le=16,
-        description="characters per shingle in the character index: texts mostly in scripts without spaces "
-        "(Chinese, Japanese, Thai; words fail there, so they are shingled and verified on characters) and "
-        "short texts (char_index_words)",
+        description="characters per shingle for texts shingled on characters: short texts, and texts mostly "
+        "in scripts without spaces (Chinese, Japanese, Thai; words fail there, so they are shingled and "
+        "verified on characters)",
     )
     cjk_shingle_size: int = Field(
         2,
         ge=1,
         le=16,
-        description="the same for texts mostly in Chinese or Japanese characters (Han, kana), each worth "
-        "about two letters: 4 of them left a 20-character text too few shingles to find it with 3 edited",
+        description="the same for short texts mostly in Chinese or Japanese characters (Han, kana), each "
+        "worth about two letters: 4 of them left a 20-character text too few shingles to find it 3 edited",
     )
     char_index_words: int = Field(
         20,
         ge=0,
-        description="texts of at most this many words are also shingled on characters (0: none): one edited "
-        "character changes every word shingle of its word, and a short text has too few for LSH to find it",
+        description="texts of at most this many words are also shingled on characters, in a second index "
+        "(0: none): one edited character changes every word shingle of its word, and a short text has too "
+        "few for LSH to find it",
+    )
+    char_index_chars: int = Field(
+        150,
+        ge=0,
+        description="texts in scripts without spaces of at most this many characters (spaces dropped) are in "
+        "the second index too (longer ones only in the word index, with its pruning)",
     )
     # The character index keeps template text: a short text is mostly its template, and pruning it at
     # max_df left too few shingles to find a copy with 2-3 edited characters (bench/short_edits_bench.py).

@@ -147,3 +147,15 @@ def test_a_short_chinese_text_with_three_edited_characters() -> None:
     ]
     result = find_near_duplicates([base, *others, copy], NearDupConfig(min_df=1))
     assert result.dup_of.tolist() == [-1, -1, -1, 0]
+
+
+def test_long_texts_without_spaces_stay_in_the_word_index_and_pair_across_the_limit() -> None:
+    """Over char_index_chars a text is only in the word index (its common character shingles would pair it
+    with thousands in the character index); a copy just over the limit of a row just under it is paired."""
+    words = _bench().SCRIPTS["zh"].words
+    base = "".join(words)[:149]
+    copy = base[:40] + "唐" + base[40:90] + "鑫" + base[90:] + "娜"  # 3 characters inserted: 152
+    other = "".join(reversed(words))[:149]
+    result = find_near_duplicates([base, other, copy], NearDupConfig(min_df=1))
+    assert result.dup_of.tolist() == [-1, -1, 0]
+    assert result.stats["char_rows"] == 3 and result.stats["char_index_rows"] == 2

@@ -10,14 +10,16 @@ Why each step exists (measured on templated persona queries, see bench/filter_be
   template siblings together and dropped 19-56% of unique rows.
 - Groups are the connected components of verified edges; the earliest row of each group is kept.
 - Texts mostly in a script written without spaces (Chinese, Japanese, Thai) have no words to shingle:
-  a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`; a Chinese
-  or Japanese character is worth about two letters: `cjk_shingle_size`) and verified on characters.
-- Short texts (`char_index_words`) are shingled on characters too, whatever their script: one edited
-  character changes every word shingle holding its word, a text of 8 words has 7 of them, and in templated
-  data most are its template's, pruned as boilerplate. At 300,000 rows LSH paired 0.85-0.90 of 8-word copies
-  with 1-3 edited characters with their row (bench/short_edits_bench.py). Character shingles go to a second
-  LSH index (their hashes have the top bit set) whose pruning keeps template text (`char_max_df_share`):
-  in a short text it is most of what there is, and with it LSH pairs 0.999 or more of them.
+  a whole sentence would be one "word". They are shingled on characters (`char_shingle_size`) and
+  verified on characters; in the word index (their hashes salted apart), with its pruning.
+- Short texts (`char_index_words`, `char_index_chars`) are also shingled on characters in a second LSH index
+  (their hashes have the top bit set), whatever their script: one edited character changes every word
+  shingle holding its word, a text of 8 words has 7 of them, and in templated data most are its template's,
+  pruned as boilerplate. At 300,000 rows LSH paired 0.85-0.90 of 8-word copies with 1-3 edited characters
+  with their row (bench/short_edits_bench.py). The second index's pruning keeps template text
+  (`char_max_df_share`): in a short text it is most of what there is, and with it LSH pairs 0.999 or more of
+  them; a Chinese or Japanese character is worth about two letters (shingles of `cjk_shingle_size`). Long
+  texts stay out of it: their common character shingles would pair each with thousands of others.
 - A pair of texts in scripts with spaces is also a duplicate when at most `char_edits` characters differ
   (Levenshtein distance of the normalized texts) and they are `threshold` alike in characters. Word scores
   count one edited character as a whole word (two typos in 8 words score 75: 0.6 of the copies with 1-3
@@ -50,6 +52,7 @@ from personaloom.schemas.filtering import NearDupConfig
 _U64 = np.uint64
 _MASK32 = _U64(0xFFFFFFFF)
 _CHAR_BIT = _U64(1 << 63)  # set in character shingles (the second LSH index), clear in word shingles
+_CHAR_SALT = _U64(0x44A125A17C4A125A)  # keeps long texts' character shingles apart from words (word index)
 _CHAR_SEED = 2  # the character index's MinHash seed is config.seed + this (band hashes use seed + 1 more)
 _FOLD = _U64(0x9E3779B97F4A7C15)  # odd multiplier folding a band's signature values into one hash
 MAX_ROWS = 1 << 32  # a band entry packs its row number into 32 bits
@@ -157,6 +160,15 @@ def char_rows(normalized: pl.Series) -> np.ndarray:
     return (counts["chars"] > counts["words"]).to_numpy() & mixed.to_numpy()
 
 
+def unspaced_length(normalized: pl.Series, rows: np.ndarray) -> np.ndarray:
+    """Characters of some rows (bool mask), spaces dropped; 0 for the others."""
+    out = np.zeros(rows.shape[0], dtype=np.int64)
+    if rows.any():
+        texts = normalized.filter(pl.Series(rows)).str.replace_all(" ", "")
+        out[rows] = texts.str.len_chars().to_numpy()
+    return out
+
+
 def ideographic(normalized: pl.Series, rows: np.ndarray) -> np.ndarray:
     """Which of some rows (bool mask) are mostly Chinese or Japanese characters (Han, kana), not spaces."""
     texts = pl.DataFrame({"t": normalized.filter(pl.Series(rows))})
@@ -210,15 +222,24 @@ def shingle(series: pl.Series, config: NearDupConfig) -> Shingled:
     sh &= ~_CHAR_BIT
     texts = Texts.of_words(hashes, lengths)
     del hashes
-    in_chars = by_char | ((lengths > 0) & (lengths <= config.char_index_words))
+    # Every text is in the word index, texts without spaces by their characters; short texts are in the
+    # character index too (long ones need the word index's pruning: their common character shingles would
+    # pair each with thousands). A pair across the limits is still paired in the word index.
+    short = by_char & (unspaced_length(series, by_char) <= config.char_index_chars)
+    in_chars = short | (~by_char & (lengths > 0) & (lengths <= config.char_index_words))
     n_index = int(in_chars.sum())
-    cjk = ideographic(series, by_char) if n_char else by_char
+    cjk = ideographic(series, short) if n_char else short
     parts = [(sh, doc)]
-    for rows, size in ((in_chars & ~cjk, config.char_shingle_size), (cjk, config.cjk_shingle_size)):
+    for rows, size, bit in (
+        (by_char, config.char_shingle_size, _U64(0)),
+        (in_chars & ~cjk, config.char_shingle_size, _CHAR_BIT),
+        (cjk, config.cjk_shingle_size, _CHAR_BIT),
+    ):
         if rows.any():  # shingled on characters, spaces dropped
             listed = series if rows.all() else series.filter(pl.Series(rows))
             c_sh, c_doc = word_shingles(*tokenize_chars(listed), size)
-            parts.append((c_sh | _CHAR_BIT, c_doc if rows.all() else np.flatnonzero(rows)[c_doc]))
+            c_sh = c_sh | _CHAR_BIT if bit else (c_sh ^ _CHAR_SALT) & ~_CHAR_BIT
+            parts.append((c_sh, c_doc if rows.all() else np.flatnonzero(rows)[c_doc]))
     if len(parts) > 1:
         sh, doc = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     if n_char or config.verify_on == "chars":  # verified on characters, spaces dropped
