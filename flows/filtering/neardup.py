@@ -114,7 +114,7 @@ class Shingled:
     n_char: int  # rows written mostly without spaces: shingled and verified on characters only
     on_words: np.ndarray  # bool per row: verified on words (so also by `char_edits`)
     chars: np.ndarray  # int64 per row: characters of the normalized text
-    n_char_index: int = 0  # rows in the character index (those above and short texts)
+    n_char_index: int = 0  # rows in the character index (short texts, see `shingle`)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
