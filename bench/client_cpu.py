@@ -90,9 +90,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1, help="pairs of builds (median reported)")
-    ap.add_argument(
-        "--http-client", default="aiohttp", help="comma-separated: aiohttp, httpx"
-    )
+    ap.add_argument("--http-client", default="aiohttp", help="comma-separated: aiohttp, httpx")
     args = ap.parse_args()
     clients = args.http_client.split(",")
     fake, base_url = spawn_fake(args.latency)

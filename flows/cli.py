@@ -499,26 +499,11 @@ def _model_for_endpoint(llm: Any, *, model_given: bool) -> None:
 
 
 def on_latest_settings(cfg: Any, out: Path, personas: int | None, flag: str) -> Any:
-    """--grow and --rebuild start from the latest version's settings; the options given override them.
-
-    Left out: the persona count (the growth decides it) and the LLM's endpoint, speed and budget settings.
-    """
-    from personaloom.run import LLM_NOT_IDENTITY
-    from personaloom.schemas.config import BuildConfig
+    """--grow and --rebuild start from the latest version's settings (see personaloom.build)."""
+    from personaloom.build import on_latest_settings as merged
     from personaloom.store import DatasetStore
 
-    if personas is not None:
-        raise UserError(f"--personas with {flag}: the latest version decides the personas (--grow N adds N)")
-    store = DatasetStore(out, cfg.dataset)
-    latest = store.latest()
-    if latest is None:
-        return cfg
-    base = store.manifest(latest).config.model_dump(
-        mode="json", exclude={"personas": True, "llm": set(LLM_NOT_IDENTITY)}
-    )
-    given = cfg.model_dump(mode="json", include=cfg.model_fields_set - {"llm", "personas"})
-    llm = {**base.pop("llm"), **cfg.llm.model_dump(mode="json", include=cfg.llm.model_fields_set)}
-    return BuildConfig.model_validate({**base, **given, "llm": llm})
+    return merged(cfg, DatasetStore(out, cfg.dataset), personas is not None, flag)
 
 
 def task_runner(runner: str, address: str | None) -> Any:

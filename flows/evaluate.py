@@ -31,7 +31,7 @@ from personaloom import _callable, blind
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
-from personaloom.probes import history, message_tokens, no_probes_message
+from personaloom.probes import history, message_tokens, no_probes_message, sample_item
 from personaloom.replay import artifact_key, claim_run_dir
 from personaloom.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.drafts import Draft
@@ -73,7 +73,7 @@ ANSWER_MCQ: LLMCall[Asked, tuple[int | None, str]] = LLMCall(
     response=None,
     max_tokens=400,
     role="chatbot",
-    sample=lambda s: Asked(_sample_item(s), []),
+    sample=lambda s: Asked(sample_item(s), []),
 )
 ANSWER_OPEN: LLMCall[Asked, str] = LLMCall(
     name="eval/open",
@@ -83,7 +83,7 @@ ANSWER_OPEN: LLMCall[Asked, str] = LLMCall(
     response=None,
     max_tokens=400,
     role="chatbot",
-    sample=lambda s: Asked(_sample_item(s), []),
+    sample=lambda s: Asked(sample_item(s), []),
 )
 
 
@@ -112,29 +112,9 @@ JUDGE_OPEN: LLMCall[Graded, bool | None] = LLMCall(
     max_tokens=150,
     role="judge",
     temperature=0.0,
-    sample=lambda s: Graded(_sample_item(s), "Here are three short bullet points."),
+    sample=lambda s: Graded(sample_item(s), "Here are three short bullet points."),
 )
 EVAL_CALLS: tuple[LLMCall[Any, Any], ...] = (ANSWER_MCQ, ANSWER_OPEN, JUDGE_OPEN)
-
-
-def _sample_item(s: Any) -> ProbeItem:
-    return ProbeItem(
-        probe_id="p000000-c003-latest",
-        persona_id=s.persona.persona_id,
-        checkpoint_session=3,
-        type="recalling_the_latest_user_preferences",
-        path="Preference.Preferred_Formats",
-        question="Can you summarise the offers I got?",
-        options=["Three short bullets: ...", "A long walk-through: ...", "A table: ...", "A story: ..."],
-        answer=0,
-        option_kinds=["correct", "outdated", "other_persona", "other_persona"],
-        truth="short bullet points",
-        outdated="long detailed walk-throughs",
-        evidence_sessions=[2],
-        distance_sessions=1,
-        distance_tokens=100,
-        seed=1,
-    )
 
 
 # ---------------------------------------------------------------- asking

@@ -531,6 +531,29 @@ WRITE: LLMCall[Spec, ProbeItem | Rejection] = LLMCall(
 # ---------------------------------------------------------------- the judge, asked without the history
 
 
+def sample_item(s: Any) -> ProbeItem:
+    """An item for `personaloom prompts --show` of the calls that read one (probes/*, eval/*)."""
+    values = ["short bullet points", "long detailed walk-throughs", "colour-coded tables", "voice notes"]
+    return ProbeItem(
+        probe_id="p000000-c003-latest",
+        persona_id=s.persona.persona_id,
+        checkpoint_session=3,
+        type="recalling_the_latest_user_preferences",
+        path="Preference.Preferred_Formats",
+        question="Can you summarise the offers I got?",
+        options=[f'"{v}": here are the offers that way.' for v in values],
+        answer=0,
+        option_kinds=["correct", "outdated", "other_persona", "other_persona"],
+        option_values=values,
+        truth=values[0],
+        outdated=values[1],
+        evidence_sessions=[2],
+        distance_sessions=1,
+        distance_tokens=100,
+        seed=1,
+    )
+
+
 class BlindChoice(Draft):
     choice: str
 
@@ -558,25 +581,7 @@ BLIND: LLMCall[Blind, int | None] = LLMCall(
     max_tokens=20,
     role="judge",
     temperature=0.0,
-    sample=lambda s: Blind(
-        ProbeItem(
-            probe_id="p000000-c003-latest",
-            persona_id=s.persona.persona_id,
-            checkpoint_session=3,
-            type="recalling_the_latest_user_preferences",
-            path="Preference.Preferred_Formats",
-            question="Can you summarise the offers I got?",
-            options=['"bullets": here.', '"tables": here.', '"essays": here.', '"voice notes": here.'],
-            answer=0,
-            option_kinds=["correct", "outdated", "other_persona", "other_persona"],
-            truth="bullets",
-            evidence_sessions=[2],
-            distance_sessions=1,
-            distance_tokens=100,
-            seed=1,
-        ),
-        (0, 1, 2, 3),
-    ),
+    sample=lambda s: Blind(sample_item(s), (0, 1, 2, 3)),
 )
 
 
