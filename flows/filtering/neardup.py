@@ -605,6 +605,8 @@ def find_near_duplicates(
     t = time.perf_counter()
     values, counts = shingle_counts(part.sh)
     sh, doc = keep_shingles(part.sh, part.doc, values, df_window(values, counts, config, n))
+    shingles = part.sh.shape[0]
+    part.sh = part.doc = values = counts = np.zeros(0, dtype=np.uint64)  # the largest arrays: not kept
     timings["df_prune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -635,7 +637,7 @@ def find_near_duplicates(
         "rows": n,
         "char_rows": part.n_char,
         "char_index_rows": part.n_char_index,
-        "shingles": part.sh.shape[0],
+        "shingles": shingles,
         "shingles_kept": sh.shape[0],
         "max_df": config.max_df_for(n),
         "char_max_df": config.char_max_df_for(n),
