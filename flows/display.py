@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -61,7 +61,6 @@ def live_progress(
     )
     meter = LLMMeter()
     ids: dict[str, int] = {}
-    stop = threading.Event()
 
     def refresh(final: bool = False) -> None:
         for stage, done, total in progress_sink.snapshot():
@@ -75,19 +74,30 @@ def live_progress(
             ids["llm"] = bars.add_task("LLM", total=None, note=line, visible=False)
         bars.update(ids["llm"], note=line, visible=True)
 
-    def loop() -> None:
-        while not stop.wait(interval):
-            refresh()
-
     with bars:
-        worker = threading.Thread(target=loop, daemon=True)
-        worker.start()
         try:
-            yield
+            with _every(interval, refresh):
+                yield
         finally:
-            stop.set()
-            worker.join()
             refresh(final=True)
+
+
+@contextmanager
+def _every(seconds: float, tick: Callable[[], None]) -> Iterator[None]:
+    """Call `tick` every `seconds` on a background thread while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            tick()
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
 
 
 def progress_line(meter: LLMMeter, started: float, priced: bool) -> str:
@@ -103,17 +113,10 @@ def progress_line(meter: LLMMeter, started: float, priced: bool) -> str:
 def _plain_lines(stream: TextIO, every: float, priced: bool) -> Iterator[None]:
     meter = LLMMeter()
     started = time.monotonic()
-    stop = threading.Event()
 
-    def loop() -> None:
-        while not stop.wait(every):
-            if progress_sink.snapshot():
-                print(progress_line(meter, started, priced), file=stream, flush=True)
+    def tick() -> None:
+        if progress_sink.snapshot():
+            print(progress_line(meter, started, priced), file=stream, flush=True)
 
-    worker = threading.Thread(target=loop, daemon=True)
-    worker.start()
-    try:
+    with _every(every, tick):
         yield
-    finally:
-        stop.set()
-        worker.join()

@@ -7,7 +7,6 @@ the score s = s₀ + ⟨z_eff, v_m⟩, the REINFORCE step Δz with its baseline 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -26,35 +25,9 @@ from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.user_simulator import UserSimulator
 from personaloom.agent.vars import VarsAgent, VarsState, gate, is_global, verdict_reward
 from personaloom.llm.client import LLM
-from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.replay import PersonaAgentParams, ReplayConfig, VarsParams
 from personaloom.testing.fake_openai import FakeOpenAI
-from tests.test_agent import row
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def _system(body: dict) -> str:
-    return body["messages"][0]["content"]
-
-
-def _user(body: dict) -> str:
-    return body["messages"][-1]["content"]
-
-
-async def with_llm(fake: FakeOpenAI, fn: Any) -> Any:
-    llm = LLM(
-        LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=4, max_retries=0),
-        base_url=fake.base_url,
-        api_key="sk-test",
-        cache=None,
-    )
-    try:
-        return await fn(llm)
-    finally:
-        await llm.aclose()
+from tests.test_agent import _system, _user, row, run, with_llm
 
 
 def rows(n: int) -> list:
