@@ -83,6 +83,31 @@ def persona_at(persona: Persona, session_index: int) -> Persona:
     return current
 
 
+# the fields a user can show in what they ask and how (names, ages and type codes are not preferences)
+REVEALABLE = (
+    "Demographics.Career_Information",
+    "Personality.Values_and_Interests",
+    "Pattern.Behavior_Engagement_Pattern",
+    "Pattern.Usage_Pattern",
+    "Pattern.Emotion_Pattern",
+    "Pattern.Purchase_Pattern",
+    "Preference.Preferred_Styles",
+    "Preference.Preferred_Formats",
+    "Preference.Preferred_Workflows",
+    "Communication.formality",
+    "Communication.verbosity",
+    "Communication.proactivity",
+    "Communication.domain_vocabulary",
+    "Communication.emotional_tone",
+)
+
+
+def in_force(persona: Persona, session_index: int) -> dict[str, str]:
+    """Every preference a user can reveal, as text, as it reads at this session (changes applied)."""
+    now = persona_at(persona, session_index)
+    return {path: as_text(get_value(now, path)) for path in REVEALABLE}
+
+
 # ---------------------------------------------------------------- stage 1: planning
 
 

@@ -132,6 +132,37 @@ class DedupLevels(BaseModel):
     scene_threshold: float = Field(85.0, ge=0, le=100, description="title + description, within one persona")
 
 
+class ConversationConfig(BaseModel):
+    """Stage 4: how each session's conversation goes and what the user may reveal in it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_turns: int = Field(
+        2, ge=1, le=12, description="user messages per session (each answered by a plain assistant)"
+    )
+    reveals_per_session: int = Field(
+        2, ge=0, le=6, description="preferences in force code lets the user reveal in one session"
+    )
+    explicit_share: float = Field(
+        0.0, ge=0, le=1, description="share of planned reveals the user may state outright (else implicit)"
+    )
+    others_share: float = Field(
+        0.25, ge=0, le=1, description="share of sessions where the user mentions another person's preference"
+    )
+    reveal_min_accuracy: float = Field(
+        0.75,
+        ge=0,
+        le=1,
+        description="trust the reveal judge only at this balanced accuracy on seeds/reveal_calibration.csv "
+        "(else reveals stay unconfirmed); 0: do not ask it",
+    )
+    context_target: int | None = Field(
+        None,
+        ge=1000,
+        description="tokens of each persona's own history to reach (more sessions and turns); e.g. 32000",
+    )
+
+
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -182,6 +213,7 @@ class BuildConfig(BaseModel):
         None, ge=1, le=10, description="stage 5 LLM quality score: reject below this (off when unset)"
     )
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupLevels = Field(default_factory=DedupLevels)
 

@@ -63,6 +63,9 @@ class ProbeItem(Record):
     outdated: str = Field("", description="the value before the latest change, when the item has one")
     language: str = Field("en", description="the user's language of interaction (question and options)")
     evidence_sessions: list[int] = Field(description="kept sessions up to the checkpoint that reveal it")
+    evidence_turns: list[str] = Field(
+        default_factory=list, description="turn ids (Turn.turn_id) in those sessions that reveal it"
+    )
     distance_sessions: int = Field(description="sessions from the last evidence to the checkpoint")
     distance_tokens: int = Field(description="approximate tokens of history between evidence and checkpoint")
     seed: int = Field(description="shuffles the options; regenerates the item alone")

@@ -245,14 +245,70 @@ class Scene(Record):
 # ---------------------------------------------------------------- stage 4: queries
 
 
+RevealMode = Literal["implicit", "explicit"]
+Speaker = Literal["user", "assistant"]
+
+
+class PlannedReveal(Record):
+    """What code lets the user reveal in one session, and how: the simulator weaves it in, code checks it.
+
+    `key` is a persona field (`Preference.Preferred_Formats`), or `<field>#reason` for why the latest change
+    of that field happened. `who="others"` plants a trap: the user talks about someone else's preference
+    (`value` is *not* the user's), and nothing the user says about it is evidence about the user.
+    """
+
+    key: str
+    value: str
+    mode: RevealMode = "implicit"
+    who: Literal["self", "others"] = "self"
+
+
+class RevealMark(Record):
+    """One planned reveal as it came out in one user turn.
+
+    `stated`: code found the value's content words in the turn (an explicit statement, whatever was asked);
+    `confirmed`: the calibrated reveal judge (temperature 0) found the value inferable from this turn —
+    None when the judge was not trusted or not asked. Evidence is a confirmed mark of the user's own
+    (who="self") preference, or, with an untrusted judge, any self mark (recorded as such in the manifest).
+    """
+
+    key: str
+    mode: RevealMode
+    who: Literal["self", "others"] = "self"
+    stated: bool = False
+    confirmed: bool | None = None
+
+
+class Turn(Record):
+    """One message of a session's conversation, as it was said: the history holds these and nothing else."""
+
+    turn_id: str = Field(description="<query_id>-t<n>, n from 0 in the order said")
+    role: Speaker
+    content: str
+    reveals: list[RevealMark] = Field(default_factory=list, description="user turns: what they revealed")
+
+
+def evidence_keys(turn: Turn) -> set[str]:
+    """The keys a turn is evidence for: the user's own marks the judge did not reject.
+
+    A trusted judge confirms or rejects every mark; an untrusted one leaves them None (unconfirmed), which
+    still count, and the manifest's `reveal_judge` says so.
+    """
+    return {m.key for m in turn.reveals if m.who == "self" and m.confirmed is not False}
+
+
 class Query(Record):
     query_id: str
     scene_id: str
     persona_id: str
     session_index: int
-    personalized_query: str
+    personalized_query: str = Field(description="the user's opening message (the first turn)")
     neutralized_query: str
-    revealed_fields: list[PersonaPath]
+    revealed_fields: list[PersonaPath] = Field(
+        description="persona fields some turn of this session is evidence for (see Turn.reveals)"
+    )
+    turns: list[Turn] = Field(default_factory=list, description="the conversation, the opening included")
+    planned_reveals: list[PlannedReveal] = Field(default_factory=list)
     fallback_fields: list[str] = Field(default_factory=list)
     raw_output: str | None = None
 
@@ -292,5 +348,7 @@ class DatasetRow(Record):
     neutralized_query: str
     revealed_fields: list[str]
     persona: Persona
+    turns: list[Turn] = Field(default_factory=list, description="the session's conversation, as said")
+    planned_reveals: list[PlannedReveal] = Field(default_factory=list)
     active_changes: list[PreferenceChange] = Field(description="preference changes in force at this session")
     fallback_fields: list[str]
