@@ -48,8 +48,14 @@ def listening_ports(pid: int | None = None) -> set[int]:
     """Ports in LISTEN on this machine (of `pid` only, when given: matched by socket inode)."""
     inodes = None
     if pid is not None:
-        fds = Path(f"/proc/{pid}/fd").iterdir()
-        inodes = {os.readlink(fd)[8:-1] for fd in fds if os.readlink(fd).startswith("socket:[")}
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # the fd closed between listing and reading: a live process does that
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for row in Path(table).read_text().splitlines()[1:]:
