@@ -235,6 +235,11 @@ class Scene(Record):
     context: str
     apis: list[ApiSpec]
     catalogue_id: str | None = None
+    category: str | None = Field(
+        default=None,
+        description="scenario category (personaloom.scenarios): the catalogue's for a common scene, the "
+        "LLM's checked choice for a specific one ('other' when it named none), the origin's for a revisit",
+    )
     revisits: str | None = Field(
         default=None, description="scene_id of the earlier session this one revisits"
     )
