@@ -130,6 +130,13 @@ class DedupLevels(BaseModel):
 
     persona_threshold: float = Field(90.0, ge=0, le=100, description="name + occupation + locale + values")
     scene_threshold: float = Field(85.0, ge=0, le=100, description="title + description, within one persona")
+    scenario_threshold: float = Field(
+        85.0,
+        ge=0,
+        le=100,
+        description="titles (token_sort_ratio) across personas and the catalogue: the same scenario, counted "
+        "once in the manifest's scenarios (nothing is dropped)",
+    )
 
 
 class ConversationConfig(BaseModel):

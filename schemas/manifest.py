@@ -52,6 +52,35 @@ class CallInfo(BaseModel):
     check: str | None = Field(None, description="the code-owned check its answers must pass, else redrawn")
 
 
+class ConversationStats(BaseModel):
+    """Stage 4's sessions as the version holds them (kept rows): turns, own-history size, reveals.
+
+    Tokens are estimates (4 characters a token). Of the implicit reveals code asked for, `implicit_stated`
+    came out stated outright (code's check), and of the rest the judge confirmed `implicit_confirmed` of
+    `implicit_judged` (0 judged: the judge was not trusted, the reveals count unconfirmed).
+    """
+
+    sessions: int
+    turns_per_session: float
+    user_turns_per_session: float
+    history_tokens_min: int = Field(description="the shortest own history of a persona (all its sessions)")
+    history_tokens_median: int
+    history_tokens_max: int
+    preferences_per_persona: float = Field(description="preferences a user can reveal, in force at the end")
+    planned_reveals: int
+    planned_traps: int = Field(description="mentions of someone else's preference (not evidence)")
+    implicit_asked: int
+    implicit_stated: int
+    implicit_confirmed: int
+    implicit_judged: int
+    evidence_marks: int = Field(description="user-turn marks that count as evidence for probes")
+    traps_taken_as_user: int = Field(description="others' preferences the judge read as the user's")
+
+    def implicit_share(self) -> float | None:
+        """Share of the asked-implicit reveals judged inferable without being stated (None: not judged)."""
+        return round(self.implicit_confirmed / self.implicit_judged, 4) if self.implicit_judged else None
+
+
 class JudgeCalibration(BaseModel):
     """A judge's verdicts on items whose answer code knows (personaloom.stages.calibration)."""
 
@@ -67,11 +96,16 @@ class JudgeCalibration(BaseModel):
     trusted: bool = Field(description="its verdicts were applied to the rows")
 
     def summary(self) -> str:
-        verdict = "trusted" if self.trusted else "NOT trusted: rows kept unjudged, marked 'answerability'"
+        if self.call == "queries/reveal":  # its items are revealed (implicit or explicit) or absent
+            verdict = "trusted" if self.trusted else "NOT trusted: reveals kept unconfirmed"
+            kinds = ("revealed", "absent")
+        else:
+            verdict = "trusted" if self.trusted else "NOT trusted: rows kept unjudged, marked 'answerability'"
+            kinds = ("answerable", "unanswerable")
         return (
             f"{self.call} judge {verdict} (balanced accuracy {self.balanced_accuracy:.2f}, needs "
-            f"{self.min_accuracy:.2f}: right on {self.right_on_answerable}/{self.answerable} answerable and "
-            f"{self.right_on_unanswerable}/{self.unanswerable} unanswerable calibration items)"
+            f"{self.min_accuracy:.2f}: right on {self.right_on_answerable}/{self.answerable} {kinds[0]} and "
+            f"{self.right_on_unanswerable}/{self.unanswerable} {kinds[1]} calibration items)"
         )
 
 
@@ -113,6 +147,31 @@ class PersonaSpan(BaseModel):
         return self.end - self.first
 
 
+class ScenarioStats(BaseModel):
+    """The build's distinct scenarios (personaloom.scenarios): catalogue scenes its sessions used, plus
+    the LLM-written scenarios no other written scene or catalogue scene repeats (titles alike >= threshold,
+    across personas). Revisits are follow-ups of a counted scenario and count in none of these."""
+
+    distinct: int = Field(description="from_catalogue + written")
+    from_catalogue: int = Field(
+        description="catalogue scenes used, as common scenes or repeated by a written one"
+    )
+    written: int = Field(description="distinct LLM-written scenarios that are no catalogue scene")
+    catalogue_size: int
+    sessions: int = Field(description="sessions counted (revisits excluded)")
+    written_sessions: int = Field(description="sessions on an LLM-written (persona-specific) scene")
+    matched_catalogue: int = Field(description="written sessions whose title repeats a catalogue scene's")
+    category_fallbacks: int = Field(
+        description="written sessions whose category was none of the list: counted under 'other'"
+    )
+    threshold: float = Field(
+        description="rapidfuzz token_sort_ratio of normalized titles (dedup.scenario_threshold)"
+    )
+    by_category: dict[str, int] = Field(description="distinct scenarios per category (every category listed)")
+    catalogue_by_category: dict[str, int] = Field(description="of which from the catalogue")
+    sessions_by_category: dict[str, int] = Field(description="counted sessions per category")
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -144,8 +203,15 @@ class Manifest(BaseModel):
         default_factory=dict,
         description="per type: planned, kept, and rejected per reason",
     )
+    conversations: ConversationStats | None = Field(
+        None, description="the sessions' conversations and reveals (absent: a version before them)"
+    )
     invariants: dict[str, int] = Field(
         default_factory=dict, description="violations per ground-truth invariant (personaloom.audit): all 0"
+    )
+    scenarios: ScenarioStats | None = Field(
+        None,
+        description="distinct scenarios of the scenes table, per category (None: not counted)",
     )
     languages: dict[str, int] = Field(
         default_factory=dict,
