@@ -176,6 +176,54 @@ def probe_section(m: Manifest) -> str:
     )
 
 
+def scenario_lines(m: Manifest) -> list[str]:
+    """Coverage per category as a markdown table: distinct scenarios (of which catalogue scenes), sessions."""
+    sc = m.scenarios
+    if sc is None:
+        return []
+    lines = ["| category | scenarios | from the catalogue | written | sessions |", "|---|---|---|---|---|"]
+    for c, n in sc.by_category.items():
+        from_cat = sc.catalogue_by_category.get(c, 0)
+        lines.append(f"| {c} | {n} | {from_cat} | {n - from_cat} | {sc.sessions_by_category.get(c, 0)} |")
+    sessions = sum(sc.sessions_by_category.values())
+    lines.append(f"| all | {sc.distinct} | {sc.from_catalogue} | {sc.written} | {sessions} |")
+    return lines
+
+
+def scenario_summary(m: Manifest) -> list[str]:
+    """`personaloom show`'s lines: distinct scenarios, then coverage per category (scenarios/sessions)."""
+    sc = m.scenarios
+    if sc is None:
+        return []
+    per = ", ".join(f"{c} {n}/{sc.sessions_by_category.get(c, 0)}" for c, n in sc.by_category.items())
+    return [
+        f"scenarios: {sc.distinct} distinct ({sc.from_catalogue} of {sc.catalogue_size} catalogue scenes, "
+        f"{sc.written} written; {sc.matched_catalogue} written sessions repeat a catalogue scene, "
+        f"{sc.category_fallbacks} category fallbacks)",
+        f"  per category (scenarios/sessions): {per}",
+    ]
+
+
+def scenario_section(m: Manifest) -> str:
+    sc = m.scenarios
+    if sc is None:
+        return ""
+    return (
+        "\n## Scenarios\n\n"
+        f"{sc.distinct} distinct scenarios over {sc.sessions} sessions (revisits not counted): "
+        f"{sc.from_catalogue} of the catalogue's {sc.catalogue_size} scenes and {sc.written} written by the "
+        f"model for {sc.written_sessions} persona-specific sessions. A written scene is the same scenario "
+        "as a catalogue scene or another written one (any persona's) when their normalized titles are at "
+        f"least {sc.threshold:g} alike (rapidfuzz token_sort_ratio); {sc.matched_catalogue} written "
+        "sessions repeat a catalogue scene. The model picks each written scene's category from a fixed list; "
+        f"{sc.category_fallbacks} answers named none and count as `other` (their scenes are marked "
+        "`category` in `fallback_fields`). Scenes table column `category`; "
+        "`personaloom.scenarios.assign` gives each session's scenario.\n\n"
+        + "\n".join(scenario_lines(m))
+        + "\n"
+    )
+
+
 def dataset_card(m: Manifest, settings: CardSettings | None = None) -> str:
     settings = settings or CARD
     rows = m.rows
@@ -215,6 +263,7 @@ def dataset_card(m: Manifest, settings: CardSettings | None = None) -> str:
     )
     exports = EXPORTS if "probes" in m.counts and m.counts["probes"].rows_out else ""
     probes = probe_section(m)
+    scenarios = scenario_section(m)
     return f"""---
 {license_meta}language:
 {language_tags}
@@ -251,7 +300,7 @@ Load with `polars.scan_parquet("dataset/*.parquet")`, DuckDB `read_parquet('data
 or `datasets.load_dataset("parquet", data_files="dataset/*.parquet")`.
 Rows with a non-empty `fallback_fields` had fields filled from the seed tables because the model's
 output was empty or invalid; `answerability` there means no judge verdict was applied to the row.
-{exports}{probes}
+{scenarios}{exports}{probes}
 ## How it was built
 
 | stage | rows in | rows out | rejected | rows with fallbacks | LLM calls | cache hits | tokens | cost USD |

@@ -793,6 +793,9 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
     if m.rejection_reasons:
         typer.echo("rejections: " + ", ".join(f"{r}={n}" for r, n in m.rejection_reasons.items()))
     _show_languages(path, m.languages)
+    from personaloom.card import scenario_summary
+
+    typer.echo("\n".join(scenario_summary(m)) or "scenarios: not counted in this version")
     _show_probes(m)
 
 

@@ -1,8 +1,9 @@
 """Stage 3 — scene generation: each persona's sessions, ordered in time.
 
-Common scenes come from the catalogue, persona-specific ones from the LLM (one list call per persona),
-revisits return to an earlier topic later on; then each scene is enriched by the LLM with an abstract
-expected response, concrete context and the catalogue APIs the assistant may call.
+Common scenes come from the catalogue, persona-specific ones from the LLM (one list call per persona,
+each scene with a category of `personaloom.scenarios.categories` that code checks), revisits return to an
+earlier topic later on; then each scene is enriched by the LLM with an abstract expected response,
+concrete context and the catalogue APIs the assistant may call.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from personaloom.drift import active_changes, persona_at
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLM, LLMResult
-from personaloom.schemas.drafts import SceneIdea, SceneList, revisit_details_model, scene_details_model
-from personaloom.schemas.records import Persona, Scene, SceneKind, SeedRow
+from personaloom.scenarios import CATEGORY_FALLBACK, OTHER, categories, check_category, scenario_list_model
+from personaloom.schemas.drafts import revisit_details_model, scene_details_model
+from personaloom.schemas.records import CatalogueScene, Persona, Scene, SceneKind, SeedRow
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 from personaloom.stages.personas import session_times
 
@@ -32,6 +34,7 @@ class Topic:
     suggested_apis: tuple[str, ...] = ()
     origin: Topic | None = None  # the earlier topic a revisit returns to
     fallback: tuple[str, ...] = ()
+    category: str | None = None
 
 
 def plan_counts(n: int, revisit_share: float) -> tuple[int, int, int]:
@@ -58,29 +61,37 @@ def fallback_context(seed: SeedRow, when: str) -> str:
 
 
 class PlanJob(NamedTuple):
-    """Ask for `n` persona-specific scene ideas, unlike the common scenes already picked (`avoid`)."""
+    """Ask for `n` persona-specific scene ideas, unlike the common scenes already picked (`avoid`), each
+    with one of `categories`."""
 
     seed: SeedRow
     persona: Persona
     n: int
     avoid: list[str]
+    categories: tuple[str, ...]
 
 
-def ideas_grounded(job: PlanJob, ideas: SceneList, checks: AnswerChecks) -> str | None:
+def ideas_grounded(job: PlanJob, ideas: Any, checks: AnswerChecks) -> str | None:
     """Stage 5 drops the sessions of an idea whose description repeats a prompt example."""
     return checks.copied(
         {f"scenes[{i}].description": s.description for i, s in enumerate(ideas.scenes[: job.n])}
     )
 
 
-LIST: LLMCall[PlanJob, list[SceneIdea]] = LLMCall(
+LIST: LLMCall[PlanJob, list[Any]] = LLMCall(
     name="scenes/list",
-    variables=("persona", "seed", "n", "avoid"),
-    render=lambda job: {"persona": job.persona, "seed": job.seed, "n": job.n, "avoid": job.avoid},
+    variables=("persona", "seed", "n", "avoid", "categories"),
+    render=lambda job: {
+        "persona": job.persona,
+        "seed": job.seed,
+        "n": job.n,
+        "avoid": job.avoid,
+        "categories": job.categories,
+    },
     build=lambda job, res: list(res.value.scenes[: job.n]) if res.value else [],
-    response=SceneList,
-    max_tokens=lambda job: 120 * job.n + 60,
-    sample=lambda s: PlanJob(s.seed, s.persona.persona, 3, [s.scene.title]),
+    response=lambda job: scenario_list_model(job.categories),
+    max_tokens=lambda job: 130 * job.n + 60,
+    sample=lambda s: PlanJob(s.seed, s.persona.persona, 3, [s.scene.title], categories(s.catalogue)),
     check=ideas_grounded,
 )
 
@@ -159,6 +170,7 @@ def build_scene(job: EnrichJob, res: LLMResult[Any]) -> Scene:
         context=d.context if d else fallback_context(seed, when.strftime("%A %d %B %Y")),
         apis=[cat.apis[a] for a in dict.fromkeys(d.apis if d else topic.suggested_apis)],
         catalogue_id=topic.catalogue_id,
+        category=topic.category,
         revisits=job.earlier.scene_id if job.earlier is not None else None,
         fallback_fields=fallback,
         raw_output=res.raw if d is None else None,
@@ -210,15 +222,29 @@ async def plan(
     rng = random.Random(seed.seed ^ 0x5CE7E)
     n_common, n_specific, n_revisit = plan_counts(len(seed.session_gaps_days), revisit_share)
     common = rng.sample(cat.scenes, min(n_common + n_specific, len(cat.scenes)))
-    topics = [Topic("common", s.title, s.description, s.scene_id, tuple(s.apis)) for s in common[:n_common]]
-    ideas: list[SceneIdea] = []
+    topics = [catalogue_topic(s) for s in common[:n_common]]
+    ideas: list[Any] = []
+    allowed = categories(cat)
     if n_specific:
-        ideas = await llm.run(LIST, PlanJob(seed, persona, n_specific, [t.title for t in topics]))
-    topics += [Topic("specific", i.title, i.description) for i in ideas]
+        ideas = await llm.run(LIST, PlanJob(seed, persona, n_specific, [t.title for t in topics], allowed))
+    topics += [specific_topic(i.title, i.description, i.category, allowed) for i in ideas]
     # Too few persona-specific ideas: spare catalogue scenes stand in, marked as fallbacks.
-    for s in common[n_common : n_common + n_specific - len(ideas)]:
-        topics.append(Topic("common", s.title, s.description, s.scene_id, tuple(s.apis), fallback=("kind",)))
+    topics += [catalogue_topic(s, ("kind",)) for s in common[n_common : n_common + n_specific - len(ideas)]]
     return order_topics(rng, topics, n_revisit)
+
+
+def catalogue_topic(s: CatalogueScene, fallback: tuple[str, ...] = ()) -> Topic:
+    return Topic(
+        "common", s.title, s.description, s.scene_id, tuple(s.apis), fallback=fallback, category=s.category
+    )
+
+
+def specific_topic(title: str, description: str, answer: str, allowed: tuple[str, ...]) -> Topic:
+    """A written scene with its checked category: one that is none of `allowed` is `OTHER`, marked."""
+    category = check_category(answer, allowed)
+    if category is None:
+        return Topic("specific", title, description, category=OTHER, fallback=(CATEGORY_FALLBACK,))
+    return Topic("specific", title, description, category=category)
 
 
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Scene]:
