@@ -50,6 +50,7 @@ from personaloom.pipeline import (
 )
 from personaloom.progress import progress_sink
 from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_run
+from personaloom.scenarios import version_scenarios
 from personaloom.schedule import check_served_parameters
 from personaloom.schemas.config import BuildConfig, RunPaths
 from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage
@@ -340,6 +341,7 @@ def publish_version(
             probe_baselines=probes.baselines(probe_items, judged),
             probe_yield=probes.yield_by_type(probe_items, read_records(staging / "rejections", Rejection)),
             invariants=invariants,
+            scenarios=version_scenarios(staging, run.catalogue, config.dedup.scenario_threshold),
             languages=dataset_languages(staging),
             stage_seconds={s: round(stage_seconds[s], 3) for s in REPORTED},
             timings={k: round(v, 3) for k, v in run.timings.items()},
