@@ -56,12 +56,14 @@ def check_category(answer: str | None, allowed: Sequence[str]) -> str | None:
 
 
 @cache
-def scenario_list_model(allowed: tuple[str, ...]) -> type[Draft]:
-    """The list call's answer: scenes with a title, a description and a category.
+def scenario_list_model(allowed: tuple[str, ...], n: int | None = None) -> type[Draft]:
+    """The list call's answer: `n` scenes, each with a title, a description and a category.
 
-    The schema lists the categories (`enum`), so a constrained decoder (llama.cpp's grammar, strict
-    structured output) can only pick one; validation accepts any string, so one bad category does not cost
-    the whole list: code checks it (`check_category`) and falls back to `OTHER`, counted.
+    The schema lists the categories (`enum`) and asks for exactly `n` scenes (`minItems` = `maxItems`), so a
+    constrained decoder (llama.cpp's grammar, strict structured output) picks a category of the list and
+    writes every scene the plan needs; validation is looser (any string, 1 to 40 scenes), so a bad category
+    or a short list does not cost the whole answer: code checks the category (`check_category`, else
+    `OTHER`, counted) and spare catalogue scenes stand in for missing ones (stage 3's plan).
     """
     idea = create_model(
         "ScenarioIdea",
@@ -70,8 +72,11 @@ def scenario_list_model(allowed: tuple[str, ...]) -> type[Draft]:
         description=(str, Field(min_length=10, max_length=400)),
         category=(str, Field(max_length=40, json_schema_extra={"enum": list(allowed)})),
     )
+    count = {"minItems": n, "maxItems": n} if n else None
     return create_model(
-        "ScenarioList", __base__=Draft, scenes=(list[idea], Field(min_length=1, max_length=40))
+        "ScenarioList",
+        __base__=Draft,
+        scenes=(list[idea], Field(min_length=1, max_length=40, json_schema_extra=count)),
     )
 
 

@@ -89,7 +89,7 @@ LIST: LLMCall[PlanJob, list[Any]] = LLMCall(
         "categories": job.categories,
     },
     build=lambda job, res: list(res.value.scenes[: job.n]) if res.value else [],
-    response=lambda job: scenario_list_model(job.categories),
+    response=lambda job: scenario_list_model(job.categories, job.n),
     max_tokens=lambda job: 130 * job.n + 60,
     sample=lambda s: PlanJob(s.seed, s.persona.persona, 3, [s.scene.title], categories(s.catalogue)),
     check=ideas_grounded,
