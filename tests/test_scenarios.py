@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from personaloom import scenarios
 from personaloom.build import build_dataset
 from personaloom.card import dataset_card, scenario_summary
 from personaloom.catalogue import load_catalogue
@@ -119,7 +120,11 @@ def test_plan_gives_written_scenes_a_checked_category_and_marks_the_fallback(cat
 # ---------------------------------------------------------------- distinct scenarios
 
 
-def test_the_same_scenario_written_for_many_personas_counts_once(cat) -> None:
+@pytest.mark.parametrize("exact_limit", [50_000, 0], ids=["every-pair", "lsh-blocking"])
+def test_the_same_scenario_written_for_many_personas_counts_once(
+    cat, exact_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scenarios, "EXACT_LIMIT", exact_limit)
     refs = [written(f"p{i:03d}", 1, "Host a neighbourhood barbecue") for i in range(50)]
     refs += [
         written("q001", 2, "host the neighbourhood barbecue!"),
