@@ -55,8 +55,9 @@ from personaloom.schedule import check_served_parameters
 from personaloom.schemas.config import BuildConfig, RunPaths
 from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage
 from personaloom.schemas.probes import ProbeItem
-from personaloom.schemas.records import Rejection
+from personaloom.schemas.records import DatasetRow, Rejection
 from personaloom.stages.calibration import judge_calibration
+from personaloom.stages.reveals import conversation_stats, reveal_calibration
 from personaloom.store import DatasetStore, link_or_copy, read_records, read_table, shard_infos, write_records
 from personaloom.version import code_version
 
@@ -340,6 +341,7 @@ def publish_version(
             judges=judges or {},
             probe_baselines=probes.baselines(probe_items, judged),
             probe_yield=probes.yield_by_type(probe_items, read_records(staging / "rejections", Rejection)),
+            conversations=conversation_stats(read_records(staging / "dataset", DatasetRow)),
             invariants=invariants,
             scenarios=version_scenarios(staging, run.catalogue, config.dedup.scenario_threshold),
             languages=dataset_languages(staging),
@@ -470,11 +472,13 @@ async def _judges(run: Run[BuildConfig]) -> dict[str, JudgeCalibration]:
     """The run's judge calibration for the manifest (asked once; a remote run's workers asked it
     already, so it comes from the response cache here)."""
     cfg = run.config
-    if not cfg.answerability or (cal := await judge_calibration(run.llm, cfg.judge_min_accuracy)) is None:
-        return {}
-    if not cal.trusted:
-        get_run_logger().warning("%s", cal.summary())
-    return {cal.call: cal}
+    found = [await reveal_calibration(run.llm, cfg.conversation.reveal_min_accuracy)]
+    if cfg.answerability:
+        found.append(await judge_calibration(run.llm, cfg.judge_min_accuracy))
+    for cal in found:
+        if cal is not None and not cal.trusted:
+            get_run_logger().warning("%s", cal.summary())
+    return {cal.call: cal for cal in found if cal is not None}
 
 
 async def _generate(run: Run[BuildConfig]) -> Counter[str]:

@@ -176,30 +176,19 @@ def _correct(item: ProbeItem) -> str:
 
 
 def sft_examples(items: Sequence[ProbeItem], h: _Histories) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(persona id, example) per kept session, then per probe, in TRL's conversational prompt/completion
-    form: the prompt is the history before and the user's turn, the completion the one assistant turn
-    trained. Earlier replies appear only in prompts (TRL trains on the completion alone), so each assistant
-    turn is trained once, not once per later session.
-
-    A session's completion is its expected response (the reply that fits the persona in force then); a
-    probe's is its correct option, after the history up to the checkpoint and the probe's question.
+    """(persona id, example) per probe, in TRL's conversational prompt/completion form: the prompt is the
+    history up to the checkpoint (what was said, the sessions' assistant turns included) and the probe's
+    question, the completion its correct option — the reply that follows the preference in force. The
+    sessions' own assistant turns are a plain assistant's that knew nothing of the user: they appear only
+    in prompts (TRL trains on the completion alone), and no hidden reference (`expected_response`) is
+    ever trained.
     """
-    by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
     for item in items:
-        by_persona[item.persona_id].append(item)
-    for pid, rows in h.rows.items():
-        for r in rows:
-            past = h.before(pid, r.session_index - 1)
-            yield (
-                pid,
-                {
-                    "prompt": [*past, _user(r.personalized_query)],
-                    "completion": [_assistant(r.expected_response)],
-                },
-            )
-        for item in by_persona.get(pid, []):
-            past = h.before(pid, item.checkpoint_session, item.evidence_sessions)
-            yield pid, {"prompt": [*past, _user(item.question)], "completion": [_assistant(_correct(item))]}
+        past = h.before(item.persona_id, item.checkpoint_session, item.evidence_sessions)
+        yield (
+            item.persona_id,
+            {"prompt": [*past, _user(item.question)], "completion": [_assistant(_correct(item))]},
+        )
 
 
 def dpo_pairs(items: Sequence[ProbeItem], h: _Histories) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -308,7 +297,7 @@ def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[st
     slices `context[:end_index]`); distances count the sessions and tokens after the item's last evidence
     session that the model reads, and `num_irrelevant_tokens` the other personas' padding.
     """
-    from personaloom.probes import history, message_tokens
+    from personaloom.probes import history_blocks, message_tokens
 
     by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
     for item in items:
@@ -319,20 +308,14 @@ def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[st
         rows = h.rows[pid]
         last = max(i.checkpoint_session for i in its)
         keep = sorted({s for i in its for s in (*i.evidence_sessions, i.checkpoint_session)})
-        shared = h.before(pid, last, keep)
-        # The same history without padding, each reply replaced by its session index: which of the user's
-        # sessions the context holds, in order (capping drops sessions before padding is added).
-        tagged = history(
-            rows,
-            last,
-            context_tokens=h.context_tokens,
-            keep=keep,
-            replies={r.session_index: str(r.session_index) for r in rows},
-        )
-        pad = len(shared) - len(tagged)
-        assert [m["content"] for m in shared[pad::2]] == [m["content"] for m in tagged[::2]], pid
-        sessions = [int(m["content"]) for m in tagged[1::2]]
-        end_of = {s: pad + 2 * (k + 1) for k, s in enumerate(sessions)}
+        blocks = history_blocks(rows, last, context_tokens=h.context_tokens, filler=h.filler(pid), keep=keep)
+        shared = [m for _, ms in blocks for m in ms]
+        pad = sum(len(ms) for s, ms in blocks if s is None)
+        end_of, n = {}, 0
+        for s, ms in blocks:  # a session's end: the messages up to its last turn
+            n += len(ms)
+            if s is not None:
+                end_of[s] = n
         sid = hashlib.sha256(orjson.dumps(shared)).hexdigest()
         contexts[sid] = shared
         irrelevant = message_tokens(shared[:pad])
@@ -351,7 +334,7 @@ def persona_mem(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[st
                     "stereotypical": "",  # not labelled: our preferences are sampled, not stereotyped
                     "context_length_in_tokens": tokens,
                     "context_length_in_letters": sum(len(m["content"]) for m in context),
-                    "distance_to_ref_in_blocks": (end - ref) // 2,
+                    "distance_to_ref_in_blocks": sum(1 for s in end_of if ref < end_of[s] <= end),
                     "distance_to_ref_in_tokens": distance,
                     "num_irrelevant_tokens": irrelevant,
                     "distance_to_ref_proportion_in_context": f"{100 * distance / max(tokens, 1):.2f}%",

@@ -31,13 +31,14 @@ from rapidfuzz import fuzz
 from personaloom import blind
 from personaloom.catalogue import Catalogue
 from personaloom.drift import as_text, get_value, persona_at
-from personaloom.filtering.grounding import content_tokens
+from personaloom.filtering.grounding import content_tokens, mentions
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.drafts import Draft
 from personaloom.schemas.probes import OptionKind, ProbeItem
-from personaloom.schemas.records import DatasetRow, Persona, PreferenceChange, Rejection
+from personaloom.schemas.records import DatasetRow, Persona, PreferenceChange, Rejection, Turn, evidence_keys
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.reveals import REASON
 
 NAME = "probes"
 TYPES = {
@@ -69,7 +70,6 @@ SEED_POOLS = {
     "Communication.proactivity": "proactivity",
     "Communication.emotional_tone": "emotional_tone",
 }
-MENTIONED = 0.5  # share of an item's content words a session must carry to count as mentioning it
 
 
 class Spec(NamedTuple):
@@ -88,6 +88,7 @@ class Spec(NamedTuple):
     distance_tokens: int
     seed: int
     language: str
+    evidence_turns: tuple[str, ...] = ()  # the user turns in the evidence sessions that reveal it
 
     @property
     def answer(self) -> int:
@@ -113,8 +114,19 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
 
 
+def said_turns(row: DatasetRow) -> list[Turn]:
+    """A session's conversation as said (a version before conversations: its opening alone)."""
+    if row.turns:
+        return list(row.turns)
+    return [Turn(turn_id=f"{row.query_id}-t0", role="user", content=row.personalized_query)]
+
+
+def user_turns(row: DatasetRow) -> list[Turn]:
+    return [t for t in said_turns(row) if t.role == "user"]
+
+
 def _tokens(rows: Sequence[DatasetRow]) -> int:
-    return sum(len(r.personalized_query) + len(r.expected_response) for r in rows) // 4
+    return sum(len(t.content) for r in rows for t in said_turns(r)) // 4
 
 
 def _newest_per_field(changes: Sequence[PreferenceChange], upto: int) -> dict[str, list[PreferenceChange]]:
@@ -134,12 +146,6 @@ def apart(value: str, others: Sequence[str]) -> bool:
         if fuzz.ratio(value.casefold(), o.casefold()) >= VALUES_APART or shared >= 0.5:
             return False
     return True
-
-
-def mentions(text: str, item: str) -> bool:
-    """The text carries most of the item's content words (code's check of what a session said)."""
-    want = content_tokens(item)
-    return bool(want) and len(want & content_tokens(text)) / len(want) >= MENTIONED
 
 
 # ---------------------------------------------------------------- planning: code owns every value
@@ -249,6 +255,7 @@ class Planner:
             distance_tokens=_tokens(between),
             seed=seed,
             language=self.language,
+            evidence_turns=self.evidence_turns(got),
         )
 
     # ------------------------------------------------------------ evidence
@@ -259,13 +266,34 @@ class Planner:
             r.session_index for r in self.rows if since <= r.session_index <= c and path in r.revealed_fields
         )
 
-    def said(self, text: str, c: int, since: int = 0) -> tuple[int, ...]:
-        """Kept sessions in since..c whose query carries the text's content words."""
+    def said(self, text: str, c: int, since: int = 0, key: str = "") -> tuple[int, ...]:
+        """Kept sessions in since..c where a user turn carries the text's content words (or, given a
+        reveal key, is evidence for it: `Turn.reveals`)."""
         return tuple(
             r.session_index
             for r in self.rows
-            if since <= r.session_index <= c and mentions(r.personalized_query, text)
+            if since <= r.session_index <= c
+            and any(mentions(t.content, text) or key in evidence_keys(t) for t in user_turns(r))
         )
+
+    def evidence_turns(self, got: Candidate) -> tuple[str, ...]:
+        """The user turns of the evidence sessions that reveal the item: marked for its field (or the
+        reason of its change), or carrying one of its values or reasons; a session with none: all of them."""
+        keys = {got.path, got.path + REASON}
+        texts = [got.truth, got.outdated, *(v for _, v in got.distractors)]
+        texts += [ch.reason for ch in self.base.Changes if ch.field == got.path]
+        out: list[str] = []
+        for r in self.rows:
+            if r.session_index not in got.evidence:
+                continue
+            turns = user_turns(r)
+            hits = [
+                t.turn_id
+                for t in turns
+                if keys & evidence_keys(t) or any(x.strip() and mentions(t.content, x) for x in texts)
+            ]
+            out += hits or [t.turn_id for t in turns]
+        return tuple(out)
 
     def others(self, path: str, taken: list[str], k: int, seed: int) -> list[tuple[OptionKind, str]]:
         """Other users' values of the field; too few users (a small build): values from the seed tables."""
@@ -354,7 +382,7 @@ class Planner:
         """Why the field changed: the session where the reason was said is the evidence."""
         for path, chain in self.changed(c):
             last = chain[-1]
-            evidence = self.said(last.reason, c, last.effective_session)
+            evidence = self.said(last.reason, c, last.effective_session, key=path + REASON)
             if not evidence:
                 continue
             own = [
@@ -491,6 +519,7 @@ def build_probe(spec: Spec, res: LLMResult[Any]) -> ProbeItem | Rejection:
         outdated=spec.outdated,
         language=spec.language,
         evidence_sessions=list(spec.evidence),
+        evidence_turns=list(spec.evidence_turns),
         distance_sessions=spec.distance_sessions,
         distance_tokens=spec.distance_tokens,
         seed=spec.seed,
@@ -856,7 +885,7 @@ STAGE = Stage(
 # ---------------------------------------------------------------- the history an item is asked after
 
 
-def history(
+def history_blocks(
     rows: Sequence[DatasetRow],
     checkpoint: int,
     *,
@@ -864,20 +893,26 @@ def history(
     context_tokens: int | None = None,
     filler: Sequence[DatasetRow] = (),
     keep: Sequence[int] = (),
-) -> list[dict[str, str]]:
-    """The user's sessions up to the checkpoint as chat messages.
+) -> list[tuple[int | None, list[dict[str, str]]]]:
+    """The user's sessions up to the checkpoint, each as (session index, its messages); padding
+    sessions (other personas') come first with index None.
 
-    Assistant turns are the expected responses, or the agent's actual replies of a replay run
-    (`replies`: session → text). `context_tokens` caps the history (the oldest sessions not in `keep`
-    go first) or pads it to about that size with unrelated sessions (`filler`, other personas'),
-    placed before the user's own, so one version serves short and long contexts.
+    Messages are what was said (`DatasetRow.turns`), or the agent's actual reply of a replay run
+    (`replies`: session → text) after the user's opening. `context_tokens` caps the history (the oldest
+    sessions not in `keep` — the evidence — go first; a kept session never goes) or pads it to about
+    that size with unrelated sessions (`filler`, other personas'), placed before the user's own: padding
+    never displaces one of the user's sessions.
     """
     mine = sorted((r for r in rows if r.session_index <= checkpoint), key=lambda r: r.session_index)
 
     def turns(r: DatasetRow, own: bool) -> list[dict[str, str]]:
-        # the agent's actual replies belong to this user's sessions only, never to the padding
-        reply = (replies or {}).get(r.session_index, r.expected_response) if own else r.expected_response
-        return [{"role": "user", "content": r.personalized_query}, {"role": "assistant", "content": reply}]
+        # only what was said; a replay's actual reply stands for the session's, on the user's own only
+        if own and replies and r.session_index in replies:
+            return [
+                {"role": "user", "content": r.personalized_query},
+                {"role": "assistant", "content": replies[r.session_index]},
+            ]
+        return [{"role": t.role, "content": t.content} for t in said_turns(r)]
 
     if context_tokens is not None:
         while _tokens(mine) > context_tokens and any(r.session_index not in keep for r in mine):
@@ -888,7 +923,23 @@ def history(
             if _tokens(mine) + _tokens(pad) >= context_tokens:
                 break
             pad.append(r)
-    return [m for r in pad for m in turns(r, False)] + [m for r in mine for m in turns(r, True)]
+    return [(None, turns(r, False)) for r in pad] + [(r.session_index, turns(r, True)) for r in mine]
+
+
+def history(
+    rows: Sequence[DatasetRow],
+    checkpoint: int,
+    *,
+    replies: dict[int, str] | None = None,
+    context_tokens: int | None = None,
+    filler: Sequence[DatasetRow] = (),
+    keep: Sequence[int] = (),
+) -> list[dict[str, str]]:
+    """`history_blocks` as one list of chat messages."""
+    blocks = history_blocks(
+        rows, checkpoint, replies=replies, context_tokens=context_tokens, filler=filler, keep=keep
+    )
+    return [m for _, ms in blocks for m in ms]
 
 
 def message_tokens(messages: Sequence[dict[str, str]]) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from personaloom.catalogue import Catalogue
 from personaloom.llm.client import LLMResult
-from personaloom.schemas.records import DatasetRow, PersonaRecord, Query, Scene, SeedRow
+from personaloom.schemas.records import DatasetRow, PersonaRecord, Query, Scene, SeedRow, Turn
 from personaloom.stages.filter import join_dataset
 from personaloom.stages.personas import merge_persona
 from personaloom.stages.scenes import EnrichJob, Topic, build_scene
@@ -46,6 +46,11 @@ def sample_records(catalogue: Catalogue, *, index: int = 0, seed: int = 0, sessi
         personalized_query=text,
         neutralized_query=text,
         revealed_fields=[],
+        turns=[
+            Turn(turn_id=f"{scene.scene_id}-q0-t0", role="user", content=text),
+            Turn(turn_id=f"{scene.scene_id}-q0-t1", role="assistant", content="Sure: here is a first plan."),
+            Turn(turn_id=f"{scene.scene_id}-q0-t2", role="user", content="Thanks, and what comes next?"),
+        ],
     )
     row = join_dataset([query], [scene], [persona])[0]
     return Samples(catalogue, skeleton, persona, topic, scene, query, row)

@@ -11,8 +11,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from personaloom.schemas.records import PersonaPath
-
 
 class Draft(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -81,7 +79,12 @@ def revisit_details_model(api_names: tuple[str, ...]) -> type[Draft]:
 
 class QueryDraft(Draft):
     personalized_query: str = Field(min_length=5, max_length=600)
-    revealed_fields: list[PersonaPath] = Field(default_factory=list, max_length=6)
+
+
+class FollowDraft(Draft):
+    """The user's next message in a session's conversation."""
+
+    message: str = Field(min_length=2, max_length=600)
 
 
 class NeutralDraft(Draft):

@@ -90,7 +90,8 @@ def alternates(messages: list[dict[str, str]], last: str) -> bool:
 
 def _split_rows(dest: Path) -> dict[str, Any]:
     """The export folder as `datasets` loads it: its card's config, one split per file."""
-    return load_dataset(str(dest))
+    # a cache of its own: `datasets` keys its cache by the card's relative file names, not the folder
+    return load_dataset(str(dest), cache_dir=str(dest.parent / f"{dest.name}-hf-cache"))
 
 
 def test_sft_loads_with_datasets(
@@ -101,29 +102,29 @@ def test_sft_loads_with_datasets(
     assert set(loaded) <= {"train", "validation", "test"} and "train" in loaded
     rows = [row for split in loaded.values() for row in split]
     assert all(split.column_names == ["prompt", "completion"] for split in loaded.values())
-    assert len(rows) == len(sessions) + len(probes)  # one example per kept session, one per probe
+    assert len(rows) == len(probes)  # one example per probe: its key is the reply code vouches for
     completions = []
     for row in rows:
         assert alternates(row["prompt"], "user"), [m["role"] for m in row["prompt"]]
         assert [m["role"] for m in row["completion"]] == ["assistant"]
         assert all(m["content"].strip() for m in row["prompt"] + row["completion"])
         completions.append(row["completion"][0]["content"])
-    assert {r.expected_response for r in sessions.values()} <= set(completions)
-    assert {p.options[p.answer] for p in probes} <= set(completions)  # probe examples end with the key
-    # each assistant turn is trained once: the completions hold every session reply exactly once
-    replies = [r.expected_response for r in sessions.values()]
-    trained = [c for c in completions if c in set(replies)]
-    assert sorted(trained) == sorted(replies)
+    assert sorted(completions) == sorted(p.options[p.answer] for p in probes)  # each key trained once
+    # no hidden reference reaches a prompt or a completion; the sessions' turns are in prompts only
+    hidden = {r.expected_response for r in sessions.values()}
+    assert not [m for row in rows for m in row["prompt"] + row["completion"] if m["content"] in hidden]
+    said = {t.content for r in sessions.values() for t in r.turns if t.role == "assistant"}
+    assert said and not said & set(completions)
     card = (built / "items" / "v0001" / "README.md").read_text()
     assert "--format sft|dpo|persona-mem" in card  # the card documents the three formats
     export_card = (dest / "README.md").read_text()
     assert all(f"split: {name}" in export_card for name in loaded)
 
 
-def test_splits_are_disjoint_by_persona(built: Path, tmp_path: Path, sessions: dict) -> None:
+def test_splits_are_disjoint_by_persona(built: Path, tmp_path: Path, probes: list[ProbeItem]) -> None:
     dest = export(built, tmp_path, "sft", "--splits", "0.5,0.25,0.25", "--split-seed", "7")
     seen: dict[str, str] = {}
-    by_reply = {r.expected_response: pid for (pid, _), r in sessions.items()}
+    by_reply = {p.options[p.answer]: p.persona_id for p in probes}
     for name in ("train", "validation", "test"):
         path = dest / f"{name}.jsonl"
         for line in path.read_text().splitlines() if path.exists() else []:
@@ -202,7 +203,7 @@ def load_rows_with_context(csv_path: Path, jsonl_path: Path) -> Iterator[tuple[d
             yield dict(row), prev_context
 
 
-@pytest.mark.parametrize("context_tokens", [None, 600])
+@pytest.mark.parametrize("context_tokens", [None, 6000])
 def test_persona_mem_loads_like_their_harness(
     built: Path, tmp_path: Path, probes: list[ProbeItem], sessions: dict, context_tokens: int | None
 ) -> None:
@@ -211,7 +212,7 @@ def test_persona_mem_loads_like_their_harness(
     with open(dest / "questions.csv", newline="", encoding="utf-8") as f:
         assert tuple(csv.DictReader(f).fieldnames or ()) == PERSONA_MEM_COLUMNS
     by_id = {p.probe_id: p for p in probes}
-    everything = sum(len(r.personalized_query) + len(r.expected_response) for r in sessions.values()) // 4
+    everything = sum(len(t.content) for r in sessions.values() for t in r.turns) // 4
     seen, contexts = set(), set()
     longest: dict[str, int] = {}
     for row, context in load_rows_with_context(dest / "questions.csv", dest / "shared_contexts.jsonl"):
@@ -224,9 +225,8 @@ def test_persona_mem_loads_like_their_harness(
         # the context ends with the checkpoint session's reply, right before the question
         checkpoint = sessions[(item.persona_id, item.checkpoint_session)]
         assert alternates(context, "assistant")
-        assert context[-2:] == [
-            {"role": "user", "content": checkpoint.personalized_query},
-            {"role": "assistant", "content": checkpoint.expected_response},
+        assert context[-len(checkpoint.turns) :] == [
+            {"role": t.role, "content": t.content} for t in checkpoint.turns
         ]
         said = {m["content"] for m in context if m["role"] == "user"}
         assert all(sessions[(item.persona_id, s)].personalized_query in said for s in item.evidence_sessions)

@@ -301,7 +301,12 @@ def test_history_caps_and_pads(version: Path) -> None:
     mine = [r for r in rows if r.persona_id == pid]
     last = max(r.session_index for r in mine)
     full = history(mine, last)
-    assert len(full) == 2 * len(mine) and full[0]["role"] == "user" and full[-1]["role"] == "assistant"
+    # only what was said: every turn of every session, in order, and no hidden reference answer
+    said = [(t.role, t.content) for r in sorted(mine, key=lambda r: r.session_index) for t in r.turns]
+    assert [(m["role"], m["content"]) for m in full] == said and len(said) > 2 * len(mine)
+    assert full[0]["role"] == "user" and full[-1]["role"] == "assistant"
+    hidden = {r.expected_response for r in rows}
+    assert not [m for m in full if any(h in m["content"] for h in hidden)]
     keep = [min(r.session_index for r in mine)]
     capped = history(mine, last, context_tokens=64, keep=keep)
     assert mine[0].personalized_query in [m["content"] for m in capped]  # evidence survives the cap

@@ -10,6 +10,7 @@ from functools import cache
 import pytest
 
 from personaloom.catalogue import Catalogue, load_catalogue
+from personaloom.drift import active_changes
 from personaloom.llm.client import LLM
 from personaloom.pipeline import STAGES
 from personaloom.schemas.config import BuildConfig, LLMConfig
@@ -18,7 +19,6 @@ from personaloom.schemas.records import PersonaRecord, Query
 from personaloom.stages import filter as filter_stage
 from personaloom.stages.base import StageContext
 from personaloom.stages.personas import merge_persona, session_times
-from personaloom.stages.queries import active_changes
 from personaloom.stages.scenes import plan_counts
 from personaloom.stages.seed import sample_skeleton, sample_skeletons
 from personaloom.testing.fake_openai import FakeOpenAI

@@ -57,7 +57,10 @@ def sample_session(row: DatasetRow) -> SessionLog:
         row.session_index,
         row.title,
         row.neutralized_query,
-        [Message("user", row.neutralized_query, 1), Message("assistant", row.expected_response, 1)],
+        [
+            Message("user", row.neutralized_query, 1),
+            Message("assistant", next((t.content for t in row.turns if t.role == "assistant"), "…"), 1),
+        ],
         satisfied=True,
         user_turns=1,
     )

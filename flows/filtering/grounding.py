@@ -77,6 +77,15 @@ def content_tokens(text: str) -> set[str]:
     return tokens
 
 
+MENTIONED = 0.5  # share of an item's content words a text must carry to count as mentioning it
+
+
+def mentions(text: str, item: str) -> bool:
+    """The text carries most of the item's content words (code's check of what a session said)."""
+    want = content_tokens(item)
+    return bool(want) and len(want & content_tokens(text)) / len(want) >= MENTIONED
+
+
 def drifted(neutral: str, personalized: str, scene_text: str) -> bool:
     """True when the neutralized query shares no task content with the query or the scene it came from."""
     mine = content_tokens(neutral)

@@ -19,6 +19,7 @@ import polars as pl
 from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
+from personaloom.drift import active_changes
 from personaloom.filtering import filter_texts, find_near_duplicates
 from personaloom.filtering.engine import wrong_language_detail
 from personaloom.filtering.grounding import ExampleIndex, drifted
@@ -30,7 +31,6 @@ from personaloom.schemas.drafts import Answerability, QualityScore
 from personaloom.schemas.filtering import FilterConfig, NearDupConfig
 from personaloom.schemas.records import DatasetRow, PersonaRecord, Query, Rejection, Scene
 from personaloom.stages.base import Advance, Inputs, Stage, StageContext, StageOutcome, map_async
-from personaloom.stages.queries import active_changes
 
 NAME = "filter"  # the pipeline stage its rejections and usage count under
 
@@ -421,6 +421,8 @@ def join_dataset(
                 neutralized_query=q.neutralized_query,
                 revealed_fields=list(q.revealed_fields),
                 persona=p.persona,
+                turns=q.turns,
+                planned_reveals=q.planned_reveals,
                 active_changes=active_changes(p.persona, q.session_index),
                 fallback_fields=sorted(fallback),
             )
