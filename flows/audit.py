@@ -31,6 +31,8 @@ INVARIANTS: dict[str, str] = {
     "active_changes_per_session": "each dataset row carries exactly the changes in force at its session",
     "revisit_links_earlier_session": "a revisit links an earlier session of the same persona",
     "session_times_increase": "a persona's sessions are in time order",
+    "scene_category_checked": "a scene's category is its catalogue scene's, its origin's for a revisit, and "
+    "for a written scene one of the list, or 'other' exactly when marked a category fallback",
     "probe_one_correct": "a probe has exactly one correct option, at its answer index",
     "probe_key_in_force": "a probe's key is the value in force at its checkpoint (the sequence, the reason, "
     "or for 'new things' an interest the user does not hold), and each option holds its own value verbatim",
@@ -97,6 +99,30 @@ def _session_checks(root: Path, personas: dict[str, PersonaRecord]) -> Counter[s
             origin = index.get(s.revisits or "")
             if origin is None or origin.persona_id != s.persona_id or origin.session_index >= s.session_index:
                 found["revisit_links_earlier_session"] += 1
+    return found
+
+
+def _category_checks(root: Path, cat: Catalogue) -> Counter[str]:
+    """Scene categories (personaloom.scenarios); a version built before they were recorded has none."""
+    from personaloom.scenarios import CATEGORY_FALLBACK, OTHER, categories
+
+    found: Counter[str] = Counter()
+    cols = ["scene_id", "kind", "catalogue_id", "category", "revisits", "fallback_fields"]
+    rows = read_table(root / "scenes", Scene, columns=cols).to_pylist()
+    if all(r["category"] is None for r in rows):
+        return found
+    of_catalogue = {s.scene_id: s.category for s in cat.scenes}
+    allowed = set(categories(cat))
+    by_id = {r["scene_id"]: r for r in rows}
+    for r in rows:
+        marked = CATEGORY_FALLBACK in (r["fallback_fields"] or ())
+        if r["kind"] == "revisit":
+            ok = r["category"] == by_id.get(r["revisits"] or "", {}).get("category")
+        elif r["catalogue_id"] is not None:
+            ok = r["category"] == of_catalogue.get(r["catalogue_id"]) and not marked
+        else:
+            ok = r["category"] in allowed and not marked or r["category"] == OTHER and marked
+        found["scene_category_checked"] += not ok
     return found
 
 
@@ -202,6 +228,7 @@ def audit(root: Path, cat: Catalogue) -> dict[str, int]:
     found = _skeleton_checks(seeds, cat)
     found += _persona_checks({s.persona_id: s for s in seeds}, personas, cat)
     found += _session_checks(root, {p.persona_id: p for p in personas})
+    found += _category_checks(root, cat)
     found += _probe_checks(root, {p.persona_id: p for p in personas})
     from personaloom.stages.seed import SKELETON_INVARIANTS
 

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from personaloom import scenarios
+from personaloom.audit import _category_checks
 from personaloom.build import build_dataset
 from personaloom.card import dataset_card, scenario_summary
 from personaloom.catalogue import load_catalogue
@@ -203,3 +205,15 @@ def test_build_records_the_scenarios_the_scenes_table_gives(out: Path, prefect_h
     for c, n in sc.by_category.items():
         assert f"| {c} | {n} | {sc.catalogue_by_category.get(c, 0)} |" in card
     assert scenario_summary(m)[0].startswith(f"scenarios: {sc.distinct} distinct")
+    assert m.invariants["scene_category_checked"] == 0
+    # the invariant can fail: a written scene's category that is no category of the list
+    table = pq.read_table(root / "scenes")
+    rows = table.to_pylist()
+    i = next(i for i, r in enumerate(rows) if r["kind"] == "specific")
+    rows[i]["category"] = "adventure"
+    tampered = out / "tampered"
+    (tampered / "scenes").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=table.schema), tampered / "scenes" / "part-00000.parquet"
+    )
+    assert _category_checks(tampered, cat)["scene_category_checked"] == 1
