@@ -9,6 +9,9 @@ SCENES  ?= 4
 # the embedded 270M model writes English only: a demo of personas who write in English keeps its rows
 # through stage 5's language check (LANGUAGES= builds every language the locales speak)
 LANGUAGES ?= en
+# one user message and the assistant's reply per session: short conversations keep the embedded demo's
+# budget (personaloom's default is 2 user turns; USER_TURNS=2 for the full shape)
+USER_TURNS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: build test lint bench clean local-llm replay serve server sample gc
@@ -30,7 +33,7 @@ $(VENV)/.local: $(VENV)/.core
 	touch $@
 
 build: $(VENV)/.local
-	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --sessions $(SCENES) --out $(OUT) $(if $(LANGUAGES),--languages $(LANGUAGES))
+	$(BIN)/personaloom build --dataset $(DATASET) --personas $(PERSONAS) --sessions $(SCENES) --user-turns $(USER_TURNS) --out $(OUT) $(if $(LANGUAGES),--languages $(LANGUAGES))
 
 replay: $(VENV)/.local
 	$(BIN)/personaloom replay $(DATASET) --agents none,demographics-only,golden,learned,rag,learned-rag,persona-agent,vars --k 3 --out $(OUT)

@@ -240,13 +240,36 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid {kind}: {str(e).splitlines()[0]}") from None
 
 
-def make_config(file: Path | None, overrides: dict[str, Any], llm_overrides: dict[str, Any]) -> Any:
+def parse_tokens(text: str | None, flag_name: str) -> int | None:
+    """`32k`, `128k`, `1.5m` or `32000` → tokens."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    if m is None:
+        raise UserError(f"{flag_name} {text!r}: give tokens, e.g. 32k, 128k or 32000")
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def make_config(
+    file: Path | None,
+    overrides: dict[str, Any],
+    llm_overrides: dict[str, Any],
+    conversation_overrides: dict[str, Any] | None = None,
+) -> Any:
     from personaloom.schemas.config import BuildConfig
 
     data = load_config_file(file) if file else {}
     if not isinstance(data, dict):
         raise UserError(f"config file {file} must hold an object of settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if given := {k: v for k, v in (conversation_overrides or {}).items() if v is not None}:
+        conversation = data.get("conversation", {})
+        if not isinstance(conversation, dict):
+            raise UserError(
+                f"{file}: conversation: must be a table of settings, e.g. conversation.user_turns"
+            )
+        data["conversation"] = {**conversation, **given}
     llm = data.get("llm", {})
     if not isinstance(llm, dict):  # else `dict(5)`: a TypeError traceback, or `[]` silently dropped
         raise UserError(
@@ -329,6 +352,22 @@ def build(
         bool, flag("progress", "live progress on a terminal (else a plain line every 10 s)")
     ] = True,
     grow: GrowOpt = None,
+    user_turns: Annotated[
+        int | None,
+        typer.Option(help="user messages per session, each answered by a plain assistant", show_default="2"),
+    ] = None,
+    context_target: Annotated[
+        str | None,
+        typer.Option(
+            help="tokens of each persona's own history to reach, e.g. 32k or 128k: more sessions and "
+            "longer conversations (estimated at 4 characters a token)",
+            show_default="off",
+        ),
+    ] = None,
+    explicit_share: Annotated[
+        float | None,
+        typer.Option(help="share of planned reveals the user may state outright", show_default="0"),
+    ] = None,
     rebuild: Annotated[
         bool,
         flag("rebuild", "regenerate the latest version's personas (same indices, seed) with new settings"),
@@ -379,6 +418,11 @@ def build(
             max_tokens=max_tokens,
             max_cost=max_cost,
             redraws=g["redraws"],
+        ),
+        dict(
+            user_turns=user_turns,
+            context_target=parse_tokens(context_target, "--context-target"),
+            explicit_share=explicit_share,
         ),
     )
     personas = g["personas"]  # None unless given: --grow and --rebuild refuse it

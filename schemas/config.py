@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from personaloom.schemas.filtering import FilterConfig
 
@@ -139,6 +139,9 @@ class DedupLevels(BaseModel):
     )
 
 
+SESSION_TOKENS = 800  # a --context-target build plans a session per this many tokens of the target
+
+
 class ConversationConfig(BaseModel):
     """Stage 4: how each session's conversation goes and what the user may reveal in it."""
 
@@ -166,7 +169,10 @@ class ConversationConfig(BaseModel):
     context_target: int | None = Field(
         None,
         ge=1000,
-        description="tokens of each persona's own history to reach (more sessions and turns); e.g. 32000",
+        le=2_000_000,
+        description="tokens (estimated, 4 characters each) of each persona's own history to reach, e.g. "
+        f"32000: more sessions (one per {SESSION_TOKENS} tokens unless the sessions are given) and longer "
+        "conversations with side topics, until every persona's history holds it",
     )
 
 
@@ -223,6 +229,14 @@ class BuildConfig(BaseModel):
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupLevels = Field(default_factory=DedupLevels)
+
+    @model_validator(mode="after")
+    def _sessions_for_the_target(self) -> BuildConfig:
+        """A context target without given sessions plans enough of them (a user's life is many sessions)."""
+        target = self.conversation.context_target
+        if target is not None and "scenes_per_persona" not in self.model_fields_set:
+            self.scenes_per_persona = min(200, max(self.scenes_per_persona, -(-target // SESSION_TOKENS)))
+        return self
 
     @field_validator("dataset")
     @classmethod

@@ -144,3 +144,26 @@ def test_an_uncalibrated_judge_is_not_asked_and_leaves_reveals_unconfirmed(out: 
     marks = [m for r in rows for t in r.turns for m in t.reveals]
     assert marks and all(m.confirmed is None for m in marks)
     assert manifest.conversations is not None and manifest.conversations.implicit_share() is None
+
+
+def test_a_context_target_grows_every_persona_s_own_history(out: Path) -> None:
+    with FakeOpenAI() as fake:
+        cfg = config(fake, user_turns=1, context_target=4000).model_copy(update={"scenes_per_persona": 3})
+        version = asyncio.run(build_dataset(cfg, out=str(out)))
+    root = out / "talk" / version
+    rows = read_records(root / "dataset", DatasetRow)
+    manifest = Manifest.model_validate_json((root / "manifest.json").read_text())
+    own = {
+        pid: sum(len(t.content) // 4 for r in rows if r.persona_id == pid for t in r.turns)
+        for pid in {r.persona_id for r in rows}
+    }
+    assert len(own) == 4 and min(own.values()) >= 4000, own  # from the user's own sessions, no padding
+    assert max(len(r.turns) for r in rows) > 2  # by longer conversations: 3 sessions hold it
+    assert all(
+        [t.turn_id for t in r.turns] == [f"{r.query_id}-t{i}" for i in range(len(r.turns))] for r in rows
+    )
+    assert manifest.conversations is not None and manifest.conversations.history_tokens_min == min(
+        own.values()
+    )
+    # without given sessions, a target plans a session per SESSION_TOKENS of it
+    assert BuildConfig(conversation=ConversationConfig(context_target=32000)).scenes_per_persona == 40

@@ -10,6 +10,7 @@ traits removed) for the replay's no-persona start.
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 from personaloom.drift import persona_at
@@ -33,6 +34,7 @@ from personaloom.stages.reveals import (
     REVEAL,
     RevealJob,
     assign_turns,
+    estimate_tokens,
     field_of,
     marks_for,
     plan_reveals,
@@ -212,6 +214,7 @@ class TurnJob(NamedTuple):
     persona: Persona
     turns: tuple[Turn, ...]
     reveals: tuple[PlannedReveal, ...] = ()
+    side: bool = False  # a --context-target build's extra exchange: the user may drift to a side topic
 
 
 def _text(job: TurnJob, res: LLMResult[str]) -> str | None:
@@ -224,7 +227,7 @@ ASSIST: LLMCall[TurnJob, str | None] = LLMCall(
     render=lambda job: {"turns": job.turns, "language": job.persona.Demographics.Interaction_Language},
     build=_text,
     response=None,
-    max_tokens=350,
+    max_tokens=250,
     role="writer",
     sample=lambda s: TurnJob(s.scene, s.persona.persona, tuple(s.query.turns[:1])),
 )
@@ -247,6 +250,7 @@ FOLLOW: LLMCall[TurnJob, str | None] = LLMCall(
     render=lambda job: {
         **_speaker(SimulateJob(job.scene, job.persona, None, job.reveals)),
         "turns": job.turns,
+        "asks": [*(ask_line(r) for r in job.reveals), *([SIDE_TOPIC] if job.side else [])],
     },
     build=_follow,
     response=FollowDraft,
@@ -332,6 +336,49 @@ async def mark(llm: LLM, query: Query, by_turn: list[list[PlannedReveal]], trust
     return query.model_copy(update={"turns": turns, "revealed_fields": sorted(fields)})
 
 
+GROW_MARGIN = 1.25  # stage 5 drops some sessions: a persona's history grows past the target by this
+SIDE_TOPIC = (
+    "a side topic from your own life (your plans, people around you, something that happened): "
+    "bring it up as people do, then come back to the task or not"
+)
+MAX_USER_TURNS = 60  # a session never grows past this, whatever the target
+
+
+def said_tokens(queries: list[Query]) -> int:
+    return sum(estimate_tokens(t.content) for q in queries for t in q.turns)
+
+
+async def extend(llm: LLM, query: Query, job: SimulateJob) -> Query:
+    """One more exchange on a session: the user's side talk or follow-up, and the assistant's reply."""
+    turns = list(query.turns)
+    follow = await llm.run(FOLLOW, TurnJob(job.scene, job.persona, tuple(turns), (), side=True))
+    if follow is None:
+        return query
+    turns.append(Turn(turn_id=f"{query.query_id}-t{len(turns)}", role="user", content=follow))
+    reply = await llm.run(ASSIST, TurnJob(job.scene, job.persona, tuple(turns)))
+    if reply is not None:
+        turns.append(Turn(turn_id=f"{query.query_id}-t{len(turns)}", role="assistant", content=reply))
+    return query.model_copy(update={"turns": turns})
+
+
+async def grow_history(llm: LLM, sessions: list[tuple[Query, SimulateJob]], target: int) -> list[Query]:
+    """Longer conversations until the persona's own history holds the target (rounds of one more
+    exchange on every session, all at once; a round that adds nothing ends it)."""
+    queries = [q for q, _ in sessions]
+    goal = int(target * GROW_MARGIN)
+    while said_tokens(queries) < goal:
+        open_ = [i for i, q in enumerate(queries) if sum(t.role == "user" for t in q.turns) < MAX_USER_TURNS]
+        if not open_:
+            break
+        grown = await asyncio.gather(*(extend(llm, queries[i], sessions[i][1]) for i in open_))
+        before = said_tokens(queries)
+        for i, q in zip(open_, grown, strict=True):
+            queries[i] = q
+        if said_tokens(queries) == before:
+            break
+    return queries
+
+
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
     by_id = {p.persona_id: p.persona for p in inputs["personas"]}
     scene_of = {s.scene_id: s for s in inputs["scenes"]}
@@ -339,8 +386,9 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
     calibration = await reveal_calibration(ctx.llm, conv.reveal_min_accuracy)
     trusted = calibration.trusted if calibration is not None else None
     done: dict[str, Query | Rejection] = {}
+    plans: dict[str, tuple[SimulateJob, list[list[PlannedReveal]]]] = {}
 
-    async def one(scene: Scene) -> Query | Rejection:
+    async def talk(scene: Scene) -> None:
         earlier = None
         if scene.revisits is not None:  # the user picks up where they left off, in their own words
             then = done[scene.revisits]
@@ -350,24 +398,45 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[Query]:
         planned = plan_reveals(persona, scene.persona_id, scene.session_index, conv, ctx.catalogue)
         by_turn = assign_turns(planned, conv.user_turns)
         job = SimulateJob(scene, persona, earlier, tuple(by_turn[0]))
+        plans[scene.scene_id] = (job, by_turn)
         query = await ctx.llm.run(SIMULATE, job)
         if not isinstance(query, Rejection):
             query = query.model_copy(update={"planned_reveals": planned})
             query = await converse(ctx.llm, query, job, by_turn, conv.user_turns)
-            query = await mark(ctx.llm, query, by_turn, trusted)
-            said = " ".join(t.content for t in query.turns if t.role == "user")
-            fields = set(query.revealed_fields) | lexical_reveals(
-                said, persona_at(persona, scene.session_index)
-            )
-            query = query.model_copy(update={"revealed_fields": sorted(fields)})
-            language = persona.Demographics.Interaction_Language
-            query = await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene, language))
+        done[scene.scene_id] = query
+
+    async def grow(persona_id: str) -> None:
+        mine = [
+            (q, plans[q.scene_id][0])
+            for q in done.values()
+            if isinstance(q, Query) and q.persona_id == persona_id
+        ]
+        mine.sort(key=lambda qj: qj[0].session_index)
+        for q in await grow_history(ctx.llm, mine, conv.context_target or 0):
+            done[q.scene_id] = q
+
+    async def finish(scene: Scene) -> Query | Rejection:
+        query = done[scene.scene_id]
+        if isinstance(query, Rejection):
+            return query
+        job, by_turn = plans[scene.scene_id]
+        query = await mark(ctx.llm, query, by_turn, trusted)
+        said = " ".join(t.content for t in query.turns if t.role == "user")
+        now = persona_at(job.persona, scene.session_index)
+        query = query.model_copy(
+            update={"revealed_fields": sorted(set(query.revealed_fields) | lexical_reveals(said, now))}
+        )
+        language = job.persona.Demographics.Interaction_Language
+        query = await ctx.llm.run(NEUTRALIZE, NeutralizeJob(query, scene, language))
         done[scene.scene_id] = query
         return query
 
     # sessions that revisit an earlier one go second, once what the user asked then is known
-    await map_async([s for s in inputs["scenes"] if s.revisits is None], one, ctx.advance)
-    await map_async([s for s in inputs["scenes"] if s.revisits is not None], one, ctx.advance)
+    await map_async([s for s in inputs["scenes"] if s.revisits is None], talk)
+    await map_async([s for s in inputs["scenes"] if s.revisits is not None], talk)
+    if conv.context_target:  # the user's own life fills the context: longer talks, side topics
+        await asyncio.gather(*(grow(pid) for pid in sorted({s.persona_id for s in inputs["scenes"]})))
+    await map_async(inputs["scenes"], finish, ctx.advance)
     return StageOutcome.split(done[s.scene_id] for s in inputs["scenes"])
 
 
