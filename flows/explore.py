@@ -321,17 +321,40 @@ def _short(label: object) -> str:
     return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
 
 
-def _bar_counts(ax: Axes, values: pl.Series, title: str) -> None:
-    """Horizontal bars of value counts, most frequent on top, the tail folded into "other"."""
-    ax.set_title(title)
-    if values.len() == 0:
-        _no_data(ax, "rows")
-        return
+def scale_orders() -> dict[str, list[str]]:
+    """The ordinal scales of the persona's communication style (lowest → highest), by column name."""
+    from personaloom.catalogue import load_catalogue
+    from personaloom.drift import SCALES
+
+    attributes = load_catalogue().attributes
+    return {path.split(".")[-1]: list(attributes[key]) for path, key in SCALES.items() if key in attributes}
+
+
+def bar_counts(values: pl.Series, order: list[str] | None = None) -> tuple[list[str], list[int]]:
+    """Labels and counts of a bar chart, top first: most frequent first, or an ordinal scale in its own
+    order (lowest first; values off the scale after it, by count), the tail folded into "other"."""
     counts = values.value_counts(sort=True, name="n")
+    if order is not None:
+        rank = {v: i for i, v in enumerate(order)}
+        counts = counts.with_columns(
+            pl.col(values.name).replace_strict(rank, default=len(order), return_dtype=pl.Int64).alias("_rank")
+        )
+        counts = counts.sort(["_rank", "n"], descending=[False, True], maintain_order=True).drop("_rank")
     labels, sizes = [_short(v) for v in counts[values.name][:TOP_N]], counts["n"][:TOP_N].to_list()
     if counts.height > TOP_N:
         labels.append(f"other ({counts.height - TOP_N})")
         sizes.append(int(counts["n"][TOP_N:].sum()))
+    return labels, sizes
+
+
+def _bar_counts(ax: Axes, values: pl.Series, title: str, order: list[str] | None = None) -> None:
+    """Horizontal bars of value counts, most frequent on top (an ordinal scale in its order), the tail
+    folded into "other"."""
+    ax.set_title(title)
+    if values.len() == 0:
+        _no_data(ax, "rows")
+        return
+    labels, sizes = bar_counts(values, order)
     ax.barh(labels[::-1], sizes[::-1], color="#4C72B0")
     ax.tick_params(axis="y", labelsize=8)
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -394,11 +417,12 @@ def personas_figure(view: VersionView) -> Figure:
 def communication_figure(view: VersionView) -> Figure:
     fig = Figure(figsize=(14, 4.5), layout="constrained")
     attrs = persona_attributes(view)
+    orders = scale_orders()
     for ax, col in zip(
         fig.subplots(1, 4), ("formality", "verbosity", "proactivity", "emotional_tone"), strict=True
     ):
         if col in attrs.columns:
-            _bar_counts(ax, attrs[col], col.replace("_", " "))
+            _bar_counts(ax, attrs[col], col.replace("_", " "), orders.get(col))
         else:
             ax.set_title(col)
             _no_data(ax, col)
