@@ -349,6 +349,7 @@ def publish_version(
             timings={k: round(v, 3) for k, v in run.timings.items()},
             shards=infos,
             identity=run.key,
+            content_identity=run.content_key,
             seeds_digest=run.catalogue.digest,
             mode=plan.mode,
             built=PersonaSpan(first=new_personas(run).start, end=config.personas),
@@ -413,7 +414,7 @@ async def build_dataset(
         plan.config, calls=build_calls(), cache=paths.cache, seeds_dir=seeds, identity=plan.identity
     ) as run:
         latest = store.latest()
-        if latest is not None and not force and store.manifest(latest).identity == run.key:
+        if latest is not None and not force and _same_build(store.manifest(latest), run, plan):
             logger.info("up to date: %s@%s", config.dataset, latest)
             return latest
         if plan.parent is not None:
@@ -438,6 +439,15 @@ async def build_dataset(
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version
+
+
+def _same_build(latest: Manifest, run: Run[BuildConfig], plan: Plan) -> bool:
+    """The latest version is what this build would publish: the same run, or (a plain build) the same
+    personas and settings as a grown version, whose content key is that of a fresh build of its personas
+    (`build --grow 5` then `build --personas 35` is up to date)."""
+    if latest.identity == run.key:
+        return True
+    return plan.parent is None and latest.content_identity is not None and latest.content_identity == run.key
 
 
 USAGE_FILE = ".usage.json"  # in a staging folder: the LLM usage of this build's interrupted runs

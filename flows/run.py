@@ -71,6 +71,9 @@ class Run(Generic[C]):
     prompts: PromptLibrary
     calls: dict[str, LLMCall[Any, Any]]
     key: str  # the run's identity
+    # the identity without what `open_run(identity=...)` added: for a grown build, the key a fresh build of
+    # the same personas and settings has (its version is what that fresh build would publish)
+    content_key: str = ""
     staging: Path = Path()  # where a build writes (set by the build once it claims the folder)
     growth: Growth | None = None  # set by a grown build: it generates only the personas past its parent
     timings: dict[str, float] = field(default_factory=dict)
@@ -151,19 +154,23 @@ async def open_run(
             checks=answer_checks(config, prompts),
         )
         stack.push_async_callback(llm.aclose)
-        key = run_identity(
-            effective,
-            exclude=exclude if exclude is not None else {"llm": LLM_NOT_IDENTITY},
-            catalogue=catalogue,
-            prompts=prompts,
-            calls=calls,
-            # where the answers come from is part of what a run is: a build against a failing endpoint
-            # is never "up to date" with a later one against a healthy endpoint (the model is in config)
-            extra={"endpoint": _endpoint_identity(endpoint), **(identity or {})},
-        )
+
+        def key_of(more: dict[str, Any]) -> str:
+            return run_identity(
+                effective,
+                exclude=exclude if exclude is not None else {"llm": LLM_NOT_IDENTITY},
+                catalogue=catalogue,
+                prompts=prompts,
+                calls=calls,
+                # where the answers come from is part of what a run is: a build against a failing endpoint
+                # is never "up to date" with a later one against a healthy endpoint (the model is in config)
+                extra={"endpoint": _endpoint_identity(endpoint), **more},
+            )
+
+        key = key_of(identity or {})
         # what exists now lives for the whole run: the collector's passes skip it (personaloom.collector)
         stack.enter_context(collector.for_run())
-        yield Run(effective, endpoint, llm, catalogue, prompts, by_name(calls), key)
+        yield Run(effective, endpoint, llm, catalogue, prompts, by_name(calls), key, key_of({}))
 
 
 def _endpoint_identity(endpoint: Endpoint) -> str:

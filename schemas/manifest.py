@@ -230,6 +230,11 @@ class Manifest(BaseModel):
         description="the build's run key (content settings, seeds, prompts of the declared calls, code): "
         "a build with the latest version's identity publishes nothing",
     )
+    content_identity: str | None = Field(
+        None,
+        description="the identity a fresh build of this version's personas and settings has (a grown "
+        "version's identity also names its parent): such a build of the latest version publishes nothing",
+    )
     seeds_digest: str | None = Field(None, description="digest of the seed tables the build sampled from")
     mode: Literal["build", "grow", "rebuild"] = Field(
         "build",

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import polars as pl
+import pytest
 from matplotlib.figure import Figure
 
+from personaloom.build import build_dataset
 from personaloom.explore import _bar_counts, bar_counts, scale_orders
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.store import DatasetStore
+from personaloom.testing.fake_openai import FakeOpenAI
 
 
 def test_ordinal_scales_are_plotted_in_scale_order_not_by_count() -> None:
@@ -23,3 +31,24 @@ def test_ordinal_scales_are_plotted_in_scale_order_not_by_count() -> None:
     bars = sorted(ax.patches, key=lambda b: -b.get_y())  # top bar first
     ticks = {round(t.get_position()[1]): t.get_text() for t in ax.get_yticklabels()}
     assert [ticks[round(b.get_y() + b.get_height() / 2)] for b in bars] == labels
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_build_of_a_grown_version_s_personas_is_up_to_date(out: Path) -> None:
+    """Issue 31 item 8: after `--grow`, `build --personas N` with N the grown total publishes nothing."""
+    store = DatasetStore(out, "grown")
+    with FakeOpenAI() as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
+        cfg = BuildConfig(dataset="grown", personas=3, scenes_per_persona=2, shard_size=2, llm=llm)
+        assert asyncio.run(build_dataset(cfg, out=str(out))) == "v0001"
+        assert asyncio.run(build_dataset(cfg, out=str(out), grow=2)) == "v0002"
+        calls = fake.stats.by_path.get("/v1/chat/completions", 0)
+        again = cfg.model_copy(update={"personas": 5})
+        assert asyncio.run(build_dataset(again, out=str(out))) == "v0002"  # up to date, not a copy
+        assert store.versions() == ["v0001", "v0002"]
+        assert fake.stats.by_path.get("/v1/chat/completions", 0) == calls
+        m = store.manifest("v0002")
+        assert m.mode == "grow" and m.content_identity and m.content_identity != m.identity
+        # a build that differs is still built: other personas
+        assert asyncio.run(build_dataset(cfg.model_copy(update={"personas": 6}), out=str(out))) == "v0003"
+        assert store.manifest("v0003").content_identity == store.manifest("v0003").identity
