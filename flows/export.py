@@ -27,8 +27,8 @@ from personaloom.store import TABLES, DatasetStore, read_records, replacing
 
 FORMATS = ("jsonl", "csv")
 Format = Literal["jsonl", "csv"]
-ITEM_FORMATS = ("sft", "dpo", "persona-mem")
-ItemFormat = Literal["sft", "dpo", "persona-mem"]
+ITEM_FORMATS = ("sft", "dpo", "persona-mem", "longmemeval", "locomo")
+ItemFormat = Literal["sft", "dpo", "persona-mem", "longmemeval", "locomo"]
 
 
 def _json_strings(series: pl.Series) -> pl.Series:
@@ -106,6 +106,7 @@ REJECTED: tuple[OptionKind, ...] = (
     "other_change",
     "reordered",
     "mentioned",
+    "someone_else",
     "other_persona",
     "alternative",
     "generic",
@@ -387,6 +388,10 @@ def export_items(
 
     Each item's history is the user's kept sessions up to its checkpoint (capped, or padded with other
     personas' sessions, to about `context_tokens`), as `personaloom evaluate` asks it.
+
+    `longmemeval` writes `longmemeval.json` (one entry per item, its haystack the history up to the
+    checkpoint), `locomo` writes `locomo.json` (one sample per persona: its whole conversation and its
+    items); both keep every item together (no splits) and a README.md counting the items left out.
     """
     if fmt not in ITEM_FORMATS:
         raise UserError(f"--format: unknown format {fmt!r}: choose one of {', '.join(ITEM_FORMATS)}")
@@ -408,6 +413,16 @@ def export_items(
         written = _write_splits(dest, fmt, sft_examples(items, h), splits, split_seed)
     elif fmt == "dpo":
         written = _write_splits(dest, fmt, dpo_pairs(items, h), splits, split_seed)
+    elif fmt == "longmemeval":
+        entries, skipped = longmemeval(items, h)
+        _write_json(dest / "longmemeval.json", entries)
+        written = {"longmemeval.json": len(entries)}
+        _write_note(dest, fmt, len(entries), {"open_answer_less": skipped})
+    elif fmt == "locomo":
+        samples, left = locomo(items, h)
+        _write_json(dest / "locomo.json", samples)
+        written = {"locomo.json": len(samples)}
+        _write_note(dest, fmt, sum(len(s["qa"]) for s in samples), left)
     else:
         questions, contexts = persona_mem(items, h)
         written = {
@@ -418,3 +433,195 @@ def export_items(
         }
     _copy_manifest(version_dir, dest)
     return written
+
+
+# ---------------------------------------------------------------- memory benchmarks: LongMemEval, LoCoMo
+
+# Our probe types → LongMemEval's six question types; a `single-session-user` item whose evidence spans
+# several sessions is `multi-session`. We have no abstention type, so no question id ends in `_abs`.
+LONGMEMEVAL_TYPES = {
+    "recalling_facts_mentioned_by_the_user": "single-session-user",
+    "recalling_the_latest_user_preferences": "knowledge-update",
+    "tracking_the_full_sequence_of_preference_updates": "temporal-reasoning",
+    "recalling_the_reasons_behind_previous_updates": "single-session-user",
+    "recommendation_aligned_with_users_latest_preferences": "single-session-preference",
+    "generalizing_past_reasons_in_memory_to_new_scenarios": "single-session-preference",
+}
+# Our probe types → LoCoMo's categories (1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial);
+# a single-hop item whose evidence spans several sessions is multi-hop. None is 2 (LoCoMo asks category 2 for
+# a date) or 5 (we have no unanswerable questions).
+LOCOMO_CATEGORIES = {
+    "recalling_facts_mentioned_by_the_user": 4,
+    "recalling_the_latest_user_preferences": 4,
+    "tracking_the_full_sequence_of_preference_updates": 1,
+    "recalling_the_reasons_behind_previous_updates": 4,
+    "recommendation_aligned_with_users_latest_preferences": 3,
+    "generalizing_past_reasons_in_memory_to_new_scenarios": 3,
+}
+# "Which of these have I not mentioned?" has no single open answer without its options: left out of both.
+OPEN_ANSWER_LESS = ("identifying_new_things_not_mentioned_by_the_user",)
+LONGMEMEVAL_DATE = "%Y/%m/%d (%a) %H:%M"  # zero-padded: LongMemEval sorts sessions by this text
+
+
+def _locomo_date(ts: Any) -> str:
+    """LoCoMo's `1:56 pm on 8 May, 2023` (hour and day not padded, English month)."""
+    months = "January February March April May June July August September October November December".split()
+    hour = ts.hour % 12 or 12
+    half = "am" if ts.hour < 12 else "pm"
+    return f"{hour}:{ts.minute:02d} {half} on {ts.day} {months[ts.month - 1]}, {ts.year}"
+
+
+def evidence_turn_ids(item: ProbeItem, rows: Sequence[DatasetRow]) -> dict[int, list[str]]:
+    """Evidence session → the user turns in it that reveal the item: its `evidence_turns` there, or (none
+    named in that session, or an earlier version's item) every user turn of the session."""
+    from personaloom.probes import user_turns
+
+    named = set(item.evidence_turns)
+    out: dict[int, list[str]] = {}
+    for r in rows:
+        if r.session_index in item.evidence_sessions:
+            ids = [t.turn_id for t in user_turns(r)]
+            out[r.session_index] = [t for t in ids if t in named] or ids
+    return out
+
+
+def _safe_id(persona_id: str) -> str:
+    """LongMemEval finds evidence by the substring `answer` (and maps `noans_` back to `answer_`)."""
+    return persona_id.replace("answer", "ans-wer").replace("noans", "no-ans")
+
+
+def longmemeval(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[str, Any]], int]:
+    """LongMemEval entries (one per item, its haystack the user's sessions up to the checkpoint in time
+    order) and how many items were left out (OPEN_ANSWER_LESS)."""
+    from personaloom.probes import history_blocks, said_turns
+
+    entries: list[dict[str, Any]] = []
+    skipped = 0
+    for item in items:
+        if item.type in OPEN_ANSWER_LESS:
+            skipped += 1
+            continue
+        rows = h.rows[item.persona_id]
+        asked = next(r for r in rows if r.session_index == item.checkpoint_session).timestamp
+        evidence = evidence_turn_ids(item, rows)
+        keep = sorted({*item.evidence_sessions, item.checkpoint_session})
+        filler = [r for r in h.filler(item.persona_id) if r.timestamp <= asked]
+        blocks = history_blocks(
+            rows, item.checkpoint_session, context_tokens=h.context_tokens, filler=filler, keep=keep
+        )
+        kept = {s for s, _ in blocks if s is not None}
+        pad = filler[: sum(1 for s, _ in blocks if s is None)]
+        haystack = [(r, False) for r in pad] + [(r, True) for r in rows if r.session_index in kept]
+        haystack.sort(key=lambda x: (x[0].timestamp, not x[1], x[0].persona_id, x[0].session_index))
+        ids, dates, sessions = [], [], []
+        for r, own in haystack:
+            marked = set(evidence.get(r.session_index, ())) if own else set()
+            sid = f"{_safe_id(r.persona_id)}_s{r.session_index}"
+            ids.append(f"answer_{sid}" if marked else sid)
+            dates.append(r.timestamp.strftime(LONGMEMEVAL_DATE))
+            sessions.append(
+                [
+                    {"role": t.role, "content": t.content}
+                    | ({"has_answer": t.turn_id in marked} if t.role == "user" else {})
+                    for t in said_turns(r)
+                ]
+            )
+        qtype = LONGMEMEVAL_TYPES[item.type]
+        if qtype == "single-session-user" and len(evidence) > 1:
+            qtype = "multi-session"
+        entries.append(
+            {
+                "question_id": item.probe_id,
+                "question_type": qtype,
+                "question": item.question,
+                "answer": item.truth,
+                "question_date": asked.strftime(LONGMEMEVAL_DATE),
+                "haystack_session_ids": ids,
+                "haystack_dates": dates,
+                "haystack_sessions": sessions,
+                "answer_session_ids": [i for i in ids if "answer" in i],
+            }
+        )
+    return entries, skipped
+
+
+def changed_later(item: ProbeItem, rows: Sequence[DatasetRow]) -> bool:
+    """The item's field changes after its checkpoint within the user's kept sessions: over the whole
+    conversation its answer would be ambiguous."""
+    last = rows[-1].session_index
+    return any(
+        ch.field == item.path and item.checkpoint_session < ch.effective_session <= last
+        for ch in rows[-1].persona.Changes
+    )
+
+
+def locomo(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """LoCoMo samples (one per persona with items: its whole conversation, sessions in time order) and
+    the items left out by reason."""
+    from personaloom.probes import said_turns
+
+    by_persona: dict[str, list[ProbeItem]] = defaultdict(list)
+    for item in items:
+        by_persona[item.persona_id].append(item)
+    samples: list[dict[str, Any]] = []
+    left = {"open_answer_less": 0, "changed_after_checkpoint": 0}
+    for pid, its in by_persona.items():
+        rows = sorted(h.rows[pid], key=lambda r: (r.timestamp, r.session_index))
+        name = rows[-1].persona.Demographics.Name
+        conversation: dict[str, Any] = {"speaker_a": name, "speaker_b": "Assistant"}
+        dia: dict[str, str] = {}  # turn id → dia_id
+        for n, r in enumerate(rows, 1):
+            conversation[f"session_{n}_date_time"] = _locomo_date(r.timestamp)
+            turns = []
+            for i, t in enumerate(said_turns(r), 1):
+                dia[t.turn_id] = f"D{n}:{i}"
+                turns.append(
+                    {
+                        "speaker": name if t.role == "user" else "Assistant",
+                        "dia_id": f"D{n}:{i}",
+                        "text": t.content,
+                    }
+                )
+            conversation[f"session_{n}"] = turns
+        qa = []
+        for item in its:
+            if item.type in OPEN_ANSWER_LESS:
+                left["open_answer_less"] += 1
+                continue
+            if changed_later(item, rows):
+                left["changed_after_checkpoint"] += 1
+                continue
+            evidence = evidence_turn_ids(item, rows)
+            category = LOCOMO_CATEGORIES[item.type]
+            if category == 4 and len(evidence) > 1:
+                category = 1
+            qa.append(
+                {
+                    "question": item.question,
+                    "answer": item.truth,
+                    "evidence": [dia[t] for s in sorted(evidence) for t in evidence[s]],
+                    "category": category,
+                }
+            )
+        if qa:
+            samples.append({"sample_id": pid, "conversation": conversation, "qa": qa})
+    return samples, left
+
+
+def _write_note(dest: Path, fmt: str, kept: int, left: dict[str, int]) -> None:
+    reasons = {
+        "open_answer_less": "identifying_new_things_not_mentioned_by_the_user: no single open answer",
+        "changed_after_checkpoint": "the field changes after the checkpoint: ambiguous over the whole "
+        "conversation",
+    }
+    lines = "\n".join(f"- {reasons[k]}: {n}" for k, n in left.items())
+    with replacing(dest / "README.md") as tmp:
+        tmp.write_text(
+            f"# {fmt} export\n\nItems kept: {kept}. Left out:\n\n{lines}\n\n"
+            "`manifest.json` is the version's provenance; personaloom's README maps the types.\n"
+        )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with replacing(path) as tmp:
+        tmp.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2))
