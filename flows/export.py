@@ -601,6 +601,7 @@ def locomo(items: Sequence[ProbeItem], h: _Histories) -> tuple[list[dict[str, An
                     "answer": item.truth,
                     "evidence": [dia[t] for s in sorted(evidence) for t in evidence[s]],
                     "category": category,
+                    "probe_id": item.probe_id,  # ours, beside LoCoMo's keys: joins back to the probes table
                 }
             )
         if qa:

@@ -295,11 +295,34 @@ class Planner:
             out += hits or [t.turn_id for t in turns]
         return tuple(out)
 
-    def others(self, path: str, taken: list[str], k: int, seed: int) -> list[tuple[OptionKind, str]]:
-        """Other users' values of the field; too few users (a small build): values from the seed tables."""
-        found: list[tuple[OptionKind, str]] = [
-            ("other_persona", v) for v in self.pools.values(self.pid, path, taken, k, seed)
+    def traps(self, path: str) -> list[str]:
+        """Values of the field the user said were someone else's (a trap mark code saw in a turn)."""
+        said = {
+            m.key
+            for r in self.rows
+            for t in user_turns(r)
+            for m in t.reveals
+            if m.who == "others" and m.stated
+        }
+        return [
+            p.value
+            for r in self.rows
+            for p in r.planned_reveals
+            if p.who == "others" and p.key == path and p.key in said
         ]
+
+    def others(self, path: str, taken: list[str], k: int, seed: int) -> list[tuple[OptionKind, str]]:
+        """Someone else's value the user mentioned (one, when there is one), other users' values of the
+        field; too few users (a small build): values from the seed tables."""
+        found: list[tuple[OptionKind, str]] = [
+            ("someone_else", v)
+            for v in self.traps(path)
+            if apart(v, taken) and not mentions(" ".join(taken), v)
+        ][:1]
+        found += [
+            ("other_persona", v)
+            for v in self.pools.values(self.pid, path, [*taken, *(v for _, v in found)], k, seed)
+        ][: k - len(found)]
         pool = list(self.cat.attributes.get(SEED_POOLS.get(path, ""), []))
         random.Random(seed ^ 0xA17).shuffle(pool)
         for value in pool:
@@ -418,8 +441,11 @@ class Planner:
         if len(mentioned) < 3:
             return None
         mentioned = mentioned[:3]
+        traps = self.traps(path)  # mentioned as someone else's: not new to a reader with the history
         fresh = [
-            i for i in self.cat.values_interests if i not in items and apart(i, [m for m, _ in mentioned])
+            i
+            for i in self.cat.values_interests
+            if i not in items and i not in traps and apart(i, [*(m for m, _ in mentioned), *traps])
         ]
         if not fresh:
             return None

@@ -25,7 +25,8 @@ ProbeType = Literal[
 # change), other_persona (another user's value of the same field), other_change (the reason behind another
 # of this user's changes), reordered (the user's own sequence out of order), mentioned (a thing the user
 # did mention, for "new things"), alternative (a value of the same field from the seed tables, when a build
-# has too few other users). generic, contradiction and fabricated: earlier versions' items only.
+# has too few other users), someone_else (a value the user mentioned as another person's: a trap for a
+# reader who matches words without knowing whose preference it was). generic, contradiction and fabricated: earlier versions' items only.
 OptionKind = Literal[
     "correct",
     "outdated",
@@ -34,6 +35,7 @@ OptionKind = Literal[
     "reordered",
     "mentioned",
     "alternative",
+    "someone_else",
     "generic",
     "contradiction",
     "fabricated",

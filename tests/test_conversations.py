@@ -26,6 +26,7 @@ from personaloom.stages.reveals import (
 from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.judge_model import reveal_judge
+from personaloom.testing.simulator_model import obedient_user
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -167,3 +168,32 @@ def test_a_context_target_grows_every_persona_s_own_history(out: Path) -> None:
     )
     # without given sessions, a target plans a session per SESSION_TOKENS of it
     assert BuildConfig(conversation=ConversationConfig(context_target=32000)).scenes_per_persona == 40
+
+
+def test_probes_use_someone_else_s_preference_as_a_trap(out: Path) -> None:
+    """A value the user said was another person's is a distractor, never a key, never 'new' to the user."""
+    from personaloom.schemas.probes import ProbeItem
+
+    with FakeOpenAI(responder=reveal_judge(True, then=obedient_user())) as fake:
+        cfg = config(fake, user_turns=2, others_share=1.0).model_copy(
+            update={"probes": True, "personas": 6, "scenes_per_persona": 8, "languages": ["en"]}
+        )
+        version = asyncio.run(build_dataset(cfg, out=str(out)))
+    root = out / "talk" / version
+    rows = read_records(root / "dataset", DatasetRow)
+    items = read_records(root / "probes", ProbeItem)
+    said = {
+        (r.persona_id, p.key, p.value)
+        for r in rows
+        for p in r.planned_reveals
+        if p.who == "others"
+        and any(m.who == "others" and m.stated and m.key == p.key for t in r.turns for m in t.reveals)
+    }
+    assert said  # the scripted user said whose they were
+    traps = [i for i in items if "someone_else" in i.option_kinds]
+    assert traps  # some items carry the trap as a distractor
+    for i in traps:
+        value = i.option_values[i.option_kinds.index("someone_else")]
+        assert (i.persona_id, i.path, value) in said and value != i.truth
+    for i in items:
+        assert (i.persona_id, i.path, i.truth) not in said  # a trap is never the key

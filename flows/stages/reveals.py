@@ -94,26 +94,41 @@ def plan_reveals(
         r.model_copy(update={"mode": "explicit"}) if rng.random() < conv.explicit_share else r for r in out
     ]
     if conv.others_share > 0 and _rng(persona_id, session, "others").random() < conv.others_share:
-        trap = others_reveal(now, persona_id, session, cat)
+        trap = others_reveal(now, persona, persona_id, session, cat)
         if trap is not None:
             out.append(trap)
     return out
 
 
-def others_reveal(now: dict[str, str], persona_id: str, session: int, cat: Catalogue) -> PlannedReveal | None:
-    """Someone else's preference (a value the user does not hold), which the user mentions in passing."""
+def others_reveal(
+    now: dict[str, str], persona: Persona, persona_id: str, session: int, cat: Catalogue
+) -> PlannedReveal | None:
+    """Someone else's preference (a value the user does not hold), which the user mentions in passing: of
+    a field that changes (its items are where a word-matching reader falls for it), a fine-grained habit,
+    or an interest."""
+    from personaloom.probes import SEED_POOLS  # the probes' own value pools: the trap is one of their options
+
     rng = _rng(persona_id, session, "others-value")
+    changed = sorted({c.field for c in persona.Changes if c.field in now})
     fine = sorted(k for k in now if k.startswith("Fine."))
+    rng.shuffle(changed)
     rng.shuffle(fine)
-    for key in fine:
-        alts = [a for a in _fine_alternatives(key) if a != now[key] and not mentions(now[key], a)]
+    for key in [*changed, *fine]:
+        pool = (
+            _fine_alternatives(key)
+            if key.startswith("Fine.")
+            else cat.attributes.get(SEED_POOLS.get(key, ""), [])
+        )
+        # never a value the user holds at any time (before, now or after a change)
+        held = [v for c in persona.Changes if c.field == key for v in (c.before, c.after)] + [now[key]]
+        alts = [a for a in pool if isinstance(a, str) and not any(mentions(h, a) or h == a for h in held)]
         if alts:
-            return PlannedReveal(key=key, value=rng.choice(alts), who="others")
+            return PlannedReveal(key=key, value=rng.choice(sorted(alts)), who="others")
     mine = now.get("Personality.Values_and_Interests", "")
-    pool = [i for i in cat.values_interests if i.casefold() not in mine.casefold()]
-    if not pool:
+    interests = [i for i in cat.values_interests if i.casefold() not in mine.casefold()]
+    if not interests:
         return None
-    return PlannedReveal(key="Personality.Values_and_Interests", value=rng.choice(pool), who="others")
+    return PlannedReveal(key="Personality.Values_and_Interests", value=rng.choice(interests), who="others")
 
 
 def assign_turns(reveals: Sequence[PlannedReveal], user_turns: int) -> list[list[PlannedReveal]]:
