@@ -53,7 +53,7 @@ from personaloom.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_
 from personaloom.scenarios import version_scenarios
 from personaloom.schedule import check_served_parameters
 from personaloom.schemas.config import BuildConfig, RunPaths
-from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage
+from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage, kept_costs
 from personaloom.schemas.probes import ProbeItem
 from personaloom.schemas.records import DatasetRow, Rejection
 from personaloom.stages.calibration import judge_calibration
@@ -323,6 +323,7 @@ def publish_version(
                 f"{config.dataset}@{parent} was published while this build grew @{plan.parent.version}: "
                 "run the same command again to grow the latest version"
             )
+        usage = {s: _merged(earlier or {}, run.llm.usage).get(s, StageUsage()) for s in REPORTED}
         manifest = Manifest(
             dataset=config.dataset,
             version=version,
@@ -336,7 +337,8 @@ def publish_version(
             prompt_hashes=run.llm.prompts.hashes,
             calls=run.call_manifest(),
             counts=stage_counts(staging, config),
-            usage={s: _merged(earlier or {}, run.llm.usage).get(s, StageUsage()) for s in REPORTED},
+            usage=usage,
+            per_kept=kept_costs(usage, *_kept_here(staging, probe_items, new_personas(run).start)),
             rejection_reasons=dict(sorted(reasons.items())),
             judges=judges or {},
             probe_baselines=probes.baselines(probe_items, judged),
@@ -439,6 +441,16 @@ async def build_dataset(
     await publish_artifacts(store, version)
     logger.info("published %s/%s", config.dataset, version)
     return version
+
+
+def _kept_here(staging: Path, items: list[ProbeItem], first: int) -> tuple[int, int]:
+    """Kept sessions (dataset rows) and items (probes) of the personas this build generated (persona
+    index `first` on; a grown version inherits the rest, whose cost its parent's manifest holds)."""
+    rows = read_table(staging / "dataset", DatasetRow, columns=["persona_id"])["persona_id"].to_pylist()
+    return (
+        sum(1 for p in rows if int(p[1:]) >= first),
+        sum(1 for i in items if int(i.persona_id[1:]) >= first),
+    )
 
 
 def _same_build(latest: Manifest, run: Run[BuildConfig], plan: Plan) -> bool:

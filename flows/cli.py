@@ -829,6 +829,7 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
         + ("" if known else " (no price for the model: add it as [llm.prices] in the config)")
         + f", {retries} retries"
     )
+    _show_per_kept(m, known)
     redrawn = [f"{s} {u.redraws} ({u.flagged} still flagged)" for s, u in m.usage.items() if u.redraws]
     if redrawn:
         typer.echo("redrawn (a check of stage 5 flagged the answer): " + ", ".join(redrawn))
@@ -841,6 +842,25 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
 
     typer.echo("\n".join(scenario_summary(m)) or "scenarios: not counted in this version")
     _show_probes(m)
+
+
+def _show_per_kept(m: Any, known: bool) -> None:
+    """Calls, tokens and USD per kept session and per kept item (manifest.per_kept)."""
+
+    def figures(kind: str) -> str | None:
+        c = m.per_kept.get(kind)
+        if c is None or c.calls is None:
+            return None
+        usd = f"${c.cost_usd:.4f}" if known else "USD unknown"
+        return f"{c.calls:.2f} calls, {c.tokens:.0f} tokens, {usd}"
+
+    if (session := figures("session")) is not None:
+        typer.echo(f"per kept session ({m.per_kept['session'].kept}): {session}")
+    if (item := figures("item")) is not None:
+        typer.echo(
+            f"per kept item ({m.per_kept['item'].kept}): {item} (probes stage); "
+            f"{figures('item_whole_build')} (every stage)"
+        )
 
 
 def _show_probes(m: Any) -> None:

@@ -29,6 +29,48 @@ class StageUsage(BaseModel):
     seconds: float = 0.0
 
 
+class KeptCost(BaseModel):
+    """What one kept row cost: the usage of the stages that made it, divided by the rows kept."""
+
+    kept: int = Field(description="rows kept that this build generated (a grown version: its new personas')")
+    stages: list[str] = Field(description="the stages whose usage is divided")
+    calls: float | None = Field(description="LLM calls per kept row (None: nothing kept)")
+    cache_hits: float | None = Field(None, description="cache hits per kept row")
+    tokens: float | None = Field(description="prompt + completion tokens per kept row")
+    cost_usd: float | None = Field(description="USD per kept row (the model's price; 0 when unpriced)")
+
+
+# what each kept row's cost divides: a session (a dataset row) costs the stages that make sessions, an item
+# (a probe) the probes stage, and an item of the whole build every stage (an item needs its sessions)
+KEPT_COST_KINDS = ("session", "item", "item_whole_build")
+
+
+def kept_costs(usage: dict[str, StageUsage], sessions: int, items: int) -> dict[str, KeptCost]:
+    """Calls, tokens and USD per kept session and per kept item, from the usage recorded per stage."""
+    making_sessions = [s for s in usage if s != "probes"]
+    spans = {
+        "session": (making_sessions, sessions),
+        "item": (["probes"] if "probes" in usage else [], items),
+        "item_whole_build": (list(usage), items),
+    }
+    out = {}
+    for kind, (stages, kept) in spans.items():
+        used = [usage[s] for s in stages]
+
+        def per(total: float, kept: int = kept) -> float | None:
+            return round(total / kept, 6) if kept else None
+
+        out[kind] = KeptCost(
+            kept=kept,
+            stages=stages,
+            calls=per(sum(u.calls for u in used)),
+            cache_hits=per(sum(u.cache_hits for u in used)),
+            tokens=per(sum(u.prompt_tokens + u.completion_tokens for u in used)),
+            cost_usd=per(sum(u.cost_usd for u in used)),
+        )
+    return out
+
+
 class StageCount(BaseModel):
     rows_in: int = 0
     rows_out: int = 0
@@ -190,6 +232,12 @@ class Manifest(BaseModel):
     )
     counts: dict[str, StageCount]
     usage: dict[str, StageUsage]
+    per_kept: dict[str, KeptCost] = Field(
+        default_factory=dict,
+        description="calls, tokens and USD per kept session (dataset row) and per kept item (probe): "
+        "session, item (the probes stage), item_whole_build (every stage); from `usage` and the rows "
+        "this build kept (absent: a version before them)",
+    )
     rejection_reasons: dict[str, int]
     judges: dict[str, JudgeCalibration] = Field(
         default_factory=dict, description="each judge's calibration, by call (absent: not calibrated)"
