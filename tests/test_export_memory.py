@@ -22,7 +22,7 @@ from personaloom.build import build_dataset
 from personaloom.export import export_items
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import ProbeItem
-from personaloom.schemas.records import DatasetRow
+from personaloom.schemas.records import DatasetRow, Turn
 from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.probe_model import probe_writer
@@ -173,3 +173,78 @@ def test_locomo_reads_like_their_code(
             assert not later  # over the whole conversation the answer is the value in force
     assert kept and kept < len(items)  # some are left out, and the note counts them
     assert "Left out" in (tmp_path / "loc" / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- hand-built rows and fallbacks
+
+
+def _rows(pid: str) -> list[DatasetRow]:
+    from tests.test_agent import row
+
+    rows = []
+    for i in range(4):
+        r = row(i).model_copy(update={"persona_id": pid, "expected_response": f"HIDDEN reference {i}"})
+        if i != 3:  # session 3: a version before conversations, its opening alone
+            r.turns = [
+                Turn(turn_id=f"q{i}-t0", role="user", content=f"opening {i}"),
+                Turn(turn_id=f"q{i}-t1", role="assistant", content=f"reply {i}"),
+                Turn(turn_id=f"q{i}-t2", role="user", content=f"follow-up {i}"),
+            ]
+        rows.append(r)
+    return rows
+
+
+def _probe(pid: str, kind: str, checkpoint: int, evidence: list[int], turns: list[str]) -> ProbeItem:
+    return ProbeItem(
+        probe_id=f"{pid}-c{checkpoint}-{kind[:6]}",
+        persona_id=pid,
+        checkpoint_session=checkpoint,
+        type=kind,  # type: ignore[arg-type]
+        path="Preference.Preferred_Formats",
+        question="How should I lay this out?",
+        options=["a", "b", "c", "d"],
+        answer=0,
+        option_kinds=["correct", "outdated", "other_persona", "other_persona"],
+        truth="detailed tables",
+        evidence_sessions=evidence,
+        evidence_turns=turns,
+        distance_sessions=1,
+        distance_tokens=10,
+        seed=1,
+    )
+
+
+def test_evidence_turns_fallbacks_and_ids_by_hand() -> None:
+    from personaloom.export import _Histories, locomo, longmemeval
+
+    pid = "answer-p1"  # an id holding "answer" must not mark every session as evidence
+    rows = _rows(pid) + _rows("other")
+    items = [
+        _probe(pid, "recalling_the_latest_user_preferences", 3, [2], ["q2-t2"]),  # a named turn
+        _probe(pid, "recalling_the_latest_user_preferences", 1, [0], []),  # changed at 2: not in locomo
+        _probe(pid, "recalling_facts_mentioned_by_the_user", 3, [0, 3], []),  # all user turns, fallback row
+        _probe(pid, "identifying_new_things_not_mentioned_by_the_user", 3, [0], []),
+    ]
+    h = _Histories(rows, None)
+    entries, skipped = longmemeval(items, h)
+    text = json.dumps(entries)
+    assert "HIDDEN" not in text and "other_s" not in text and skipped == 1
+    first, second, third = entries
+    assert first["question_type"] == "knowledge-update" and third["question_type"] == "multi-session"
+    assert first["answer_session_ids"] == ["answer_ans-wer-p1_s2"]
+    assert [s for s in first["haystack_session_ids"] if "answer" in s] == first["answer_session_ids"]
+    marked = [t["content"] for s in first["haystack_sessions"] for t in s if t.get("has_answer")]
+    assert marked == ["follow-up 2"]
+    assert first["haystack_sessions"][3] == [{"role": "user", "content": rows[3].personalized_query,
+                                              "has_answer": False}]  # fmt: skip
+    assert second["haystack_session_ids"] == ["answer_ans-wer-p1_s0", "ans-wer-p1_s1"]
+    marked = [t["content"] for s in third["haystack_sessions"] for t in s if t.get("has_answer")]
+    assert marked == ["opening 0", "follow-up 0", rows[3].personalized_query]
+    samples, left = locomo(items, h)
+    assert left == {"open_answer_less": 1, "changed_after_checkpoint": 1} and "HIDDEN" not in json.dumps(
+        samples
+    )
+    (sample,) = samples
+    assert [q["evidence"] for q in sample["qa"]] == [["D3:3"], ["D1:1", "D1:3", "D4:1"]]
+    assert [q["category"] for q in sample["qa"]] == [4, 1]
+    assert sample["conversation"]["session_1_date_time"] == "12:00 am on 1 January, 2024"
