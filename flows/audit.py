@@ -13,7 +13,7 @@ from typing import Any
 
 from personaloom.catalogue import Catalogue
 from personaloom.drift import active_changes, change_violations, eligible_events, scales_of
-from personaloom.schemas.records import PersonaRecord, Scene, SeedRow
+from personaloom.schemas.records import DatasetRow, PersonaRecord, Scene, SeedRow, evidence_keys
 from personaloom.store import read_records, read_table
 
 # name → what it guarantees (the manifest lists every name, with its count of violations)
@@ -33,6 +33,13 @@ INVARIANTS: dict[str, str] = {
     "session_times_increase": "a persona's sessions are in time order",
     "scene_category_checked": "a scene's category is its catalogue scene's, its origin's for a revisit, and "
     "for a written scene one of the list, or 'other' exactly when marked a category fallback",
+    "session_is_what_was_said": "a session's turns are numbered in order from its opening (the user's "
+    "personalized query), and none is its hidden reference answer (expected_response)",
+    "reveal_marks_planned": "every reveal mark sits on a user turn, was planned for that session by code, "
+    "and its `stated` is code's check of that turn",
+    "revealed_fields_from_marks": "a session's revealed fields hold every field a turn is evidence for",
+    "probe_evidence_turns": "a probe's evidence turns are user turns of its evidence sessions",
+    "probe_trap_never_key": "a value the user said was someone else's is never a probe's key",
     "probe_one_correct": "a probe has exactly one correct option, at its answer index",
     "probe_key_in_force": "a probe's key is the value in force at its checkpoint (the sequence, the reason, "
     "or for 'new things' an interest the user does not hold), and each option holds its own value verbatim",
@@ -123,6 +130,56 @@ def _category_checks(root: Path, cat: Catalogue) -> Counter[str]:
         else:
             ok = r["category"] in allowed and not marked or r["category"] == OTHER and marked
         found["scene_category_checked"] += not ok
+    return found
+
+
+def _conversation_checks(root: Path) -> Counter[str]:
+    from personaloom.schemas.probes import ProbeItem
+    from personaloom.stages.reveals import REASON, stated
+
+    found: Counter[str] = Counter()
+    rows = read_records(root / "dataset", DatasetRow)
+    user_turns: dict[str, tuple[str, int]] = {}  # turn id → (persona, session)
+    traps: set[tuple[str, str, str]] = set()
+    for r in rows:
+        ids = [t.turn_id for t in r.turns]
+        if r.turns and (
+            ids != [f"{r.query_id}-t{i}" for i in range(len(ids))]
+            or r.turns[0].role != "user"
+            or r.turns[0].content != r.personalized_query
+            or any(t.content == r.expected_response for t in r.turns)
+        ):
+            found["session_is_what_was_said"] += 1
+        planned = {(p.key, p.who): p.value for p in r.planned_reveals}
+        if any(
+            t.role != "user"
+            or (m.key, m.who) not in planned
+            or m.stated != stated(planned[(m.key, m.who)], t.content)
+            for t in r.turns
+            for m in t.reveals
+        ):
+            found["reveal_marks_planned"] += 1
+        evidence = {field for t in r.turns for field in evidence_keys(t) if not field.endswith(REASON)}
+        if not evidence <= set(r.revealed_fields):
+            found["revealed_fields_from_marks"] += 1
+        for t in r.turns:
+            if t.role == "user":
+                user_turns[t.turn_id] = (r.persona_id, r.session_index)
+            traps |= {
+                (r.persona_id, m.key, planned[(m.key, m.who)])
+                for m in t.reveals
+                if m.who == "others" and m.stated and (m.key, m.who) in planned
+            }
+    if not list((root / "probes").glob("part-*.parquet")):
+        return found
+    for item in read_records(root / "probes", ProbeItem):
+        if any(
+            user_turns.get(t) not in {(item.persona_id, s) for s in item.evidence_sessions}
+            for t in item.evidence_turns
+        ):
+            found["probe_evidence_turns"] += 1
+        if (item.persona_id, item.path, item.truth) in traps:
+            found["probe_trap_never_key"] += 1
     return found
 
 
@@ -230,6 +287,7 @@ def audit(root: Path, cat: Catalogue) -> dict[str, int]:
     found += _session_checks(root, {p.persona_id: p for p in personas})
     found += _category_checks(root, cat)
     found += _probe_checks(root, {p.persona_id: p for p in personas})
+    found += _conversation_checks(root)
     from personaloom.stages.seed import SKELETON_INVARIANTS
 
     names = dict.fromkeys(INVARIANTS, 0) | dict.fromkeys(SKELETON_INVARIANTS, 0) | {k: 0 for k in found}

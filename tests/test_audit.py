@@ -142,3 +142,23 @@ def test_life_events_are_checked_against_the_status_in_force() -> None:
     found = _skeleton_checks([sound, retiree, jobless], cat)
     assert found["change_event_eligible"] == 0 and not +found
     assert set(SKELETON_INVARIANTS).isdisjoint(INVARIANTS)  # each rule counted once, under one name
+
+
+def test_tampered_conversations_are_counted(version: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "v"
+    shutil.copytree(version, copy)
+    assert not any(v for k, v in audit(copy, load_catalogue()).items() if k.startswith(("session", "reveal")))
+    part = sorted((copy / "dataset").glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    rows = table.to_pylist()
+    said = next(i for i, r in enumerate(rows) if len(r["turns"]) > 1)
+    rows[said]["turns"][1]["content"] = rows[said]["expected_response"]  # the hidden reference, said
+    marked = [i for i, r in enumerate(rows) if i != said and any(t["reveals"] for t in r["turns"])]
+    turn = next(t for t in rows[marked[0]]["turns"] if t["reveals"])
+    turn["reveals"][0]["stated"] = not turn["reveals"][0]["stated"]  # code's check, contradicted
+    evidence = next(i for i in marked[1:] if rows[i]["revealed_fields"])
+    rows[evidence]["revealed_fields"] = []
+    pq.write_table(table.from_pylist(rows, schema=table.schema), part)
+    counts = audit(copy, load_catalogue())
+    assert counts["session_is_what_was_said"] == 1 and counts["reveal_marks_planned"] >= 1
+    assert counts["revealed_fields_from_marks"] >= 1
