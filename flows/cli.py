@@ -1346,7 +1346,8 @@ def export(
         typer.Option(
             "--format",
             help="jsonl or csv: every table (nested columns become JSON strings in CSV); sft or dpo: the "
-            "probes as TRL training JSONL; persona-mem: questions.csv + shared_contexts.jsonl for PersonaMem",
+            "probes as TRL training JSONL; persona-mem: questions.csv + shared_contexts.jsonl for PersonaMem;"
+            " longmemeval, locomo: the probes as LongMemEval's or LoCoMo's JSON",
         ),
     ] = None,
     out: OutOpt = OUT_DEFAULT,
@@ -1354,7 +1355,8 @@ def export(
     context_tokens: Annotated[
         int | None,
         typer.Option(
-            help="sft, dpo, persona-mem: cap or pad each history to about N tokens", show_default="all"
+            help="sft, dpo, persona-mem, longmemeval: cap or pad each history to about N tokens",
+            show_default="all",
         ),
     ] = None,
     splits: Annotated[
@@ -1363,7 +1365,7 @@ def export(
     ] = "0.8,0.1,0.1",
     split_seed: Annotated[int, typer.Option(help="sft, dpo: seed of the persona hash that splits")] = 0,
 ) -> None:
-    """Write every table of a version (replay runs included), or its probes as training or PersonaMem files.
+    """Write every table of a version (replay runs included), or its probes as training or benchmark files.
 
     Default --dest: exports/DATASET-vN-FORMAT/.
     """
@@ -1380,6 +1382,8 @@ def export(
         raise UserError(
             f"--context-tokens: only for {', '.join(ITEM_FORMATS)} ({fmt} copies the tables as is)"
         )
+    if context_tokens is not None and fmt == "locomo":
+        raise UserError("--context-tokens: not for locomo (a LoCoMo sample is the whole conversation)")
     from personaloom.export import parse_splits
 
     shares = parse_splits(splits)
