@@ -84,11 +84,11 @@ def _size_category(rows: int) -> str:
 
 
 EXPORTS = """
-## Training and PersonaMem exports
+## Training, PersonaMem, LongMemEval and LoCoMo exports
 
-`personaloom export DATASET@vN --format sft|dpo|persona-mem [--context-tokens N]` writes the probes
-for other tools. Each history is the user's kept sessions up to the item's checkpoint as chat messages
-(capped, or padded with other personas' sessions, to about N tokens).
+`personaloom export DATASET@vN --format sft|dpo|persona-mem|longmemeval|locomo [--context-tokens N]`
+writes the probes for other tools. Each history is the user's kept sessions up to the item's checkpoint as
+chat messages (capped, or padded with other personas' sessions, to about N tokens).
 
 - `sft`: `sft.jsonl`, one `{"messages": [...]}` per example (TRL `SFTTrainer`): per persona, one per kept
   session (the history before it, its personalized query, its expected response), then one per probe
@@ -99,6 +99,11 @@ for other tools. Each history is the user's kept sessions up to the item's check
 - `persona-mem`: `questions.csv` and `shared_contexts.jsonl` as PersonaMem's
   `inference_standalone_openai.py` reads them: one shared context per persona, each question cut at its
   checkpoint by `end_index_in_shared_context`.
+- `longmemeval`: `longmemeval.json`, one LongMemEval entry per item (the haystack: the user's sessions up to
+  the checkpoint; evidence session ids hold `answer_`, `has_answer` marks the evidence turns; the answer is
+  the value in force).
+- `locomo`: `locomo.json`, one LoCoMo sample per persona (its whole conversation as `session_N`, each item
+  a `qa` citing `D<N>:<i>` dia_ids; items whose field changes after their checkpoint are left out).
 
 Training and evaluating on the same version's probes measures memorisation: hold out personas or
 versions.

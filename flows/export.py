@@ -397,6 +397,8 @@ def export_items(
         raise UserError(f"--format: unknown format {fmt!r}: choose one of {', '.join(ITEM_FORMATS)}")
     if context_tokens is not None and context_tokens < 1:
         raise UserError(f"--context-tokens: must be at least 1, got {context_tokens}")
+    if context_tokens is not None and fmt == "locomo":
+        raise UserError("--context-tokens: not for locomo (a LoCoMo sample is the whole conversation)")
     version_dir = DatasetStore(Path(out), dataset).resolve(version)
     items = sorted(
         read_records(version_dir / "probes", ProbeItem),
