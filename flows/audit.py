@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from personaloom.catalogue import Catalogue
-from personaloom.drift import active_changes, change_violations, eligible_events, scales_of
+from personaloom.drift import active_changes, change_violations, eligible_events, fine_violations, scales_of
 from personaloom.schemas.records import DatasetRow, PersonaRecord, Scene, SeedRow, evidence_keys
 from personaloom.store import read_records, read_table
 
@@ -27,7 +27,10 @@ INVARIANTS: dict[str, str] = {
     "change_event_eligible": "the life event behind a planned change can happen to this person: age, and the "
     "work status and life stage in force (no retiring retiree, no job loss for the unemployed)",
     "persona_matches_skeleton": "the persona keeps its skeleton's name (in the locale's script), age, "
-    "languages and interaction language",
+    "languages, interaction language and fine-grained preferences",
+    "fine_from_table": "a fine-grained preference is an alternative of its dimension (seeds/"
+    "fine_preferences.csv) that fits the person's age, work status and facts, and a change of one switches "
+    "a planted preference to another alternative",
     "active_changes_per_session": "each dataset row carries exactly the changes in force at its session",
     "revisit_links_earlier_session": "a revisit links an earlier session of the same persona",
     "session_times_increase": "a persona's sessions are in time order",
@@ -63,6 +66,8 @@ def _skeleton_checks(seeds: list[SeedRow], cat: Catalogue) -> Counter[str]:
             for i, p in enumerate(row.planned_changes)
         ):
             found["change_event_eligible"] += 1
+        if fine_violations(cat, row):
+            found["fine_from_table"] += 1
         found.update({name for name, _ in skeleton_violations(row, cat)})
     return found
 
@@ -75,8 +80,10 @@ def _persona_checks(seeds: dict[str, SeedRow], personas: list[PersonaRecord], ca
         n_sessions = len(seed.session_gaps_days) if seed else 10**6
         found.update({name for name, _ in change_violations(p.persona, n_sessions, scales)})
         d = p.persona.Demographics
-        kept = (d.Name, d.Age, d.Language, d.Interaction_Language)
-        skeleton = (seed.name, seed.age, seed.languages, seed.interaction_language or "en") if seed else None
+        kept = (d.Name, d.Age, d.Language, d.Interaction_Language, p.persona.Fine)
+        skeleton = None
+        if seed is not None:
+            skeleton = (seed.name, seed.age, seed.languages, seed.interaction_language or "en", seed.fine)
         if skeleton is not None and kept != skeleton:
             found["persona_matches_skeleton"] += 1
     return found

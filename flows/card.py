@@ -229,6 +229,46 @@ def scenario_section(m: Manifest) -> str:
     )
 
 
+def conversation_lines(m: Manifest) -> list[str]:
+    """`personaloom show`'s lines on the sessions: turns, own-history size, reveals."""
+    c = m.conversations
+    if c is None:
+        return []
+    share = c.implicit_share()
+    judged = (
+        f"{share:.3f} of {c.implicit_judged} judged" if share is not None else "not judged (no trusted judge)"
+    )
+    return [
+        f"conversations: {c.turns_per_session} turns per session ({c.user_turns_per_session} from the user); "
+        f"own history per persona {c.history_tokens_min}-{c.history_tokens_max} tokens "
+        f"(median {c.history_tokens_median}, estimated); {c.preferences_per_persona} preferences per persona",
+        f"  reveals: {c.planned_reveals} planned, {c.implicit_asked} implicit of which "
+        f"{c.implicit_stated} came out stated and the rest inferable: {judged}; {c.evidence_marks} evidence "
+        f"marks; {c.planned_traps} others' preferences planned as traps, "
+        f"{c.traps_taken_as_user} read as the user's",
+    ]
+
+
+def conversation_section(m: Manifest) -> str:
+    if m.conversations is None:
+        return ""
+    cal = m.judges.get("queries/reveal")
+    judge = f"The reveal judge: {cal.summary()}." if cal is not None else "The reveal judge was not asked."
+    return (
+        "\n## Conversations and what they reveal\n\n"
+        "Each session is a conversation (`dataset` column `turns`): the user simulator plays the persona as "
+        "it is at that session and a plain assistant that knows nothing of the user answers. Histories, "
+        "`evaluate` and every export hold only these turns; `expected_response` is a hidden reference for "
+        "the judges. Code plans what each session may reveal (`planned_reveals`: a change's new value and "
+        "its reason where it takes effect, a seeded rotation over the preferences, sometimes someone "
+        "else's preference as a trap), checks each user turn for values stated outright (`stated`), and "
+        "the calibrated reveal judge (temperature 0, `seeds/reveal_calibration.csv`) confirms what can be "
+        f"inferred (`confirmed`); a mark the judge rejects is no evidence. {judge}\n\n"
+        + "\n".join(f"- {line.strip()}" for line in conversation_lines(m))
+        + "\n"
+    )
+
+
 def dataset_card(m: Manifest, settings: CardSettings | None = None) -> str:
     settings = settings or CARD
     rows = m.rows
@@ -268,7 +308,7 @@ def dataset_card(m: Manifest, settings: CardSettings | None = None) -> str:
     )
     exports = EXPORTS if "probes" in m.counts and m.counts["probes"].rows_out else ""
     probes = probe_section(m)
-    scenarios = scenario_section(m)
+    scenarios = scenario_section(m) + conversation_section(m)
     return f"""---
 {license_meta}language:
 {language_tags}

@@ -368,6 +368,14 @@ def build(
         float | None,
         typer.Option(help="share of planned reveals the user may state outright", show_default="0"),
     ] = None,
+    fine_preferences: Annotated[
+        int | None,
+        typer.Option(
+            help="fine-grained preferences per persona (seeds/fine_preferences.csv: travel, food, work "
+            "habits...; as many as fit the person), 0 for none",
+            show_default="20",
+        ),
+    ] = None,
     rebuild: Annotated[
         bool,
         flag("rebuild", "regenerate the latest version's personas (same indices, seed) with new settings"),
@@ -406,6 +414,7 @@ def build(
             answerability=g["answerability"],
             probes=g["probes"],
             quality_min=quality_min,
+            fine_preferences=fine_preferences,
         ),
         dict(
             model=g["model"],
@@ -762,6 +771,8 @@ def sample(
         n_changes=cfg.changes_per_persona,
         locales=cfg.locales,
         languages=cfg.languages,
+        n_fine=cfg.fine_preferences,
+        n_fine_changes=cfg.fine_changes_per_persona,
     )
     sampled = time.perf_counter() - start
     try:
@@ -841,6 +852,9 @@ def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutO
     from personaloom.card import scenario_summary
 
     typer.echo("\n".join(scenario_summary(m)) or "scenarios: not counted in this version")
+    from personaloom.card import conversation_lines
+
+    typer.echo("\n".join(conversation_lines(m)) or "conversations: a version before them (one turn each)")
     _show_probes(m)
 
 

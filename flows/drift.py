@@ -10,6 +10,7 @@ of a narrative field and the story. `persona_at` gives the persona in force at a
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -26,6 +27,8 @@ from personaloom.catalogue import (
     settle_facts,
 )
 from personaloom.schemas.drafts import ChangeDraft
+from personaloom.schemas.fine import FINE_PREFIX, FineDimension, fine_id, load_fine_table
+from personaloom.schemas.fine import fine_alternatives as fine_alternatives
 from personaloom.schemas.records import Persona, PlannedChange, PreferenceChange, SeedRow
 
 # Ordered scales (lowest → highest) in the seed attributes, by persona path.
@@ -43,11 +46,18 @@ SIMILAR = 85.0  # rapidfuzz ratio at or above which a narrative "new" value is t
 
 
 def get_value(persona: Persona, path: str) -> Any:
+    """The value at a persona path; a `Fine.<id>` the persona was not planted reads ""."""
+    key = fine_id(path)
+    if key is not None:
+        return persona.Fine.get(key, "")
     section, name = path.split(".")
     return getattr(getattr(persona, section), name)
 
 
 def set_value(persona: Persona, path: str, value: Any) -> Persona:
+    key = fine_id(path)
+    if key is not None:
+        return persona.model_copy(update={"Fine": {**persona.Fine, key: str(value)}})
     section, name = path.split(".")
     part = getattr(persona, section).model_copy(update={name: value})
     return persona.model_copy(update={section: part})
@@ -103,9 +113,116 @@ REVEALABLE = (
 
 
 def in_force(persona: Persona, session_index: int) -> dict[str, str]:
-    """Every preference a user can reveal, as text, as it reads at this session (changes applied)."""
+    """Every preference a user can reveal, as text, as it reads at this session (changes applied): the
+    REVEALABLE profile fields, then every fine-grained preference as `Fine.<id>`."""
     now = persona_at(persona, session_index)
-    return {path: as_text(get_value(now, path)) for path in REVEALABLE}
+    out = {path: as_text(get_value(now, path)) for path in REVEALABLE}
+    out.update({FINE_PREFIX + key: value for key, value in now.Fine.items()})
+    return out
+
+
+# ---------------------------------------------------------------- fine-grained preferences
+
+
+def fine_fits(dim: FineDimension, row: SeedRow, facts: frozenset[str]) -> bool:
+    """Whether a dimension applies to this person: age, work status, and the facts it requires."""
+    return (
+        dim.min_age <= row.age <= dim.max_age
+        and (dim.employment is None or row.employment in dim.employment)
+        and dim.requires <= facts
+    )
+
+
+def plan_fine(
+    rng: random.Random, cat: Catalogue, row: SeedRow, n_prefs: int, n_changes: int, n_sessions: int
+) -> tuple[dict[str, str], list[PlannedChange]]:
+    """`n_prefs` fine preferences that fit the person (fewer when fewer dimensions fit), one alternative
+    each, in the table's order; then up to `n_changes` changes at sessions after the first, each switching
+    one planted preference (a different one each time) to another alternative of its dimension."""
+    if n_prefs <= 0:
+        return {}, []
+    facts = person_facts(cat, row)
+    table = load_fine_table()
+    fitting = [d for d in table.values() if fine_fits(d, row, facts)]
+    chosen = rng.sample(fitting, min(n_prefs, len(fitting)))
+    order = {key: i for i, key in enumerate(table)}
+    chosen.sort(key=lambda d: order[d.id])
+    fine = {d.id: rng.choice(d.alternatives) for d in chosen}
+    slots = list(range(1, n_sessions))
+    sessions = sorted(rng.sample(slots, min(n_changes, len(slots), len(chosen))))
+    keys = rng.sample([d.id for d in chosen], len(sessions))
+    planned: list[PlannedChange] = []
+    for session, key in zip(sessions, keys, strict=True):
+        dim = table[key]
+        target = rng.choice([a for a in dim.alternatives if a != fine[key]])
+        planned.append(
+            PlannedChange(
+                kind="fine",
+                field=FINE_PREFIX + key,
+                op="switch",
+                at_session=session,
+                direction=dim.category,
+                event="",
+                target=target,
+            )
+        )
+    return fine, planned
+
+
+# A fine change's story, by the dimension's category (code's: no LLM text rides on a fine change)
+FINE_REASONS: dict[str, tuple[str, ...]] = {
+    "travel": (
+        "A few tiring trips made them rethink how they travel.",
+        "A friend's travel tips won them over.",
+    ),
+    "food": (
+        "A doctor's advice changed how they eat and drink.",
+        "Cooking with a new flatmate changed their habits.",
+    ),
+    "work": (
+        "A new routine at work changed how they organise their day.",
+        "A colleague showed them another way.",
+    ),
+    "communication": (
+        "Feedback from people they write to made them change.",
+        "Their circle of friends started doing it the other way.",
+    ),
+    "shopping": (
+        "A bad purchase made them change how they shop.",
+        "Prices went up and they changed how they shop.",
+    ),
+    "health": (
+        "A check-up made them change their routine.",
+        "Sleeping badly for weeks made them try another way.",
+    ),
+    "home": (
+        "Moving things around at home changed their habits.",
+        "Energy bills made them change their habits.",
+    ),
+    "tech": ("A broken device made them switch.", "A family member talked them into switching."),
+    "leisure": (
+        "A busy season changed how they spend free time.",
+        "New friends got them into something else.",
+    ),
+    "money": (
+        "A tight month made them change how they handle money.",
+        "A friend's advice on money won them over.",
+    ),
+    "news": (
+        "Too much bad news made them change how they follow it.",
+        "Less free time changed their news habit.",
+    ),
+    "pets": ("Time with a friend's pet changed their mind.", "A vet's advice changed their routine."),
+    "learning": (
+        "A course that did not work made them try another way.",
+        "More free time changed how they learn.",
+    ),
+}
+FINE_REASON = ("Their habits changed over the months.",)
+
+
+def fine_reason(rng: random.Random, category: str) -> str:
+    return rng.choice(FINE_REASONS.get(category, FINE_REASON))
 
 
 # ---------------------------------------------------------------- stage 1: planning
@@ -529,7 +646,42 @@ def resolve_changes(
         )
         changes.append(change)
         current = apply_change(current, change)
-    return changes, fallback
+    merged = _by_session(changes + resolve_fine(seed, current, when))
+    if len(merged) == len(changes):
+        return merged, fallback
+    # a fallback names the change where it sits in the merged, session-ordered list
+    at = {id(c): j for j, c in enumerate(merged)}
+    moved = [
+        re.sub(r"^Changes\[(\d+)\]", lambda m: f"Changes[{at[id(changes[int(m[1])])]}]", f) for f in fallback
+    ]
+    return merged, moved
+
+
+def resolve_fine(seed: SeedRow, current: Persona, when: Sequence[date]) -> list[PreferenceChange]:
+    """The planned fine changes against the persona's Fine values: before the value in force, after the
+    planned alternative, a templated reason (code's: nothing about them is the LLM's)."""
+    rng = random.Random(seed.seed ^ 0xF17E)
+    out: list[PreferenceChange] = []
+    for plan in seed.planned_fine:
+        before = as_text(get_value(current, plan.field))
+        change = PreferenceChange(
+            date=when[plan.at_session],
+            effective_session=plan.at_session,
+            field=plan.field,
+            before=before,
+            after=plan.target or "",
+            reason=fine_reason(rng, plan.direction),
+            kind=plan.kind,
+            op="switch",
+            event=plan.event,
+        )
+        out.append(change)
+        current = apply_change(current, change)
+    return out
+
+
+def _by_session(changes: list[PreferenceChange]) -> list[PreferenceChange]:
+    return sorted(changes, key=lambda c: c.effective_session)  # stable: a field's changes keep their order
 
 
 # ---------------------------------------------------------------- invariants
@@ -576,8 +728,23 @@ def change_violations(
                 out.append(("change_one_step", f"{where}: {c.before!r} -> {c.after!r}"))
         if c.after.strip().lower() == c.before.strip().lower():
             out.append(("change_after_differs", f"{where}: after equals before"))
+        key = fine_id(c.field)
+        alternatives = set(fine_alternatives(key)) if key is not None else set()
+        if key is not None and not (key in current.Fine and {c.before, c.after} <= alternatives):
+            out.append(("fine_from_table", f"{where}: {c.before!r} -> {c.after!r} (not of the table)"))
         current = apply_change(current, c)
     return out
+
+
+def fine_violations(cat: Catalogue, row: SeedRow) -> list[str]:
+    """The planted fine preferences that are not one alternative of a dimension that fits the person."""
+    table = load_fine_table()
+    facts = person_facts(cat, row)
+    return [
+        key
+        for key, value in row.fine.items()
+        if key not in table or value not in table[key].alternatives or not fine_fits(table[key], row, facts)
+    ]
 
 
 def scales_of(cat: Catalogue) -> dict[str, list[str]]:

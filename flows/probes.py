@@ -35,6 +35,7 @@ from personaloom.filtering.grounding import content_tokens, mentions
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
 from personaloom.schemas.drafts import Draft
+from personaloom.schemas.fine import fine_alternatives
 from personaloom.schemas.probes import OptionKind, ProbeItem
 from personaloom.schemas.records import DatasetRow, Persona, PreferenceChange, Rejection, Turn, evidence_keys
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
@@ -137,8 +138,15 @@ def _newest_per_field(changes: Sequence[PreferenceChange], upto: int) -> dict[st
     return by_field
 
 
-def apart(value: str, others: Sequence[str]) -> bool:
-    """`value` cannot be mistaken for any of `others`: different text and different content words."""
+def apart(value: str, others: Sequence[str], path: str = "") -> bool:
+    """`value` cannot be mistaken for any of `others`: different text and different content words.
+
+    Of a fine-grained preference (`path` Fine.<id>), the table's alternatives are exclusive by
+    construction ("takes coffee black" / "with milk"): there, different text is enough.
+    """
+    alternatives = fine_alternatives(path) if path else []
+    if alternatives and value in alternatives and all(o in alternatives for o in others):
+        return value.casefold() not in {o.casefold() for o in others}
     mine = content_tokens(value)
     for o in others:
         theirs = content_tokens(o)
@@ -172,7 +180,7 @@ class Pools:
         out: list[str] = []
         for other in self.rotation(pid, seed):
             value = as_text(get_value(self.finals[other], path)).strip()
-            if value and apart(value, taken + out):
+            if value and apart(value, taken + out, path):
                 out.append(value)
                 if len(out) == k:
                     break
@@ -187,7 +195,7 @@ class Pools:
                 continue
             now = as_text(get_value(self.finals[other], path)).strip()
             before = changes[-1].before.strip()
-            if now and before and apart(now, [*taken, before]) and apart(before, taken):
+            if now and before and apart(now, [*taken, before], path) and apart(before, taken, path):
                 return [now, before]
         return []
 
@@ -317,18 +325,19 @@ class Planner:
         found: list[tuple[OptionKind, str]] = [
             ("someone_else", v)
             for v in self.traps(path)
-            if apart(v, taken) and not mentions(" ".join(taken), v)
+            if apart(v, taken, path) and not mentions(" ".join(taken), v)
         ][:1]
         found += [
             ("other_persona", v)
             for v in self.pools.values(self.pid, path, [*taken, *(v for _, v in found)], k, seed)
         ][: k - len(found)]
-        pool = list(self.cat.attributes.get(SEED_POOLS.get(path, ""), []))
+        # a fine-grained preference's own alternatives (seeds/fine_preferences.csv), else the seed table's
+        pool = fine_alternatives(path) or list(self.cat.attributes.get(SEED_POOLS.get(path, ""), []))
         random.Random(seed ^ 0xA17).shuffle(pool)
         for value in pool:
             if len(found) >= k:
                 break
-            if isinstance(value, str) and apart(value, [*taken, *(v for _, v in found)]):
+            if isinstance(value, str) and apart(value, [*taken, *(v for _, v in found)], path):
                 found.append(("alternative", value))
         return found
 
@@ -346,9 +355,11 @@ class Planner:
                 continue
             last = chain[-1]
             truth = as_text(get_value(persona_at(self.base, c), path))
-            if not apart(last.before, [truth]):
+            if not apart(last.before, [truth], path):
                 continue
             rest = self.others(path, [truth, last.before], 2, seed)
+            if len(rest) < 2:  # a two-way habit has no third option: the next changed field may
+                continue
             return Candidate(
                 path,
                 truth,
@@ -384,7 +395,7 @@ class Planner:
         """The whole sequence of a field's values; the distractors are sequences of the same length."""
         for path, chain in self.changed(c):
             seq = [chain[0].before, *(ch.after for ch in chain)]
-            if not apart(seq[-1], seq[:-1]):
+            if not apart(seq[-1], seq[:-1], path):
                 continue
             truth = " → ".join(seq)
             other = self.pools.values(self.pid, path, seq, 2, seed)
@@ -424,7 +435,7 @@ class Planner:
             last = chain[-1]
             said = self.said(last.reason, c, last.effective_session)
             truth = as_text(get_value(persona_at(self.base, c), path))
-            if not said or not apart(last.before, [truth]):
+            if not said or not apart(last.before, [truth], path):
                 continue
             pair = self.pools.changed_pair(self.pid, path, [truth, last.before], seed)
             rest = [("other_persona", v) for v in pair] or self.others(path, [truth, last.before], 2, seed)

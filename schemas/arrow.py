@@ -36,6 +36,11 @@ def _arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
         return _SCALARS[kinds.pop()], False
     if origin is typing.Annotated:
         return _arrow_type(get_args(annotation)[0])
+    if origin is dict:
+        # key/value structs, not an Arrow map: Hugging Face `datasets` has no type for a map
+        key, value = get_args(annotation)
+        entry = pa.struct([pa.field("key", _arrow_type(key)[0]), pa.field("value", _arrow_type(value)[0])])
+        return pa.list_(pa.field("item", entry, nullable=False)), False
     if origin is list:
         (item,) = get_args(annotation)
         return pa.list_(_field("item", item)), False

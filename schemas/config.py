@@ -186,6 +186,16 @@ class BuildConfig(BaseModel):
         0.2, ge=0, le=0.5, description="share of sessions that revisit an earlier topic"
     )
     changes_per_persona: int = Field(2, ge=0, le=10, description="dated preference changes over the sessions")
+    fine_preferences: int = Field(
+        20,
+        ge=0,
+        le=200,
+        description="fine-grained preferences planted per persona from seeds/fine_preferences.csv (as many "
+        "as fit the person when fewer do); 0: none",
+    )
+    fine_changes_per_persona: int = Field(
+        3, ge=0, le=20, description="dated changes of fine-grained preferences over the sessions"
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="sampler seed")
     locales: list[str] | None = Field(
         None,

@@ -26,7 +26,8 @@ ProbeType = Literal[
 # of this user's changes), reordered (the user's own sequence out of order), mentioned (a thing the user
 # did mention, for "new things"), alternative (a value of the same field from the seed tables, when a build
 # has too few other users), someone_else (a value the user mentioned as another person's: a trap for a
-# reader who matches words without knowing whose preference it was). generic, contradiction and fabricated: earlier versions' items only.
+# reader who matches words without knowing whose preference it was). generic, contradiction and
+# fabricated: earlier versions' items only.
 OptionKind = Literal[
     "correct",
     "outdated",

@@ -6,9 +6,11 @@ The Parquet schemas derive from these (personaloom.schemas.arrow).
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from personaloom.schemas.fine import FINE_PREFIX, load_fine_table
 
 # Dotted persona paths a query may reveal; the replay scores learning against them.
 PERSONA_PATHS: tuple[str, ...] = (
@@ -35,7 +37,40 @@ PERSONA_PATHS: tuple[str, ...] = (
     "Communication.domain_vocabulary",
     "Communication.emotional_tone",
 )
-PersonaPath = Literal[PERSONA_PATHS]  # type: ignore[valid-type]
+FixedPath = Literal[PERSONA_PATHS]  # type: ignore[valid-type]
+
+
+def is_persona_path(path: str) -> bool:
+    """One of PERSONA_PATHS, or `Fine.<id>` with an id of seeds/fine_preferences.csv."""
+    if path.startswith(FINE_PREFIX):
+        return path[len(FINE_PREFIX) :] in load_fine_table()
+    return path in PERSONA_PATHS
+
+
+def _persona_path(path: str) -> str:
+    if not is_persona_path(path):
+        raise ValueError(f"not a persona path: {path!r} (one of PERSONA_PATHS or Fine.<id of the table>)")
+    return path
+
+
+def _pairs(v: Any) -> Any:
+    """Parquet holds the map as {key, value} structs (pyarrow and polars read them back as dicts)."""
+    if v is None:
+        return {}
+    if isinstance(v, list):
+        return dict((p["key"], p["value"]) if isinstance(p, dict) else tuple(p) for p in v)
+    return v
+
+
+def _entries(v: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": x} for k, x in v.items()]
+
+
+# id → text; in Parquet (and every dump) a list of {key, value} in the dict's order
+FineMap = Annotated[dict[str, str], BeforeValidator(_pairs), PlainSerializer(_entries)]
+
+# a profile field, or a fine-grained preference `Fine.<id>` (personaloom.schemas.fine)
+PersonaPath = Annotated[str, AfterValidator(_persona_path)]
 
 
 class Record(BaseModel):
@@ -107,6 +142,13 @@ class SeedRow(Record):
     start_date: date
     session_gaps_days: list[int]
     planned_changes: list[PlannedChange]
+    fine: FineMap = Field(
+        default_factory=dict,
+        description="fine-grained preferences drawn by code (personaloom.drift.plan_fine)",
+    )
+    planned_fine: list[PlannedChange] = Field(
+        default_factory=list, description="changes of fine preferences (op switch, `target` the new one)"
+    )
     fallback_fields: list[str] = Field(default_factory=list)
     raw_output: str | None = None
 
@@ -183,6 +225,11 @@ class Persona(Record):
     Preference: Preference
     Communication: CommunicationStyle
     Changes: list[PreferenceChange]
+    Fine: FineMap = Field(
+        default_factory=dict,
+        description="fine-grained preferences planted by code: id of seeds/fine_preferences.csv → the "
+        "alternative held (before any change); path `Fine.<id>`",
+    )
 
 
 class PersonaRecord(Record):

@@ -27,7 +27,7 @@ from personaloom.schemas.replay import ReplayConfig
 from personaloom.store import TABLES
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.judge_model import calibrated
-from personaloom.testing.probe_model import probe_writer
+from personaloom.testing.probe_model import probe_confirmer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -42,11 +42,11 @@ RUN = "r1"
 def built(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
     """output/ holding demo@v0001 with one small replay run (two agents), built once for the module."""
     out = tmp_path_factory.mktemp("outputs") / "output"
-    with FakeOpenAI(latency=0.0, responder=calibrated(probe_writer)) as fake:
+    with FakeOpenAI(latency=0.0, responder=calibrated(probe_confirmer())) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
         # en_US: the fake writes English, so the rows (and the probes built from them) survive language ID
         cfg = BuildConfig(
-            dataset="demo", personas=4, scenes_per_persona=4, shard_size=2, locales=["en_US"], llm=llm
+            dataset="demo", personas=5, scenes_per_persona=6, shard_size=2, locales=["en_US"], llm=llm
         )
         asyncio.run(build_dataset(cfg, out=str(out)))
         replay = ReplayConfig(dataset="demo", agents=["none", "golden"], personas=2, run=RUN, llm=llm)

@@ -34,6 +34,12 @@ from personaloom.stages.seed import (
 from personaloom.store import read_records
 from personaloom.testing.cli import assert_one_line_error, run
 
+# the build's defaults for fine-grained preferences (BuildConfig.fine_preferences, fine_changes_per_persona)
+FINE = {
+    "n_fine": BuildConfig.model_fields["fine_preferences"].default,
+    "n_fine_changes": BuildConfig.model_fields["fine_changes_per_persona"].default,
+}
+
 
 @cache
 def catalogue() -> Catalogue:
@@ -173,7 +179,7 @@ def test_the_seed_stage_samples_only_the_configured_locales() -> None:
     out = asyncio.run(stage.run({}, StageContext(cfg, None, catalogue(), range(25))))  # type: ignore[arg-type]
     assert {r.locale for r in out.records} == {"ja_JP"}
     assert out.records == sample_skeletons(
-        catalogue(), range(25), 2, n_sessions=3, n_changes=2, locales=["ja_JP"]
+        catalogue(), range(25), 2, n_sessions=3, n_changes=2, locales=["ja_JP"], **FINE
     )
 
 
@@ -580,7 +586,9 @@ def test_sample_command_writes_the_builds_skeletons(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     rows = read_records(out, SeedRow)
-    want = sample_skeletons(catalogue(), range(300), 3, n_sessions=5, n_changes=2, locales=["en_US", "de_DE"])
+    want = sample_skeletons(
+        catalogue(), range(300), 3, n_sessions=5, n_changes=2, locales=["en_US", "de_DE"], **FINE
+    )
     assert rows == want
     for needle in (
         "300 skeletons",
@@ -601,7 +609,7 @@ def test_sample_config_file_gives_the_same_rows(tmp_path: Path) -> None:
     res = run("sample", "--config", str(config), "--out", str(tmp_path / "a.parquet"))
     assert res.returncode == 0, res.stderr
     assert read_records(tmp_path / "a.parquet", SeedRow) == sample_skeletons(
-        catalogue(), range(40), 5, n_sessions=3, n_changes=2, locales=["sv_SE"]
+        catalogue(), range(40), 5, n_sessions=3, n_changes=2, locales=["sv_SE"], **FINE
     )
 
 

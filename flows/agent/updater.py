@@ -17,11 +17,11 @@ from personaloom.agent.persona import FlatPersona, initial_persona, is_protected
 from personaloom.agent.sessions import SessionLog, sample_session
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
-from personaloom.schemas.records import PERSONA_PATHS, PersonaPath
+from personaloom.schemas.records import PERSONA_PATHS, FixedPath
 
 
 class FieldUpdate(BaseModel):
-    field: PersonaPath  # type: ignore[valid-type]
+    field: FixedPath  # type: ignore[valid-type]
     value: str = Field(description="the new full value of the field")
     evidence: str = Field("", description="what the user said or did that shows it")
 

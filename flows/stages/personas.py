@@ -107,6 +107,7 @@ def merge_persona(
             emotional_tone=seed.emotional_tone,
         ),
         Changes=[],
+        Fine=dict(seed.fine),  # planted by code at stage 1 (personaloom.drift.plan_fine)
     )
     # code owns the bookkeeping of every change; the draft gives only narrative values and stories
     drafts = list(draft.changes) if draft is not None else []

@@ -32,6 +32,7 @@ from personaloom.llm.client import LLM, LLMResult
 from personaloom.paths import SEEDS_DIR
 from personaloom.schemas.config import ConversationConfig
 from personaloom.schemas.drafts import Draft
+from personaloom.schemas.fine import fine_alternatives
 from personaloom.schemas.manifest import ConversationStats, JudgeCalibration
 from personaloom.schemas.records import DatasetRow, Persona, PlannedReveal, RevealMark, Turn
 
@@ -48,14 +49,6 @@ def _rng(*parts: object) -> random.Random:
 
 def field_of(key: str) -> str:
     return key.removesuffix(REASON)
-
-
-def _fine_alternatives(key: str) -> list[str]:
-    """Every alternative of a fine-grained preference (none while the table is not shipped)."""
-    from personaloom import drift
-
-    lookup = getattr(drift, "fine_alternatives", None)
-    return list(lookup(key)) if lookup is not None else []
 
 
 def plan_reveals(
@@ -115,7 +108,7 @@ def others_reveal(
     rng.shuffle(fine)
     for key in [*changed, *fine]:
         pool = (
-            _fine_alternatives(key)
+            fine_alternatives(key)
             if key.startswith("Fine.")
             else cat.attributes.get(SEED_POOLS.get(key, ""), [])
         )

@@ -27,7 +27,14 @@ from personaloom.catalogue import (
     interest_weight,
     life_stage_for,
 )
-from personaloom.drift import changes_status, interest_misfit, person_facts, plan_changes, plan_violations
+from personaloom.drift import (
+    changes_status,
+    interest_misfit,
+    person_facts,
+    plan_changes,
+    plan_fine,
+    plan_violations,
+)
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
@@ -515,29 +522,45 @@ def sample_skeleton(
     n_changes: int,
     locales: Sequence[str] | None = None,
     languages: Sequence[str] | None = None,
+    n_fine: int = 0,
+    n_fine_changes: int = 0,
 ) -> SeedRow:
     """One persona skeleton from its own seed: status and occupation conditioned on locale, gender and age.
 
     `languages` (ISO 639-1 codes) keeps only people who write to an assistant in one of them: a draw
     whose person speaks none is drawn again from a seed derived from this one, and the row stores the
     seed that made it, so `sample_skeleton(cat, index, row.seed, languages=...)` gives the row back.
+    `n_fine` fine-grained preferences (and `n_fine_changes` changes of them) come from an RNG of their own
+    (`fine_rng`), so the rest of a skeleton is the same with or without them.
     """
     if not languages:
         row = _sample_skeleton(cat, index, seed, n_sessions, n_changes, locales, None)
         assert row is not None
-        return row
+        return _with_fine(cat, row, n_fine, n_fine_changes, n_sessions)
     allowed = frozenset(languages)
     places = writing_locales(cat, locales, allowed)
     draw = seed
     for attempt in range(MAX_LANGUAGE_DRAWS):
         row = _sample_skeleton(cat, index, draw, n_sessions, n_changes, places, allowed)
         if row is not None:
-            return row
+            return _with_fine(cat, row, n_fine, n_fine_changes, n_sessions)
         draw = row_seed(seed, -1 - attempt)
     raise UserError(
         f"languages: persona {index} drew no writer of {', '.join(sorted(allowed))} in {MAX_LANGUAGE_DRAWS} "
         f"draws from {', '.join(places)}: restrict --locales to where the language is spoken"
     )
+
+
+def fine_rng(seed: int) -> random.Random:
+    """The RNG of a row's fine-grained preferences (independent of the rest of its draws)."""
+    return random.Random(seed ^ 0xF1E5EED)
+
+
+def _with_fine(cat: Catalogue, row: SeedRow, n_fine: int, n_changes: int, n_sessions: int) -> SeedRow:
+    if n_fine <= 0:
+        return row
+    fine, planned = plan_fine(fine_rng(row.seed), cat, row, n_fine, n_changes, n_sessions)
+    return row.model_copy(update={"fine": fine, "planned_fine": planned})
 
 
 def writing_locales(cat: Catalogue, locales: Sequence[str] | None, allowed: frozenset[str]) -> list[str]:
@@ -694,6 +717,8 @@ def sample_skeletons(
     n_changes: int,
     locales: Sequence[str] | None = None,
     languages: Sequence[str] | None = None,
+    n_fine: int = 0,
+    n_fine_changes: int = 0,
 ) -> list[SeedRow]:
     """The skeletons of persona indices `rows` only: each row has its own seed, a shard samples its slice.
 
@@ -709,6 +734,8 @@ def sample_skeletons(
             n_changes=n_changes,
             locales=locales,
             languages=languages,
+            n_fine=n_fine,
+            n_fine_changes=n_fine_changes,
         )
         for i in rows
     ]
@@ -745,6 +772,8 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[SeedRow]:
         n_changes=cfg.changes_per_persona,
         locales=cfg.locales,
         languages=cfg.languages,
+        n_fine=cfg.fine_preferences,
+        n_fine_changes=cfg.fine_changes_per_persona,
     )
     if not cfg.expand_hints:
         ctx.advance(len(rows))
