@@ -1,11 +1,11 @@
 """Long histories from the user's own life: a `--context-target` build against the fake OpenAI server.
 
-Builds a version with `conversation.context_target` (default 32k tokens, estimated at 4 characters a token)
-and prints, over the kept sessions: each persona's own history (min / median / max tokens; no padding with
-other users), preferences per persona, sessions and turns, the share of asked-implicit reveals that came out
-stated and that the reveal judge confirmed (the fake's judge here is the scripted calibrated one,
-`personaloom.testing.judge_model.reveal_judge`: a pipeline figure, not a model's), and LLM calls per kept
-session and per kept probe.
+Builds a version with `conversation.context_target` (default 32k tokens, counted by personaloom.tokens:
+Gemma 3's tokenizer with the local extra) and prints, over the kept sessions: each persona's own history
+(min / median / max tokens; no padding with other users), preferences per persona, sessions and turns, the
+share of asked-implicit reveals that came out stated and that the reveal judge confirmed (the fake's judge
+here is the scripted calibrated one, `personaloom.testing.judge_model.reveal_judge`: a pipeline figure, not
+a model's), and LLM calls per kept session and per kept probe.
 
 Reproduce:
     .venv/bin/python bench/context_target_bench.py [--personas 20] [--target 32000] [--user-turns 2]
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.tokens import count as count_tokens
+from personaloom.tokens import tokenizer
 
 
 def run(personas: int, target: int, user_turns: int, seed: int) -> None:
@@ -46,7 +48,7 @@ def run(personas: int, target: int, user_turns: int, seed: int) -> None:
         m = Manifest.model_validate_json((root / "manifest.json").read_text())
     own: dict[str, int] = {}
     for r in rows:
-        own[r.persona_id] = own.get(r.persona_id, 0) + sum(len(t.content) // 4 for t in r.turns)
+        own[r.persona_id] = own.get(r.persona_id, 0) + sum(count_tokens(t.content) for t in r.turns)
     hidden = {r.expected_response for r in rows}
     leaks = sum(t.content in hidden for r in rows for t in r.turns)
     c = m.conversations
@@ -55,7 +57,7 @@ def run(personas: int, target: int, user_turns: int, seed: int) -> None:
     probes = m.counts["probes"].rows_out if "probes" in m.counts else 0
     print(
         f"{personas} personas, --context-target {target}, {cfg.scenes_per_persona} sessions planned, "
-        f"{user_turns} user turns planned, seed {seed}: {seconds:.0f} s"
+        f"{user_turns} user turns planned, seed {seed}: {seconds:.0f} s; tokens by {tokenizer()}"
     )
     print(
         f"  own history tokens per persona: min {min(own.values())}, median {c.history_tokens_median}, "

@@ -241,7 +241,8 @@ def conversation_lines(m: Manifest) -> list[str]:
     return [
         f"conversations: {c.turns_per_session} turns per session ({c.user_turns_per_session} from the user); "
         f"own history per persona {c.history_tokens_min}-{c.history_tokens_max} tokens "
-        f"(median {c.history_tokens_median}, estimated); {c.preferences_per_persona} preferences per persona",
+        f"(median {c.history_tokens_median}, by {c.tokenizer}); "
+        f"{c.preferences_per_persona} preferences per persona",
         f"  reveals: {c.planned_reveals} planned, {c.implicit_asked} implicit of which "
         f"{c.implicit_stated} came out stated and the rest inferable: {judged}; {c.evidence_marks} evidence "
         f"marks; {c.planned_traps} others' preferences planned as traps, "

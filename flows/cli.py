@@ -360,7 +360,7 @@ def build(
         str | None,
         typer.Option(
             help="tokens of each persona's own history to reach, e.g. 32k or 128k: more sessions and "
-            "longer conversations (estimated at 4 characters a token)",
+            "longer conversations (Gemma 3's tokenizer with the local extra, else 4 characters a token)",
             show_default="off",
         ),
     ] = None,

@@ -40,6 +40,7 @@ from personaloom.schemas.probes import OptionKind, ProbeItem
 from personaloom.schemas.records import DatasetRow, Persona, PreferenceChange, Rejection, Turn, evidence_keys
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 from personaloom.stages.reveals import REASON
+from personaloom.tokens import count as count_tokens
 
 NAME = "probes"
 TYPES = {
@@ -127,7 +128,7 @@ def user_turns(row: DatasetRow) -> list[Turn]:
 
 
 def _tokens(rows: Sequence[DatasetRow]) -> int:
-    return sum(len(t.content) for r in rows for t in said_turns(r)) // 4
+    return sum(count_tokens(t.content) for r in rows for t in said_turns(r))
 
 
 def _newest_per_field(changes: Sequence[PreferenceChange], upto: int) -> dict[str, list[PreferenceChange]]:
@@ -980,4 +981,4 @@ def history(
 
 
 def message_tokens(messages: Sequence[dict[str, str]]) -> int:
-    return sum(len(m["content"]) for m in messages) // 4
+    return sum(count_tokens(m["content"]) for m in messages)

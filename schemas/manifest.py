@@ -97,7 +97,8 @@ class CallInfo(BaseModel):
 class ConversationStats(BaseModel):
     """Stage 4's sessions as the version holds them (kept rows): turns, own-history size, reveals.
 
-    Tokens are estimates (4 characters a token). Of the implicit reveals code asked for, `implicit_stated`
+    Tokens are counted by `tokenizer` (personaloom.tokens: Gemma 3's where the `local` extra installs, else
+    an estimate of 4 characters a token). Of the implicit reveals code asked for, `implicit_stated`
     came out stated outright (code's check), and of the rest the judge confirmed `implicit_confirmed` of
     `implicit_judged` (0 judged: the judge was not trusted, the reveals count unconfirmed).
     """
@@ -117,6 +118,7 @@ class ConversationStats(BaseModel):
     implicit_judged: int
     evidence_marks: int = Field(description="user-turn marks that count as evidence for probes")
     traps_taken_as_user: int = Field(description="others' preferences the judge read as the user's")
+    tokenizer: str = Field("estimate (4 characters a token)", description="what counted the tokens")
 
     def implicit_share(self) -> float | None:
         """Share of the asked-implicit reveals judged inferable without being stated (None: not judged)."""

@@ -27,6 +27,7 @@ from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.judge_model import reveal_judge
 from personaloom.testing.simulator_model import obedient_user
+from personaloom.tokens import count as count_tokens
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -155,7 +156,7 @@ def test_a_context_target_grows_every_persona_s_own_history(out: Path) -> None:
     rows = read_records(root / "dataset", DatasetRow)
     manifest = Manifest.model_validate_json((root / "manifest.json").read_text())
     own = {
-        pid: sum(len(t.content) // 4 for r in rows if r.persona_id == pid for t in r.turns)
+        pid: sum(count_tokens(t.content) for r in rows if r.persona_id == pid for t in r.turns)
         for pid in {r.persona_id for r in rows}
     }
     assert len(own) == 4 and min(own.values()) >= 4000, own  # from the user's own sessions, no padding

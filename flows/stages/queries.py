@@ -34,12 +34,12 @@ from personaloom.stages.reveals import (
     REVEAL,
     RevealJob,
     assign_turns,
-    estimate_tokens,
     field_of,
     marks_for,
     plan_reveals,
     reveal_calibration,
 )
+from personaloom.tokens import count as count_tokens
 
 # how a field reads to the simulator and the judge ("how much you write: concise")
 LABELS = {
@@ -345,7 +345,7 @@ MAX_USER_TURNS = 60  # a session never grows past this, whatever the target
 
 
 def said_tokens(queries: list[Query]) -> int:
-    return sum(estimate_tokens(t.content) for q in queries for t in q.turns)
+    return sum(count_tokens(t.content) for q in queries for t in q.turns)
 
 
 async def extend(llm: LLM, query: Query, job: SimulateJob) -> Query:

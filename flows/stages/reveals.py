@@ -35,6 +35,8 @@ from personaloom.schemas.drafts import Draft
 from personaloom.schemas.fine import fine_alternatives
 from personaloom.schemas.manifest import ConversationStats, JudgeCalibration
 from personaloom.schemas.records import DatasetRow, Persona, PlannedReveal, RevealMark, Turn
+from personaloom.tokens import count as count_tokens
+from personaloom.tokens import tokenizer
 
 REASON = "#reason"  # key suffix: why the latest change of a field happened
 CALIBRATION = SEEDS_DIR / "reveal_calibration.csv"
@@ -256,19 +258,12 @@ async def reveal_calibration(llm: LLM, min_accuracy: float) -> JudgeCalibration 
 # ---------------------------------------------------------------- what the conversations hold
 
 
-def estimate_tokens(text: str) -> int:
-    """Tokens of a text, estimated (4 characters a token: no tokenizer of every model installs offline)."""
-    return len(text) // 4
-
-
 def conversation_stats(rows: Sequence[DatasetRow]) -> ConversationStats:
     """The manifest's account of the sessions: turns, own-history size, and what the reveals came to."""
     by_persona: dict[str, list[DatasetRow]] = {}
     for r in rows:
         by_persona.setdefault(r.persona_id, []).append(r)
-    tokens = sorted(
-        sum(estimate_tokens(t.content) for r in rs for t in r.turns) for rs in by_persona.values()
-    )
+    tokens = sorted(sum(count_tokens(t.content) for r in rs for t in r.turns) for rs in by_persona.values())
     prefs = [len(in_force(rs[0].persona, max(r.session_index for r in rs))) for rs in by_persona.values()]
     marks = [m for r in rows for t in r.turns for m in t.reveals]
     mine = [m for m in marks if m.who == "self"]
@@ -295,4 +290,5 @@ def conversation_stats(rows: Sequence[DatasetRow]) -> ConversationStats:
         implicit_judged=len(judged),
         evidence_marks=sum(m.confirmed is not False for m in mine),
         traps_taken_as_user=sum(m.confirmed is True for m in traps),
+        tokenizer=tokenizer(),
     )
