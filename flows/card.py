@@ -264,7 +264,10 @@ def conversation_section(m: Manifest) -> str:
         "its reason where it takes effect, a seeded rotation over the preferences, sometimes someone "
         "else's preference as a trap), checks each user turn for values stated outright (`stated`), and "
         "the calibrated reveal judge (temperature 0, `seeds/reveal_calibration.csv`) confirms what can be "
-        f"inferred (`confirmed`); a mark the judge rejects is no evidence. {judge}\n\n"
+        f"inferred (`confirmed`); a mark the judge rejects is no evidence. {judge} Fine-grained "
+        "preferences (`Persona.Fine`, `seeds/fine_preferences.csv`) are drawn uniformly among the "
+        "dimensions that fit the person's age, work status and family, independently of each other and of "
+        "the rest of the skeleton (no survey conditions them).\n\n"
         + "\n".join(f"- {line.strip()}" for line in conversation_lines(m))
         + "\n"
     )
