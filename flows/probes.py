@@ -230,6 +230,10 @@ class Planner:
         self.pid = self.rows[-1].persona_id
         self.language = self.base.Demographics.Interaction_Language
         self.pools, self.cat, self.per_checkpoint = pools, cat, per_checkpoint
+        # (type, field) → items planned so far: each type turns to the fields it asked least, so that
+        # checkpoints in a row do not ask the same thing again
+        self.used: Counter[tuple[str, str]] = Counter()
+        self.kind = ""
 
     def plan(self) -> list[Spec]:
         out: list[Spec] = []
@@ -237,15 +241,27 @@ class Planner:
             c = row.session_index
             found = [s for kind in TYPES if (s := self.spec(kind, c)) is not None]
             random.Random(_seed(self.pid, c, "types")).shuffle(found)
-            out += found[: self.per_checkpoint]
+            for s in found[: self.per_checkpoint]:
+                self.used[(s.kind, s.path)] += 1
+                out.append(s)
         return out
+
+    def least_used(self, paths: Sequence[str]) -> list[str]:
+        """`paths` with the ones this type asked least first (stable: the given order among equals)."""
+        return sorted(paths, key=lambda p: self.used[(self.kind, p)])
+
+    @staticmethod
+    def backed(evidence: tuple[int, ...], c: int) -> bool:
+        """Evidence before the checkpoint (never the checkpoint session alone)."""
+        return bool(evidence) and min(evidence) < c
 
     def spec(self, kind: str, c: int) -> Spec | None:
         seed = _seed(self.pid, c, kind)
+        self.kind = kind
         got: Candidate | None = getattr(self, f"_{kind}")(c, seed)
         if got is None or len(got.distractors) < 3 or not got.truth.strip():
             return None
-        if not got.evidence or min(got.evidence) >= c:  # never the checkpoint session alone
+        if not self.backed(got.evidence, c):
             return None
         options: list[tuple[OptionKind, str]] = [("correct", got.truth), *got.distractors[:3]]
         random.Random(seed).shuffle(options)  # the row's seed: reproducible, balanced over items
@@ -345,7 +361,10 @@ class Planner:
     def changed(self, c: int) -> list[tuple[str, list[PreferenceChange]]]:
         """Fields changed by session c, the most recently changed first."""
         chains = _newest_per_field(self.base.Changes, c)
-        return sorted(chains.items(), key=lambda kv: -kv[1][-1].effective_session)
+        # the fields this type asked least first, then the most recently changed
+        return sorted(
+            chains.items(), key=lambda kv: (self.used[(self.kind, kv[0])], -kv[1][-1].effective_session)
+        )
 
     # ------------------------------------------------------------ the types
 
@@ -359,15 +378,12 @@ class Planner:
             if not apart(last.before, [truth], path):
                 continue
             rest = self.others(path, [truth, last.before], 2, seed)
-            if len(rest) < 2:  # a two-way habit has no third option: the next changed field may
+            evidence = self.shows(path, c, last.effective_session)
+            # a two-way habit has no third option, a field not shown since its change no evidence:
+            # the next changed field may have both
+            if len(rest) < 2 or not self.backed(evidence, c):
                 continue
-            return Candidate(
-                path,
-                truth,
-                [("outdated", last.before), *rest],
-                last.before,
-                self.shows(path, c, last.effective_session),
-            )
+            return Candidate(path, truth, [("outdated", last.before), *rest], last.before, evidence)
         return None
 
     def _latest(self, c: int, seed: int) -> Candidate | None:
@@ -385,11 +401,14 @@ class Planner:
     def _stable(self, c: int, seed: int, fields: Sequence[str]) -> Candidate | None:
         """A field that never changed by session c, shown before it."""
         changed = {p for p, _ in self.changed(c)}
-        for path in fields:
+        for path in self.least_used(fields):
             if path in changed:
                 continue
             truth = as_text(get_value(self.base, path))
-            return Candidate(path, truth, self.others(path, [truth], 3, seed), "", self.shows(path, c))
+            evidence = self.shows(path, c)
+            others = self.others(path, [truth], 3, seed)
+            if len(others) == 3 and self.backed(evidence, c):
+                return Candidate(path, truth, others, "", evidence)
         return None
 
     def _evolution(self, c: int, seed: int) -> Candidate | None:
@@ -418,7 +437,7 @@ class Planner:
         for path, chain in self.changed(c):
             last = chain[-1]
             evidence = self.said(last.reason, c, last.effective_session, key=path + REASON)
-            if not evidence:
+            if not self.backed(evidence, c):
                 continue
             own = [
                 ("other_change", ch.reason)
@@ -427,19 +446,24 @@ class Planner:
             ]
             taken = [last.reason, *(v for _, v in own)]
             rest = [("other_persona", v) for v in self.pools.other_reasons(self.pid, taken, 3, seed)]
-            return Candidate(path, last.reason, [*own[:1], *rest], "", evidence)  # type: ignore[list-item]
+            wrong: list[tuple[OptionKind, str]] = [*own[:1], *rest]  # type: ignore[list-item]
+            if len(wrong) < 3:
+                continue
+            return Candidate(path, last.reason, wrong, "", evidence)
         return None
 
     def _generalize(self, c: int, seed: int) -> Candidate | None:
         """A new situation where the reason behind a change applies: its value, the reason said before."""
         for path, chain in self.changed(c):
             last = chain[-1]
-            said = self.said(last.reason, c, last.effective_session)
+            said = self.said(last.reason, c, last.effective_session, key=path + REASON)
             truth = as_text(get_value(persona_at(self.base, c), path))
-            if not said or not apart(last.before, [truth], path):
+            if not self.backed(said, c) or not apart(last.before, [truth], path):
                 continue
             pair = self.pools.changed_pair(self.pid, path, [truth, last.before], seed)
             rest = [("other_persona", v) for v in pair] or self.others(path, [truth, last.before], 2, seed)
+            if len(rest) < 2:
+                continue
             evidence = tuple(sorted(set(said) | set(self.shows(path, c, last.effective_session))))
             return Candidate(path, truth, [("outdated", last.before), *rest], last.before, evidence)
         return None

@@ -113,6 +113,28 @@ def test_many_checkpoints_per_persona(version: Path) -> None:
     assert max(per.values()) >= 6
 
 
+def test_a_twenty_session_history_yields_twenty_items_across_types(tmp_path: Path) -> None:
+    """Each type turns to the fields it asked least: checkpoints in a row ask different things."""
+    with FakeOpenAI(latency=0.0, responder=calibrated(probe_confirmer())) as fake:
+        llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=32)
+        # every session kept (no answerability judge): the history is the whole 20 sessions
+        cfg = BuildConfig(
+            dataset="long", personas=3, scenes_per_persona=20, shard_size=3, seed=0, locales=["en_US"],
+            answerability=False, llm=llm,
+        )  # fmt: skip
+        asyncio.run(build_dataset(cfg, out=str(tmp_path)))
+    version = tmp_path / "long" / "v0001"
+    items = read_records(version / "probes", ProbeItem)
+    kept = Counter(r.persona_id for r in read_records(version / "dataset", DatasetRow))
+    per = Counter(i.persona_id for i in items)
+    assert min(kept.values()) >= 18
+    assert all(per[pid] >= 20 for pid in kept), per
+    assert len({i.type for i in items}) >= 6 and max(i.distance_sessions for i in items) >= 8
+    for pid in kept:  # many different questions, not one asked at every checkpoint
+        asked = {(i.type, i.path) for i in items if i.persona_id == pid}
+        assert len(asked) >= 8, asked
+
+
 def test_other_users_lend_distractors_by_rotation(version: Path) -> None:
     """No one persona lends most of the other-persona values (each item starts the rotation at its seed)."""
     items = read_records(version / "probes", ProbeItem)
