@@ -14,7 +14,7 @@ builds the answerability judge passed its calibration (personaloom.stages.calibr
 
 Reproduce:
     .venv/bin/python bench/embedded_build.py [--slots 1,2,4] [--redraws 0,1,2] [--baseline] [--seeds 0,1]
-    (also --personas 3 --scenes 4; the baseline needs `pip install 'llama-cpp-python[server]'`)
+    (also --personas 3 --scenes 4 --user-turns 1; the baseline needs `pip install 'llama-cpp-python[server]'`)
 """
 
 from __future__ import annotations
@@ -53,11 +53,18 @@ main()
 
 
 def one_build(
-    server: str, slots: int, personas: int, scenes: int, seed: int, out: Path, redraws: int | None = None
+    server: str,
+    slots: int,
+    personas: int,
+    scenes: int,
+    seed: int,
+    out: Path,
+    redraws: int | None = None,
+    user_turns: int = 1,
 ) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    args = ["build", "--dataset", "demo", "--personas", str(personas), "--scenes-per-persona", str(scenes)]
-    args += ["--seed", str(seed), "--out", str(out), "--no-progress"]
+    args = ["build", "--dataset", "demo", "--personas", str(personas), "--sessions", str(scenes)]
+    args += ["--seed", str(seed), "--out", str(out), "--no-progress", "--user-turns", str(user_turns)]
     if redraws is not None:
         args += ["--redraws", str(redraws)]
     t0 = time.perf_counter()
@@ -98,6 +105,7 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also run llama-cpp-python's server")
     ap.add_argument("--personas", type=int, default=3)
     ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--user-turns", type=int, default=1, help="user messages a session (make build: 1)")
     ap.add_argument("--seeds", default="0", help="comma-separated build seeds: rows kept add up over them")
     ap.add_argument("--redraws", default=None, help="comma-separated redraw counts (default: the build's)")
     a = ap.parse_args()
@@ -112,7 +120,8 @@ def main() -> None:
         except ImportError:
             print("baseline skipped: llama-cpp-python[server] is not installed")
     print(
-        f"personaloom build --personas {a.personas} --scenes-per-persona {a.scenes} --seed {a.seeds}"
+        f"personaloom build --personas {a.personas} --sessions {a.scenes} --user-turns {a.user_turns} "
+        f"--seed {a.seeds}"
         ", embedded Gemma 3 270M (figures summed over the seeds)"
     )
     results = []
@@ -120,7 +129,9 @@ def main() -> None:
         builds = []
         for seed in seeds:
             with tempfile.TemporaryDirectory(prefix="embedded-bench-") as tmp:
-                builds.append(one_build(server, slots, a.personas, a.scenes, seed, Path(tmp), redraw))
+                builds.append(
+                    one_build(server, slots, a.personas, a.scenes, seed, Path(tmp), redraw, a.user_turns)
+                )
         r = total(builds)
         label = "baseline (llama_cpp.server)" if server == "baseline" else f"slots={slots}"
         if redraw is not None:
