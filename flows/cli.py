@@ -1431,6 +1431,33 @@ def export(
     typer.echo(f"{name}@{folder.name}: {len(written)} tables as {fmt} → {target}")
 
 
+@app.command()
+def push(
+    spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")],
+    repo: Annotated[str, typer.Option(help="Hub dataset repo, OWNER/NAME (created if missing)")],
+    out: OutOpt = OUT_DEFAULT,
+    private: Annotated[bool, flag("private", "a new repo is private (an existing one keeps its own)")] = True,
+    revision: Annotated[
+        str | None, typer.Option(help="branch to commit to (created if missing)", show_default="main")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HF_TOKEN", help="Hub write token", show_default="$HF_TOKEN, else `hf auth login`'s"
+        ),
+    ] = None,
+) -> None:
+    """Upload a version to the Hugging Face Hub: its card (README.md), Parquet tables and manifest.json."""
+    from personaloom.hub import push_version
+    from personaloom.store import DatasetStore
+
+    name, version = _split_spec(spec)
+    folder = DatasetStore(out, name).resolve(version)
+    commit = push_version(folder, repo, token=token, private=private, revision=revision)
+    repo_url, _, oid = commit.rpartition("/commit/")
+    typer.echo(f"{name}@{folder.name} → {repo_url}\ncommit {oid}")
+
+
 INTERRUPTED = "interrupted: finished shards and LLM answers are kept; re-run the same command to resume"
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 FREE_AND_RESUME = "free space and re-run the same command to resume"
