@@ -14,7 +14,8 @@ builds the answerability judge passed its calibration (personaloom.stages.calibr
 
 Reproduce:
     .venv/bin/python bench/embedded_build.py [--slots 1,2,4] [--redraws 0,1,2] [--baseline] [--seeds 0,1]
-    (also --personas 3 --scenes 4 --user-turns 1; the baseline needs `pip install 'llama-cpp-python[server]'`)
+    (also --personas 3 --scenes 4 --user-turns 1 --languages en, make build's shape;
+    the baseline needs `pip install 'llama-cpp-python[server]'`)
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ def one_build(
     out: Path,
     redraws: int | None = None,
     user_turns: int = 1,
+    languages: str = "en",
 ) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
     args = ["build", "--dataset", "demo", "--personas", str(personas), "--sessions", str(scenes)]
     args += ["--seed", str(seed), "--out", str(out), "--no-progress", "--user-turns", str(user_turns)]
+    if languages:
+        args += ["--languages", languages]
     if redraws is not None:
         args += ["--redraws", str(redraws)]
     t0 = time.perf_counter()
@@ -106,6 +110,7 @@ def main() -> None:
     ap.add_argument("--personas", type=int, default=3)
     ap.add_argument("--scenes", type=int, default=4)
     ap.add_argument("--user-turns", type=int, default=1, help="user messages a session (make build: 1)")
+    ap.add_argument("--languages", default="en", help="personas who write these (make build: en; '' for all)")
     ap.add_argument("--seeds", default="0", help="comma-separated build seeds: rows kept add up over them")
     ap.add_argument("--redraws", default=None, help="comma-separated redraw counts (default: the build's)")
     a = ap.parse_args()
@@ -121,6 +126,7 @@ def main() -> None:
             print("baseline skipped: llama-cpp-python[server] is not installed")
     print(
         f"personaloom build --personas {a.personas} --sessions {a.scenes} --user-turns {a.user_turns} "
+        f"--languages {a.languages or 'all'} "
         f"--seed {a.seeds}"
         ", embedded Gemma 3 270M (figures summed over the seeds)"
     )
@@ -129,9 +135,8 @@ def main() -> None:
         builds = []
         for seed in seeds:
             with tempfile.TemporaryDirectory(prefix="embedded-bench-") as tmp:
-                builds.append(
-                    one_build(server, slots, a.personas, a.scenes, seed, Path(tmp), redraw, a.user_turns)
-                )
+                shape = (a.personas, a.scenes, seed, Path(tmp), redraw, a.user_turns, a.languages)
+                builds.append(one_build(server, slots, *shape))
         r = total(builds)
         label = "baseline (llama_cpp.server)" if server == "baseline" else f"slots={slots}"
         if redraw is not None:
