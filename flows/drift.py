@@ -360,13 +360,14 @@ def _motives(cat: Catalogue, age: int, status: str, stage: str) -> dict[str, lis
                 matching = [e for e in events if not changes_status(e, status) and e["tags"] & tags]
             if matching:
                 found[k["kind"]] = matching
-        _MOTIVES[key] = found
         # in the catalogue's order: the kinds with a motive, each one's event names, and every such event
         _MOTIVE_KINDS[key] = (
             [k for k in cat.change_kinds if k["kind"] in found],
             {kind: frozenset(e["event"] for e in es) for kind, es in found.items()},
             list({e["event"]: e for es in found.values() for e in es}.values()),
         )
+        # published last: shards sample in threads, and a thread that finds _MOTIVES[key] reads the above
+        _MOTIVES[key] = found
     return found
 
 

@@ -652,3 +652,38 @@ def test_sample_never_imports_prefect(tmp_path: Path) -> None:
     )
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "PREFECT False" in probe.stdout, probe.stdout + probe.stderr
+
+
+def _sample_in_threads(cat: Catalogue, n: int) -> list[SeedRow]:
+    import threading
+
+    start = threading.Barrier(n)
+    got: dict[int, list[SeedRow]] = {}
+    errors: list[BaseException] = []
+
+    def shard(i: int) -> None:
+        start.wait()
+        try:
+            got[i] = sample_skeletons(cat, range(i * 100, i * 100 + 100), 9, n_sessions=10, n_changes=3)
+        except BaseException as e:  # the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return [r for i in range(n) for r in got[i]]
+
+
+def test_shards_sampling_in_threads_share_the_motive_cache() -> None:
+    """Shards sample their skeletons in threads: a cache entry is readable the moment it is found."""
+    from personaloom import drift
+
+    cat = catalogue()
+    want = sample_skeletons(cat, range(400), 9, n_sessions=10, n_changes=3)
+    for _ in range(3):
+        drift._MOTIVES.clear()
+        drift._MOTIVE_KINDS.clear()
+        assert _sample_in_threads(cat, 4) == want
