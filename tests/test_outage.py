@@ -70,7 +70,9 @@ def test_flaky_first_answers_cost_no_row(upstream: FakeOpenAI, tmp_path: Path) -
     """Torn bodies, 500s and malformed envelopes on the first calls: the dataset is the clean build's."""
     clean = asyncio.run(build_dataset(_cfg(upstream.base_url), out=str(tmp_path / "clean")))
     faults = ["torn", "500", "array", "bad_utf8", "choices_obj", "broken_json", "500", "content_int"] * 3
-    with HostileEndpoint(upstream, faults) as flaky:
+    # each fault on a request's first attempt: a call hit by three in a row (possible under load) would
+    # reach its repair turn, whose answer is another one — a different row, not a lost one
+    with HostileEndpoint(upstream, faults, once_per_request=True) as flaky:
         version = asyncio.run(build_dataset(_cfg(flaky.base_url), out=str(tmp_path / "flaky")))
         assert flaky.chat_requests > len(faults)
 

@@ -9,6 +9,7 @@ mid-run, as an outage does).
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import threading
@@ -37,7 +38,16 @@ MODES = {"ok", "500", "drip", "echo_auth", "broken_json", *ENVELOPES}
 
 
 class HostileEndpoint:
-    def __init__(self, fake: FakeOpenAI, modes: list[str] | None = None, then: str = "ok") -> None:
+    def __init__(
+        self,
+        fake: FakeOpenAI,
+        modes: list[str] | None = None,
+        then: str = "ok",
+        once_per_request: bool = False,
+    ) -> None:
+        """`modes` are served in arrival order, then `then`. `once_per_request`: a request body already
+        faulted once is answered (a transient fault hits a call once; without it, a call re-asked under
+        load can draw fault after fault until its client gives up on it)."""
         unknown = {*(modes or []), then} - MODES
         if unknown:
             raise ValueError(f"unknown modes: {sorted(unknown)}")
@@ -45,6 +55,8 @@ class HostileEndpoint:
         self._modes = list(modes or [])
         self._lock = threading.Lock()
         self.chat_requests = 0
+        self.once_per_request = once_per_request
+        self._faulted: set[bytes] = set()
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -52,9 +64,14 @@ class HostileEndpoint:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def next_mode(self) -> str:
+    def next_mode(self, body: bytes = b"") -> str:
         with self._lock:
             self.chat_requests += 1
+            if self.once_per_request:
+                key = hashlib.sha256(body).digest()
+                if key in self._faulted:
+                    return "ok"
+                self._faulted.add(key)
             return self._modes.pop(0) if self._modes else self.then
 
     def __enter__(self) -> Self:
@@ -118,7 +135,7 @@ def _handler(endpoint: HostileEndpoint) -> type[BaseHTTPRequestHandler]:
             if not self.path.endswith("/chat/completions"):
                 self._send(*self._forward(body))
                 return
-            mode = endpoint.next_mode()
+            mode = endpoint.next_mode(body)
             if mode == "500":
                 self._send(500, b'{"error": {"message": "upstream down", "type": "server_error"}}')
             elif mode in ENVELOPES:
