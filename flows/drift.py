@@ -27,8 +27,7 @@ from personaloom.catalogue import (
     settle_facts,
 )
 from personaloom.schemas.drafts import ChangeDraft
-from personaloom.schemas.fine import FINE_PREFIX, FineDimension, fine_id, load_fine_table
-from personaloom.schemas.fine import fine_alternatives as fine_alternatives
+from personaloom.schemas.fine import FINE_PREFIX, FineDimension, fine_alternatives, fine_id, load_fine_table
 from personaloom.schemas.records import Persona, PlannedChange, PreferenceChange, SeedRow
 
 # Ordered scales (lowest → highest) in the seed attributes, by persona path.
