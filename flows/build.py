@@ -24,6 +24,7 @@ import orjson
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
+from pydantic import BaseModel, ConfigDict
 
 from personaloom import _callable, probes
 from personaloom.audit import audit, broken
@@ -76,46 +77,54 @@ GROW_MAY_CHANGE = ("personas", "shard_size", *(f"llm.{k}" for k in LLM_NOT_IDENT
 PART = re.compile(r"part-(?:.*-)?(\d+)\.parquet$")
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A build's relation to the dataset's latest version."""
+class PreparedBuild(BaseModel):
+    """A build checked and planned once (`prepare_build`): what the flow `build_dataset` runs.
+
+    Plain data (a Prefect parameter): the settings, already merged with the latest version for a grow or
+    a rebuild, and the build's relation to that version.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     config: BuildConfig  # personas: the total of the version this build publishes
-    mode: Literal["build", "grow", "rebuild"]
-    parent: Manifest | None = None  # the version a grown build continues
+    mode: Literal["build", "grow", "rebuild"] = "build"
+    parent: str | None = None  # the version a grown build continues
     first_persona: int = 0
     first_shard: int = 0
+    seeds_dir: str | None = None
+    checked: bool = False  # seed tables, locales, budget and the endpoint passed (no second pre-flight)
 
     @property
-    def identity(self) -> dict[str, object] | None:
+    def dataset(self) -> str:  # the flow run's name reads it
+        return self.config.dataset
+
+    def identity(self, parent: Manifest | None) -> dict[str, object] | None:
         """What a grown build's identity adds: which version it continues (a grow is never a no-op)."""
-        if self.parent is None:
+        if parent is None:
             return None
-        return {
-            "grow": {"parent": f"{self.parent.version}:{self.parent.identity}", "from": self.first_persona}
-        }
+        return {"grow": {"parent": f"{parent.version}:{parent.identity}", "from": self.first_persona}}
 
 
-def plan_build(store: DatasetStore, config: BuildConfig, grow: int | None, rebuild: bool) -> Plan:
-    """Fresh build, growth past the latest version (`grow` new personas), or the latest's personas again."""
-    if grow is not None and rebuild:
-        raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
+def plan_build(
+    store: DatasetStore, config: BuildConfig, grow: int | None, rebuild: bool
+) -> tuple[BuildConfig, dict[str, object]]:
+    """Fresh build, growth past the latest version (`grow` new personas), or the latest's personas again:
+    the config of the version to publish, and the plan's other fields."""
     latest = store.latest()
     if grow is not None:
         if grow < 1:
             raise UserError(f"--grow {grow}: add at least 1 persona")
         if latest is None:  # growth from nothing: the first version holds the first `grow` personas
-            return Plan(config.model_copy(update={"personas": grow}), "build")
+            return config.model_copy(update={"personas": grow}), {"mode": "build"}
         parent = store.manifest(latest)
         first = parent.config.personas
         numbers = [int(m.group(1)) for s in parent.shards if (m := PART.search(s.path))]
-        return Plan(
-            config.model_copy(update={"personas": first + grow}),
-            "grow",
-            parent=parent,
-            first_persona=first,
-            first_shard=max(numbers, default=-1) + 1,
-        )
+        return config.model_copy(update={"personas": first + grow}), {
+            "mode": "grow",
+            "parent": latest,
+            "first_persona": first,
+            "first_shard": max(numbers, default=-1) + 1,
+        }
     if rebuild:
         if latest is None:
             raise UserError(f"--rebuild: dataset {store.dataset!r} has no version to rebuild yet")
@@ -126,8 +135,8 @@ def plan_build(store: DatasetStore, config: BuildConfig, grow: int | None, rebui
                     f"--rebuild keeps the personas of {store.dataset}@{latest}, sampled with {name} "
                     f"{getattr(m.config, name)}: drop --{name} or build without --rebuild"
                 )
-        return Plan(config.model_copy(update={"personas": m.config.personas}), "rebuild")
-    return Plan(config, "build")
+        return config.model_copy(update={"personas": m.config.personas}), {"mode": "rebuild"}
+    return config, {"mode": "build"}
 
 
 def on_latest_settings(
@@ -150,19 +159,33 @@ def on_latest_settings(
     return BuildConfig.model_validate({**base, **given, "llm": llm})
 
 
-@dataclass(frozen=True)
-class PreparedBuild:
-    """A build checked and planned once (`prepare_build`), ready to run (`run_build`)."""
+def _settings(config: BuildConfig | dict[str, object] | None, settings: dict[str, object]) -> BuildConfig:
+    """A BuildConfig as given (validated once), or one from a dict and settings by name (BuildConfig's
+    fields, `sessions` for scenes_per_persona, LLMConfig's fields)."""
+    from pydantic import ValidationError
 
-    settings: BuildConfig  # what the flow is given (for a grow or rebuild: merged with the latest version)
-    plan: Plan  # what it will build: its `config` holds the personas of the version it publishes
-    grow: int | None
-    rebuild: bool
-    seeds_dir: Path | None
+    from personaloom.schemas.config import LLMConfig
 
-    @property
-    def config(self) -> BuildConfig:
-        return self.plan.config
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if isinstance(config, BuildConfig) and not settings:
+        return config
+    data = (
+        config.model_dump(mode="json", exclude_unset=True)
+        if isinstance(config, BuildConfig)
+        else dict(config or {})
+    )
+    if "sessions" in settings:
+        settings["scenes_per_persona"] = settings.pop("sessions")
+    llm = dict(data.get("llm") or {})  # type: ignore[call-overload]
+    llm |= {k: v for k, v in settings.items() if k in LLMConfig.model_fields}
+    data |= {k: v for k, v in settings.items() if k not in LLMConfig.model_fields}
+    data["llm"] = llm
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "value"
+        raise UserError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def prepare_build(
@@ -172,67 +195,73 @@ def prepare_build(
     grow: int | None = None,
     rebuild: bool = False,
     seeds_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    personas_given: bool | None = None,
+    names: dict[str, str] | None = None,
     check: bool = True,
     **settings: object,
 ) -> PreparedBuild:
-    """Settings merged (a config, then `settings` by name: BuildConfig's fields, `sessions` for
-    scenes_per_persona, LLMConfig's fields), merged with the latest version for grow and rebuild,
-    validated, seed tables, locales, budget and endpoint checked, and the build planned: every bad input
-    fails here in one line, before any Prefect server or LLM call."""
-    from pydantic import ValidationError
+    """The one way a build is planned (the CLI, `serve`, a deployment's run, the Python API).
 
-    from personaloom.catalogue import check_languages, check_locales, load_catalogue
-    from personaloom.llm.budget import Budget
-    from personaloom.schemas.config import LLMConfig
-
-    data = (
-        config.model_dump(mode="json", exclude_unset=True)
-        if isinstance(config, BuildConfig)
-        else dict(config or {})
-    )
-    if "sessions" in settings:
-        settings["scenes_per_persona"] = settings.pop("sessions")
-    llm = dict(data.get("llm") or {})  # type: ignore[call-overload]
-    llm |= {k: v for k, v in settings.items() if k in LLMConfig.model_fields and v is not None}
-    data |= {k: v for k, v in settings.items() if k not in LLMConfig.model_fields and v is not None}
-    data["llm"] = llm
-    try:
-        cfg = BuildConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "value"
-        raise UserError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+    Settings validated (once), merged with the latest version for grow and rebuild, the folders, seed
+    tables, locales, budget and endpoint checked, and the build planned: every bad input fails here in
+    one line, before any Prefect server or LLM call. `personas_given`: whether the persona count was asked
+    for (refused with grow and rebuild; default: set in `config`); `names`: how errors name a setting
+    (e.g. `{"locales": "--locales"}`).
+    """
+    cfg = _settings(config, dict(settings))
     if grow is not None and rebuild:
         raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
     store = DatasetStore(out, cfg.dataset)
     if grow is not None or rebuild:
-        cfg = on_latest_settings(
-            cfg, store, "personas" in data, "--grow" if grow is not None else "--rebuild"
-        )
+        given = "personas" in cfg.model_fields_set if personas_given is None else personas_given
+        cfg = on_latest_settings(cfg, store, given, "--grow" if grow is not None else "--rebuild")
     if check:
-        cat = load_catalogue(seeds_dir) if seeds_dir else load_catalogue()
-        check_locales(cat, cfg.locales, "locales")
-        check_languages(cat, cfg.languages, "languages", cfg.locales)
-        for m in cfg.llm.models():  # every role's model needs a price under max_cost
-            Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
-        from personaloom.llm.endpoint import check_endpoint
+        _check(cfg, out, cache_dir, seeds_dir, names or {})
+    planned, plan = plan_build(store, cfg, grow, rebuild)
+    return PreparedBuild(
+        config=planned,
+        seeds_dir=str(seeds_dir) if seeds_dir else None,
+        checked=check,
+        **plan,  # type: ignore[arg-type]
+    )
 
-        check_endpoint(cfg.llm)
-    return PreparedBuild(cfg, plan_build(store, cfg, grow, rebuild), grow, rebuild, seeds_dir)
+
+def _check(cfg: BuildConfig, out: Path, cache_dir: Path | None, seeds_dir: Path | None, names: dict) -> None:
+    """Seed tables, locales, budget, folders and (last: the OpenAI SDK loads, 1.5 s) the endpoint."""
+    from personaloom.catalogue import check_languages, check_locales, load_catalogue
+    from personaloom.llm.budget import Budget
+    from personaloom.llm.endpoint import check_endpoint
+    from personaloom.store import output_dir
+
+    cat = load_catalogue(seeds_dir) if seeds_dir else load_catalogue()
+    check_locales(cat, cfg.locales, names.get("locales", "locales"))
+    check_languages(cat, cfg.languages, names.get("languages", "languages"), cfg.locales)
+    for m in cfg.llm.models():  # every role's model needs a price under max_cost
+        Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
+    output_dir(out, "--out")
+    if cache_dir is not None:
+        output_dir(cache_dir, "--cache-dir")
+    check_endpoint(cfg.llm)
 
 
 def run_build(
-    prepared: PreparedBuild, *, out: Path, cache_dir: str | Path | None = None, force: bool = False
+    prepared: PreparedBuild,
+    *,
+    out: Path,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    runner: Literal["local", "dask", "ray"] = "local",
+    task_runner: object | None = None,
 ) -> str:
     """Run the flow on a prepared build; returns the version it published (or the one up to date)."""
+    flow_ = build_dataset.with_options(task_runner=task_runner) if task_runner is not None else build_dataset
     return asyncio.run(
-        build_dataset(
-            prepared.settings,
+        flow_(
+            prepared,
             out=str(out),
             cache_dir=str(cache_dir) if cache_dir else None,
-            seeds_dir=str(prepared.seeds_dir) if prepared.seeds_dir else None,
-            grow=prepared.grow,
-            rebuild=prepared.rebuild,
+            runner=runner,
             force=force,
         )
     )
@@ -278,20 +307,21 @@ def publish_version(
     run: Run[BuildConfig],
     store: DatasetStore,
     stage_seconds: Counter[str],
-    plan: Plan | None = None,
+    parent_manifest: Manifest | None = None,
     judges: dict[str, JudgeCalibration] | None = None,
     earlier: dict[str, StageUsage] | None = None,
+    mode: Literal["build", "grow", "rebuild"] = "build",
 ) -> str:
     """Manifest and card into the staging folder, then one rename makes it the next version.
 
     A grown build's staging folder receives its parent's shards as hard links first: the manifest's
     counts, rejection reasons, invariants and checksums are then those of the whole version.
     """
-    plan = plan or Plan(run.config, "build")
+    grown = parent_manifest
     staging, config = run.staging, run.config
     for table in INTERMEDIATE:
         shutil.rmtree(staging / table, ignore_errors=True)
-    inherited = inherit(run, plan.parent) if plan.parent is not None else {}
+    inherited = inherit(run, grown) if grown is not None else {}
     for table in PUBLISHED:  # every table is published, even with zero rows (a schema-only part)
         if not list((staging / table).glob("part-*.parquet")):
             write_records(part(staging, table, shards(run).start), TABLE_MODELS[table], [])
@@ -305,9 +335,9 @@ def publish_version(
             f"please report it with the staging folder {staging}"
         )
     infos = shard_infos(staging)
-    if plan.parent is not None:
-        recorded = {s.path: s.sha256 for s in plan.parent.shards}
-        parent_of = f"{config.dataset}@{plan.parent.version}"
+    if grown is not None:
+        recorded = {s.path: s.sha256 for s in grown.shards}
+        parent_of = f"{config.dataset}@{grown.version}"
         for info in infos:
             if info.path in inherited:
                 if info.sha256 != recorded[info.path]:
@@ -318,9 +348,9 @@ def publish_version(
                 info.inherited_from = inherited[info.path]
     with store.lock():
         version, parent = store.next_version()
-        if plan.parent is not None and parent != plan.parent.version:
+        if grown is not None and parent != grown.version:
             raise UserError(
-                f"{config.dataset}@{parent} was published while this build grew @{plan.parent.version}: "
+                f"{config.dataset}@{parent} was published while this build grew @{grown.version}: "
                 "run the same command again to grow the latest version"
             )
         usage = {s: _merged(earlier or {}, run.llm.usage).get(s, StageUsage()) for s in REPORTED}
@@ -353,7 +383,7 @@ def publish_version(
             identity=run.key,
             content_identity=run.content_key,
             seeds_digest=run.catalogue.digest,
-            mode=plan.mode,
+            mode=mode,
             built=PersonaSpan(first=new_personas(run).start, end=config.personas),
         )
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
@@ -383,7 +413,7 @@ async def publish_artifacts(store: DatasetStore, version: str) -> None:
 
 @flow(name="build_dataset", flow_run_name=flow_run_namer("build"), validate_parameters=True)
 async def build_dataset(
-    config: BuildConfig,
+    config: PreparedBuild | BuildConfig,
     out: str = "output",
     cache_dir: str | None = None,
     seeds_dir: str | None = None,
@@ -392,7 +422,11 @@ async def build_dataset(
     rebuild: bool = False,
     force: bool = False,
 ) -> str:
-    """Build a new version of `config.dataset` under `out`; returns the version name (e.g. v0003).
+    """Build a new version of the dataset under `out`; returns the version name (e.g. v0003).
+
+    `config`: a build planned by `prepare_build` (the CLI, `serve` and the Python API plan before they
+    start Prefect), or settings — a deployment's run, a direct call — which this flow plans with the same
+    `prepare_build` (`grow`, `rebuild` and `seeds_dir` apply to settings only; a plan holds them).
 
     A build whose identity (content settings, seeds, prompts of the declared calls, code) equals the
     latest version's publishes nothing and returns that version, unless `force`. `grow=N` adds N personas
@@ -408,38 +442,56 @@ async def build_dataset(
     logger = get_run_logger()
     entered = time.perf_counter()
     check_served_parameters(config, out, cache_dir, seeds_dir)  # a deployment's run: only what was served
+    if isinstance(config, BuildConfig):
+        plan = prepare_build(
+            config,
+            out=Path(out),
+            grow=grow,
+            rebuild=rebuild,
+            seeds_dir=Path(seeds_dir) if seeds_dir else None,
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            personas_given=False,  # settings given with grow or rebuild: their persona count is ignored
+        )
+    else:
+        plan = config
+    cfg = plan.config
     paths = RunPaths(out=Path(out), cache_dir=Path(cache_dir) if cache_dir else None)
-    seeds = Path(seeds_dir) if seeds_dir else None
-    store = DatasetStore(paths.out, config.dataset)
-    plan = plan_build(store, config, grow, rebuild)
+    seeds = Path(plan.seeds_dir) if plan.seeds_dir else None
+    store = DatasetStore(paths.out, cfg.dataset)
+    parent = store.manifest(plan.parent) if plan.parent is not None else None
     async with open_run(
-        plan.config, calls=build_calls(), cache=paths.cache, seeds_dir=seeds, identity=plan.identity
+        cfg,
+        calls=build_calls(),
+        cache=paths.cache,
+        seeds_dir=seeds,
+        identity=plan.identity(parent),
+        preflight=not plan.checked,
     ) as run:
         latest = store.latest()
-        if latest is not None and not force and _same_build(store.manifest(latest), run, plan):
-            logger.info("up to date: %s@%s", config.dataset, latest)
+        if latest is not None and not force and _same_build(store.manifest(latest), run, parent):
+            logger.info("up to date: %s@%s", cfg.dataset, latest)
             return latest
-        if plan.parent is not None:
-            check_growable(run, plan.parent)
-            run.growth = Growth(store.resolve(plan.parent.version), plan.first_persona, plan.first_shard)
+        if parent is not None:
+            check_growable(run, parent)
+            run.growth = Growth(store.resolve(parent.version), plan.first_persona, plan.first_shard)
         run.staging = store.staging(run.key)
         with store.claim(run.staging):
             run.timings["endpoint_start"] = time.perf_counter() - entered
-            logger.info("building %s with %s into %s", config.dataset, run.endpoint, run.staging)
+            logger.info("building %s with %s into %s", cfg.dataset, run.endpoint, run.staging)
             started = time.perf_counter()
             earlier = _earlier_usage(run.staging)  # what interrupted runs of this build already spent
             try:
                 if runner == "local":
                     seconds = await _generate(run)
                 else:
-                    seconds = await _generate_remote(run, str(paths.cache), seeds_dir)
+                    seconds = await _generate_remote(run, str(paths.cache), plan.seeds_dir)
                 run.timings["generate"] = time.perf_counter() - started
                 judges = await _judges(run)
-                version = publish_version(run, store, seconds, plan, judges, earlier)
+                version = publish_version(run, store, seconds, parent, judges, earlier, mode=plan.mode)
             finally:
                 _save_usage(run.staging, _merged(earlier, run.llm.usage))
     await publish_artifacts(store, version)
-    logger.info("published %s/%s", config.dataset, version)
+    logger.info("published %s/%s", cfg.dataset, version)
     return version
 
 
@@ -453,13 +505,13 @@ def _kept_here(staging: Path, items: list[ProbeItem], first: int) -> tuple[int, 
     )
 
 
-def _same_build(latest: Manifest, run: Run[BuildConfig], plan: Plan) -> bool:
+def _same_build(latest: Manifest, run: Run[BuildConfig], parent: Manifest | None) -> bool:
     """The latest version is what this build would publish: the same run, or (a plain build) the same
     personas and settings as a grown version, whose content key is that of a fresh build of its personas
     (`build --grow 5` then `build --personas 35` is up to date)."""
     if latest.identity == run.key:
         return True
-    return plan.parent is None and latest.content_identity is not None and latest.content_identity == run.key
+    return parent is None and latest.content_identity is not None and latest.content_identity == run.key
 
 
 USAGE_FILE = ".usage.json"  # in a staging folder: the LLM usage of this build's interrupted runs

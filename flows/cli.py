@@ -434,61 +434,45 @@ def build(
             explicit_share=explicit_share,
         ),
     )
-    personas = g["personas"]  # None unless given: --grow and --rebuild refuse it
     from personaloom.card import card_settings
 
     card_settings(license=license, endpoint=card_endpoint)  # checked here, used when the card is written
-    if grow is not None and rebuild:
-        raise UserError("--grow and --rebuild: choose one (grow adds personas, rebuild regenerates them)")
-    if grow is not None or rebuild:
-        cfg = on_latest_settings(cfg, out, personas, "--grow" if grow is not None else "--rebuild")
-    from personaloom.catalogue import check_languages, check_locales, load_catalogue
-    from personaloom.llm.budget import Budget
-
     if runner not in ("local", "dask", "ray"):
         raise UserError(f"--runner {runner!r} is not one of local, dask, ray")
-    # Every check first (settings, seed tables, locales, paths, endpoint), and only then a Prefect server:
-    # bad input fails in one line in about a second, with no server process started for nothing.
-    cat = load_catalogue(seeds) if seeds else load_catalogue()
-    check_locales(cat, cfg.locales, "--locales" if locales else f"{config}: locales")
-    check_languages(cat, cfg.languages, "--languages" if languages else f"{config}: languages", cfg.locales)
-    for m in cfg.llm.models():  # every role's model needs a price under --max-cost
-        Budget.for_model(m, cfg.llm.max_tokens, cfg.llm.max_cost, cfg.llm.prices)
+    from personaloom.build import prepare_build, run_build
+
+    # Every check first (settings, grow/rebuild, seed tables, locales, paths, endpoint), and only then a
+    # Prefect server: bad input fails in one line in about a second, with no server started for nothing.
+    prepared = prepare_build(
+        cfg,
+        out=out,
+        grow=grow,
+        rebuild=rebuild,
+        seeds_dir=seeds,
+        cache_dir=cache_dir,
+        personas_given=g["personas"] is not None,  # a config file's count is overridden by the growth
+        names={
+            "locales": "--locales" if locales else f"{config}: locales",
+            "languages": "--languages" if languages else f"{config}: languages",
+        },
+    )
+    _model_for_endpoint(cfg.llm, model_given=g["model"] is not None or "model" in cfg.llm.model_fields_set)
+    from personaloom.display import live_progress
     from personaloom.store import DatasetStore
 
     store = DatasetStore(out, cfg.dataset)
-    output_dir(out, "--out")
-    if cache_dir is not None:
-        output_dir(cache_dir, "--cache-dir")
-    from personaloom.llm.endpoint import check_endpoint  # the OpenAI SDK: 1.5 s, only past every other check
-
-    check_endpoint(cfg.llm)
-    _model_for_endpoint(cfg.llm, model_given=g["model"] is not None or "model" in cfg.llm.model_fields_set)
-    from personaloom.build import build_dataset, plan_build
-    from personaloom.display import live_progress
-
-    plan_build(store, cfg, grow, rebuild)  # a bad --grow or --rebuild fails here, in one line
-    flow = (
-        build_dataset.with_options(task_runner=task_runner(runner, address))
-        if runner != "local"
-        else build_dataset
-    )
     prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
     before = set(store.versions())
     _quiet_prefect_tracebacks()
     prefect_api.wait()
     with live_progress(enabled=progress and runner == "local", priced=_priced(cfg.llm)):
-        version = asyncio.run(
-            flow(
-                cfg,
-                out=str(out),
-                cache_dir=str(cache_dir) if cache_dir else None,
-                seeds_dir=str(seeds) if seeds else None,
-                runner=runner,
-                grow=grow,
-                rebuild=rebuild,
-                force=force,
-            )
+        version = run_build(
+            prepared,
+            out=out,
+            cache_dir=cache_dir,
+            force=force,
+            runner=runner,  # type: ignore[arg-type]
+            task_runner=task_runner(runner, address) if runner != "local" else None,
         )
     if version in before:  # the latest version was built with this very identity: nothing to publish
         typer.echo(f"up to date: {cfg.dataset}@{version} (--force publishes anyway)")
@@ -549,14 +533,6 @@ def _model_for_endpoint(llm: Any, *, model_given: bool) -> None:
         f"{where} {endpoint_label(url)} without --model: {lists}, not the default {llm.model}: "
         "choose one with --model"
     )
-
-
-def on_latest_settings(cfg: Any, out: Path, personas: int | None, flag: str) -> Any:
-    """--grow and --rebuild start from the latest version's settings (see personaloom.build)."""
-    from personaloom.build import on_latest_settings as merged
-    from personaloom.store import DatasetStore
-
-    return merged(cfg, DatasetStore(out, cfg.dataset), personas is not None, flag)
 
 
 def task_runner(runner: str, address: str | None) -> Any:
@@ -629,9 +605,11 @@ def serve(
         ),
         dict(model=g["model"], base_url=base_url),
     )
-    if grow is not None:
-        cfg = on_latest_settings(cfg, out, g["personas"], "--grow")
-    output_dir(out, "--out")
+    from personaloom.build import prepare_build
+
+    # checked and planned now (a bad --grow fails here, in one line); each run plans again on the then
+    # latest version, with the same prepare_build
+    prepare_build(cfg, out=out, grow=grow, personas_given=g["personas"] is not None)
     prefect_api = _prefect_env(start_early=True)  # an authenticated temporary server unless one runs
     from prefect import serve as prefect_serve
 

@@ -131,16 +131,18 @@ async def open_run(
     endpoint: Endpoint | None = None,
     exclude: dict[str, Any] | None = None,
     identity: dict[str, Any] | None = None,
+    preflight: bool = True,
 ) -> AsyncIterator[Run[C]]:
     """Open the endpoint (unless given, as on a remote worker) and everything a run needs; closes the client.
 
     `exclude` leaves settings out of the identity (default: the LLM's speed and budget settings);
-    `identity` adds what else makes the run itself (e.g. the dataset version a replay reads).
+    `identity` adds what else makes the run itself (e.g. the dataset version a replay reads);
+    `preflight=False`: the caller checked the endpoint already (`prepare_build`), it is not asked again.
     """
     calls = tuple(calls)
     async with AsyncExitStack() as stack:
         if endpoint is None:
-            endpoint = stack.enter_context(open_endpoint(config.llm))  # type: ignore[attr-defined]
+            endpoint = stack.enter_context(open_endpoint(config.llm, check=preflight))  # type: ignore[attr-defined]
         effective = config.model_copy(update={"llm": endpoint.config})
         prompts = PromptLibrary(prompt_set=endpoint.config.prompt_set)
         prompts.check(calls)

@@ -45,7 +45,11 @@ def deployment(config: BuildConfig, out: Path, cron: str, name: str, grow: int |
     if grow is not None and grow < 1:
         raise UserError(f"--grow {grow}: add at least 1 persona per run")
     # an absolute output root: scheduled runs may start from another working directory
-    parameters: dict[str, Any] = {"config": config.model_dump(mode="json"), "out": str(Path(out).resolve())}
+    # the settings given (not their defaults): a grown run merges them with the then latest version
+    parameters: dict[str, Any] = {
+        "config": config.model_dump(mode="json", exclude_unset=True),
+        "out": str(Path(out).resolve()),
+    }
     if grow is not None:
         parameters["grow"] = grow
     # written by this user only (0600 in a 0700 folder): the API cannot change what runs (a deployment's name
@@ -85,7 +89,13 @@ def _complete(parameters: dict[str, Any]) -> dict[str, Any]:
 
     sig = inspect.signature(build_dataset.fn).parameters
     full = {k: p.default for k, p in sig.items() if p.default is not inspect.Parameter.empty} | parameters
-    full["config"] = BuildConfig.model_validate(full.get("config") or {})
+    given = full.get("config") or {}
+    # a deployment serves settings, planned by each run; a plan given to its run is another parameter
+    full["config"] = (
+        given
+        if isinstance(given, BaseModel) and not isinstance(given, BuildConfig)
+        else (BuildConfig.model_validate(given))
+    )
     return full
 
 
@@ -101,7 +111,7 @@ def _differences(served: Any, given: Any, name: str) -> list[str]:
 
 
 def check_served_parameters(
-    config: BuildConfig, out: str, cache_dir: str | None, seeds_dir: str | None
+    config: BaseModel, out: str, cache_dir: str | None, seeds_dir: str | None
 ) -> None:
     """A flow run of a deployment runs only the parameters it was served with (see issue 25).
 
