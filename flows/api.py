@@ -29,10 +29,7 @@ import polars as pl
 
 from personaloom.errors import UserError
 from personaloom.schemas.manifest import Manifest
-from personaloom.store import DatasetStore
-
-# every table a version publishes, in the order a reader meets them (personaloom.pipeline.PUBLISHED)
-TABLES = ("seeds", "personas", "scenes", "queries", "dataset", "probes", "rejections")
+from personaloom.store import TABLES, DatasetStore
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ import polars as pl
 from pydantic import BaseModel
 
 from personaloom.schemas.manifest import Manifest
-from personaloom.store import DatasetStore
+from personaloom.store import TABLES, DatasetStore
 
 AGE_BANDS = ((0, 17, "under 18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"))
 AGE_BANDS += ((45, 54, "45-54"), (55, 64, "55-64"), (65, 74, "65-74"), (75, 200, "75+"))
 QUERY_WORDS = ((0, 0, "0 words"), (1, 5, "1-5 words"), (6, 10, "6-10 words"), (11, 20, "11-20 words"))
 QUERY_WORDS += ((21, 40, "21-40 words"), (41, 80, "41-80 words"), (81, 10**9, "81+ words"))
-_TABLE_ORDER = ("seeds", "personas", "scenes", "queries", "dataset", "probes", "rejections")
+_TABLE_ORDER = TABLES
 SHOWN = 5  # categories listed per attribute in the text report (largest shifts first)
 
 

@@ -25,7 +25,7 @@ from personaloom.schemas.records import Rejection
 from personaloom.stages import filter as filter_stage
 from personaloom.stages import personas, queries, scenes, seed
 from personaloom.stages.base import Stage, StageContext, StageOutcome
-from personaloom.store import read_records, read_table, write_records
+from personaloom.store import TABLES, read_records, read_table, write_records
 
 if TYPE_CHECKING:
     from personaloom.run import Run
@@ -51,6 +51,8 @@ REPORTED: tuple[str, ...] = tuple(dict.fromkeys(s.reports_as for s in STAGES))
 TABLE_MODELS: dict[str, type[BaseModel]] = {s.output: s.record for s in STAGES} | {"rejections": Rejection}
 INTERMEDIATE = ("screened",)  # written for resume, not published
 PUBLISHED = tuple(t for t in TABLE_MODELS if t not in INTERMEDIATE)
+# the store's list is the one readers use: a stage that writes a new table must add it there
+assert set(PUBLISHED) == set(TABLES), (PUBLISHED, TABLES)
 
 
 def build_calls() -> tuple[LLMCall[Any, Any], ...]:

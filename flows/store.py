@@ -23,7 +23,9 @@ from personaloom.schemas.config import dataset_name_problem
 from personaloom.schemas.manifest import Manifest, ShardInfo
 
 VERSION = re.compile(r"^v(\d{4,})$")
-TABLES = ("seeds", "personas", "scenes", "queries", "rejections", "dataset", "probes")
+# every table a version publishes, in the order a reader meets them: the one list (personaloom.pipeline
+# checks it against the tables its stages declare)
+TABLES = ("seeds", "personas", "scenes", "queries", "dataset", "probes", "rejections")
 # Folders this process read Parquet from (versions, staging): where a failed read looks for the damaged file.
 _OPENED: dict[Path, None] = {}
 _WARNED: set[Path] = set()  # stray version folders already reported by this process
