@@ -16,14 +16,16 @@ judge model asked without history at chance over the kept items.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from statistics import median
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from rapidfuzz import fuzz
@@ -38,11 +40,12 @@ from personaloom.schemas.drafts import Draft
 from personaloom.schemas.fine import fine_alternatives
 from personaloom.schemas.probes import OptionKind, ProbeItem
 from personaloom.schemas.records import DatasetRow, Persona, PreferenceChange, Rejection, Turn, evidence_keys
-from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome
 from personaloom.stages.reveals import REASON
 from personaloom.tokens import count as count_tokens
 
 NAME = "probes"
+T = TypeVar("T")
 TYPES = {
     "recall": "recalling_facts_mentioned_by_the_user",
     "latest": "recalling_the_latest_user_preferences",
@@ -139,13 +142,19 @@ def _newest_per_field(changes: Sequence[PreferenceChange], upto: int) -> dict[st
     return by_field
 
 
+@lru_cache(maxsize=1024)
+def _alternatives(path: str) -> frozenset[str]:
+    """`fine_alternatives` as a set, read once per field (`apart` asks it for every pair of values)."""
+    return frozenset(fine_alternatives(path))
+
+
 def apart(value: str, others: Sequence[str], path: str = "") -> bool:
     """`value` cannot be mistaken for any of `others`: different text and different content words.
 
     Of a fine-grained preference (`path` Fine.<id>), the table's alternatives are exclusive by
     construction ("takes coffee black" / "with milk"): there, different text is enough.
     """
-    alternatives = fine_alternatives(path) if path else []
+    alternatives = _alternatives(path) if path else frozenset()
     if alternatives and value in alternatives and all(o in alternatives for o in others):
         return value.casefold() not in {o.casefold() for o in others}
     mine = content_tokens(value)
@@ -168,10 +177,38 @@ class Pools:
         self.finals = finals
         self.bases = bases
         self.reasons = {pid: [c.reason for c in bases[pid].Changes if c.reason.strip()] for pid in bases}
+        # Each field read once, in `ids` order: every item's distractors walk the other personas' values
+        self._position = {pid: i for i, pid in enumerate(self.ids)}
+        self._texts: dict[str, list[str]] = {}
+        self._pairs: dict[str, list[tuple[str, str] | None]] = {}
+
+    def texts(self, path: str) -> list[str]:
+        """Every persona's value of the field at its last kept session, as text (`ids` order)."""
+        column = self._texts.get(path)
+        if column is None:
+            column = self._texts[path] = [as_text(get_value(self.finals[p], path)).strip() for p in self.ids]
+        return column
+
+    def pairs(self, path: str) -> list[tuple[str, str] | None]:
+        """Every persona's (value now, the value its last change of the field replaced), None when it never
+        changed the field (`ids` order)."""
+        column = self._pairs.get(path)
+        if column is None:
+            column = []
+            for pid, now in zip(self.ids, self.texts(path), strict=True):
+                changes = [c for c in self.bases[pid].Changes if c.field == path]
+                column.append((now, changes[-1].before.strip()) if changes else None)
+            self._pairs[path] = column
+        return column
 
     def rotation(self, pid: str, seed: int) -> list[str]:
         """Other persona ids from a seeded start: no single persona lends most distractors."""
-        others = [p for p in self.ids if p != pid]
+        return self._rotated(self.ids, pid, seed)
+
+    def _rotated(self, column: list[T], pid: str, seed: int) -> list[T]:
+        """A column (`ids` order) without `pid`'s entry, in `rotation`'s order."""
+        i = self._position.get(pid)
+        others = column if i is None else column[:i] + column[i + 1 :]
         if not others:
             return []
         start = seed % len(others)
@@ -179,9 +216,14 @@ class Pools:
 
     def values(self, pid: str, path: str, taken: list[str], k: int, seed: int) -> list[str]:
         out: list[str] = []
-        for other in self.rotation(pid, seed):
-            value = as_text(get_value(self.finals[other], path)).strip()
-            if value and apart(value, taken + out, path):
+        # A value asked once is not asked again: taken, or not apart from `taken + out`, which only grows
+        # (so it stays not apart): the same answer for a fraction of the fuzzy comparisons.
+        asked: set[str] = set()
+        for value in self._rotated(self.texts(path), pid, seed):
+            if not value or value in asked:
+                continue
+            asked.add(value)
+            if apart(value, taken + out, path):
                 out.append(value)
                 if len(out) == k:
                     break
@@ -190,12 +232,12 @@ class Pools:
     def changed_pair(self, pid: str, path: str, taken: list[str], seed: int) -> list[str]:
         """Another user's value of the field and the one it replaced: a pair as alike as the key and its
         outdated value are, so 'pick one of the two look-alike options' is no shortcut."""
-        for other in self.rotation(pid, seed):
-            changes = [c for c in self.bases[other].Changes if c.field == path]
-            if not changes:
+        asked: set[tuple[str, str]] = set()  # the answer for a pair depends on the pair alone
+        for pair in self._rotated(self.pairs(path), pid, seed):
+            if pair is None or pair in asked:
                 continue
-            now = as_text(get_value(self.finals[other], path)).strip()
-            before = changes[-1].before.strip()
+            asked.add(pair)
+            now, before = pair
             if now and before and apart(now, [*taken, before], path) and apart(before, taken, path):
                 return [now, before]
         return []
@@ -234,6 +276,7 @@ class Planner:
         # checkpoints in a row do not ask the same thing again
         self.used: Counter[tuple[str, str]] = Counter()
         self.kind = ""
+        self._at: dict[int, Persona] = {}
 
     def plan(self) -> list[Spec]:
         out: list[Spec] = []
@@ -245,6 +288,13 @@ class Planner:
                 self.used[(s.kind, s.path)] += 1
                 out.append(s)
         return out
+
+    def at(self, c: int) -> Persona:
+        """The user as they are at session c (`persona_at`, worked out once per checkpoint)."""
+        persona = self._at.get(c)
+        if persona is None:
+            persona = self._at[c] = persona_at(self.base, c)
+        return persona
 
     def least_used(self, paths: Sequence[str]) -> list[str]:
         """`paths` with the ones this type asked least first (stable: the given order among equals)."""
@@ -374,7 +424,7 @@ class Planner:
             if preference_only and not path.startswith("Preference."):
                 continue
             last = chain[-1]
-            truth = as_text(get_value(persona_at(self.base, c), path))
+            truth = as_text(get_value(self.at(c), path))
             if not apart(last.before, [truth], path):
                 continue
             rest = self.others(path, [truth, last.before], 2, seed)
@@ -457,7 +507,7 @@ class Planner:
         for path, chain in self.changed(c):
             last = chain[-1]
             said = self.said(last.reason, c, last.effective_session, key=path + REASON)
-            truth = as_text(get_value(persona_at(self.base, c), path))
+            truth = as_text(get_value(self.at(c), path))
             if not self.backed(said, c) or not apart(last.before, [truth], path):
                 continue
             pair = self.pools.changed_pair(self.pid, path, [truth, last.before], seed)
@@ -472,7 +522,7 @@ class Planner:
         """PersonaMem's 'new things': the key is an interest the user never mentioned; each distractor
         is one they did mention (a reader with the history knows it is not new)."""
         path = "Personality.Values_and_Interests"
-        items = [str(v) for v in get_value(persona_at(self.base, c), path)]
+        items = [str(v) for v in get_value(self.at(c), path)]
         mentioned = [(i, s) for i in items if (s := self.said(i, c))]
         if len(mentioned) < 3:
             return None
@@ -705,18 +755,14 @@ CONFIRM: LLMCall[ProbeItem, list[int] | None] = LLMCall(
 )
 
 
-async def confirm(ctx: StageContext, items: Sequence[ProbeItem]) -> StageOutcome[ProbeItem]:
-    """A judge at temperature 0 confirms that exactly one option, the key, follows the value in force —
-    asked only when the build's judge earned trust on items with a known answer (stage 5's calibration);
-    an untrusted judge's verdict would be no evidence, so the items go on unconfirmed."""
-    from personaloom.stages.calibration import judge_calibration
-
-    calibration = await judge_calibration(ctx.llm, ctx.config.judge_min_accuracy)
-    if calibration is not None and not calibration.trusted:
-        return StageOutcome(records=list(items))
-    verdicts = await map_async(items, lambda i: ctx.llm.run(CONFIRM, i))
+def confirmed(items: Sequence[ProbeItem], verdicts: dict[str, list[int] | None]) -> StageOutcome[ProbeItem]:
+    """A judge at temperature 0 confirms that exactly one option, the key, follows the value in force:
+    `verdicts` holds its answer (the options it said match) to CONFIRM on each item. Asked only when the
+    build's judge earned trust on items with a known answer (stage 5's calibration); an untrusted judge's
+    verdict would be no evidence, so the items then go on unconfirmed (`run`)."""
     out: StageOutcome[ProbeItem] = StageOutcome()
-    for item, matching in zip(items, verdicts, strict=True):
+    for item in items:
+        matching = verdicts[item.probe_id]
         if matching == [item.answer]:
             out.records.append(item)
             continue
@@ -740,16 +786,25 @@ BLIND_ORDERS = ((0, 1, 2, 3), (3, 2, 1, 0))  # the item's order, then reversed: 
 async def judge_credit(ctx: StageContext, item: ProbeItem) -> float | None:
     """The judge model's share of orders in which it picks the key with no history (chance: 0.25);
     None when it named no option in any order (no verdict is not a wrong guess)."""
-    picks = [p for order in BLIND_ORDERS if (p := await ctx.llm.run(BLIND, Blind(item, order))) is not None]
+    said = await asyncio.gather(*(ctx.llm.run(BLIND, Blind(item, order)) for order in BLIND_ORDERS))
+    picks = [p for p in said if p is not None]
     return sum(p == item.answer for p in picks) / len(picks) if picks else None
 
 
-def gate(items: Sequence[ProbeItem], judged: dict[str, float]) -> StageOutcome[ProbeItem]:
-    """Keep every blind rule (and the judge without history) at chance over the kept items."""
+def gate(
+    items: Sequence[ProbeItem], judged: dict[str, float], rules: dict[str, dict[str, float]] | None = None
+) -> StageOutcome[ProbeItem]:
+    """Keep every blind rule (and the judge without history) at chance over the kept items. `rules`: each
+    item's `blind.rule_credits` by probe id, where already scored (the stage scores an item as it is done)."""
     ordered = sorted(items, key=lambda i: i.seed)  # a seeded order: no persona always goes first
     credits = []
     for item in ordered:
-        c = blind.rule_credits(item.question, item.options, item.answer)
+        scored = rules.get(item.probe_id) if rules else None
+        c = (
+            dict(scored)
+            if scored is not None
+            else blind.rule_credits(item.question, item.options, item.answer)
+        )
         if item.probe_id in judged:
             c[blind.JUDGE] = judged[item.probe_id]
         credits.append(c)
@@ -907,6 +962,125 @@ def dedup(items: Sequence[ProbeItem], earlier: Sequence[ProbeItem] = ()) -> Stag
     return out
 
 
+class _Calls:
+    """The stage's LLM calls, each item through all of its own as soon as it can: write, then (once it is
+    known not to repeat an earlier item) confirm and the blind judge.
+
+    Every item went through one call at a time over all items (write all, then confirm all, then judge
+    all): each step waited for the slowest item of the one before, and the planning of every item before
+    the first write; the endpoint's slots sat idle meanwhile (a 200-persona build: 6 to 7 s before the first
+    write, and a tail at each step). Here the items are planned on a worker thread and written as they are
+    planned, `workers` of them at a time (more than the LLM's concurrency: an item waiting for an earlier
+    one to be written leaves no slot idle). The calls and their answers are the same; `run` composes the
+    outcome from them as before, in the items' order.
+    """
+
+    def __init__(self, ctx: StageContext, earlier: Sequence[ProbeItem]) -> None:
+        self.ctx = ctx
+        self.specs: list[Spec] = []
+        self.written: list[ProbeItem | Rejection | None] = []  # by spec index, once written
+        self.verdicts: dict[str, list[int] | None] = {}  # CONFIRM's answer by probe id
+        self.credits: dict[str, float | None] = {}  # the blind judge's
+        self.rules: dict[str, dict[str, float]] = {}  # the blind rules' (blind.rule_credits)
+        self.planned: asyncio.Queue[list[Spec] | BaseException | None] = asyncio.Queue()
+        self._decided: list[asyncio.Future[bool]] = []
+        self.new: list[bool] = []  # by spec index: a written item that repeats no earlier one
+        self._next = 0  # the first item whose repeat or not is undecided
+        self._seen = {_key(i): i.probe_id for i in earlier}  # as `dedup`: the first of a key is kept
+        self._claimed = 0
+        self._all_planned = False
+        self._stop = False  # the stage failed: the planner thread stops at its next persona
+        self._taking = asyncio.Lock()
+        self.calibration: asyncio.Future[Any] | None = None
+
+    def plan(self, loop: asyncio.AbstractEventLoop, jobs: list[Sequence[DatasetRow]], pools: Pools) -> None:
+        """On a worker thread: each persona's items, handed to the loop persona by persona."""
+
+        def hand(got: list[Spec] | BaseException | None) -> None:
+            loop.call_soon_threadsafe(self.planned.put_nowait, got)
+
+        cfg = self.ctx.config
+        try:
+            for rows in jobs:
+                if self._stop:
+                    return
+                hand(plan_specs(rows, pools, self.ctx.catalogue, cfg.probes_per_checkpoint))
+            hand(None)
+        except RuntimeError:  # the loop closed under a failed stage
+            pass
+        except Exception as e:
+            hand(e)
+
+    async def _take(self) -> int | None:
+        """The next item's index, in the planned order; None when every item is taken."""
+        while self._claimed >= len(self.specs):
+            if self._all_planned:
+                return None
+            async with self._taking:  # one worker at a time waits for the planner
+                if self._claimed >= len(self.specs) and not self._all_planned:
+                    got = await self.planned.get()
+                    if got is None:
+                        self._all_planned = True
+                    elif isinstance(got, BaseException):
+                        raise got
+                    else:
+                        self.specs += got
+                        self.written += [None] * len(got)
+                        self._decided += [asyncio.get_running_loop().create_future() for _ in got]
+        self._claimed += 1
+        return self._claimed - 1
+
+    def _decide(self) -> None:
+        """Decide, in the items' order, which written items are new (not a repeat of an earlier one)."""
+        while self._next < len(self.written) and (got := self.written[self._next]) is not None:
+            new = (
+                isinstance(got, ProbeItem) and self._seen.setdefault(_key(got), got.probe_id) == got.probe_id
+            )
+            self._decided[self._next].set_result(new)
+            self.new.append(new)
+            self._next += 1
+
+    async def worker(self) -> None:
+        while (i := await self._take()) is not None:
+            await self._item(i)
+
+    async def _item(self, i: int) -> None:
+        ctx = self.ctx
+        got = await ctx.llm.run(WRITE, self.specs[i])
+        ctx.advance(1)
+        self.written[i] = got
+        self._decide()
+        if not await self._decided[i]:
+            return
+        assert isinstance(got, ProbeItem)
+        assert self.calibration is not None
+        calibration = await asyncio.shield(self.calibration)
+        if calibration is None or calibration.trusted:
+            self.verdicts[got.probe_id] = verdict = await ctx.llm.run(CONFIRM, got)
+            if verdict != [got.answer]:
+                return
+        if ctx.config.probe_blind_judge:
+            self.credits[got.probe_id] = await judge_credit(ctx, got)
+        self.rules[got.probe_id] = blind.rule_credits(got.question, got.options, got.answer)
+
+    async def run(self, jobs: list[Sequence[DatasetRow]], pools: Pools, workers: int) -> None:
+        from personaloom.stages.calibration import judge_calibration
+
+        self.calibration = asyncio.ensure_future(
+            judge_calibration(self.ctx.llm, self.ctx.config.judge_min_accuracy)
+        )
+        planner = asyncio.ensure_future(asyncio.to_thread(self.plan, asyncio.get_running_loop(), jobs, pools))
+        tasks = [asyncio.ensure_future(self.worker()) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+            await planner
+            await self.calibration  # asked even with no item to confirm, as always
+        finally:
+            self._stop = True
+            for t in (*tasks, self.calibration):
+                t.cancel()
+
+
 async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[ProbeItem]:
     cfg = ctx.config
     if not cfg.probes:
@@ -917,19 +1091,27 @@ async def run(inputs: Inputs, ctx: StageContext) -> StageOutcome[ProbeItem]:
     # a grown build: earlier personas lend distractor values too, earlier items are not repeated
     earlier = ctx.earlier("dataset")
     pools = Pools(_finals(earlier) | _finals(inputs["dataset"]), _bases(earlier) | _bases(inputs["dataset"]))
-    specs = [
-        s
-        for pid in sorted(by_persona)
-        for s in plan_specs(by_persona[pid], pools, ctx.catalogue, cfg.probes_per_checkpoint)
+    earlier_items = ctx.earlier("probes")
+    calls = _Calls(ctx, earlier_items)
+    await calls.run([by_persona[pid] for pid in sorted(by_persona)], pools, 2 * ctx.llm.config.concurrency)
+    assert all(w is not None for w in calls.written)
+    written = StageOutcome.split(w for w in calls.written if w is not None)
+    unique = written.then(dedup(written.records, earlier_items))
+    assert [i.probe_id for i in unique.records] == [  # the items the pipeline took on as new
+        w.probe_id
+        for w, new in zip(calls.written, calls.new, strict=True)
+        if new and isinstance(w, ProbeItem)
     ]
-    written = StageOutcome.split(await map_async(specs, lambda s: ctx.llm.run(WRITE, s), ctx.advance))
-    unique = written.then(dedup(written.records, ctx.earlier("probes")))
-    unique = unique.then(await confirm(ctx, unique.records))
+    calibration = calls.calibration.result() if calls.calibration is not None else None
+    if calibration is not None and not calibration.trusted:
+        confirmed_items = StageOutcome(records=list(unique.records))
+    else:
+        confirmed_items = confirmed(unique.records, calls.verdicts)
+    unique = unique.then(confirmed_items)
     judged: dict[str, float] = {}
     if cfg.probe_blind_judge:
-        credits = await map_async(unique.records, lambda i: judge_credit(ctx, i))
-        judged = {i.probe_id: c for i, c in zip(unique.records, credits, strict=True) if c is not None}
-    return unique.then(gate(unique.records, judged))
+        judged = {i.probe_id: c for i in unique.records if (c := calls.credits[i.probe_id]) is not None}
+    return unique.then(gate(unique.records, judged, calls.rules))
 
 
 STAGE = Stage(

@@ -48,5 +48,17 @@ def count(text: str) -> int:
     model = _vocab()
     if model is None:
         return len(text) // 4
+    import llama_cpp as lc
+
+    data = text.encode("utf-8")
+    # llama.cpp's own tokenizer, called as LlamaModel.tokenize calls it, with room for the text's tokens
+    # (at most one a byte) rather than a zeroed buffer of the model's whole context on every call, and
+    # only the count read back
+    room = len(data) + 1
     with _lock:
-        return len(model.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        n = lc.llama_tokenize(model.vocab, data, len(data), (lc.llama_token * room)(), room, False, False)
+        if n < 0:  # more tokens than bytes (never, for this vocabulary): the room it asks for
+            n = lc.llama_tokenize(model.vocab, data, len(data), (lc.llama_token * -n)(), -n, False, False)
+    if n < 0:
+        raise RuntimeError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+    return n

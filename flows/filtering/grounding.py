@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 from rapidfuzz import fuzz
 
@@ -66,15 +67,20 @@ class ExampleIndex:
         return best
 
 
-def content_tokens(text: str) -> set[str]:
+@lru_cache(maxsize=1 << 17)
+def content_tokens(text: str) -> frozenset[str]:
     """What a request is about: content words (4+ letters, no stopwords), or character pairs in scripts
-    written without spaces, plus every number."""
+    written without spaces, plus every number.
+
+    Cached (frozen, so no caller can change a shared answer): the probes' planner and the blind rules
+    ask about the same values and turns again and again.
+    """
     low = text.lower()
     tokens = {w for w in _WORD.findall(low) if (len(w) >= 4 and w not in STOPWORDS) or w.isdigit()}
     if _UNSPACED.search(low):
         chars = [c for c in low if c.isalnum()]
         tokens |= {a + b for a, b in zip(chars, chars[1:], strict=False)}
-    return tokens
+    return frozenset(tokens)
 
 
 MENTIONED = 0.5  # share of an item's content words a text must carry to count as mentioning it
