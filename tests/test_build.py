@@ -14,9 +14,10 @@ import pytest
 
 from personaloom.build import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.stages.filter import ANSWERABILITY
 from personaloom.store import DatasetStore, sha256_file
 from personaloom.testing.cli import TEST_KEY
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import calibrated
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -130,7 +131,7 @@ def test_rerun_is_up_to_date_and_forced_makes_no_llm_call(out: Path, tmp_path: P
 
 def test_empty_tables_are_written_with_their_schema(out: Path) -> None:
     no = '{"answerable": false, "reason": "no"}'
-    says_no = calibrated(lambda body: no if "answerable" in json.dumps(body) else None)
+    says_no = calibrated(lambda body: no if call_of(body) == ANSWERABILITY.name else None)
     with FakeOpenAI(responder=says_no) as fake:  # right on the calibration items, "no" on every row
         build(config(fake, personas=2, expand_hints=False), out)
     root = out / "demo" / "v0001"

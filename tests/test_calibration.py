@@ -15,7 +15,8 @@ from personaloom.errors import UserError
 from personaloom.llm.client import LLM
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.stages.calibration import calibrate, calibration_jobs
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.stages.filter import ANSWERABILITY
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import answer_key, calibration_item
 
 KEY = answer_key()
@@ -26,7 +27,7 @@ def judge(on_rows: bool | None, *, on_items: str = "right") -> Any:
     on the build's rows always `on_rows` (None: the fake's own answer)."""
 
     def reply(body: dict[str, Any]) -> str | None:
-        if "answerable" not in json.dumps(body.get("response_format")):
+        if call_of(body) != ANSWERABILITY.name:
             return None
         item = calibration_item(body)
         if item is None:
@@ -93,7 +94,7 @@ def _build(fake: FakeOpenAI, out: Path, **kw: Any) -> dict[str, Any]:
 
 def _row_verdicts_asked(fake: FakeOpenAI) -> int:
     asked = [r["body"] for r in fake.requests if r["path"].endswith("/chat/completions")]
-    judged = [b for b in asked if "answerable" in json.dumps(b.get("response_format"))]
+    judged = [b for b in asked if call_of(b) == ANSWERABILITY.name]
     return sum(calibration_item(b) is None for b in judged)
 
 

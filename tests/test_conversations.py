@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,14 @@ from personaloom.schemas.manifest import Manifest
 from personaloom.schemas.records import DatasetRow, evidence_keys
 from personaloom.stages.reveals import (
     REASON,
+    REVEAL,
     assign_turns,
     calibration_jobs,
     plan_reveals,
     stated,
 )
 from personaloom.store import read_records
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import reveal_judge
 from personaloom.testing.simulator_model import obedient_user
 from personaloom.tokens import count as count_tokens
@@ -138,9 +138,7 @@ def test_only_confirmed_reveals_are_evidence(out: Path) -> None:
 def test_an_uncalibrated_judge_is_not_asked_and_leaves_reveals_unconfirmed(out: Path) -> None:
     with FakeOpenAI() as fake:  # schema-random: a coin toss on the calibration items
         rows, manifest = build(fake, out, user_turns=1)
-        asked = [
-            r for r in fake.requests if "RevealJudgement" in json.dumps(r["body"].get("response_format"))
-        ]
+        asked = [r for r in fake.requests if call_of(r["body"]) == REVEAL.name]
     cal = manifest.judges["queries/reveal"]
     assert not cal.trusted and len(asked) == cal.items  # the calibration items only, not the rows
     marks = [m for r in rows for t in r.turns for m in t.reveals]

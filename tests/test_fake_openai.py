@@ -451,3 +451,102 @@ def test_every_seed_language_gets_text_the_language_id_calls_that_language() -> 
         if share < 0.95:
             weak[code] = share
     assert not weak, f"identified as the intended language in under 95% of texts: {weak}"
+
+
+# --------------------------------------------------------------------------- #
+# Scripted roles: keyed by the call a request names, never by its wording
+# --------------------------------------------------------------------------- #
+def _post(fake: FakeOpenAI, text: str, call: str | None, response_format: Any = None) -> str:
+    from personaloom.llm.calls import CALL_HEADER
+
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    if response_format is not None:
+        body["response_format"] = response_format
+    headers = {CALL_HEADER: call} if call is not None else {}
+    resp = httpx.post(fake.base_url + "/chat/completions", json=body, headers=headers, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["choices"][0]["message"]["content"]
+
+
+def test_scripted_roles_answer_the_call_the_header_names_whatever_the_wording() -> None:
+    """No sentence of the templates is in these prompts: the header alone picks the role, which reads only
+    the prompt's data (a quoted value, lettered options, the asks); without the header, the same body gets
+    the fake's own schema-driven answer."""
+    from personaloom.probes import Matching, ProbeDraft
+    from personaloom.testing.judge_model import answer_key, calibrated
+    from personaloom.testing.probe_model import probe_confirmer
+    from personaloom.testing.simulator_model import obedient_user
+
+    confirm = (
+        'Preferred format (Preference.Preferred_Formats): "bullet lists"\n'
+        'A. Because you like "tables", here it is.\nB. Since you like "bullet lists", here it is.\n'
+        'C. As you prefer "prose", here it is.\nD. Going by "a video", here it is.'
+    )
+    matching = _schema_format("openai", Matching)
+    write = _schema_format("openai", ProbeDraft)
+    asks = "- how much you write: terse. You may say it plainly\nScene: Moving flats — boxes"
+    roles = obedient_user(then=calibrated(probe_confirmer()))
+    with FakeOpenAI(responder=roles) as fake:
+        assert json.loads(_post(fake, confirm, "probes/confirm", matching)) == {"matching": ["B"]}
+        assert json.loads(_post(fake, confirm, None, matching))["matching"] != ["B"]
+        draft = ProbeDraft.model_validate_json(_post(fake, "Values: tea, coffee.", "probes/write", write))
+        assert [f"[{x}]" in r for x, r in zip("ABCD", draft.frames(), strict=True)] == [True] * 4
+        said = json.loads(_post(fake, asks, "queries/simulate", {"type": "json_object"}))
+        assert said == {"personalized_query": "About me: terse. Could you help me with this: Moving flats?"}
+        query, answerable = next(iter(answer_key().items()))
+        verdict = json.loads(
+            _post(fake, f'Is "{query}" fine?', "filter/answerability", {"type": "json_object"})
+        )
+    assert verdict == {"answerable": answerable, "reason": "from the answer key"}
+
+
+def test_a_reworded_template_keeps_the_calibrated_judge_right(tmp_path: Path) -> None:
+    """The answerability template rewritten from scratch (same variables, none of its sentences): the
+    scripted judge still knows its calibration items, so the judge is still trusted."""
+    import shutil
+
+    from personaloom.llm.client import LLM
+    from personaloom.llm.prompts import PromptLibrary
+    from personaloom.paths import PROMPTS_DIR
+    from personaloom.schemas.config import LLMConfig
+    from personaloom.stages.calibration import calibrate
+    from personaloom.testing.judge_model import calibrated
+
+    shutil.copytree(PROMPTS_DIR, tmp_path / "prompts")
+    template = tmp_path / "prompts" / "default" / "filter" / "answerability.j2"
+    old = template.read_text()
+    template.write_text(
+        "{% block system %}\nGrade it.\n{% endblock %}\n{% block user %}\n"
+        "[{{ language }}] {{ scene.title }} / {{ scene.description }} / {{ scene.context }} / "
+        '{{ scene.apis | length }} tools\n"{{ query.neutralized_query }}"\nJSON.\n{% endblock %}\n'
+    )
+    with FakeOpenAI(responder=calibrated()) as fake:
+        llm = LLM(
+            LLMConfig(model="fake", max_retries=0),
+            base_url=fake.base_url,
+            api_key="sk-x",
+            cache=None,
+            prompts=PromptLibrary(tmp_path / "prompts"),
+        )
+
+        async def go() -> Any:
+            try:
+                return await calibrate(llm, 0.75)
+            finally:
+                await llm.aclose()
+
+        cal = asyncio.run(go())
+        sent = [r["body"]["messages"][-1]["content"] for r in fake.requests]
+    wording = ("User query:", "Can an AI assistant give", 'Return {"answerable"')
+    assert all(w in old for w in wording) and not any(w in s for s in sent for w in wording)
+    assert cal.balanced_accuracy == 1.0 and cal.trusted and cal.invalid == 0
+
+
+def test_a_json_request_without_a_schema_is_answered_from_the_calls_response_model(fake: FakeOpenAI) -> None:
+    """The model the named call declares shapes the answer; a request naming no call gets a generic one."""
+    from personaloom.schemas.drafts import QualityScore
+
+    json_object = {"type": "json_object"}
+    score = QualityScore.model_validate_json(_post(fake, "Rate this.", "filter/quality", json_object))
+    assert 1 <= score.score <= 10
+    assert set(json.loads(_post(fake, "Rate this.", None, json_object))) == {"answer"}

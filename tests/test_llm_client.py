@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from personaloom.llm.cache import ResponseCache
+from personaloom.llm.calls import CALL_HEADER, EMBEDDINGS_CALL
 from personaloom.llm.client import LLM, LLMError, clamp_schema, endpoint_label
 from personaloom.llm.limits import TokenBucket
 from personaloom.llm.prompts import PromptLibrary
@@ -47,6 +48,10 @@ def ask(llm: LLM, n: int = 1, **kw):
 
 class _S:
     title, description, context, apis = "Plan a trip", "weekend away", "in May", []
+
+
+LANG = {"language": "en"}
+ASSIST_VARS = {"turns": [], **LANG}
 
 
 class _Q:
@@ -112,6 +117,30 @@ def test_requests_carry_no_platform_telemetry_headers(fake: FakeOpenAI) -> None:
     assert "authorization" in headers and not any(h.startswith("x-stainless-os") for h in headers)
 
 
+def test_every_request_names_its_call_in_a_header_outside_the_body(fake: FakeOpenAI) -> None:
+    """Chat and embeddings requests carry CALL_HEADER (the call's name, no secret); the body, and so the
+    cache key and every answer, is what it was without it."""
+    llm = make(fake)
+
+    async def go() -> None:
+        try:
+            await llm.structured("filter/answerability", Answer, stage="t", query=_Q(0), scene=_S(), **LANG)
+            await llm.text("queries/assist", stage="t", **ASSIST_VARS)
+            await llm.embed(["a text"], "fake-embed")
+        finally:
+            await llm.aclose()
+
+    asyncio.run(go())
+    sent = [(r["path"], r["headers"].get(CALL_HEADER.lower())) for r in fake.requests]
+    assert sent == [
+        ("/v1/chat/completions", "filter/answerability"),
+        ("/v1/chat/completions", "queries/assist"),
+        ("/v1/embeddings", EMBEDDINGS_CALL),
+    ]
+    assert all(CALL_HEADER.lower() not in json.dumps(r["body"]).lower() for r in fake.requests)
+    assert all(r["body"].call == name for r, (_, name) in zip(fake.requests, sent, strict=True))
+
+
 def test_a_retry_resends_the_same_request_bytes() -> None:
     """A 200 without choices is retried with the very body first sent (it is serialized once)."""
     with FakeOpenAI() as fake:
@@ -120,7 +149,7 @@ def test_a_retry_resends_the_same_request_bytes() -> None:
         answer = json.dumps({"verdict": True, "reason": "fine"})
         replies = [b'{"choices": []}', json.dumps({"choices": [{"message": {"content": answer}}]}).encode()]
 
-        async def request(url: str, payload: bytes) -> bytes:
+        async def request(url: str, payload: bytes, call: str) -> bytes:
             sent.append(payload)
             return replies[len(sent) - 1]
 

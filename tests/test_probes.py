@@ -16,6 +16,7 @@ from personaloom.build import build_dataset
 from personaloom.drift import as_text, get_value, persona_at
 from personaloom.evaluate import evaluate_dataset, oracle_pick, pick_letter
 from personaloom.probes import (
+    CONFIRM,
     ProbeDraft,
     Spec,
     assemble,
@@ -31,7 +32,7 @@ from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import EvalConfig, ProbeItem
 from personaloom.schemas.records import DatasetRow
 from personaloom.store import read_records
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import calibrated
 from personaloom.testing.probe_model import probe_confirmer, probe_writer
 
@@ -294,7 +295,7 @@ def test_a_trusted_judge_confirms_exactly_one_option_holds_the_key(tmp_path: Pat
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=32)
         cfg = BuildConfig(dataset="c", personas=8, scenes_per_persona=6, seed=1, locales=["en_US"], llm=llm)
         asyncio.run(build_dataset(cfg, out=str(tmp_path)))
-        asked = [r for r in fake.requests if "Which of these replies follow it?" in json.dumps(r["body"])]
+        asked = [r for r in fake.requests if call_of(r["body"]) == CONFIRM.name]
     m = json.loads((tmp_path / "c" / "v0001" / "manifest.json").read_text())
     rejected = sum(t.get("rejected:probe_key_not_confirmed", 0) for t in m["probe_yield"].values())
     kept = sum(t["kept"] for t in m["probe_yield"].values())

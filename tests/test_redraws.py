@@ -22,7 +22,7 @@ from personaloom.schemas.filtering import FilterConfig
 from personaloom.schemas.records import Persona, PersonaRecord, Query, Rejection
 from personaloom.stages.filter import cheap_filter, grounded
 from personaloom.stages.queries import SIMULATE, SimulateJob, query_grounded
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 
 # the small prompt set's first worked example: what Gemma 3 270M copies most
 COPY = "Hi! I work nights at the hospital, can you give me a short list of easy meals for my shifts?"
@@ -48,7 +48,7 @@ def _simulator(first: str, redrawn: str | None = None) -> Any:
     """The simulator's answer: `first` for a request without a seed, `redrawn` (default: `first`) with one."""
 
     def reply(body: dict[str, Any]) -> str | None:
-        if "personalized_query" not in json.dumps(body.get("response_format")):
+        if call_of(body) != SIMULATE.name:
             return None
         return _draft(first if body.get("seed") is None else (redrawn or first))
 
@@ -109,7 +109,7 @@ def test_no_redraw_when_the_answer_passes_when_disabled_or_at_temperature_zero()
 
 def test_an_invalid_redraw_keeps_the_valid_answer_before_it() -> None:
     def reply(body: dict[str, Any]) -> str | None:
-        if "personalized_query" not in json.dumps(body.get("response_format")):
+        if call_of(body) != SIMULATE.name:
             return None
         return _draft(COPY) if body.get("seed") is None else "no JSON here"
 

@@ -14,10 +14,11 @@ import polars as pl
 import pytest
 
 from personaloom.build import build_dataset
+from personaloom.pipeline import all_calls
 from personaloom.replay import replay_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.replay import ReplayConfig
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, Request, scripted
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -44,50 +45,53 @@ def _user(body: dict) -> str:
     return body["messages"][-1]["content"]
 
 
-def responder(body: dict) -> str | None:
-    """Scripted agent world; the build's prompts fall through to the fake's schema-valid answers."""
+def _neutralize(body: Request) -> str:
+    """The build's neutralizer: keep the task's words."""
+    request = re.search(r'^Request: "(.*)"$', _user(body), re.MULTILINE)
+    return json.dumps({"neutralized_query": request.group(1) if request else "Plan it for me please."})
+
+
+def _chatbot(body: Request) -> str:
+    """The first answer of each turn calls the scene's first API; the next one answers."""
     system, user = _system(body), _user(body)
-    if system.startswith("You rewrite user requests"):  # the build's neutralizer: keep the task's words
-        request = re.search(r'^Request: "(.*)"$', user, re.MULTILINE)
-        return json.dumps({"neutralized_query": request.group(1) if request else "Plan it for me please."})
-    if system.startswith("You are a personalized AI assistant"):
-        tools = system.partition("You can call these APIs")[2]
-        api = re.search(r"^- (\S+): ", tools, re.MULTILINE)
-        last = user.split("\n\nWrite the assistant")[0].strip().splitlines()[-1]
-        if api and last.startswith("USER:"):  # first answer of each turn: call the scene's first API
-            args = dict.fromkeys(re.findall(r"^\s+- (\S+) \(\w+, required\)", tools, re.MULTILINE), "x")
-            return f"<tool_call>{json.dumps({'name': api.group(1), 'arguments': args})}</tool_call>"
-        return "Here is a plan in short bullet lists."
-    if "You role-play" in system and "<Satisfied>" in user:  # the user: satisfied at the second answer
-        return "<Satisfied>" if user.count("ASSISTANT:") >= 2 else "<Continue> Please use bullet lists."
-    if system.startswith("I will now provide you with a conversation"):  # the paper's rating judge
-        return "<analysis>fine</analysis><rating>7; 6</rating>"
-    if system.startswith("I will provide you with two persona profiles"):  # the paper's similarity judge
-        return "<analysis>close</analysis><rating>6 ; 5</rating>"
-    if "two responses from AI assistants" in system:  # pair-wise: prefers the answer shown first
-        return "<analysis>first</analysis><winner>1</winner>"
-    if system.startswith("You are a preference extraction assistant"):  # VARS' memory cards
-        pref = {
-            "condition": "planning my week",
-            "action": "use bullet lists",
-            "confidence": 0.8,
-            "turns": [2],
-        }
-        return json.dumps({"preferences": [pref]})
-    if "maintain a profile" in system:
-        return json.dumps(
-            {
-                "updates": [
-                    {"field": "Demographics.Age", "value": "99", "evidence": "x"},
-                    {
-                        "field": "Preference.Preferred_Formats",
-                        "value": "bullet lists",
-                        "evidence": "asked twice",
-                    },
-                ]
-            }
-        )
-    return None
+    tools = system.partition("You can call these APIs")[2]
+    api = re.search(r"^- (\S+): ", tools, re.MULTILINE)
+    last = user.split("\n\nWrite the assistant")[0].strip().splitlines()[-1]
+    if api and last.startswith("USER:"):
+        args = dict.fromkeys(re.findall(r"^\s+- (\S+) \(\w+, required\)", tools, re.MULTILINE), "x")
+        return f"<tool_call>{json.dumps({'name': api.group(1), 'arguments': args})}</tool_call>"
+    return "Here is a plan in short bullet lists."
+
+
+def _user_judge(body: Request) -> str | None:
+    """The user: satisfied at the second answer."""
+    user = _user(body)
+    if "<Satisfied>" not in user:
+        return None
+    return "<Satisfied>" if user.count("ASSISTANT:") >= 2 else "<Continue> Please use bullet lists."
+
+
+_RATING = "<analysis>fine</analysis><rating>7; 6</rating>"  # the paper's rating judge
+_PREFERENCE = {"condition": "planning my week", "action": "use bullet lists", "confidence": 0.8, "turns": [2]}
+_UPDATES = [
+    {"field": "Demographics.Age", "value": "99", "evidence": "x"},
+    {"field": "Preference.Preferred_Formats", "value": "bullet lists", "evidence": "asked twice"},
+]
+# The scripted agent world, keyed by the call a request names (never by its wording); the build's other
+# calls fall through to the fake's schema-valid answers.
+responder = scripted(
+    {
+        "queries/neutralize": _neutralize,
+        "agent/chatbot": _chatbot,
+        "agent/user_judge": _user_judge,
+        "agent/judge_rating": lambda _: _RATING,
+        "agent/judge_rating_reference": lambda _: _RATING,
+        "agent/judge_similarity": lambda _: "<analysis>close</analysis><rating>6 ; 5</rating>",
+        "agent/judge_pairwise": lambda _: "<analysis>first</analysis><winner>1</winner>",  # the first shown
+        "agent/vars_extract": lambda _: json.dumps({"preferences": [_PREFERENCE]}),  # VARS' memory cards
+        "agent/persona_update": lambda _: json.dumps({"updates": _UPDATES}),
+    }
+)
 
 
 def test_replay_every_agent(out: Path) -> None:
@@ -108,6 +112,9 @@ def test_replay_every_agent(out: Path) -> None:
         )
         run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
         calls = fake.stats.by_path["/v1/chat/completions"]
+        # every request of the build, the agents and their world names its declared call (a header)
+        named = {r["body"].call for r in fake.requests if r["method"] == "POST"}
+        assert named <= {c.name for c in all_calls()} and {"agent/chatbot", "agent/user_judge"} <= named
         assert (
             Path(asyncio.run(replay_dataset(cfg, out=str(out)))) == run_dir
         )  # resume of a finished run: no LLM call

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 In = TypeVar("In")
 Out = TypeVar("Out")
 
+# The header every request of the client carries, naming its call (`LLMCall.name`, the template; an
+# embeddings request: EMBEDDINGS_CALL). No secret and nothing of the input: a test fake picks its scripted
+# role by it (personaloom.testing.fake_openai.scripted), so a prompt's wording can change freely.
+CALL_HEADER = "X-Personaloom-Call"
+EMBEDDINGS_CALL = "embeddings"
+
 # Who speaks in the call: the manifest records it, and it is what a run may one day route to another
 # model (a judge should not grade its own writing).
 Role = Literal["writer", "simulator", "judge", "chatbot", "tool", "memory"]

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from personaloom.llm.budget import Budget
 from personaloom.llm.cache import ResponseCache, cache_key
-from personaloom.llm.calls import In, LLMCall, Out
+from personaloom.llm.calls import CALL_HEADER, EMBEDDINGS_CALL, In, LLMCall, Out
 from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.limits import RateLimiter
 from personaloom.llm.prompts import PromptLibrary, RenderedPrompt
@@ -490,7 +490,13 @@ class LLM:
             return vectors, tokens
 
         got = await self._post(
-            self._embed_url, payload, usage, model=model, estimate=len(payload) // 4, parse=parse
+            self._embed_url,
+            payload,
+            usage,
+            model=model,
+            estimate=len(payload) // 4,
+            parse=parse,
+            call=EMBEDDINGS_CALL,
         )
         if got is None:
             usage.failures += 1
@@ -595,7 +601,12 @@ class LLM:
         estimate = sum(len(m["content"]) for m in messages) // 4 + max_tokens
         # Serialized once for every attempt, by orjson: the SDK's own encoder (stdlib json) costs more.
         got = await self._post(
-            self._chat_url, orjson.dumps(params), usage, model=params["model"], estimate=estimate
+            self._chat_url,
+            orjson.dumps(params),
+            usage,
+            model=params["model"],
+            estimate=estimate,
+            call=rendered.name,
         )
         if got is None:
             return None
@@ -618,13 +629,14 @@ class LLM:
         model: str,
         estimate: int,
         parse: Callable[[bytes], Any] = parse_completion,
+        call: str,
     ) -> Any:
         """One request with retries: `parse`'s result, or None when retries ran out (a failed call, which
         the circuit breaker and the unit of work's FailedCalls count; the breaker may stop the run).
 
         `llm.timeout` bounds each attempt as a whole (connecting, waiting, reading), not the gap between
         bytes; the body is read up to MAX_REPLY_BYTES. Any reply that is not what `parse` expects is
-        retried like a server fault, never raised."""
+        retried like a server fault, never raised. `call` names the request's call in its CALL_HEADER."""
         limited = self.limiter.active
         error = "no attempt"
         for attempt in range(self.config.max_retries + 1):
@@ -638,7 +650,7 @@ class LLM:
             try:
                 async with self.sem:
                     async with asyncio.timeout(self.config.timeout):
-                        raw = await self._request(url, payload)
+                        raw = await self._request(url, payload, call)
                 usage.calls += 1  # a reply came: a call made (and paid), whatever its shape
                 usage.seconds += time.perf_counter() - started
                 got = parse(raw)
@@ -670,15 +682,16 @@ class LLM:
             raise LLMError(self.failing_message())  # the run stops; a re-run resumes
         return None
 
-    async def _request(self, url: str, payload: bytes) -> bytes:
-        """POST `payload`; the body, read at most MAX_REPLY_BYTES (the SDK's own auth, errors, client)."""
+    async def _request(self, url: str, payload: bytes, call: str) -> bytes:
+        """POST `payload`, its header naming `call`; the body, read at most MAX_REPLY_BYTES (the SDK's own
+        auth, errors, client)."""
         # The SDK's raw path: same auth, base URL, errors; it skips the typed-params transform that walks
         # the whole JSON schema (~2 ms CPU a call). Streamed, so a huge body is cut off, not buffered.
         response = await self.client.post(
             url,
             content=payload,
             cast_to=httpx2.Response,
-            options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
+            options={"headers": {RAW_RESPONSE_HEADER: "stream", CALL_HEADER: call}},
         )
         try:
             declared = response.headers.get("content-length")

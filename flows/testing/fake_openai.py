@@ -8,7 +8,12 @@ Replies are deterministic functions of the request: a ``random.Random`` seeded
 from sha256 of (model, messages, schema, request seed) drives every choice, so
 the same request always gets the same answer and different requests get
 visibly different answers. With a JSON schema in ``response_format`` the reply
-validates against it (pydantic v2 ``model_json_schema()`` output).
+validates against it (pydantic v2 ``model_json_schema()`` output); a JSON request without one that
+names a declared call (the client's ``X-Personaloom-Call`` header) is answered from that call's response
+model.
+
+Scripted roles (`scripted`, and the roles built on it in this package) are keyed by the call a request
+names in that header, never by its prompt's wording: a template can be reworded freely.
 
 Usage::
 
@@ -38,15 +43,28 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["DEFAULT_FAULTS", "FakeOpenAI", "FakeStats", "SchemaFaker", "main"]
+from pydantic import BaseModel, ValidationError
+
+from personaloom.llm.calls import CALL_HEADER
+
+__all__ = [
+    "DEFAULT_FAULTS",
+    "FakeOpenAI",
+    "FakeStats",
+    "Request",
+    "SchemaFaker",
+    "call_of",
+    "main",
+    "scripted",
+]
 
 DEFAULT_FAULTS: tuple[str, ...] = ("429", "500", "hang", "malformed", "length")
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "fake-model")
@@ -103,15 +121,6 @@ sometimes patiently eagerly calmly nearly
 _PREPOSITIONS = _words("near behind beside across under above around through before after")
 _DETERMINERS = _words("the a every one another our their")
 _CONNECTORS = _words("and while because although so after before")
-_FIRST_NAMES = _words("""
-Maya Daniel Priya Tomas Elena Samuel Aisha Lucas Hana Oliver Nora Mateo Leila
-Jonas Ruth Felix Amara Victor Ingrid Kofi Clara Diego Mei Arthur
-""")
-_LAST_NAMES = _words("""
-Thornton Okafor Lindqvist Moreau Castillo Nakamura Brennan Haddad Kowalski
-Ferreira Novak Adeyemi Larsen Duarte Whitfield Osei Bauer Romano
-""")
-_CITIES = _words("Lisbon Denver Osaka Leeds Porto Austin Lyon Gdansk Accra Hobart Bergen Cusco")
 # Words a phrase should not end on after a maxLength cut.
 _DANGLING = {"the", "about", *_DETERMINERS, *_PREPOSITIONS, *_CONNECTORS, *_ADJECTIVES, *_ADVERBS}
 _STOPWORDS = set(
@@ -545,9 +554,6 @@ class TextGen:
     def sentences(self, n: int) -> str:
         return " ".join(self.phrase(7, 16) + "." for _ in range(n))
 
-    def person_name(self) -> str:
-        return f"{self.rng.choice(_FIRST_NAMES)} {self.rng.choice(_LAST_NAMES)}"
-
 
 class LexiconGen(TextGen):
     """Phrases of another language's everyday words (`_LEXICONS`), in random order."""
@@ -569,7 +575,9 @@ class LexiconGen(TextGen):
 # JSON-schema driven value generation
 # --------------------------------------------------------------------------- #
 class SchemaFaker:
-    """Generates a value that validates against a (pydantic v2 style) JSON schema."""
+    """A value that validates against a JSON schema as pydantic v2 writes one (`model_json_schema()`):
+    objects, arrays, strings (date and date-time formats), numbers, booleans, enums, `anyOf` (Optional),
+    local `$ref`s (recursive models end at MAX_DEPTH). What the response models do not use is not faked."""
 
     def __init__(self, root: dict[str, Any], gen: TextGen) -> None:
         self.root = root
@@ -578,11 +586,10 @@ class SchemaFaker:
         self._ref_stack: list[str] = []
 
     def generate(self) -> Any:
-        return self.value(self.root, depth=0, key="")
+        return self.value(self.root, depth=0)
 
-    # -- schema plumbing -------------------------------------------------- #
     def _resolve(self, schema: Any) -> dict[str, Any]:
-        """Follow local $refs and flatten allOf so callers see one plain dict."""
+        """Follow local $refs so callers see one plain dict."""
         if not isinstance(schema, dict):
             return {}  # `true` / `false` schemas: anything goes
         for _ in range(32):  # bounded: protects against ref cycles
@@ -592,166 +599,86 @@ class SchemaFaker:
             target: Any = self.root
             for part in ref.lstrip("#/").split("/"):
                 if part:
-                    target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
+                    target = target.get(part, {})
             # Sibling keywords next to $ref (e.g. description/default) still apply.
             schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
-        if "allOf" in schema:
-            merged = {k: v for k, v in schema.items() if k != "allOf"}
-            for sub in schema["allOf"]:
-                sub = self._resolve(sub)
-                for k, v in sub.items():
-                    if k == "properties":
-                        merged["properties"] = {**merged.get("properties", {}), **v}
-                    elif k == "required":
-                        merged["required"] = list({*merged.get("required", []), *v})
-                    else:
-                        merged.setdefault(k, v)
-            schema = merged
         return schema
 
-    @staticmethod
-    def _is_null(schema: dict[str, Any]) -> bool:
-        return schema.get("type") == "null" or ("const" in schema and schema["const"] is None)
-
-    def value(self, schema: Any, depth: int, key: str) -> Any:
+    def value(self, schema: Any, depth: int) -> Any:
         ref = schema.get("$ref") if isinstance(schema, dict) else None
         if ref is None:
-            return self._value(schema, depth, key)
+            return self._value(schema, depth)
         if ref in self._ref_stack:
             depth = MAX_DEPTH  # recursive model: emit the smallest valid instance
         self._ref_stack.append(ref)
         try:
-            return self._value(schema, depth, key)
+            return self._value(schema, depth)
         finally:
             self._ref_stack.pop()
 
-    def _value(self, schema: Any, depth: int, key: str) -> Any:
+    def _value(self, schema: Any, depth: int) -> Any:
         s = self._resolve(schema)
-        if "const" in s:
-            return s["const"]
         if s.get("enum"):
             return self.rng.choice(s["enum"])
-        for combo in ("anyOf", "oneOf"):
-            if combo in s:
-                return self._union(s, combo, depth, key)
-        kind = s.get("type")
-        if isinstance(kind, list):
-            non_null = [t for t in kind if t != "null"] or ["null"]
-            kind = self.rng.choice(non_null)
-        if kind is None:
-            kind = self._infer_type(s)
-        handler = getattr(self, f"_gen_{kind}", None)
-        if handler is None:
-            return self.gen.phrase()
-        return handler(s, depth, key)
+        if "anyOf" in s:
+            options = [self._resolve(o) for o in s["anyOf"]]
+            non_null = [o for o in options if o.get("type") != "null"]
+            # Optional[...] fields get a real value (more useful to test) unless we
+            # are deep inside a recursive structure, where null ends the recursion.
+            if not non_null or (depth >= MAX_DEPTH and len(non_null) < len(options)):
+                return None
+            return self.value(self.rng.choice(non_null), depth)
+        handler = getattr(self, f"_gen_{s.get('type', 'string')}", None)
+        return self.gen.phrase() if handler is None else handler(s, depth)
 
-    def _union(self, s: dict[str, Any], combo: str, depth: int, key: str) -> Any:
-        options = [self._resolve(o) for o in s[combo]]
-        non_null = [o for o in options if not self._is_null(o)]
-        # Optional[...] fields get a real value (more useful to test) unless we
-        # are deep inside a recursive structure, where null ends the recursion.
-        if not non_null or (depth >= MAX_DEPTH and len(non_null) < len(options)):
-            return None
-        # Keep sibling keywords (e.g. a `default`) out; pick one branch.
-        return self.value(self.rng.choice(non_null), depth, key)
-
-    @staticmethod
-    def _infer_type(s: dict[str, Any]) -> str:
-        if "properties" in s or "additionalProperties" in s:
-            return "object"
-        if "items" in s or "prefixItems" in s:
-            return "array"
-        if "default" in s and s["default"] is not None:
-            return {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}.get(
-                type(s["default"]), "string"
-            )
-        if any(k in s for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
-            return "number"
-        return "string"
-
-    # -- per-type generators ---------------------------------------------- #
-    def _gen_null(self, s: dict[str, Any], depth: int, key: str) -> None:
+    def _gen_null(self, s: dict[str, Any], depth: int) -> None:
         return None
 
-    def _gen_boolean(self, s: dict[str, Any], depth: int, key: str) -> bool:
+    def _gen_boolean(self, s: dict[str, Any], depth: int) -> bool:
         return self.rng.random() < 0.5
 
-    def _gen_object(self, s: dict[str, Any], depth: int, key: str) -> dict[str, Any]:
-        props: dict[str, Any] = s.get("properties") or {}
+    def _gen_object(self, s: dict[str, Any], depth: int) -> dict[str, Any]:
         required = set(s.get("required") or [])
-        out: dict[str, Any] = {}
-        for name, sub in props.items():
-            if depth >= MAX_DEPTH and name not in required:
-                continue  # keep recursive structures finite
-            out[name] = self.value(sub, depth + 1, name)
-        extra = s.get("additionalProperties")
-        if not props and isinstance(extra, dict):
-            # dict[str, X]: invent a couple of word keys.
-            lo = int(s.get("minProperties", 1 if depth < MAX_DEPTH else 0))
-            hi = max(lo, min(int(s.get("maxProperties", 2)), 3))
-            for _ in range(self.rng.randint(lo, hi) if depth < MAX_DEPTH else lo):
-                k = self.rng.choice(_NOUNS)
-                while k in out:
-                    k += "_" + self.rng.choice(_ADJECTIVES)
-                out[k] = self.value(extra, depth + 1, k)
-        return out
+        return {
+            name: self.value(sub, depth + 1)
+            for name, sub in (s.get("properties") or {}).items()
+            if depth < MAX_DEPTH or name in required  # keep recursive structures finite
+        }
 
-    def _gen_array(self, s: dict[str, Any], depth: int, key: str) -> list[Any]:
-        prefix = s.get("prefixItems")
-        if isinstance(prefix, list):  # tuple[...] fields
-            return [self.value(p, depth + 1, key) for p in prefix]
+    def _gen_array(self, s: dict[str, Any], depth: int) -> list[Any]:
         lo = int(s.get("minItems", 0))
         hi = int(s.get("maxItems", max(lo, 3)))
         if depth >= MAX_DEPTH:
             n = lo
         else:
             n = self.rng.randint(max(lo, min(1, hi)), max(lo, min(hi, max(lo, 3))))
-        items = s.get("items", {})
-        out: list[Any] = []
-        for _ in range(n * 5):  # retries only matter for uniqueItems
-            if len(out) >= n:
-                break
-            v = self.value(items, depth + 1, key)
-            if s.get("uniqueItems") and v in out:
-                continue
-            out.append(v)
-        return out
+        return [self.value(s.get("items", {}), depth + 1) for _ in range(n)]
 
-    def _bounds(self, s: dict[str, Any]) -> tuple[float | None, float | None, bool, bool]:
-        """(lo, hi, lo_exclusive, hi_exclusive), accepting draft-4 boolean exclusives."""
+    @staticmethod
+    def _bounds(s: dict[str, Any]) -> tuple[float | None, float | None, bool, bool]:
+        """(lo, hi, lo_exclusive, hi_exclusive)."""
         lo, hi = s.get("minimum"), s.get("maximum")
         lo_ex = hi_ex = False
         emin, emax = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
-        if isinstance(emin, bool):
-            lo_ex = emin
-        elif isinstance(emin, (int, float)) and (lo is None or emin >= lo):
+        if emin is not None and (lo is None or emin >= lo):
             lo, lo_ex = emin, True
-        if isinstance(emax, bool):
-            hi_ex = emax
-        elif isinstance(emax, (int, float)) and (hi is None or emax <= hi):
+        if emax is not None and (hi is None or emax <= hi):
             hi, hi_ex = emax, True
         return lo, hi, lo_ex, hi_ex
 
-    def _gen_integer(self, s: dict[str, Any], depth: int, key: str) -> int:
+    def _gen_integer(self, s: dict[str, Any], depth: int) -> int:
         lo_f, hi_f, lo_ex, hi_ex = self._bounds(s)
         lo = None if lo_f is None else (math.floor(lo_f) + 1 if lo_ex else math.ceil(lo_f))
         hi = None if hi_f is None else (math.ceil(hi_f) - 1 if hi_ex else math.floor(hi_f))
         if lo is None and hi is None:
-            lo, hi = (18, 80) if "age" in key.lower() else (0, 100)
+            lo, hi = 0, 100
         elif lo is None:
             lo = hi - 100
         elif hi is None:
             hi = lo + 100
-        if hi < lo:
-            return lo
-        mult = s.get("multipleOf")
-        if isinstance(mult, int) and mult > 0:
-            first = math.ceil(lo / mult) * mult
-            if first <= hi:
-                return first + mult * self.rng.randint(0, (hi - first) // mult)
-        return self.rng.randint(lo, hi)
+        return lo if hi < lo else self.rng.randint(lo, hi)
 
-    def _gen_number(self, s: dict[str, Any], depth: int, key: str) -> float:
+    def _gen_number(self, s: dict[str, Any], depth: int) -> float:
         lo, hi, lo_ex, hi_ex = self._bounds(s)
         if lo is None and hi is None:
             lo, hi = 0.0, 100.0
@@ -766,54 +693,17 @@ class SchemaFaker:
         ok = (rounded > lo if lo_ex else rounded >= lo) and (rounded < hi if hi_ex else rounded <= hi)
         return rounded if ok else v
 
-    def _gen_string(self, s: dict[str, Any], depth: int, key: str) -> str:
-        text = self._formatted(s.get("format"), key) or self._keyed(key) or self.gen.phrase()
-        return self._fit_length(text, s)
-
-    def _formatted(self, fmt: Any, key: str) -> str | None:
+    def _gen_string(self, s: dict[str, Any], depth: int) -> str:
         r = self.rng
-        day = dt.date(1950, 1, 1) + dt.timedelta(days=r.randint(0, 80 * 365))
-        if fmt == "date":
-            return day.isoformat()
-        if fmt == "date-time":
-            moment = dt.datetime(
-                day.year,
-                day.month,
-                day.day,
-                r.randint(0, 23),
-                r.randint(0, 59),
-                r.randint(0, 59),
-                tzinfo=dt.UTC,
-            )
-            return moment.isoformat().replace("+00:00", "Z")
-        if fmt == "time":
-            return f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}"
-        if fmt == "duration":
-            return f"PT{r.randint(1, 9)}H{r.randint(0, 59)}M"
-        if fmt == "email":
-            return f"{r.choice(_FIRST_NAMES).lower()}.{r.choice(_LAST_NAMES).lower()}@example.com"
-        if fmt in ("uri", "url", "iri"):
-            return f"https://example.com/{r.choice(_NOUNS)}/{r.randint(1, 999)}"
-        if fmt == "uuid":
-            return str(uuid.UUID(int=r.getrandbits(128), version=4))
-        if fmt == "ipv4":
-            return ".".join(str(r.randint(1, 254)) for _ in range(4))
-        return None
-
-    def _keyed(self, key: str) -> str | None:
-        """Field-name hints so persona-like records look plausible."""
-        k = key.lower()
-        if k in ("name", "full_name", "fullname", "person_name", "author"):
-            return self.gen.person_name()
-        if k in ("first_name", "given_name"):
-            return self.rng.choice(_FIRST_NAMES)
-        if k in ("last_name", "surname", "family_name"):
-            return self.rng.choice(_LAST_NAMES)
-        if k in ("city", "hometown", "location"):
-            return self.rng.choice(_CITIES)
-        if k == "email":
-            return self._formatted("email", key)
-        return None
+        day = dt.date(1950, 1, 1) + dt.timedelta(days=r.randint(0, 80 * 365))  # drawn for every string
+        if s.get("format") == "date":
+            text = day.isoformat()
+        elif s.get("format") == "date-time":
+            hms = r.randint(0, 23), r.randint(0, 59), r.randint(0, 59)
+            text = dt.datetime(day.year, day.month, day.day, *hms).isoformat() + "Z"
+        else:
+            text = self.gen.phrase()
+        return self._fit_length(text, s)
 
     def _fit_length(self, text: str, s: dict[str, Any]) -> str:
         lo = int(s.get("minLength", 0))
@@ -860,6 +750,68 @@ def extract_schema(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
     return False, None
 
 
+class Request(dict[str, Any]):
+    """A request's JSON body as responders get it (and `fake.requests` records it), with `call`: the call
+    its CALL_HEADER names (None: a request without one, e.g. a raw test's)."""
+
+    def __init__(self, body: dict[str, Any], call: str | None = None) -> None:
+        super().__init__(body)
+        self.call = call
+
+
+def call_of(body: dict[str, Any]) -> str | None:
+    """The call a request body names (a `Request`'s header), else None."""
+    return getattr(body, "call", None)
+
+
+@cache
+def _declared() -> dict[str, Any]:
+    from personaloom.pipeline import all_calls  # on first use: the standalone server never needs it
+
+    return {c.name: c for c in all_calls()}
+
+
+def response_model(call: str | None) -> type[BaseModel] | None:
+    """The response model the call `call` declares (None: no such call, a plain-text call, or a model
+    computed per input, which only the request's schema shows)."""
+    declared = _declared().get(call) if call else None
+    model = declared.response if declared is not None else None
+    return model if isinstance(model, type) else None
+
+
+Responder = Callable[[dict[str, Any]], str | None]
+# A scripted role: the fields of its answer (made into the call's response model), the reply text as is,
+# or None to pass the request on
+Role = Callable[[Request], "dict[str, Any] | str | None"]
+
+
+def scripted(roles: Mapping[str, Role], then: Responder | None = None) -> Responder:
+    """A responder: a request whose call (its CALL_HEADER) is one of `roles` gets that role's answer; any
+    other request, or one its role passes on, goes to `then` (None: the fake's own schema-driven answer)."""
+
+    def reply(body: dict[str, Any]) -> str | None:
+        call = call_of(body)
+        role = roles.get(call) if call is not None else None
+        got = role(body) if role is not None else None  # type: ignore[arg-type]  # a Request: it has a call
+        if got is None:
+            return then(body) if then is not None else None
+        return got if isinstance(got, str) else model_answer(call, got)
+
+    return reply
+
+
+def model_answer(call: str | None, values: dict[str, Any]) -> str:
+    """A role's answer as JSON: `values` as the call's response model holds them, in its field order (a
+    model computed per input, or values it rejects: as given, as a model that wrote them would)."""
+    model = response_model(call)
+    if model is not None:
+        try:
+            values = model.model_validate(values).model_dump(mode="json")
+        except ValidationError:
+            pass
+    return json.dumps(values)
+
+
 def _check_faults(kinds: list[str]) -> None:
     """Typos in a fault name would silently mean "no fault"; fail loudly instead."""
     unknown = set(kinds) - {*DEFAULT_FAULTS, "ok"}
@@ -880,9 +832,6 @@ class FakeStats:
     by_status: dict[int, int] = field(default_factory=dict)
     by_fault: dict[str, int] = field(default_factory=dict)
     chat_ok: int = 0  # chat completions answered 200 with no fault injected
-
-    def __getitem__(self, key: str) -> Any:  # dict-style access for convenience
-        return getattr(self, key)
 
 
 @dataclass
@@ -953,9 +902,6 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
@@ -1002,18 +948,18 @@ class FakeOpenAI:
         fault_schedule: list[str] | None = None,
         retry_after: float = 0.05,
         hang_seconds: float = 30.0,
-        responder: Callable[[dict[str, Any]], str | None] | None = None,
+        responder: Responder | None = None,
         known_models: set[str] | None = None,
         api_key: str | None = None,
         seed: int = 0,
-        embedding_dim: int = EMBEDDING_DIM,
     ) -> None:
         """Configure; nothing listens until start() / ``with``.
 
         faults: kinds drawn (seeded RNG) with probability fault_rate per chat or
         legacy-completion request. fault_schedule: exact faults ("ok" = none) for
         the first chat requests, before fault_rate applies. responder(body) may
-        return the reply content; None falls through to the generated reply.
+        return the reply content; None falls through to the generated reply. `body` is a `Request`: its
+        `call` is the call the request names (`scripted` keys roles by it).
         """
         _check_faults([*faults, *(fault_schedule or [])])
         self.host, self.port = host, port
@@ -1026,7 +972,6 @@ class FakeOpenAI:
         self.known_models = set(known_models) if known_models is not None else None
         self.api_key = api_key
         self.seed = seed
-        self.embedding_dim = embedding_dim
         self._initial_schedule = list(fault_schedule or [])
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -1083,12 +1028,9 @@ class FakeOpenAI:
         self._fault_rng = random.Random(self.seed)
         self._models_seen: set[str] = set()
 
-    def reset(self, fault_schedule: list[str] | None = None) -> None:
+    def reset(self) -> None:
         """Clear stats/requests and restart the fault RNG and schedule."""
         with self._lock:
-            if fault_schedule is not None:
-                _check_faults(fault_schedule)
-                self._initial_schedule = list(fault_schedule)
             self._reset_state()
 
     @property
@@ -1116,6 +1058,8 @@ class FakeOpenAI:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = None
+        if isinstance(body, dict):
+            body = Request(body, headers.get(CALL_HEADER.lower()))
         with self._lock:
             self._stats.total += 1
             self._count(self._stats.by_path, path)
@@ -1268,6 +1212,8 @@ class FakeOpenAI:
             if scripted is not None:
                 return scripted, "stop"
         json_mode, schema = extract_schema(body)
+        if json_mode and not schema and (model := response_model(call_of(body))) is not None:
+            schema = model.model_json_schema()  # no schema sent: the one of the call's response model
         seed = _sha256_seed(self.seed, body.get("model"), context, schema, body.get("seed"))
         language = target_language(body)
         gen = (
@@ -1371,11 +1317,10 @@ class FakeOpenAI:
     def _embeddings(self, body: dict[str, Any]) -> tuple[Reply, None]:
         raw = body.get("input", "")
         inputs = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
-        dim = body.get("dimensions") or self.embedding_dim
         as_b64 = body.get("encoding_format") == "base64"
         data = []
         for i, item in enumerate(inputs):
-            vec = embed(str(item), int(dim))
+            vec = embed(str(item))
             emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if as_b64 else vec
             data.append({"object": "embedding", "index": i, "embedding": emb})
         tokens = sum(_word_count(str(x)) for x in inputs)

@@ -2,22 +2,22 @@
 
 On the calibration items (`seeds/judge_calibration.csv`) it answers from the file's key, as a competent
 judge does; every other request goes to `then` (default: the fake's own schema-driven answer, a coin
-toss for `answerable`), so a build's rows are judged as before calibration existed.
+toss for `answerable`), so a build's rows are judged as before calibration existed. Its requests are
+told apart by the call they name (`personaloom.testing.fake_openai.scripted`), not by their wording.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import polars as pl
 
 from personaloom.stages.calibration import ITEMS
-
-Responder = Callable[[dict[str, Any]], str | None]
+from personaloom.stages.filter import ANSWERABILITY
+from personaloom.stages.reveals import REVEAL
+from personaloom.testing.fake_openai import Request, Responder, call_of, extract_schema, scripted
 
 
 @cache
@@ -27,24 +27,25 @@ def answer_key() -> dict[str, bool]:
     return {r["query"]: r["answerable"] == "true" for r in rows}
 
 
-def calibration_item(body: dict[str, Any]) -> str | None:
-    """The calibration query a judge request asks about (a repair turn carries the prompt too), else None."""
-    if "answerable" not in json.dumps(body.get("response_format")):
-        return None
+def _quoted(body: dict[str, Any], texts: dict[str, bool]) -> str | None:
+    """The one of `texts` the request's messages hold (a repair turn carries the prompt too), else None."""
     prompt = json.dumps(body.get("messages"), ensure_ascii=False)
-    return next((q for q in answer_key() if json.dumps(q, ensure_ascii=False)[1:-1] in prompt), None)
+    return next((t for t in texts if json.dumps(t, ensure_ascii=False)[1:-1] in prompt), None)
+
+
+def calibration_item(body: dict[str, Any]) -> str | None:
+    """The calibration query an answerability request asks about, else None."""
+    return _quoted(body, answer_key()) if call_of(body) == ANSWERABILITY.name else None
 
 
 def calibrated(then: Responder | None = None) -> Responder:
     """`then`, except that calibration items get the right verdict."""
 
-    def reply(body: dict[str, Any]) -> str | None:
-        item = calibration_item(body)
-        if item is not None:
-            return json.dumps({"answerable": answer_key()[item], "reason": "from the answer key"})
-        return then(body) if then is not None else None
+    def judge(req: Request) -> dict[str, Any] | None:
+        item = calibration_item(req)
+        return None if item is None else {"answerable": answer_key()[item], "reason": "from the answer key"}
 
-    return reply
+    return scripted({ANSWERABILITY.name: judge}, then)
 
 
 @cache
@@ -58,19 +59,14 @@ def reveal_key() -> dict[str, bool]:
 
 def reveal_judge(verdict: bool | None = True, then: Responder | None = None) -> Responder:
     """A reveal judge (`queries/reveal`) that passes its calibration and then says `verdict` about every
-    planned preference of a build's turns (None: the fake's own coin tosses); other requests go to `then`."""
+    planned preference of a build's turns (None: the fake's own coin tosses); other requests go to `then`.
+    The preferences are the fields of the response model the request's schema sends (P1, P2, …)."""
 
-    def reply(body: dict[str, Any]) -> str | None:
-        if "RevealJudgement" not in json.dumps(body.get("response_format")):
-            return then(body) if then is not None else None
-        prompt = json.dumps(body.get("messages"), ensure_ascii=False)
-        said = "\n".join(str(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict))
-        labels = sorted(set(re.findall(r"^P(\d+):", said, re.M)), key=int)
-        item = next((m for m in reveal_key() if json.dumps(m, ensure_ascii=False)[1:-1] in prompt), None)
-        if item is not None:
-            return json.dumps({"P1": reveal_key()[item]})
+    def judge(req: Request) -> dict[str, Any] | None:
+        if (item := _quoted(req, reveal_key())) is not None:
+            return {"P1": reveal_key()[item]}
         if verdict is None:
             return None
-        return json.dumps({f"P{n}": verdict for n in labels})
+        return {label: verdict for label in (extract_schema(req)[1] or {}).get("properties", {})}
 
-    return reply
+    return scripted({REVEAL.name: judge}, then)

@@ -1,7 +1,8 @@
 """A scripted stand-in for a model that writes probe items well, for tests on the fake server.
 
-It answers only `probes/write` requests (others go to the fake's schema-driven text): a question that names
-no value, and four reply frames that each hold their marker ([A]..[D]) once, as a competent model does.
+It answers only `probes/write` requests, told apart by the call they name (others go to the fake's
+schema-driven text): a question that names no value, and four reply frames that each hold their marker
+([A]..[D]) once, as a competent model does.
 The frames are drawn per request from a few of different lengths, in no relation to which value is true
 (the writer is not told), so the items it yields test the blind rules honestly.
 """
@@ -9,11 +10,12 @@ The frames are drawn per request from a few of different lengths, in no relation
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
-from collections.abc import Callable
 from typing import Any
+
+from personaloom.probes import CONFIRM, WRITE
+from personaloom.testing.fake_openai import Request, Responder, scripted
 
 FRAMES = (
     "Since you like {m}, here is the plan laid out that way.",
@@ -30,26 +32,29 @@ QUESTIONS = (
 )
 
 
-def probe_writer(body: dict[str, Any]) -> str | None:
-    user = next((m["content"] for m in body.get("messages", []) if m["role"] == "user"), "")
-    if "Four possible values, one per reply" not in user:
-        return None
-    rng = random.Random(hashlib.sha256(user.encode()).digest())
+def _user(req: Request) -> str:
+    return next((m["content"] for m in req.get("messages", []) if m["role"] == "user"), "")
+
+
+def _write(req: Request) -> dict[str, Any]:
+    rng = random.Random(hashlib.sha256(_user(req).encode()).digest())
     replies = {f"reply_{x.lower()}": rng.choice(FRAMES).format(m=f"[{x}]") for x in "ABCD"}
-    return json.dumps({"question": rng.choice(QUESTIONS), **replies})
+    return {"question": rng.choice(QUESTIONS), **replies}
 
 
-def probe_confirmer(lying: bool = False) -> Callable[[dict[str, Any]], str | None]:
+probe_writer: Responder = scripted({WRITE.name: _write})
+
+
+def probe_confirmer(lying: bool = False) -> Responder:
     """The probe writer, plus a judge for `probes/confirm` that names the options holding the value as a
-    competent judge would (or, `lying`, every option: no key can then be confirmed)."""
+    competent judge would (or, `lying`, every option: no key can then be confirmed). The value is the
+    prompt's first quoted line ('…: "value"'), the options its lines 'A. …' to 'D. …'."""
 
-    def reply(body: dict[str, Any]) -> str | None:
-        user = next((m["content"] for m in body.get("messages", []) if m["role"] == "user"), "")
-        if "Which of these replies follow it?" not in user:
-            return probe_writer(body)
-        value = re.search(r'What holds for this user now \([^)]*\): "(.*)"\n', user)
+    def confirm(req: Request) -> dict[str, Any]:
+        user = _user(req)
+        value = re.search(r'^[^"\n]*: "(.*)"$', user, flags=re.M)
         options = re.findall(r"^([A-D])\. (.*)$", user, flags=re.M)
         held = [x for x, text in options if value and f'"{value.group(1)}"' in text]
-        return json.dumps({"matching": [x for x, _ in options] if lying else held})
+        return {"matching": [x for x, _ in options] if lying else held}
 
-    return reply
+    return scripted({WRITE.name: _write, CONFIRM.name: confirm})
