@@ -102,7 +102,8 @@ def test_a_resumed_build_counts_what_the_interrupted_run_spent(upstream: FakeOpe
 
     with HostileEndpoint(upstream, ["ok"] * 40, then="500") as flaky:
         cfg = _cfg(flaky.base_url).model_copy(
-            update={"llm": _cfg(flaky.base_url).llm.model_copy(update={"max_retries": 0})}
+            # one call in flight: at the failure no other reply is on the wire, half-read, uncounted
+            update={"llm": _cfg(flaky.base_url).llm.model_copy(update={"max_retries": 0, "concurrency": 1})}
         )
         with pytest.raises(LLMError):
             asyncio.run(build_dataset(cfg, out=str(tmp_path)))
