@@ -1,6 +1,6 @@
 """Long histories from the user's own life: a `--context-target` build against the fake OpenAI server.
 
-Builds a version with `conversation.context_target` (default 32k tokens, counted by personaloom.tokens:
+Builds a version with `conversation.context_target` (default 32k tokens, counted by personaloom.text.tokens:
 Gemma 3's tokenizer with the local extra) and prints, over the kept sessions: each persona's own history
 (min / median / max tokens; no padding with other users), preferences per persona, sessions and turns, the
 share of asked-implicit reveals that came out stated and that the reveal judge confirmed (the fake's judge
@@ -20,17 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from personaloom.prefect_env import apply_prefect_defaults
-from personaloom.tokens import count as count_tokens
-from personaloom.tokens import tokenizer
+from personaloom.runtime.prefect_env import apply_prefect_defaults
+from personaloom.text.tokens import count as count_tokens
+from personaloom.text.tokens import tokenizer
 
 
 def run(personas: int, target: int, user_turns: int, seed: int) -> None:
-    from personaloom.build import build_dataset
+    from personaloom.dataset.store import read_records
+    from personaloom.pipeline.flow import build_dataset
     from personaloom.schemas.config import BuildConfig, ConversationConfig, LLMConfig
     from personaloom.schemas.manifest import Manifest
     from personaloom.schemas.records import DatasetRow
-    from personaloom.store import read_records
     from personaloom.testing.fake_openai import FakeOpenAI
     from personaloom.testing.judge_model import reveal_judge
 

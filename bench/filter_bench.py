@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from personaloom.filtering import filter_texts
-from personaloom.filtering.normalize import normalize_expr
 from personaloom.schemas.filtering import FilterConfig
+from personaloom.stages.filter import filter_texts
+from personaloom.stages.filter.normalize import normalize_expr
 
 WORDS = (
     "the a to and of for in on with my our your this that what how can could would should please "
@@ -301,7 +301,7 @@ def run_child(
     n_rows: int, shards: int, out: Path, cheap: bool, langid: bool, share: float | None
 ) -> dict[str, object]:
     """In the child: filter the dataset as `personaloom filter` does; stats as JSON."""
-    from personaloom.filter_file import filter_parquet
+    from personaloom.stages.filter.file import filter_parquet
 
     path = RESULTS / f"filter_rows{n_rows}_seed{SEED}.parquet"
     t = time.perf_counter()
@@ -318,7 +318,7 @@ def run_child(
         res["rules_exact_s"] = round(time.perf_counter() - t, 2)
         res["rules_exact_rows_per_s"] = round(df.height / res["rules_exact_s"])  # type: ignore[operator]
     if langid:
-        from personaloom.filtering.langid import detect_languages, load_model
+        from personaloom.stages.filter.langid import detect_languages, load_model
 
         load_model()
         sample = pl.read_parquet(path, n_rows=200_000)["text"]

@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 
 apply_prefect_defaults()
 
 
 def timed_build(cfg: object, out: Path, **kw: object) -> tuple[str, float]:
-    from personaloom.build import build_dataset
+    from personaloom.pipeline.flow import build_dataset
 
     t0 = time.perf_counter()
     version = asyncio.run(build_dataset(cfg, out=str(out), **kw))  # type: ignore[arg-type]
@@ -48,8 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     from prefect.testing.utilities import prefect_test_harness
 
+    from personaloom.dataset.store import DatasetStore
     from personaloom.schemas.config import BuildConfig, LLMConfig
-    from personaloom.store import DatasetStore
     from personaloom.testing.fake_openai import FakeOpenAI
 
     with tempfile.TemporaryDirectory() as tmp:

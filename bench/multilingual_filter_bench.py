@@ -705,7 +705,7 @@ def run(
     rows_per_script: int, seed: int, folder: Path
 ) -> tuple[dict[str, dict[str, object]], dict[str, float]]:
     """Generate, write `folder/texts.parquet`, filter it as `personaloom filter` does, evaluate."""
-    from personaloom.filter_file import filter_parquet
+    from personaloom.stages.filter.file import filter_parquet
 
     df = generate(rows_per_script, seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,16 +18,16 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 
 
 def one(personas: int, sessions: int, seed: int, scripted: bool) -> None:
-    from personaloom.build import build_dataset
-    from personaloom.probes import baselines
+    from personaloom.dataset.store import read_records
+    from personaloom.pipeline.flow import build_dataset
     from personaloom.schemas.config import BuildConfig, LLMConfig
     from personaloom.schemas.manifest import Manifest
     from personaloom.schemas.probes import ProbeItem
-    from personaloom.store import read_records
+    from personaloom.stages.probes import baselines
     from personaloom.testing.fake_openai import FakeOpenAI
     from personaloom.testing.probe_model import probe_writer
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import spawn_fake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +32,8 @@ AGENTS = ["none", "demographics-only", "golden", "learned", "learned-rag", "rag"
 
 
 def replay_once(base_url: str, out: Path, personas: int, sessions: int, concurrency: int) -> dict[str, Any]:
-    from personaloom.build import build_dataset
-    from personaloom.replay import replay_dataset
+    from personaloom.pipeline.flow import build_dataset
+    from personaloom.runs.replay import replay_dataset
     from personaloom.schemas.config import BuildConfig, LLMConfig
     from personaloom.schemas.replay import ReplayConfig
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from personaloom.llm.local import free_port
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent

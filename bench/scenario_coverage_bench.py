@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import spawn_fake
 
 apply_prefect_defaults()
@@ -39,11 +39,11 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ.setdefault("PREFECT_HOME", str(Path(tmp) / "prefect"))
-            from personaloom.build import build_dataset
-            from personaloom.catalogue import load_catalogue
-            from personaloom.scenarios import read_refs, scenario_stats
+            from personaloom.dataset.store import DatasetStore
+            from personaloom.pipeline.flow import build_dataset
             from personaloom.schemas.config import BuildConfig, LLMConfig
-            from personaloom.store import DatasetStore
+            from personaloom.stages.catalogue import load_catalogue
+            from personaloom.stages.scenarios import read_refs, scenario_stats
 
             cfg = BuildConfig(
                 dataset="scenarios",

@@ -594,7 +594,7 @@ def with_alike(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_child(path: Path, out: Path, shards: int) -> dict[str, object]:
-    from personaloom.filter_file import filter_parquet
+    from personaloom.stages.filter.file import filter_parquet
 
     t = time.perf_counter()
     outcome = filter_parquet(path, column="text", out=out, id_column="row_id", shards=shards or None)

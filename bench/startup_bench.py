@@ -9,7 +9,7 @@ time), three ways in one run:
 Each row splits the wall time into: the run up to the first stage (manifest `endpoint_start`: Prefect
 flow-run start, endpoint, catalogue), the stages (`generate`), and the rest (Python imports, Prefect
 server start before the flow, publish, artifacts, exit); the imports alone (`import personaloom.cli,
-personaloom.build` in a new process) are printed once.
+personaloom.pipeline.flow` in a new process) are printed once.
 
 Reproduce:
     .venv/bin/python bench/startup_bench.py [--repeat 3]
@@ -46,7 +46,7 @@ def user_env(home: Path) -> dict[str, str]:
 
 
 def import_seconds(env: dict[str, str]) -> float:
-    code = "import time; t = time.perf_counter(); import personaloom.cli, personaloom.build; "
+    code = "import time; t = time.perf_counter(); import personaloom.cli, personaloom.pipeline.flow; "
     code += "print(time.perf_counter() - t)"
     return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout)
 

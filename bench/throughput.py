@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import spawn_fake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +32,11 @@ apply_prefect_defaults()
 
 
 async def client_level(base_url: str, calls: int, concurrency: int, cache_dir: Path) -> tuple[float, float]:
-    from personaloom.catalogue import load_catalogue
     from personaloom.llm.cache import ResponseCache
     from personaloom.llm.client import LLM
     from personaloom.schemas.config import LLMConfig
     from personaloom.schemas.drafts import HintExpansion
+    from personaloom.stages.catalogue import load_catalogue
     from personaloom.stages.seed import sample_skeletons
 
     seeds = sample_skeletons(load_catalogue(), range(calls), 123, n_sessions=2, n_changes=0)
@@ -90,8 +90,8 @@ def timed_requests() -> dict[str, Any]:
 
 
 def timed_stages() -> list[tuple[str, str, float, float]]:
-    """(stage, scope, start, end) of every stage run of the build, from `personaloom.build`'s `run_stage`."""
-    import personaloom.build as build
+    """(stage, scope, start, end) of every stage run of the build, from the flow's `run_stage`."""
+    import personaloom.pipeline.flow as build
 
     spans: list[tuple[str, str, float, float]] = []
     run_stage = build.run_stage
@@ -143,9 +143,9 @@ def phases(seen: dict[str, Any], concurrency: int) -> str:
 
 
 def build_level(base_url: str, personas: int, concurrency: int, out: Path) -> dict[str, Any]:
-    from personaloom.build import build_dataset
+    from personaloom.dataset.store import DatasetStore
+    from personaloom.pipeline.flow import build_dataset
     from personaloom.schemas.config import BuildConfig, LLMConfig
-    from personaloom.store import DatasetStore
 
     cfg = BuildConfig(
         dataset="bench",

@@ -13,9 +13,6 @@ __all__ = ["Version", "build", "evaluate", "open"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("build", "evaluate"):
-        # also the names of modules of this package: the module itself is callable (see _callable.py)
-        return importlib.import_module(f"personaloom.{name}")
-    if name in ("open", "Version"):
+    if name in ("build", "evaluate", "open", "Version"):
         return getattr(importlib.import_module("personaloom.api"), name)
     raise AttributeError(f"module 'personaloom' has no attribute {name!r}")

@@ -27,9 +27,9 @@ from typing import Any
 
 import polars as pl
 
+from personaloom.dataset.store import TABLES, DatasetStore
 from personaloom.errors import UserError
 from personaloom.schemas.manifest import Manifest
-from personaloom.store import TABLES, DatasetStore
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def build(
     `settings` override it (`dataset`, `personas`, `sessions`, `seed`, ... and the LLM's `model`,
     `base_url`, `concurrency`, ... by name)."""
     _quiet_defaults()
-    from personaloom.build import prepare_build, run_build
+    from personaloom.pipeline.flow import prepare_build, run_build
 
     plan = prepare_build(config, out=Path(out), grow=grow, rebuild=rebuild, **settings)
     version = _with_prefect(lambda: run_build(plan, out=Path(out), cache_dir=cache_dir, force=force))
@@ -122,8 +122,8 @@ def build(
 def evaluate(version: Version, *, model: str, base_url: str | None = None, **settings: Any) -> Path:
     """Score `model` on the version's probes (`personaloom evaluate`); returns the run folder."""
     _quiet_defaults()
-    from personaloom.evaluate import evaluate_dataset
     from personaloom.llm.endpoint import check_endpoint
+    from personaloom.runs.evaluate import evaluate_dataset
     from personaloom.schemas.config import LLMConfig
     from personaloom.schemas.probes import EvalConfig
 
@@ -144,7 +144,7 @@ def evaluate(version: Version, *, model: str, base_url: str | None = None, **set
 
 def _quiet_defaults() -> None:
     """The CLI's Prefect defaults (offline, quiet), before Prefect is first imported."""
-    from personaloom.prefect_env import apply_prefect_defaults
+    from personaloom.runtime.prefect_env import apply_prefect_defaults
 
     apply_prefect_defaults()
 
@@ -152,7 +152,7 @@ def _quiet_defaults() -> None:
 def _with_prefect(work: Any) -> Any:
     """Run `work` against Prefect: the configured API, a standing `personaloom server`, else a temporary
     one (started once per process, stopped at exit)."""
-    from personaloom.prefect_server import EarlyServer, use_standing_server
+    from personaloom.runtime.prefect_server import EarlyServer, use_standing_server
 
     if not os.environ.get("PREFECT_API_URL"):
         use_standing_server()

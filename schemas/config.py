@@ -170,7 +170,7 @@ class ConversationConfig(BaseModel):
         None,
         ge=1000,
         le=2_000_000,
-        description="tokens (personaloom.tokens: a real tokenizer where it installs, else 4 characters each) "
+        description="tokens (text/tokens.py: a real tokenizer where it installs, else 4 characters each) "
         "of each persona's own history to reach, e.g. "
         f"32000: more sessions (one per {SESSION_TOKENS} tokens unless the sessions are given) and longer "
         "conversations with side topics, until every persona's history holds it",

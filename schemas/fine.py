@@ -1,7 +1,7 @@
 """Fine-grained preferences (seeds/fine_preferences.csv): one dimension a row, 2-4 exclusive alternatives.
 
 A persona holds one alternative of each dimension it was planted (`Persona.Fine`: id → text), and its path
-is `Fine.<id>`. Code plants and changes them (personaloom.drift); the table is the ground truth of every
+is `Fine.<id>`. Code plants and changes them (stages/drift.py); the table is the ground truth of every
 value, so the schemas check a path's id against the shipped table.
 """
 

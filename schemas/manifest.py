@@ -97,7 +97,7 @@ class CallInfo(BaseModel):
 class ConversationStats(BaseModel):
     """Stage 4's sessions as the version holds them (kept rows): turns, own-history size, reveals.
 
-    Tokens are counted by `tokenizer` (personaloom.tokens: Gemma 3's where the `local` extra installs, else
+    Tokens are counted by `tokenizer` (text/tokens.py: Gemma 3's where the `local` extra installs, else
     an estimate of 4 characters a token). Of the implicit reveals code asked for, `implicit_stated`
     came out stated outright (code's check), and of the rest the judge confirmed `implicit_confirmed` of
     `implicit_judged` (0 judged: the judge was not trusted, the reveals count unconfirmed).
@@ -192,7 +192,7 @@ class PersonaSpan(BaseModel):
 
 
 class ScenarioStats(BaseModel):
-    """The build's distinct scenarios (personaloom.scenarios): catalogue scenes its sessions used, plus
+    """The build's distinct scenarios (personaloom.stages.scenarios): catalogue scenes its sessions used, plus
     the LLM-written scenarios no other written scene or catalogue scene repeats (titles alike >= threshold,
     across personas). Revisits are follow-ups of a counted scenario and count in none of these."""
 
@@ -257,7 +257,8 @@ class Manifest(BaseModel):
         None, description="the sessions' conversations and reveals (absent: a version before them)"
     )
     invariants: dict[str, int] = Field(
-        default_factory=dict, description="violations per ground-truth invariant (personaloom.audit): all 0"
+        default_factory=dict,
+        description="violations per ground-truth invariant (personaloom.dataset.audit): all 0",
     )
     scenarios: ScenarioStats | None = Field(
         None,

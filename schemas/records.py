@@ -84,7 +84,7 @@ ChangeOp = Literal["step", "switch", "replace", "add", "remove"]
 
 
 class PlannedChange(Record):
-    """A life-long drift event planned by code at stage 1 (personaloom.drift), eligible for this person.
+    """A life-long drift event planned by code at stage 1 (stages/drift.py), eligible for this person.
 
     `step`/`switch` set a communication-style value (`target`), `add`/`remove` edit a list field
     (`target`: the item to add), `replace` gives a narrative field a new value the LLM writes toward
@@ -144,7 +144,7 @@ class SeedRow(Record):
     planned_changes: list[PlannedChange]
     fine: FineMap = Field(
         default_factory=dict,
-        description="fine-grained preferences drawn by code (personaloom.drift.plan_fine)",
+        description="fine-grained preferences drawn by code (personaloom.stages.drift.plan_fine)",
     )
     planned_fine: list[PlannedChange] = Field(
         default_factory=list, description="changes of fine preferences (op switch, `target` the new one)"
@@ -284,7 +284,7 @@ class Scene(Record):
     catalogue_id: str | None = None
     category: str | None = Field(
         default=None,
-        description="scenario category (personaloom.scenarios): the catalogue's for a common scene, the "
+        description="scenario category (stages/scenarios.py): the catalogue's for a common scene, the "
         "LLM's checked choice for a specific one ('other' when it named none), the origin's for a revisit",
     )
     revisits: str | None = Field(

@@ -1,1 +1,1 @@
-"""Seed tables shipped as package data (see seeds/README.md and personaloom.catalogue)."""
+"""Seed tables shipped as package data (see seeds/README.md and personaloom.stages.catalogue)."""

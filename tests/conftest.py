@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from personaloom.prefect_env import apply_prefect_defaults
+from personaloom.runtime.prefect_env import apply_prefect_defaults
 from personaloom.testing.fake_openai import FakeOpenAI
 
 apply_prefect_defaults()  # offline and quiet, before anything imports Prefect

@@ -55,15 +55,15 @@ from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.tools import TOOL_EXECUTOR, ToolCall, ToolJob, parse_tool_calls, strip_tool_calls
 from personaloom.agent.updater import FieldUpdate, PersonaUpdater, apply_update, update_due
 from personaloom.agent.user_simulator import FALLBACK_FOLLOW_UP, UserSimulator, parse_verdict
-from personaloom.catalogue import load_catalogue
 from personaloom.llm.calls import by_name
 from personaloom.llm.client import LLM, LLMResult
 from personaloom.llm.prompts import PromptLibrary
 from personaloom.paths import PROMPTS_DIR
-from personaloom.samples import sample_records
 from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.records import ApiArgument, ApiSpec, DatasetRow, Persona, PreferenceChange
 from personaloom.schemas.replay import PairwiseRow, ReplayConfig
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.samples import sample_records
 from personaloom.testing.fake_openai import FakeOpenAI
 
 

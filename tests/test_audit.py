@@ -10,14 +10,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from personaloom.audit import INVARIANTS, _skeleton_checks, audit
-from personaloom.build import build_dataset
-from personaloom.catalogue import load_catalogue
-from personaloom.drift import change_violations, persona_at, scales_of
+from personaloom.dataset.audit import INVARIANTS, _skeleton_checks, audit
+from personaloom.dataset.store import read_records
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.records import PersonaRecord, PlannedChange, Scene
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.drift import change_violations, persona_at, scales_of
 from personaloom.stages.seed import SKELETON_INVARIANTS, sample_skeletons
-from personaloom.store import read_records
 from personaloom.testing.cli import run
 from personaloom.testing.fake_openai import FakeOpenAI
 

@@ -12,10 +12,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from personaloom.build import build_dataset
+from personaloom.dataset.store import DatasetStore, sha256_file
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.stages.filter import ANSWERABILITY
-from personaloom.store import DatasetStore, sha256_file
+from personaloom.stages.filter.stage import ANSWERABILITY
 from personaloom.testing.cli import TEST_KEY
 from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import calibrated
@@ -180,9 +180,9 @@ def test_a_run_freezes_what_it_starts_with_and_unfreezes_at_the_end(fake: FakeOp
     loop for ~0.3 s every ~12 s of a large build) and its young passes are rarer; both undone after."""
     import gc
 
-    from personaloom import collector
     from personaloom.pipeline import build_calls
-    from personaloom.run import open_run
+    from personaloom.runtime import collector
+    from personaloom.runtime.run import open_run
 
     cfg = BuildConfig(dataset="gc", personas=1, llm=LLMConfig(model="fake", base_url=fake.base_url))
     before, thresholds = gc.get_freeze_count(), gc.get_threshold()

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from personaloom.build import build_dataset
-from personaloom.catalogue import load_catalogue
-from personaloom.drift import in_force
-from personaloom.probes import history
-from personaloom.samples import sample_records
+from personaloom.dataset.store import read_records
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, ConversationConfig, LLMConfig
 from personaloom.schemas.manifest import Manifest
 from personaloom.schemas.records import DatasetRow, evidence_keys
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.drift import in_force
+from personaloom.stages.probes import history
 from personaloom.stages.reveals import (
     REASON,
     REVEAL,
@@ -23,11 +23,11 @@ from personaloom.stages.reveals import (
     plan_reveals,
     stated,
 )
-from personaloom.store import read_records
+from personaloom.stages.samples import sample_records
 from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import reveal_judge
 from personaloom.testing.simulator_model import obedient_user
-from personaloom.tokens import count as count_tokens
+from personaloom.text.tokens import count as count_tokens
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from personaloom.catalogue import load_catalogue
 from personaloom.errors import UserError
 from personaloom.llm.prompts import PromptLibrary
 from personaloom.paths import PROMPTS_DIR
 from personaloom.pipeline import STAGES, TABLE_MODELS, all_calls, build_calls
-from personaloom.samples import sample_records
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.samples import sample_records
 from personaloom.testing.cli import assert_one_line_error, run
 
 
@@ -101,7 +101,7 @@ def test_a_declared_temperature_reaches_the_request() -> None:
 
     from personaloom.llm.client import LLM
     from personaloom.schemas.config import LLMConfig
-    from personaloom.stages.filter import ANSWERABILITY
+    from personaloom.stages.filter.stage import ANSWERABILITY
     from personaloom.stages.queries import SIMULATE
     from personaloom.testing.fake_openai import FakeOpenAI
 

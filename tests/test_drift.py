@@ -9,8 +9,10 @@ from functools import cache
 
 import pytest
 
-from personaloom.catalogue import Catalogue, fact_closure, load_catalogue, settle_facts
-from personaloom.drift import (
+from personaloom.schemas.drafts import ChangeDraft
+from personaloom.schemas.records import PlannedChange, SeedRow
+from personaloom.stages.catalogue import Catalogue, fact_closure, load_catalogue, settle_facts
+from personaloom.stages.drift import (
     active_changes,
     apply_change,
     change_violations,
@@ -23,8 +25,6 @@ from personaloom.drift import (
     resolve_changes,
     scales_of,
 )
-from personaloom.schemas.drafts import ChangeDraft
-from personaloom.schemas.records import PlannedChange, SeedRow
 from personaloom.stages.personas import merge_persona, session_times
 from personaloom.stages.seed import sample_skeletons
 

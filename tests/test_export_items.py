@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from datasets import load_dataset
 
-from personaloom.build import build_dataset
-from personaloom.export import PERSONA_MEM_COLUMNS, REJECTED
+from personaloom.dataset.export import PERSONA_MEM_COLUMNS, REJECTED
+from personaloom.dataset.store import read_records
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import ProbeItem
 from personaloom.schemas.records import DatasetRow
-from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.probe_model import probe_writer
 

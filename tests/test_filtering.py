@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from personaloom.filtering import filter_texts, find_near_duplicates
-from personaloom.filtering.normalize import normalize, normalize_expr
-from personaloom.filtering.rules import build_rules
 from personaloom.schemas.filtering import FilterConfig, NearDupConfig, RuleConfig
+from personaloom.stages.filter import filter_texts, find_near_duplicates
+from personaloom.stages.filter.normalize import normalize, normalize_expr
+from personaloom.stages.filter.rules import build_rules
 
 BASE = (
     "Could you help me plan a cheap weekend trip to Lisbon with my two kids, "
@@ -237,7 +237,7 @@ def test_langid_columns_when_enabled() -> None:
 
 
 def test_repeat_and_spans_match_numpy_with_empty_runs() -> None:
-    from personaloom.filtering.neardup import repeat, spans
+    from personaloom.stages.filter.neardup import repeat, spans
 
     rng = np.random.default_rng(1)
     for n in [0, 1, 2, *rng.integers(3, 40, 100).tolist()]:

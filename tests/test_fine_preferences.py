@@ -12,15 +12,15 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from personaloom.audit import audit
-from personaloom.build import build_dataset
-from personaloom.catalogue import load_catalogue
-from personaloom.drift import fine_fits, fine_violations, in_force, person_facts, persona_at
+from personaloom.dataset.audit import audit
+from personaloom.dataset.store import read_records
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.fine import FINE_PREFIX, load_fine_table
 from personaloom.schemas.records import DatasetRow, PersonaRecord, SeedRow
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.drift import fine_fits, fine_violations, in_force, person_facts, persona_at
 from personaloom.stages.seed import sample_skeleton, sample_skeletons
-from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -150,7 +150,7 @@ def test_probes_ask_about_fine_changes_with_the_dimension_s_alternatives(version
 
 
 def test_a_fine_distractor_is_another_alternative_of_its_dimension(version: Path) -> None:
-    from personaloom.probes import Planner, Pools, _bases, _finals
+    from personaloom.stages.probes import Planner, Pools, _bases, _finals
 
     rows = read_records(version / "dataset", DatasetRow)
     pools = Pools(_finals(rows), _bases(rows))

@@ -17,8 +17,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from personaloom.build import build_dataset
 from personaloom.pipeline import build_calls
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.judge_model import calibrated

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from personaloom.filtering.grounding import ExampleIndex, content_tokens, drifted, example_texts
-from personaloom.llm.prompts import PromptLibrary
+from personaloom.llm.prompts import PromptLibrary, example_texts
 from personaloom.schemas.records import Query, Scene
-from personaloom.stages.filter import grounded
+from personaloom.stages.filter.grounding import ExampleIndex, content_tokens, drifted
+from personaloom.stages.filter.stage import grounded
 
 SMALL_EXAMPLE = "Suggests five quick recipes that fit her shift times and a shopping list."
 

@@ -15,19 +15,19 @@ import polars as pl
 import pytest
 
 from personaloom.agent.memory import EndpointEmbedder, HashingEmbedder, tokens
-from personaloom.build import build_dataset
-from personaloom.catalogue import load_catalogue
+from personaloom.dataset.store import read_records
 from personaloom.errors import UserError
-from personaloom.filtering import filter_texts
-from personaloom.languages import language_breakdown, language_name
 from personaloom.llm.client import LLM
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.filtering import FilterConfig
 from personaloom.schemas.records import PersonaRecord, SeedRow
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.filter import filter_texts
 from personaloom.stages.seed import sample_skeleton, sample_skeletons, skeleton_violations
-from personaloom.store import read_records
 from personaloom.testing.cli import assert_one_line_error, run
 from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.text.languages import language_breakdown, language_name
 
 ROOT = Path(__file__).resolve().parent.parent
 HAN_OR_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
@@ -108,7 +108,7 @@ def test_unknown_or_unreachable_languages_are_one_line_errors(tmp_path: Path) ->
     assert set(pl.read_parquet(out)["interaction_language"]) <= {"ja", "th"}
     assert "interaction languages:" in res.stdout
     with pytest.raises(UserError, match="unknown language"):
-        from personaloom.catalogue import check_languages
+        from personaloom.stages.catalogue import check_languages
 
         check_languages(load_catalogue(), ["qq"])
 

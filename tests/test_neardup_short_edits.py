@@ -13,11 +13,11 @@ import pytest
 from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
-from personaloom.filtering import filter_texts, find_near_duplicates
-from personaloom.filtering.neardup import EditRule, edit_edges
-from personaloom.filtering.normalize import normalize
-from personaloom.filtering.sharded import ShardedFilter, Spill
 from personaloom.schemas.filtering import FilterConfig, NearDupConfig
+from personaloom.stages.filter import filter_texts, find_near_duplicates
+from personaloom.stages.filter.neardup import EditRule, edit_edges
+from personaloom.stages.filter.normalize import normalize
+from personaloom.stages.filter.sharded import ShardedFilter, Spill
 
 ROOT = Path(__file__).resolve().parent.parent
 

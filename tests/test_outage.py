@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from personaloom.build import build_dataset
 from personaloom.llm.client import endpoint_label
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.testing.cli import TEST_KEY, assert_one_line_error, run
 from personaloom.testing.fake_openai import FakeOpenAI

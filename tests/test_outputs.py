@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from personaloom.build import build_dataset
-from personaloom.replay import replay_dataset
+from personaloom.dataset.store import TABLES
+from personaloom.pipeline.flow import build_dataset
+from personaloom.runs.replay import replay_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.replay import ReplayConfig
-from personaloom.store import TABLES
 from personaloom.testing.fake_openai import FakeOpenAI
 from personaloom.testing.judge_model import calibrated
 from personaloom.testing.probe_model import probe_confirmer

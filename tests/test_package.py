@@ -43,8 +43,11 @@ def test_wheel_holds_one_import_package_with_prompts_and_seeds(wheel: Path) -> N
     names = zipfile.ZipFile(wheel).namelist()
     dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"
     assert {n.split("/")[0] for n in names} == {"personaloom", dist_info}  # nothing else at the top
+    # every module of every package folder ships (a folder missing from pyproject's list would not)
+    modules = {f"personaloom/{p.relative_to(ROOT / 'flows')}" for p in (ROOT / "flows").rglob("*.py")}
+    assert modules <= set(names), sorted(modules - set(names))
     for needed in (
-        "personaloom/cli.py",
+        "personaloom/cli/__init__.py",
         "personaloom/schemas/records.py",
         "personaloom/testing/fake_openai.py",
         "personaloom/prompts/default/queries/simulate.j2",

@@ -18,8 +18,8 @@ import websockets
 from websockets.typing import Subprotocol
 
 from personaloom.llm.local import free_port
-from personaloom.prefect_env import AUTH_FILE
-from personaloom.prefect_server import SERVER_LOG, STATE_FILE, auth_header
+from personaloom.runtime.prefect_env import AUTH_FILE
+from personaloom.runtime.prefect_server import SERVER_LOG, STATE_FILE, auth_header
 from personaloom.testing.cli import EXE, assert_one_line_error, run, start_server
 from personaloom.testing.fake_openai import FakeOpenAI
 
@@ -139,7 +139,7 @@ def test_a_standing_server_is_found_by_later_commands(tmp_path: Path) -> None:
 
 
 COUNT_RUNS = """
-from personaloom.prefect_server import use_standing_server
+from personaloom.runtime.prefect_server import use_standing_server
 use_standing_server()
 from prefect import get_client
 with get_client(sync_client=True) as client:

@@ -11,11 +11,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from personaloom import blind
-from personaloom.build import build_dataset
-from personaloom.drift import as_text, get_value, persona_at
-from personaloom.evaluate import evaluate_dataset, oracle_pick, pick_letter
-from personaloom.probes import (
+from personaloom.dataset.store import read_records
+from personaloom.pipeline.flow import build_dataset
+from personaloom.runs.evaluate import evaluate_dataset, oracle_pick, pick_letter
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.schemas.probes import EvalConfig, ProbeItem
+from personaloom.schemas.records import DatasetRow
+from personaloom.stages import blind
+from personaloom.stages.drift import as_text, get_value, persona_at
+from personaloom.stages.probes import (
     CONFIRM,
     ProbeDraft,
     Spec,
@@ -28,10 +32,6 @@ from personaloom.probes import (
     history,
     message_tokens,
 )
-from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.schemas.probes import EvalConfig, ProbeItem
-from personaloom.schemas.records import DatasetRow
-from personaloom.store import read_records
 from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import calibrated
 from personaloom.testing.probe_model import probe_confirmer, probe_writer
@@ -381,7 +381,7 @@ def test_open_mode_is_judged_against_the_key_and_plotted(version: Path, tmp_path
     import matplotlib
 
     matplotlib.use("Agg")
-    from personaloom.explore import figures, open_version
+    from personaloom.dataset.explore import figures, open_version
 
     def model(body: dict) -> str:
         user = body["messages"][-1]["content"]

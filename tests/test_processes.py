@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from personaloom.llm.local import free_port
-from personaloom.prefect_server import auth_header
+from personaloom.runtime.prefect_server import auth_header
 from personaloom.testing.cli import EXE, start_server
 from personaloom.testing.fake_openai import FakeOpenAI
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from personaloom.build import build_dataset
+from personaloom.dataset.hub import push_version
 from personaloom.errors import UserError
-from personaloom.hub import push_version
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.testing.cli import EXE, assert_one_line_error
 from personaloom.testing.fake_hub import FakeHub

@@ -9,19 +9,19 @@ from typing import Any
 
 import pytest
 
-from personaloom.catalogue import load_catalogue
-from personaloom.filtering.grounding import ExampleIndex
 from personaloom.llm.cache import ResponseCache
-from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLM
 from personaloom.llm.prompts import PromptLibrary
-from personaloom.samples import sample_records
 from personaloom.schemas.config import LLMConfig
 from personaloom.schemas.drafts import QueryDraft
 from personaloom.schemas.filtering import FilterConfig
 from personaloom.schemas.records import Persona, PersonaRecord, Query, Rejection
-from personaloom.stages.filter import cheap_filter, grounded
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.filter.checks import AnswerChecks
+from personaloom.stages.filter.grounding import ExampleIndex
+from personaloom.stages.filter.stage import cheap_filter, grounded
 from personaloom.stages.queries import SIMULATE, SimulateJob, query_grounded
+from personaloom.stages.samples import sample_records
 from personaloom.testing.fake_openai import FakeOpenAI, call_of
 
 # the small prompt set's first worked example: what Gemma 3 270M copies most
@@ -57,7 +57,13 @@ def _simulator(first: str, redrawn: str | None = None) -> Any:
 
 def _run(fake: FakeOpenAI, job: SimulateJob, cache: Path | None = None, **cfg: Any) -> tuple[Any, LLM]:
     config = LLMConfig(model="fake", prompt_set="small", max_retries=0, **cfg)
-    llm = LLM(config, base_url=fake.base_url, api_key="sk-x", cache=ResponseCache(cache) if cache else None)
+    llm = LLM(
+        config,
+        base_url=fake.base_url,
+        api_key="sk-x",
+        cache=ResponseCache(cache) if cache else None,
+        checks=AnswerChecks(ExampleIndex(PromptLibrary(prompt_set="small").examples())),
+    )
 
     async def go() -> Any:
         try:

@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from personaloom.build import build_dataset
 from personaloom.pipeline import all_calls
-from personaloom.replay import replay_dataset
+from personaloom.pipeline.flow import build_dataset
+from personaloom.runs.replay import replay_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.replay import ReplayConfig
 from personaloom.testing.fake_openai import FakeOpenAI, Request, scripted

@@ -16,16 +16,16 @@ from personaloom.agent.calls import agent_calls, role_settings
 from personaloom.agent.chatbot import CHATBOT
 from personaloom.agent.judge import JUDGE_RATING, JUDGE_SIMILARITY
 from personaloom.agent.user_simulator import USER_JUDGE
-from personaloom.catalogue import load_catalogue
 from personaloom.errors import UserError
 from personaloom.llm import endpoint as endpoint_mod
 from personaloom.llm.cache import ResponseCache
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLM, LLMError
-from personaloom.samples import sample_records
 from personaloom.schemas.config import LLMConfig
-from personaloom.stages.filter import ANSWERABILITY
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.filter.stage import ANSWERABILITY
 from personaloom.stages.queries import SIMULATE
+from personaloom.stages.samples import sample_records
 from personaloom.testing.cli import assert_one_line_error, run
 from personaloom.testing.fake_openai import FakeOpenAI
 

@@ -14,14 +14,15 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from personaloom.catalogue import Catalogue, load_catalogue
-from personaloom.drift import plan_violations
+from personaloom.dataset.store import read_records
 from personaloom.errors import UserError
 from personaloom.paths import SEEDS_DIR
 from personaloom.pipeline import STAGES
 from personaloom.schemas.config import BuildConfig
 from personaloom.schemas.records import PlannedChange, SeedRow
 from personaloom.stages.base import StageContext
+from personaloom.stages.catalogue import Catalogue, load_catalogue
+from personaloom.stages.drift import plan_violations
 from personaloom.stages.seed import (
     SKELETON_INVARIANTS,
     life_stage_for,
@@ -31,7 +32,6 @@ from personaloom.stages.seed import (
     sample_skeletons,
     skeleton_violations,
 )
-from personaloom.store import read_records
 from personaloom.testing.cli import assert_one_line_error, run
 
 # the build's defaults for fine-grained preferences (BuildConfig.fine_preferences, fine_changes_per_persona)
@@ -679,7 +679,7 @@ def _sample_in_threads(cat: Catalogue, n: int) -> list[SeedRow]:
 
 def test_shards_sampling_in_threads_share_the_motive_cache() -> None:
     """Shards sample their skeletons in threads: a cache entry is readable the moment it is found."""
-    from personaloom import drift
+    from personaloom.stages import drift
 
     cat = catalogue()
     want = sample_skeletons(cat, range(400), 9, n_sessions=10, n_changes=3)

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 from matplotlib.figure import Figure
 
-from personaloom.build import build_dataset
-from personaloom.explore import _bar_counts, bar_counts, scale_orders
+from personaloom.dataset.explore import _bar_counts, bar_counts, scale_orders
+from personaloom.dataset.store import DatasetStore
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.store import DatasetStore
 from personaloom.testing.cli import run
 from personaloom.testing.fake_openai import FakeOpenAI
 

@@ -11,12 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from personaloom import scenarios
-from personaloom.audit import _category_checks
-from personaloom.build import build_dataset
-from personaloom.card import dataset_card, scenario_summary
-from personaloom.catalogue import load_catalogue
-from personaloom.scenarios import (
+from personaloom.dataset.audit import _category_checks
+from personaloom.dataset.card import dataset_card, scenario_summary
+from personaloom.pipeline.flow import build_dataset
+from personaloom.schemas.config import BuildConfig, LLMConfig
+from personaloom.schemas.manifest import Manifest
+from personaloom.stages import scenarios
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.scenarios import (
     CATEGORY_FALLBACK,
     OTHER,
     SceneRef,
@@ -27,8 +29,6 @@ from personaloom.scenarios import (
     scenario_list_model,
     scenario_stats,
 )
-from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.schemas.manifest import Manifest
 from personaloom.stages.scenes import plan
 from personaloom.stages.seed import sample_skeletons
 from personaloom.testing.fake_openai import FakeOpenAI

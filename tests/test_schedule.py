@@ -18,9 +18,9 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
-from personaloom.schedule import RECORDS, deployment
+from personaloom.dataset.store import DatasetStore
+from personaloom.runtime.schedule import RECORDS, deployment
 from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.store import DatasetStore
 from personaloom.testing.cli import EXE
 from personaloom.testing.fake_openai import FakeOpenAI
 
@@ -160,7 +160,7 @@ def test_a_deployment_without_a_record_runs_only_its_stored_parameters(tmp_path:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    from personaloom.build import build_dataset
+    from personaloom.pipeline.flow import build_dataset
 
     config = BuildConfig(dataset="yaml", personas=1, scenes_per_persona=2, llm=LLMConfig(model="m"))
     stored = {"config": config.model_dump(mode="json", exclude_defaults=True), "out": str(tmp_path / "o")}

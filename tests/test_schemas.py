@@ -4,9 +4,9 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel
 
+from personaloom.dataset.store import read_records, write_records
 from personaloom.schemas.arrow import arrow_schema, to_table
 from personaloom.schemas.records import ApiSpec, DatasetRow, PersonaRecord, Query, Rejection, Scene, SeedRow
-from personaloom.store import read_records, write_records
 
 
 def test_arrow_types_follow_the_model() -> None:
@@ -54,8 +54,8 @@ def test_records_round_trip_through_parquet(tmp_path) -> None:
 
 
 def test_timestamps_and_dates_survive(tmp_path) -> None:
-    from personaloom.catalogue import load_catalogue
-    from personaloom.samples import sample_records
+    from personaloom.stages.catalogue import load_catalogue
+    from personaloom.stages.samples import sample_records
 
     p = sample_records(load_catalogue()).persona  # a fully populated persona
     write_records(tmp_path / "p" / "part-00000.parquet", PersonaRecord, [p])

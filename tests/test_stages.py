@@ -9,15 +9,15 @@ from functools import cache
 
 import pytest
 
-from personaloom.catalogue import Catalogue, load_catalogue
-from personaloom.drift import active_changes
 from personaloom.llm.client import LLM
 from personaloom.pipeline import STAGES
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.filtering import FilterConfig
 from personaloom.schemas.records import PersonaRecord, Query
-from personaloom.stages import filter as filter_stage
 from personaloom.stages.base import StageContext
+from personaloom.stages.catalogue import Catalogue, load_catalogue
+from personaloom.stages.drift import active_changes
+from personaloom.stages.filter import stage as filter_stage
 from personaloom.stages.personas import merge_persona, session_times
 from personaloom.stages.scenes import plan_counts
 from personaloom.stages.seed import sample_skeleton, sample_skeletons

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from personaloom import tokens
+from personaloom.text import tokens
 
 
 def test_the_real_tokenizer_counts_what_the_estimate_misses() -> None:
@@ -27,7 +27,7 @@ def test_the_real_tokenizer_counts_what_the_estimate_misses() -> None:
 
 
 def test_the_estimate_can_be_forced_and_is_named() -> None:
-    code = "from personaloom import tokens; print(tokens.tokenizer(), '|', tokens.count('x' * 400))"
+    code = "from personaloom.text import tokens; print(tokens.tokenizer(), '|', tokens.count('x' * 400))"
     env = {**os.environ, "PERSONALOOM_TOKENIZER": "estimate"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr

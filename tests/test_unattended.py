@@ -22,15 +22,15 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from prefect.task_runners import TaskRunner
 
-from personaloom.build import build_dataset
+from personaloom.dataset.store import DatasetStore
+from personaloom.dataset.verify import verify_version
 from personaloom.errors import UserError
 from personaloom.llm.budget import BudgetExceeded
 from personaloom.paths import SEEDS_DIR
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.store import DatasetStore
 from personaloom.testing.cli import assert_one_line_error, run
 from personaloom.testing.fake_openai import FakeOpenAI
-from personaloom.verify import verify_version
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -293,7 +293,7 @@ def test_dask_and_ray_tasks_get_the_address_of_the_flows_server() -> None:
     from prefect.context import serialize_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from personaloom.build import _workers_use_this_server
+    from personaloom.pipeline.flow import _workers_use_this_server
 
     @flow
     def submit_side() -> tuple[str | None, str | None]:

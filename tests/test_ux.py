@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from personaloom.card import CardSettings, cost_text, dataset_card, table_rows
-from personaloom.display import live_progress
-from personaloom.progress import ProgressSink, progress_sink, stage_reporter
+from personaloom.dataset.card import CardSettings, cost_text, dataset_card, table_rows
+from personaloom.runtime.display import live_progress
+from personaloom.runtime.progress import ProgressSink, progress_sink, stage_reporter
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.schemas.manifest import Manifest, ShardInfo, StageCount, StageUsage
 from personaloom.testing.cli import assert_one_line_error, run
@@ -169,7 +169,7 @@ def test_card_unpriced_empty_tables_endpoint_and_licence() -> None:
 
 
 def test_sink_without_llm_reads_zero() -> None:
-    from personaloom.progress import LLMMeter
+    from personaloom.runtime.progress import LLMMeter
 
     stats = LLMMeter(ProgressSink()).read()
     assert stats.calls == 0 and "cost unknown" in stats.line(priced=False)

@@ -11,18 +11,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from personaloom.build import build_dataset
-from personaloom.catalogue import load_catalogue
-from personaloom.diff import diff_versions
+from personaloom.dataset.diff import diff_versions
+from personaloom.dataset.store import DatasetStore
+from personaloom.dataset.verify import verify_version
 from personaloom.errors import UserError
-from personaloom.samples import sample_records
+from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, DedupLevels, LLMConfig
 from personaloom.schemas.filtering import FilterConfig
-from personaloom.stages.filter import Kept, dedup_all
-from personaloom.store import DatasetStore
+from personaloom.stages.catalogue import load_catalogue
+from personaloom.stages.filter.stage import Kept, dedup_all
+from personaloom.stages.samples import sample_records
 from personaloom.testing.cli import assert_one_line_error, run
 from personaloom.testing.fake_openai import FakeOpenAI
-from personaloom.verify import verify_version
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -121,7 +121,7 @@ def test_build_again_then_grow_then_diff_then_remove_the_parent(out: Path) -> No
     text = run("diff", "grow@v1", "grow@latest", "--out", str(out))
     assert text.returncode == 0 and "personas: 4 → 7" in text.stdout and "personas" in text.stdout
     # the notebook's view of the same: v2 against its parent
-    from personaloom.explore import compare, compare_figure, open_compare, open_version, shift_table
+    from personaloom.dataset.explore import compare, compare_figure, open_compare, open_version, shift_table
 
     view = open_version(out, "grow", "v2")
     parent = open_compare(view)

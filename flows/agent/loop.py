@@ -1,7 +1,7 @@
 """Algorithm 1 for one user and agent: sessions in order, ≤3 user turns each, updates on the agent's cadence.
 
 Everything a session produces (turns, the session row, a persona snapshot, its metrics) is returned
-as records; flows/replay.py only schedules users and writes files.
+as records; flows/runs/replay.py only schedules users and writes files.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from personaloom.agent.metrics import (
 from personaloom.agent.persona import golden_at
 from personaloom.agent.sessions import Message, SessionLog
 from personaloom.agent.user_simulator import UserSimulator
-from personaloom.drift import persona_at
 from personaloom.llm.client import LLM
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
@@ -37,6 +36,7 @@ from personaloom.schemas.replay import (
     SnapshotRow,
     TurnRow,
 )
+from personaloom.stages.drift import persona_at
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from personaloom.languages import WORD
+from personaloom.text.languages import WORD
 
 if TYPE_CHECKING:
     from personaloom.llm.client import LLM

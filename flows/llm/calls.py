@@ -4,7 +4,7 @@ Like Curator's `prompt`/`parse` pair or distilabel's `format_input`/`format_outp
 gives the template its variables (their names are declared, and checked against the template when the
 prompts load), `build(input, result)` turns the validated answer (or its failure, with the raw text)
 into what the stage keeps — a record, a rejection, or the input of the next call. `check(input, value,
-checks)` asks stage 5's code-owned checks about a validated answer (personaloom.llm.checks): a reason
+checks)` asks stage 5's code-owned checks about a validated answer (stages/filter/checks): a reason
 means stage 5 would drop it, and the answer is drawn again. Stage code runs a call with
 `LLM.run(CALL, input)`; nothing else about the call lives at the call site.
 """
@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from personaloom.llm.checks import AnswerChecks
     from personaloom.llm.client import LLMResult
-    from personaloom.samples import Samples
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -49,9 +47,10 @@ class LLMCall(Generic[In, Out]):
     role: Role = "writer"
     temperature: float | None = None  # None: the run's `llm.temperature`
     stage: str | None = None  # usage is accounted under this key; default: the template's folder
-    sample: Callable[[Samples], In] | None = None  # an input built from sample rows, for `prompts --show`
+    # an input built from sample rows (stages/samples.Samples: llm/ imports no stage), for `prompts --show`
+    sample: Callable[[Any], In] | None = None
     # stage 5's verdict on a validated answer (None: keep it); a failing answer is drawn again
-    check: Callable[[In, Any, AnswerChecks], str | None] | None = None
+    check: Callable[[In, Any, Any], str | None] | None = None  # (input, value, AnswerChecks)
 
     @property
     def usage_key(self) -> str:

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 from personaloom.llm.budget import Budget
 from personaloom.llm.cache import ResponseCache, cache_key
 from personaloom.llm.calls import CALL_HEADER, EMBEDDINGS_CALL, In, LLMCall, Out
-from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.limits import RateLimiter
 from personaloom.llm.prompts import PromptLibrary, RenderedPrompt
 from personaloom.schemas.config import LLMConfig
@@ -260,7 +259,7 @@ class LLM:
         api_key: str,
         cache: ResponseCache | None,
         prompts: PromptLibrary | None = None,
-        checks: AnswerChecks | None = None,
+        checks: Any | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint_label(base_url)
@@ -279,7 +278,9 @@ class LLM:
         self.breaker = CircuitBreaker(config.shutdown_error_rate, config.shutdown_error_window)
         self.cache = cache
         self.prompts = prompts or PromptLibrary(prompt_set=config.prompt_set)
-        self._checks = checks
+        # stage 5's checks a declared call asks of each answer (stages/filter/checks.AnswerChecks, handed
+        # in by the run: llm/ knows no stage); None: answers are not checked, nor drawn again
+        self.checks = checks
         self.limiter = RateLimiter(config.rpm, config.tpm)
         self.budget = Budget.for_model(config.model, config.max_tokens, config.max_cost, config.prices)
         # USD per 1M tokens of each model the run may call (roles may have their own model): the spend
@@ -298,15 +299,6 @@ class LLM:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.config.concurrency)
         return self._sem
-
-    @property
-    def checks(self) -> AnswerChecks:
-        """What declared calls' checks ask (personaloom.llm.checks); by default over this run's prompts."""
-        if self._checks is None:
-            from personaloom.filtering.grounding import ExampleIndex
-
-            self._checks = AnswerChecks(ExampleIndex(self.prompts.examples()))
-        return self._checks
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -328,7 +320,7 @@ class LLM:
         key = stage or call.usage_key
         ask = partial(self._ask, call, item, variables, key)
         res = await ask(None)
-        if call.check is None or res.value is None:
+        if call.check is None or self.checks is None or res.value is None:
             return call.build(item, res)
         temp = self.config.temperature if call.temperature is None else call.temperature
         redraws = self.config.redraws if temp > 0 else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,8 +14,8 @@ import jinja2
 from jinja2 import meta
 
 from personaloom.errors import UserError
-from personaloom.languages import language_name
 from personaloom.paths import PROMPTS_DIR
+from personaloom.text.languages import language_name
 
 if TYPE_CHECKING:
     from personaloom.llm.calls import LLMCall
@@ -25,6 +26,15 @@ GENERATION = ("seed/", "personas/", "scenes/", "queries/")
 GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace"}
 # A template defines a `system` block and a `user` block; both become chat messages.
 ROLES = ("system", "user")
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+_QUOTED = re.compile(r'"([^"\n]{25,})"')  # stages/filter/grounding.MIN_CHARS: shorter is a key, not prose
+
+
+def example_texts(template_source: str) -> list[str]:
+    """Quoted strings of a template's literal text (its worked examples), Jinja expressions removed:
+    what stage 5's `copied_example` rule looks for in the generated text."""
+    quoted = (m.group(1).strip() for m in _QUOTED.finditer(_JINJA.sub(" ", template_source)))
+    return [q for q in quoted if q.count(" ") >= 3]  # prose, not a key or an identifier
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,6 @@ class PromptLibrary:
         self, prefixes: tuple[str, ...] = ("seed/", "personas/", "scenes/", "queries/")
     ) -> list[str]:
         """The worked examples (quoted literal strings) of every template under these folders."""
-        from personaloom.filtering.grounding import example_texts
-
         names = [n for n in self.hashes if n.startswith(prefixes)]
         return [e for n in names for e in example_texts(self._path(n).read_text(encoding="utf-8"))]
 

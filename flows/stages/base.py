@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from personaloom.schemas.records import Rejection
 
 if TYPE_CHECKING:
-    from personaloom.catalogue import Catalogue
     from personaloom.llm.calls import LLMCall
     from personaloom.llm.client import LLM
     from personaloom.schemas.config import BuildConfig
+    from personaloom.stages.catalogue import Catalogue
 
 R = TypeVar("R")
 I = TypeVar("I")  # noqa: E741

@@ -6,8 +6,6 @@ import random
 from datetime import UTC, datetime, time, timedelta
 from typing import NamedTuple
 
-from personaloom.catalogue import Catalogue
-from personaloom.drift import resolve_changes
 from personaloom.llm.calls import LLMCall
 from personaloom.schemas.drafts import PersonaDraft
 from personaloom.schemas.records import (
@@ -21,6 +19,8 @@ from personaloom.schemas.records import (
     SeedRow,
 )
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.catalogue import Catalogue
+from personaloom.stages.drift import resolve_changes
 
 MBTI_WORDS = (
     {"E": "Extraversion", "I": "Introversion"},
@@ -107,7 +107,7 @@ def merge_persona(
             emotional_tone=seed.emotional_tone,
         ),
         Changes=[],
-        Fine=dict(seed.fine),  # planted by code at stage 1 (personaloom.drift.plan_fine)
+        Fine=dict(seed.fine),  # planted by code at stage 1 (personaloom.stages.drift.plan_fine)
     )
     # code owns the bookkeeping of every change; the draft gives only narrative values and stories
     drafts = list(draft.changes) if draft is not None else []

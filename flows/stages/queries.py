@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import NamedTuple
 
-from personaloom.drift import persona_at
 from personaloom.llm.calls import LLMCall
-from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLM, LLMResult
 from personaloom.schemas.config import ConversationConfig
 from personaloom.schemas.drafts import FollowDraft, NeutralDraft, QueryDraft
@@ -29,6 +27,8 @@ from personaloom.schemas.records import (
     evidence_keys,
 )
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.drift import persona_at
+from personaloom.stages.filter.checks import AnswerChecks
 from personaloom.stages.reveals import (
     REASON,
     REVEAL,
@@ -39,7 +39,7 @@ from personaloom.stages.reveals import (
     plan_reveals,
     reveal_calibration,
 )
-from personaloom.tokens import count as count_tokens
+from personaloom.text.tokens import count as count_tokens
 
 # how a field reads to the simulator and the judge ("how much you write: concise")
 LABELS = {

@@ -23,10 +23,7 @@ from typing import Any, NamedTuple
 import polars as pl
 from pydantic import BaseModel, Field, create_model
 
-from personaloom.catalogue import Catalogue
-from personaloom.drift import active_changes, in_force
 from personaloom.errors import UserError
-from personaloom.filtering.grounding import mentions
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLM, LLMResult
 from personaloom.paths import SEEDS_DIR
@@ -35,8 +32,11 @@ from personaloom.schemas.drafts import Draft
 from personaloom.schemas.fine import fine_alternatives
 from personaloom.schemas.manifest import ConversationStats, JudgeCalibration
 from personaloom.schemas.records import DatasetRow, Persona, PlannedReveal, RevealMark, Turn
-from personaloom.tokens import count as count_tokens
-from personaloom.tokens import tokenizer
+from personaloom.stages.catalogue import Catalogue
+from personaloom.stages.drift import active_changes, in_force
+from personaloom.stages.filter.grounding import mentions
+from personaloom.text.tokens import count as count_tokens
+from personaloom.text.tokens import tokenizer
 
 REASON = "#reason"  # key suffix: why the latest change of a field happened
 CALIBRATION = SEEDS_DIR / "reveal_calibration.csv"
@@ -101,7 +101,9 @@ def others_reveal(
     """Someone else's preference (a value the user does not hold), which the user mentions in passing: of
     a field that changes (its items are where a word-matching reader falls for it), a fine-grained habit,
     or an interest."""
-    from personaloom.probes import SEED_POOLS  # the probes' own value pools: the trap is one of their options
+    from personaloom.stages.probes import (
+        SEED_POOLS,  # the probes' own value pools: the trap is one of their options
+    )
 
     rng = _rng(persona_id, session, "others-value")
     changed = sorted({c.field for c in persona.Changes if c.field in now})

@@ -1,7 +1,7 @@
 """Stage 3 — scene generation: each persona's sessions, ordered in time.
 
 Common scenes come from the catalogue, persona-specific ones from the LLM (one list call per persona,
-each scene with a category of `personaloom.scenarios.categories` that code checks), revisits return to an
+each scene with a category of `scenarios.categories` that code checks), revisits return to an
 earlier topic later on; then each scene is enriched by the LLM with an abstract expected response,
 concrete context and the catalogue APIs the assistant may call.
 """
@@ -13,16 +13,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from personaloom.catalogue import Catalogue
-from personaloom.drift import active_changes, persona_at
 from personaloom.llm.calls import LLMCall
-from personaloom.llm.checks import AnswerChecks
 from personaloom.llm.client import LLM, LLMResult
-from personaloom.scenarios import CATEGORY_FALLBACK, OTHER, categories, check_category, scenario_list_model
 from personaloom.schemas.drafts import revisit_details_model, scene_details_model
 from personaloom.schemas.records import CatalogueScene, Persona, Scene, SceneKind, SeedRow
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.catalogue import Catalogue
+from personaloom.stages.drift import active_changes, persona_at
+from personaloom.stages.filter.checks import AnswerChecks
 from personaloom.stages.personas import session_times
+from personaloom.stages.scenarios import (
+    CATEGORY_FALLBACK,
+    OTHER,
+    categories,
+    check_category,
+    scenario_list_model,
+)
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: a revisit points at its origin object

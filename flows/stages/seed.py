@@ -13,7 +13,13 @@ from datetime import date, timedelta
 from itertools import accumulate
 from typing import TypeVar
 
-from personaloom.catalogue import (
+from personaloom.errors import UserError
+from personaloom.llm.calls import LLMCall
+from personaloom.llm.client import LLMResult
+from personaloom.schemas.drafts import HintExpansion
+from personaloom.schemas.records import SeedRow
+from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.catalogue import (
     EMPLOYMENT,
     IMMIGRANT_SCALE,
     RELIGIOUS,
@@ -27,7 +33,7 @@ from personaloom.catalogue import (
     interest_weight,
     life_stage_for,
 )
-from personaloom.drift import (
+from personaloom.stages.drift import (
     changes_status,
     interest_misfit,
     person_facts,
@@ -35,12 +41,6 @@ from personaloom.drift import (
     plan_fine,
     plan_violations,
 )
-from personaloom.errors import UserError
-from personaloom.llm.calls import LLMCall
-from personaloom.llm.client import LLMResult
-from personaloom.schemas.drafts import HintExpansion
-from personaloom.schemas.records import SeedRow
-from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome, map_async
 
 FIRST_DAY = date(2025, 1, 6)
 _T = TypeVar("_T")
@@ -653,7 +653,7 @@ def _sample_skeleton(
         session_gaps_days=[0] + [1 + int(rng.random() * 14) for _ in range(n_sessions - 1)],
         planned_changes=[],
     )
-    # drawn last, from the same RNG: a change must fit the person sampled above (personaloom.drift)
+    # drawn last, from the same RNG: a change must fit the person sampled above (personaloom.stages.drift)
     planned = plan_changes(rng, cat, row, n_changes, n_sessions)
     # then the language they write to an assistant in (drawn after everything else, so the rest of a
     # skeleton is the same whether or not a build restricts its languages)

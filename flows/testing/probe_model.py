@@ -14,7 +14,7 @@ import random
 import re
 from typing import Any
 
-from personaloom.probes import CONFIRM, WRITE
+from personaloom.stages.probes import CONFIRM, WRITE
 from personaloom.testing.fake_openai import Request, Responder, scripted
 
 FRAMES = (

@@ -1,0 +1,1 @@
+"""A dataset version on disk: the store that publishes it and every reader of it."""

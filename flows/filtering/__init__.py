@@ -1,6 +1,0 @@
-"""Stage 5 text filter engine: rules, exact dedup, near-dup (MinHash-LSH + rapidfuzz), language ID."""
-
-from personaloom.filtering.engine import FilterOutcome, filter_texts
-from personaloom.filtering.neardup import NearDupResult, find_near_duplicates
-
-__all__ = ["FilterOutcome", "NearDupResult", "filter_texts", "find_near_duplicates"]
