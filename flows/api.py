@@ -11,9 +11,9 @@ ds = v.to_datasets()                             # datasets.DatasetDict, one spl
 run = personaloom.evaluate(v, model="gpt-4o-mini", base_url="http://localhost:8000/v1")
 ```
 
-A `Version` is immutable, like the folder it reads; derived runs (evaluate, replay) are read as their own
-folders. `build` plans, checks and runs the same flow as `personaloom build` (grow and rebuild included),
-under a temporary Prefect server unless one is configured.
+A `Version` is immutable, like the folder it reads; derived runs (evaluate, replay) are their own folders
+beside it (`Version.runs`). `build` plans, checks and runs the same flow as `personaloom build` (grow and
+rebuild included), under a temporary Prefect server unless one is configured.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from personaloom.dataset.store import TABLES, DatasetStore
+
+if TYPE_CHECKING:
+    from personaloom.runs.derived import Kind
 from personaloom.errors import UserError
 from personaloom.schemas.manifest import Manifest
 
@@ -74,9 +77,12 @@ class Version:
                 splits[name] = datasets.Dataset.from_parquet(parts)
         return datasets.DatasetDict(splits)
 
-    def runs(self, kind: str = "eval") -> list[Path]:
-        """The derived runs of this version (`eval` or `replay`), each a folder with its own manifest."""
-        return sorted(p for p in (self.path / kind).glob("*") if (p / "manifest.json").exists())
+    def runs(self, kind: Kind = "eval") -> list[Path]:
+        """The complete derived runs of this version (`eval` or `replay`), each a folder with its own
+        manifest, beside the version: OUT/DATASET/runs/vNNNN/KIND/RUN."""
+        from personaloom.runs.derived import run_folders
+
+        return run_folders(self.path, kind)
 
 
 def open(spec: str | Path, dataset: str | None = None, version: str | None = None) -> Version:  # noqa: A001

@@ -167,7 +167,9 @@ def test_export_row_counts_match_parquet(version_dir: Path, built: Path, tmp_pat
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
-    replay_tables = [f"replay/{RUN}/{p.name}" for p in (version_dir / "replay" / RUN).iterdir() if p.is_dir()]
+    run = built / "demo" / "runs" / "v0001" / "replay" / RUN  # beside the version, never inside
+    replay_tables = [f"replay/{RUN}/{p.name}" for p in run.iterdir() if p.is_dir()]
+    assert not (version_dir / "replay").exists()
     assert "replay/r1/metrics" in replay_tables
     for table in [*TABLES, *replay_tables]:
         path = tmp_path / "x" / f"{table}.{fmt}"
@@ -177,7 +179,8 @@ def test_export_row_counts_match_parquet(version_dir: Path, built: Path, tmp_pat
             rows = pl.read_csv(
                 path, infer_schema=False
             ).to_dicts()  # quoted newlines inside fields must not split rows
-        assert len(rows) == parquet_rows(version_dir / table), table
+        source = run.parent.parent / table if table.startswith("replay/") else version_dir / table
+        assert len(rows) == parquet_rows(source), table
     assert (tmp_path / "x" / "manifest.json").is_file()
     dataset = pl.read_csv(tmp_path / "x" / "dataset.csv", infer_schema=False) if fmt == "csv" else None
     if dataset is not None and dataset.height:  # nested columns are JSON strings that parse back

@@ -94,6 +94,10 @@ responder = scripted(
 )
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_replay_every_agent(out: Path) -> None:
     with FakeOpenAI(responder=responder) as fake:
         llm = LLMConfig(model="fake-model", base_url=fake.base_url, concurrency=16)
@@ -107,10 +111,13 @@ def test_replay_every_agent(out: Path) -> None:
             llm=llm,
         )
         asyncio.run(build_dataset(build, out=str(out)))
+        published = _files(out / "demo" / "v0001")
         cfg = ReplayConfig(
             dataset="demo", version="1", agents=AGENTS, ks=[1, 3], shard_size=1, run="t1", llm=llm
         )
         run_dir = Path(asyncio.run(replay_dataset(cfg, out=str(out))))
+        # a published version is immutable: the run lives beside it, not one byte inside changed
+        assert _files(out / "demo" / "v0001") == published
         calls = fake.stats.by_path["/v1/chat/completions"]
         # every request of the build, the agents and their world names its declared call (a header)
         named = {r["body"].call for r in fake.requests if r["method"] == "POST"}
@@ -120,7 +127,7 @@ def test_replay_every_agent(out: Path) -> None:
         )  # resume of a finished run: no LLM call
         assert fake.stats.by_path["/v1/chat/completions"] == calls
 
-    assert run_dir == out / "demo" / "v0001" / "replay" / "t1"
+    assert run_dir == out / "demo" / "runs" / "v0001" / "replay" / "t1"
     dataset = pl.read_parquet(out / "demo" / "v0001" / "dataset" / "*.parquet")
     n_rows, n_personas = len(dataset), dataset["persona_id"].n_unique()
     assert n_personas == 2 and n_rows >= 4

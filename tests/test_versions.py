@@ -152,8 +152,12 @@ def test_force_publishes_anyway_and_gc_keeps_the_newest(out: Path) -> None:
     assert store.manifest("v0002").identity == store.manifest("v0001").identity
     assert store.manifest("v0004").mode == "build" and store.manifest("v0004").config.personas == 2
     shared = next(s.path for s in store.manifest("v0003").shards if s.inherited_from)
+    for v in ("v0001", "v0003"):  # runs derived from a removed version go with it; a kept one's stay
+        (out / "grow" / "runs" / v / "eval" / "e1").mkdir(parents=True)
+        (out / "grow" / "runs" / v / "eval" / "e1" / "manifest.json").write_text("{}")
     res = run("gc", "grow", "--keep", "2", "--out", str(out))
     assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (out / "grow" / "runs").iterdir()) == ["v0003"]
     assert "removed grow@v0001" in res.stdout and "removed grow@v0002" in res.stdout
     assert store.versions() == ["v0003", "v0004"] and (out / "grow" / "latest").resolve().name == "v0004"
     # v0003 inherited v0002's shards: they are still there, whole

@@ -95,7 +95,7 @@ def replay(
     out: OutOpt = OUT_DEFAULT,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Replay a dataset version through the reference agents; results go to DATASET/vN/replay/RUN/."""
+    """Replay a dataset version through the reference agents; results go to DATASET/runs/vN/replay/RUN/."""
     from personaloom.schemas.replay import ReplayConfig
 
     name, version = _split_spec(spec)
@@ -174,13 +174,13 @@ def evaluate(
     out: OutOpt = OUT_DEFAULT,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Score a model on a version's probes; results go to vN/eval/RUN/, beside chance, the blind rules
-    (which never read the history) and an oracle."""
+    """Score a model on a version's probes; results go to DATASET/runs/vN/eval/RUN/, beside chance, the
+    blind rules (which never read the history) and an oracle."""
     from personaloom.schemas.config import dataset_name_problem
     from personaloom.schemas.probes import EvalConfig
 
     name, version = _split_spec(spec)
-    if run is not None and (problem := dataset_name_problem(run)):  # a folder under vN/eval/, never outside
+    if run is not None and (problem := dataset_name_problem(run)):  # a folder in runs/vN/eval/
         raise UserError(f"--run: {problem}")
     given = _given(ctx, model=model)
     llm = dict(

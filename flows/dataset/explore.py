@@ -57,7 +57,7 @@ METRIC_LABELS = {
 
 @dataclass
 class ReplayView:
-    """One replay run: output/<dataset>/vNNNN/replay/<run>/, its tables as lazy frames and its summary.md."""
+    """One replay run (output/<dataset>/runs/vNNNN/replay/<run>/): its tables as lazy frames, its summary."""
 
     name: str
     path: Path
@@ -94,7 +94,9 @@ def _scan_tables(root: Path, names: list[str]) -> dict[str, pl.LazyFrame]:
 
 def _open_replays(version_dir: Path) -> dict[str, ReplayView]:
     replays = {}
-    for run in sorted(p for p in (version_dir / "replay").glob("*") if p.is_dir()):
+    from personaloom.runs.derived import run_folders
+
+    for run in run_folders(version_dir, "replay", complete=False):
         tables = _scan_tables(run, sorted(p.name for p in run.iterdir() if p.is_dir()))
         summary = run / "summary.md"
         if tables:  # a run still being written (no shard yet) is skipped, not an error
@@ -546,7 +548,10 @@ def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
 
 def eval_accuracy(view: VersionView) -> pl.DataFrame:
     """Accuracy per evaluation run, model and distance (sessions from evidence to question)."""
-    parts = sorted(view.path.glob("eval/*/results/part-*.parquet"))
+    from personaloom.runs.derived import run_folders
+
+    runs = run_folders(view.path, "eval")  # complete runs only: a run being written is not yet a figure
+    parts = sorted(p for run in runs for p in (run / "results").glob("part-*.parquet"))
     if not parts:
         return pl.DataFrame()
     return (

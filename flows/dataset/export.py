@@ -67,10 +67,12 @@ def _tables(version_dir: Path) -> dict[str, list[Path]]:
     The six build tables, then each replay run's tables as replay/<run>/<table>.
     """
     found = {t: sorted((version_dir / t).glob("part-*.parquet")) for t in TABLES}
-    for table_dir in sorted((version_dir / "replay").glob("*/*/")):
-        parts = sorted(table_dir.glob("part-*.parquet"))
-        if parts:
-            found[f"replay/{table_dir.parent.name}/{table_dir.name}"] = parts
+    from personaloom.runs.derived import run_folders
+
+    for run in run_folders(version_dir, "replay", complete=False):
+        for table_dir in sorted(p for p in run.iterdir() if p.is_dir()):
+            if parts := sorted(table_dir.glob("part-*.parquet")):
+                found[f"replay/{run.name}/{table_dir.name}"] = parts
     return {name: parts for name, parts in found.items() if parts}
 
 

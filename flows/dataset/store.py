@@ -233,6 +233,11 @@ def output_dir(path: Path, option: str) -> Path:
     return path
 
 
+# OUT/DATASET/runs/vNNNN/<kind>/<run>/: the runs derived from a version (personaloom.runs.derived), beside the
+# vNNNN folders, so no version is ever written after it is published
+RUNS = "runs"
+
+
 class DatasetStore:
     """output/<dataset>/v<NNNN>/ folders, `latest` link, and the staging area builds resume from."""
 
@@ -347,7 +352,8 @@ class DatasetStore:
         return f"v{n:04d}", self.latest()
 
     def remove_old(self, keep: int) -> dict[str, int]:
-        """Remove all but the newest `keep` versions (never `latest`); returns bytes freed per version.
+        """Remove all but the newest `keep` versions (never `latest`) and the runs derived from them;
+        returns bytes freed per version.
 
         Safe by construction: a shard a newer version inherits is a hard link (or a copy), so removing
         the older version unlinks one name of the file and the newer version keeps it. Each version is
@@ -365,16 +371,21 @@ class DatasetStore:
             if link.is_symlink():
                 protected.add(Path(os.readlink(link)).name)
             for version in [v for v in versions[:-keep] if v not in protected]:
-                folder = self.root / version
-                removed[version] = sum(
-                    st.st_size
-                    for f in folder.rglob("*")
-                    if f.is_file() and not f.is_symlink() and (st := f.stat()).st_nlink == 1
-                )
-                trash.mkdir(exist_ok=True)
-                gone = trash / version
-                os.rename(folder, gone)
-                shutil.rmtree(gone)
+                # the version first (a reader sees it whole or not at all), then the runs that read it
+                folders = [(self.root / version, version), (self.root / RUNS / version, f"{RUNS}-{version}")]
+                removed[version] = 0
+                for folder, name in folders:
+                    if not folder.is_dir():
+                        continue
+                    removed[version] += sum(
+                        st.st_size
+                        for f in folder.rglob("*")
+                        if f.is_file() and not f.is_symlink() and (st := f.stat()).st_nlink == 1
+                    )
+                    trash.mkdir(exist_ok=True)
+                    gone = trash / name
+                    os.rename(folder, gone)
+                    shutil.rmtree(gone)
         return removed
 
     def publish(self, staging: Path, version: str) -> Path:

@@ -7,7 +7,8 @@ values); in `mcq` mode the model picks one of the four replies, in `open` mode i
 judge checks the answer against the key. Reference rows come with every run: `oracle` (picks the one option
 that holds the value in force; below 1.0 the items are broken), each blind rule of `personaloom.stages.blind`
 (`blind:longest`, ... which never read the history), and the summary's `chance` column.
-Output: vNNNN/eval/<run>/results/part-*.parquet, summary.md (also a Prefect artifact), manifest.json.
+Output: DATASET/runs/vNNNN/eval/<run>/results/part-*.parquet, summary.md (also a Prefect artifact),
+manifest.json (personaloom.runs.derived: beside the version, which stays as published).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from personaloom.dataset.store import DatasetStore, read_records, shard_infos, write_records
+from personaloom.dataset.store import DatasetStore, read_records, shard_infos
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
-from personaloom.runs.replay import artifact_key, claim_run_dir
+from personaloom.runs.derived import DerivedRun
 from personaloom.runtime.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.drafts import Draft
 from personaloom.schemas.probes import EvalConfig, EvalManifest, EvalResult, ProbeItem
@@ -212,13 +213,13 @@ def references(asked: Sequence[Asked], mode: str) -> list[EvalResult]:
 
 
 @task(name="eval-shard", cache_policy=NO_CACHE)
-async def eval_shard(run: Run[EvalConfig], asked: list[Asked], part: Path) -> None:
-    if part.exists():
-        return
-    results = list(await asyncio.gather(*(answer(run, a) for a in asked))) + references(
-        asked, run.config.mode
-    )
-    write_records(part, EvalResult, [r.model_copy(update={"run": part.parent.parent.name}) for r in results])
+async def eval_shard(run: Run[EvalConfig], derived: DerivedRun, asked: list[Asked], shard: int) -> None:
+    async def work() -> dict[str, list[EvalResult]]:
+        results = list(await asyncio.gather(*(answer(run, a) for a in asked)))
+        results += references(asked, run.config.mode)
+        return {"results": [r.model_copy(update={"run": derived.name}) for r in results]}
+
+    await derived.run_shard(shard, work)
 
 
 # ---------------------------------------------------------------- summary
@@ -286,8 +287,6 @@ def run_name(config: EvalConfig, key: str) -> str:
 @flow(name="evaluate_dataset", flow_run_name=flow_run_namer("evaluate"), validate_parameters=True)
 async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: str | None = None) -> str:
     """Evaluate `config.llm.model` on the probes of a dataset version; returns the run folder."""
-    from prefect.artifacts import acreate_markdown_artifact
-
     logger = get_run_logger()
     store = DatasetStore(Path(out), config.dataset)
     version_dir = store.resolve(config.version)
@@ -301,22 +300,21 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
     cache = Path(cache_dir) if cache_dir else Path(out) / ".cache"
     ident = {"version": str(version_dir.resolve())}
     async with open_run(config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident) as run:
-        run_dir = version_dir / "eval" / (config.run or run_name(config, run.key))
-        claim_run_dir(run_dir, run.key)
+        name = config.run or run_name(config, run.key)
+        derived = DerivedRun.claim(store, version_dir, "eval", name, run.key, {"results": EvalResult})
+        if derived.complete:  # its manifest is written last, and a complete run is never rewritten
+            logger.info("evaluation %s is already complete", derived.folder)
+            return str(derived.folder)
         asked = asked_items(items, rows, config.context_tokens, config.context)
         size = config.shard_size
         started = time.perf_counter()
         await asyncio.gather(
             *(
-                eval_shard(
-                    quote(run),
-                    quote(asked[i : i + size]),
-                    run_dir / "results" / f"part-{i // size:05d}.parquet",
-                )
+                eval_shard(quote(run), quote(derived), quote(asked[i : i + size]), i // size)
                 for i in range(0, len(asked), size)
             )
         )
-        results = read_records(run_dir / "results", EvalResult)
+        results = read_records(derived.folder / "results", EvalResult)
         overall, table = summarize(results)
         title = (
             f"Evaluation of {config.llm.model} on {config.dataset}@{version_dir.name} ({config.mode}, "
@@ -327,11 +325,10 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
             "`oracle` must be 1.0; the `blind:` rows never read the history and should be near `chance`.\n\n"
             f"{unparsed_line(results, config)}{table}\n"
         )
-        (run_dir / "summary.md").write_text(markdown)
         manifest = EvalManifest(
             dataset=config.dataset,
             version=version_dir.name,
-            run=run_dir.name,
+            run=derived.name,
             created_at=datetime.now(UTC),
             code_version=code_version(),
             model=run.config.llm.model,
@@ -340,11 +337,11 @@ async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: s
             items=len(items),
             accuracy=overall,
             usage=dict(run.llm.usage),
-            shards=shard_infos(run_dir),
+            shards=shard_infos(derived.folder),
         )
-        (run_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-        logger.info("evaluated %d items in %.1f s → %s", len(items), time.perf_counter() - started, run_dir)
-    await acreate_markdown_artifact(
-        markdown=markdown, key=artifact_key("eval", config.dataset, version_dir.name, run_dir.name)
-    )
-    return str(run_dir)
+        derived.finish(manifest, markdown)
+        logger.info(
+            "evaluated %d items in %.1f s → %s", len(items), time.perf_counter() - started, derived.folder
+        )
+    await derived.artifact(markdown, "evaluation summary")
+    return str(derived.folder)

@@ -1,21 +1,22 @@
 """Prefect flow `replay_dataset`: a dataset version through the reference agents, results beside it.
 
-Output: output/<dataset>/v<NNNN>/replay/<run>/<table>/part-<shard>.parquet for the tables in TABLES,
-summary.md (also a Prefect markdown artifact) and manifest.json (its usage counts the calls of the
-invocation that finished the run; per-session tokens are in `sessions`). One Prefect task per shard of
-personas runs every agent for those personas; a shard whose parts all exist is skipped, so a re-run
-of the same command resumes, and the response cache answers every LLM call that had completed.
+Output: output/<dataset>/runs/v<NNNN>/replay/<run>/<table>/part-<shard>.parquet for the tables in TABLES
+(beside the version, which stays as published: personaloom.runs.derived), summary.md (also a Prefect
+markdown artifact) and manifest.json (its usage counts the calls of the invocation that finished the run;
+per-session tokens are in `sessions`). One Prefect task per shard of personas runs every agent for those
+personas; a shard whose last part exists is skipped, so a re-run of the same command resumes, and the
+response cache answers every LLM call that had completed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -26,9 +27,10 @@ from personaloom.agent.calls import agent_calls, role_settings, usage_by
 from personaloom.agent.loop import ReplayOutputs, judge_pairs, replay_user
 from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
 from personaloom.agent.metrics import summarize, summarize_pairs, summary_markdown
-from personaloom.dataset.store import DatasetStore, read_records, shard_infos, write_records
+from personaloom.dataset.store import DatasetStore, read_records, shard_infos
 from personaloom.errors import UserError
 from personaloom.llm.client import LLM
+from personaloom.runs.derived import DerivedRun
 from personaloom.runtime.run import LLM_NOT_IDENTITY, Run, flow_run_namer, open_run
 from personaloom.schemas.records import DatasetRow
 from personaloom.schemas.replay import (
@@ -61,11 +63,12 @@ class ReplayContext:
     config: ReplayConfig  # effective (the run's)
     llm: LLM
     users: dict[str, list[DatasetRow]]  # persona_id → rows, in replay order of personas
-    run_dir: Path
+    derived: DerivedRun
     embedder: Embedder
 
-    def part(self, table: str, shard: int) -> Path:
-        return self.run_dir / table / f"part-{shard:05d}.parquet"
+    @property
+    def run_dir(self) -> Path:
+        return self.derived.folder
 
     def shard_users(self, shard: int) -> list[str]:
         size = self.config.shard_size
@@ -83,47 +86,31 @@ def load_users(path: Path, limit: int | None) -> dict[str, list[DatasetRow]]:
     return {pid: sorted(users[pid], key=lambda r: r.session_index) for pid in ids}
 
 
-def claim_run_dir(run_dir: Path, key: str) -> None:
-    """A named run folder belongs to one identity: resuming it with other settings would mix results."""
-    marker = run_dir / "run.key"
-    if marker.exists() and marker.read_text().strip() != key:
-        raise UserError(
-            f"replay run {run_dir.name!r} exists with other settings: pick another --run or delete {run_dir}"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
-
-
 # ---------------------------------------------------------------- the shard task
 
 
 @task(name="replay-shard", cache_policy=NO_CACHE)
 async def replay_shard(ctx: ReplayContext, shard: int) -> None:
-    if all(ctx.part(t, shard).exists() for t in TABLES):
-        return
-    agents = ctx.config.agent_names()
-    jobs = [
-        replay_user(ctx.users[pid], agent, ctx.llm, ctx.config, ctx.embedder)
-        for pid in ctx.shard_users(shard)
-        for agent in agents
-    ]
-    merged = ReplayOutputs()
-    for result in await asyncio.gather(*jobs):
-        merged.extend(result)
-    pairs = ctx.config.pairwise_pairs() if ctx.config.judge else []
-    if pairs:  # both agents' answers to the same sessions exist once the shard's replays are done
-        users = {pid: ctx.users[pid] for pid in ctx.shard_users(shard)}
-        merged.pairwise = await judge_pairs(merged.sessions, users, pairs, ctx.llm)
-    for table, model in TABLES.items():
-        write_records(ctx.part(table, shard), model, getattr(merged, table))
+    async def work() -> dict[str, list[Any]]:
+        agents = ctx.config.agent_names()
+        jobs = [
+            replay_user(ctx.users[pid], agent, ctx.llm, ctx.config, ctx.embedder)
+            for pid in ctx.shard_users(shard)
+            for agent in agents
+        ]
+        merged = ReplayOutputs()
+        for result in await asyncio.gather(*jobs):
+            merged.extend(result)
+        pairs = ctx.config.pairwise_pairs() if ctx.config.judge else []
+        if pairs:  # both agents' answers to the same sessions exist once the shard's replays are done
+            users = {pid: ctx.users[pid] for pid in ctx.shard_users(shard)}
+            merged.pairwise = await judge_pairs(merged.sessions, users, pairs, ctx.llm)
+        return {table: getattr(merged, table) for table in TABLES}
+
+    await ctx.derived.run_shard(shard, work)
 
 
 # ---------------------------------------------------------------- publishing
-
-
-def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
 def publish_run(
@@ -136,7 +123,6 @@ def publish_run(
     title = f"Replay {cfg.dataset}@{version} — run {ctx.run_dir.name}"
     markdown = summary_markdown(title, summary, pairs, cfg.judge_mode)
     hashes = ctx.llm.prompts.hashes
-    (ctx.run_dir / "summary.md").write_text(markdown)
     manifest = ReplayManifest(
         dataset=cfg.dataset,
         version=version,
@@ -159,7 +145,7 @@ def publish_run(
         agent_settings={name: describe(name, cfg, hashes) for name in agents},
         shards=shard_infos(ctx.run_dir),
     )
-    (ctx.run_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    ctx.derived.finish(manifest, markdown)
     return manifest, markdown
 
 
@@ -169,8 +155,6 @@ def publish_run(
 @flow(name="replay_dataset", flow_run_name=flow_run_namer("replay"), validate_parameters=True)
 async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: str | None = None) -> str:
     """Replay `config.dataset`@`config.version` through `config.agents`; returns the run folder."""
-    from prefect.artifacts import acreate_markdown_artifact
-
     logger = get_run_logger()
     started = time.perf_counter()
     store = DatasetStore(Path(out), config.dataset)
@@ -184,17 +168,17 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
         exclude=NOT_IDENTITY,
         identity={"version": str(version_dir.resolve())},
     ) as run:
-        run_dir = version_dir / "replay" / (config.run or f"r-{run.key}")
-        claim_run_dir(run_dir, run.key)
-        if (run_dir / "manifest.json").exists():
-            # written last: the run is complete, and a finished run is never rewritten
+        name = config.run or f"r-{run.key}"
+        derived = DerivedRun.claim(store, version_dir, "replay", name, run.key, TABLES)
+        run_dir = derived.folder
+        if derived.complete:  # its manifest is written last, and a complete run is never rewritten
             logger.info("replay %s is already complete", run_dir)
             return str(run_dir)
         embedder: Embedder = HashingEmbedder()
         if config.embedding_model:  # the endpoint's /embeddings API; its dimension from a first call
             embedder = EndpointEmbedder(run.llm, config.embedding_model)
             await embedder.prepare()
-        ctx = ReplayContext(run.config, run.llm, users, run_dir, embedder)
+        ctx = ReplayContext(run.config, run.llm, users, derived, embedder)
         logger.info(
             "replaying %s (%d personas, agents %s) with %s into %s",
             version_dir,
@@ -206,10 +190,6 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
         n_shards = -(-len(users) // config.shard_size)
         await asyncio.gather(*(replay_shard(quote(ctx), s) for s in range(n_shards)))
         manifest, markdown = publish_run(ctx, run, version_dir.name, time.perf_counter() - started)
-    await acreate_markdown_artifact(
-        markdown=markdown,
-        key=artifact_key("replay", config.dataset, version_dir.name, run_dir.name),
-        description="replay summary",
-    )
+    await derived.artifact(markdown, "replay summary")
     logger.info("replay %s: %d sessions → %s", manifest.run, manifest.sessions, run_dir)
     return str(run_dir)
