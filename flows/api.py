@@ -20,69 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import polars as pl
+from personaloom.dataset.version import Version, open_version
 
-from personaloom.dataset.store import TABLES, DatasetStore
-
-if TYPE_CHECKING:
-    from personaloom.runs.derived import Kind
-from personaloom.errors import UserError
-from personaloom.schemas.manifest import Manifest
-
-
-@dataclass(frozen=True)
-class Version:
-    """One published dataset version: its manifest and its tables as lazy Polars frames."""
-
-    path: Path
-    dataset: str
-    version: str
-
-    @cached_property
-    def manifest(self) -> Manifest:
-        return Manifest.model_validate_json((self.path / "manifest.json").read_bytes())
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset}@{self.version}"
-
-    def tables(self) -> list[str]:
-        """The tables this version holds (each with at least one part, possibly of zero rows)."""
-        return [t for t in TABLES if list((self.path / t).glob("part-*.parquet"))]
-
-    def table(self, name: str) -> pl.LazyFrame:
-        """A table as a lazy frame over its Parquet parts (nothing is read until `collect`)."""
-        if name not in TABLES:
-            raise UserError(f"table {name!r}: a version holds {', '.join(TABLES)}")
-        parts = sorted((self.path / name).glob("part-*.parquet"))
-        if not parts:
-            raise UserError(f"{self.label} has no {name} table")
-        return pl.scan_parquet(parts)
-
-    def to_datasets(self) -> Any:
-        """A Hugging Face `datasets.DatasetDict` with one split per table that has rows."""
-        try:
-            import datasets
-        except ImportError:
-            raise UserError("to_datasets needs the datasets package: pip install datasets") from None
-        splits = {}
-        for name in self.tables():
-            parts = [str(p) for p in sorted((self.path / name).glob("part-*.parquet"))]
-            if self.table(name).select(pl.len()).collect().item():
-                splits[name] = datasets.Dataset.from_parquet(parts)
-        return datasets.DatasetDict(splits)
-
-    def runs(self, kind: Kind = "eval") -> list[Path]:
-        """The complete derived runs of this version (`eval` or `replay`), each a folder with its own
-        manifest, beside the version: OUT/DATASET/runs/vNNNN/KIND/RUN."""
-        from personaloom.runs.derived import run_folders
-
-        return run_folders(self.path, kind)
+__all__ = ["Version", "build", "evaluate", "open"]
 
 
 def open(spec: str | Path, dataset: str | None = None, version: str | None = None) -> Version:  # noqa: A001
@@ -99,9 +42,7 @@ def open(spec: str | Path, dataset: str | None = None, version: str | None = Non
         version = version or ver or None
     else:
         out = Path(text)
-    store = DatasetStore(out, dataset)
-    path = store.resolve(version)
-    return Version(path, dataset, path.name)
+    return open_version(out, dataset, version)
 
 
 def build(
@@ -120,7 +61,13 @@ def build(
     _quiet_defaults()
     from personaloom.pipeline.flow import prepare_build, run_build
 
-    plan = prepare_build(config, out=Path(out), grow=grow, rebuild=rebuild, **settings)
+    llm = config.get("llm") or {} if isinstance(config, dict) else getattr(config, "llm", None)
+    named = "model" in llm if isinstance(llm, dict) else "model" in getattr(llm, "model_fields_set", ())
+    # a custom endpoint with no model named must serve the default one (as `personaloom build` checks)
+    model_given = "model" in settings or named
+    plan = prepare_build(
+        config, out=Path(out), grow=grow, rebuild=rebuild, model_given=model_given, **settings
+    )
     version = _with_prefect(lambda: run_build(plan, out=Path(out), cache_dir=cache_dir, force=force))
     return open(Path(out), plan.config.dataset, version)
 
@@ -145,7 +92,7 @@ def evaluate(version: Version, *, model: str, base_url: str | None = None, **set
     )
     check_endpoint(cfg.llm)
     out = version.path.parent.parent
-    return Path(_with_prefect(lambda: asyncio.run(evaluate_dataset(cfg, out=str(out)))))
+    return Path(_with_prefect(lambda: asyncio.run(evaluate_dataset(cfg, out=str(out), checked=True))))
 
 
 def _quiet_defaults() -> None:

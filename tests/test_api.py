@@ -23,7 +23,9 @@ def fake() -> FakeOpenAI:
 
 def test_build_open_read_grow_evaluate(fake: FakeOpenAI, tmp_path: Path) -> None:
     settings = {"model": "fake-model", "base_url": fake.base_url, "locales": ["en_US"]}
+    asked = fake.stats.by_path.get("/v1/models", 0)
     v = personaloom.build(dataset="api", personas=6, sessions=6, out=tmp_path, **settings)
+    assert fake.stats.by_path["/v1/models"] == asked + 1  # the endpoint's pre-flight: once a build
     assert isinstance(v, personaloom.Version) and v.label == "api@v0001"
     assert v.manifest.config.scenes_per_persona == 6 and v.manifest.config.llm.model == "fake-model"
     frame = v.table("dataset")
@@ -41,7 +43,9 @@ def test_build_open_read_grow_evaluate(fake: FakeOpenAI, tmp_path: Path) -> None
     grown = personaloom.build(dataset="api", out=tmp_path, grow=2, **settings)
     assert grown.version == "v0002" and grown.manifest.config.personas == 8 and grown.manifest.mode == "grow"
     if grown.manifest.counts["probes"].rows_out:
+        asked = fake.stats.by_path["/v1/models"]
         run = personaloom.evaluate(grown, model="fake-model", base_url=fake.base_url, run="api-eval")
+        assert fake.stats.by_path["/v1/models"] == asked + 1  # and once an evaluation
         assert (run / "summary.md").exists() and grown.runs("eval") == [run]
 
 

@@ -45,6 +45,14 @@ def built(prefect_harness: None, fake: FakeOpenAI, tmp_path_factory: pytest.Temp
     return out
 
 
+def test_a_command_asks_the_endpoint_once(prefect_harness: None, tmp_path: Path) -> None:
+    """The pre-flight (GET /models) runs once per command: planned once, never asked again by the flow."""
+    with FakeOpenAI() as own:
+        res = run("build", "--dataset", "once", *SMALL, "--base-url", own.base_url, "--out", str(tmp_path))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert own.stats.by_path["/v1/models"] == 1
+
+
 @pytest.fixture(scope="module")
 def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Files the cases point at: a file where a folder belongs, a dangling link, broken config files."""

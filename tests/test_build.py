@@ -15,7 +15,7 @@ import pytest
 from personaloom.dataset.store import DatasetStore, sha256_file
 from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
-from personaloom.stages.filter.stage import ANSWERABILITY
+from personaloom.stages.filter.judges import ANSWERABILITY
 from personaloom.testing.cli import TEST_KEY
 from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import calibrated

@@ -15,7 +15,7 @@ from personaloom.llm.client import LLM
 from personaloom.pipeline.flow import build_dataset
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.stages.calibration import calibrate, calibration_jobs
-from personaloom.stages.filter.stage import ANSWERABILITY
+from personaloom.stages.filter.judges import ANSWERABILITY
 from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from personaloom.testing.judge_model import answer_key, calibration_item
 

@@ -101,7 +101,7 @@ def test_a_declared_temperature_reaches_the_request() -> None:
 
     from personaloom.llm.client import LLM
     from personaloom.schemas.config import LLMConfig
-    from personaloom.stages.filter.stage import ANSWERABILITY
+    from personaloom.stages.filter.judges import ANSWERABILITY
     from personaloom.stages.queries import SIMULATE
     from personaloom.testing.fake_openai import FakeOpenAI
 

@@ -23,7 +23,7 @@ from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLM, LLMError
 from personaloom.schemas.config import LLMConfig
 from personaloom.stages.catalogue import load_catalogue
-from personaloom.stages.filter.stage import ANSWERABILITY
+from personaloom.stages.filter.judges import ANSWERABILITY
 from personaloom.stages.queries import SIMULATE
 from personaloom.stages.samples import sample_records
 from personaloom.testing.cli import assert_one_line_error, run

@@ -19,7 +19,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
 from personaloom.dataset.store import DatasetStore
-from personaloom.runtime.schedule import RECORDS, deployment
+from personaloom.pipeline.schedule import deployment
+from personaloom.runtime.served import RECORDS
 from personaloom.schemas.config import BuildConfig, LLMConfig
 from personaloom.testing.cli import EXE
 from personaloom.testing.fake_openai import FakeOpenAI

@@ -37,7 +37,6 @@ from personaloom.cli.common import (
     _deprecated,
     _full_disk,
     _given,
-    _model_for_endpoint,
     _path_parser,
     _prefect_env,
     _priced,
@@ -215,12 +214,12 @@ def build(
         seeds_dir=seeds,
         cache_dir=cache_dir,
         personas_given=g["personas"] is not None,  # a config file's count is overridden by the growth
+        model_given=g["model"] is not None or "model" in cfg.llm.model_fields_set,
         names={
             "locales": "--locales" if locales else f"{config}: locales",
             "languages": "--languages" if languages else f"{config}: languages",
         },
     )
-    _model_for_endpoint(cfg.llm, model_given=g["model"] is not None or "model" in cfg.llm.model_fields_set)
     from personaloom.dataset.store import DatasetStore
     from personaloom.runtime.display import live_progress
 
@@ -333,7 +332,7 @@ def serve(
     prefect_api = _prefect_env(start_early=True)  # an authenticated temporary server unless one runs
     from prefect import serve as prefect_serve
 
-    from personaloom.runtime.schedule import deployment
+    from personaloom.pipeline.schedule import deployment
 
     _quiet_prefect_tracebacks()
     prefect_api.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import re
 import sys
 import tomllib
@@ -190,7 +189,9 @@ def _prefect_env(*, start_early: bool = False) -> Any:
     return EarlyServer() if start_early else None
 
 
-def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Path) -> Any:
+def _run_config(
+    model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Path, *, model_given: bool = True
+) -> Any:
     """A replay's or evaluation's config from the flags given, checked before Prefect starts.
 
     Bad values, a missing dataset or version and an unreachable endpoint each fail in one line.
@@ -210,7 +211,7 @@ def _run_config(model: Any, fields: dict[str, Any], llm: dict[str, Any], out: Pa
     output_dir(out, "--out")  # runs are written under the version
     from personaloom.llm.endpoint import check_endpoint  # the OpenAI SDK: 1.5 s, only past every other check
 
-    check_endpoint(cfg.llm)
+    check_endpoint(cfg.llm, model_given=model_given)
     return cfg
 
 
@@ -290,42 +291,6 @@ def _priced(llm: Any) -> bool:
 
     table = {**DEFAULT_PRICES, **llm.prices}
     return all(m in table for m in llm.models())
-
-
-def _model_for_endpoint(llm: Any, *, model_given: bool) -> None:
-    """A custom endpoint without --model: refused, unless it lists the default model itself (else the
-    default, gpt-4o-mini, would be sent there, and recorded and priced as if it answered)."""
-    import httpx
-
-    from personaloom.llm.endpoint import OPENAI_URL, api_key_from_env
-
-    url = llm.base_url or os.environ.get("OPENAI_BASE_URL")
-    if model_given or not url or url.rstrip("/") == OPENAI_URL:
-        return
-    from personaloom.llm.client import endpoint_label
-
-    try:
-        r = httpx.get(
-            f"{url.rstrip('/')}/models",
-            headers={"Authorization": f"Bearer {api_key_from_env() or 'none'}"},
-            timeout=5,
-            verify=not url.startswith("http://"),
-        )
-        served = [m["id"] for m in r.json()["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        served = None
-    if served is not None and llm.model in served:
-        return
-    where = "--base-url" if llm.base_url else "OPENAI_BASE_URL"
-    lists = (
-        f"it serves {', '.join(served[:5])}{' …' if len(served) > 5 else ''}"
-        if served
-        else "its /models lists none"
-    )
-    raise UserError(
-        f"{where} {endpoint_label(url)} without --model: {lists}, not the default {llm.model}: "
-        "choose one with --model"
-    )
 
 
 def output_dir(path: Path, option: str) -> Path:

@@ -44,12 +44,11 @@ def versions(dataset: Annotated[str, typer.Argument(metavar="DATASET")], out: Ou
 @app.command()
 def show(spec: Annotated[str, typer.Argument(metavar="DATASET[@vN]")], out: OutOpt = OUT_DEFAULT) -> None:
     """Summarize one version: counts per stage, LLM usage, rejection reasons."""
-    from personaloom.dataset.store import DatasetStore
+    from personaloom.dataset.version import open_version
 
     name, version = _split_spec(spec)
-    store = DatasetStore(out, name)
-    path = store.resolve(version)
-    m = store.manifest(path.name)
+    v = open_version(out, name, version)
+    path, m = v.path, v.manifest
     typer.echo(
         f"{name}@{m.version}  {path}\ncreated {m.created_at:%Y-%m-%d %H:%M} UTC  "
         f"model {m.model} at {m.endpoint}  seed {m.seed}  parent {m.parent or '-'}  code {m.code_version}"
@@ -146,14 +145,13 @@ def verify(
     ] = None,
 ) -> None:
     """Recheck a version: shard checksums and row counts, then every ground-truth invariant."""
-    from personaloom.dataset.store import DatasetStore
     from personaloom.dataset.verify import verify_invariants, verify_version
+    from personaloom.dataset.version import open_version
     from personaloom.stages.catalogue import load_catalogue
 
     name, version = _split_spec(spec)
-    store = DatasetStore(out, name)
-    folder = store.resolve(version)
-    manifest = store.manifest(folder.name)
+    v = open_version(out, name, version)
+    folder, manifest = v.path, v.manifest
     problems = verify_version(folder, manifest)
     if not problems:  # invariants read the tables: only worth it once they are intact
         problems = verify_invariants(folder, manifest, load_catalogue(seeds) if seeds else load_catalogue())

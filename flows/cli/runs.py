@@ -19,7 +19,6 @@ from personaloom.cli.common import (
     OutOpt,
     UserModelOpt,
     _given,
-    _model_for_endpoint,
     _prefect_env,
     _quiet_prefect_tracebacks,
     _run_config,
@@ -124,8 +123,8 @@ def replay(
         run=run,
         embedding_model=embedding_model,
     )
-    cfg = _run_config(ReplayConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
-    _model_for_endpoint(cfg.llm, model_given=model is not None)
+    # before any server starts: bad input fails in 1 s
+    cfg = _run_config(ReplayConfig, fields, llm, out, model_given=model is not None)
     if cache_dir is not None:
         output_dir(cache_dir, "--cache-dir")
     prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
@@ -133,7 +132,9 @@ def replay(
 
     _quiet_prefect_tracebacks()
     prefect_api.wait()
-    run_dir = asyncio.run(replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None))
+    run_dir = asyncio.run(
+        replay_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None, checked=True)
+    )
     typer.echo((Path(run_dir) / "summary.md").read_text())
     typer.echo(f"→ {run_dir}")
 
@@ -199,8 +200,8 @@ def evaluate(
         personas=personas,
         run=run,
     )
-    cfg = _run_config(EvalConfig, fields, llm, out)  # before any server starts: bad input fails in 1 s
-    _model_for_endpoint(cfg.llm, model_given=given["model"] is not None)
+    # before any server starts: bad input fails in 1 s
+    cfg = _run_config(EvalConfig, fields, llm, out, model_given=given["model"] is not None)
     if cache_dir is not None:
         output_dir(cache_dir, "--cache-dir")
     prefect_api = _prefect_env(start_early=True)  # starts while Prefect's client side loads
@@ -209,7 +210,7 @@ def evaluate(
     _quiet_prefect_tracebacks()
     prefect_api.wait()
     run_dir = asyncio.run(
-        evaluate_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None)
+        evaluate_dataset(cfg, out=str(out), cache_dir=str(cache_dir) if cache_dir else None, checked=True)
     )
     typer.echo((Path(run_dir) / "summary.md").read_text())
     typer.echo(f"→ {run_dir}")

@@ -15,7 +15,8 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
-from personaloom.dataset.store import TABLES, DatasetStore
+from personaloom.dataset.store import TABLES
+from personaloom.dataset.version import open_version
 from personaloom.schemas.manifest import Manifest
 
 AGE_BANDS = ((0, 17, "under 18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"))
@@ -247,9 +248,8 @@ def _dict_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Chang
 
 def diff_versions(out: Path | str, dataset: str, a: str | None, b: str | None) -> VersionDiff:
     """Compare version `a` with version `b` of `dataset` (v3, v0003, 3 or latest)."""
-    store = DatasetStore(Path(out), dataset)
-    fa, fb = store.resolve(a), store.resolve(b)
-    ma, mb = store.manifest(fa.name), store.manifest(fb.name)
+    va, vb = open_version(out, dataset, a), open_version(out, dataset, b)
+    fa, fb, ma, mb = va.path, vb.path, va.manifest, vb.manifest
     tables = sorted(
         {s.path.split("/", 1)[0] for s in [*ma.shards, *mb.shards]},
         key=lambda t: (list(_TABLE_ORDER).index(t) if t in _TABLE_ORDER else len(_TABLE_ORDER), t),

@@ -18,7 +18,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from personaloom.dataset.store import TABLES, DatasetStore, replacing
+from personaloom.dataset.store import DatasetStore, replacing
+from personaloom.dataset.version import Version
+from personaloom.dataset.version import open_version as read_version
 from personaloom.errors import UserError
 from personaloom.schemas.config import dataset_name_problem
 from personaloom.schemas.manifest import Manifest
@@ -92,11 +94,9 @@ def _scan_tables(root: Path, names: list[str]) -> dict[str, pl.LazyFrame]:
     return frames
 
 
-def _open_replays(version_dir: Path) -> dict[str, ReplayView]:
+def _open_replays(version: Version) -> dict[str, ReplayView]:
     replays = {}
-    from personaloom.runs.derived import run_folders
-
-    for run in run_folders(version_dir, "replay", complete=False):
+    for run in version.runs("replay", complete=False):
         tables = _scan_tables(run, sorted(p.name for p in run.iterdir() if p.is_dir()))
         summary = run / "summary.md"
         if tables:  # a run still being written (no shard yet) is skipped, not an error
@@ -130,17 +130,9 @@ def newest_dataset(out: Path) -> str:
 
 def open_version(out: Path | str, dataset: str | None = None, version: str | None = None) -> VersionView:
     """The version (v3, v0003, 3, latest/None) of `dataset` (None: the newest dataset under `out`)."""
-    out = Path(out)
-    dataset = dataset or newest_dataset(out)
-    store = DatasetStore(out, dataset)
-    path = store.resolve(version)
+    v = read_version(out, dataset or newest_dataset(Path(out)), version)
     return VersionView(
-        dataset,
-        path.name,
-        path,
-        store.manifest(path.name),
-        _scan_tables(path, list(TABLES)),
-        _open_replays(path),
+        v.dataset, v.version, v.path, v.manifest, {t: v.table(t) for t in v.tables()}, _open_replays(v)
     )
 
 
@@ -548,9 +540,7 @@ def learning_curves_figure(view: VersionView, run: ReplayView) -> Figure | None:
 
 def eval_accuracy(view: VersionView) -> pl.DataFrame:
     """Accuracy per evaluation run, model and distance (sessions from evidence to question)."""
-    from personaloom.runs.derived import run_folders
-
-    runs = run_folders(view.path, "eval")  # complete runs only: a run being written is not yet a figure
+    runs = Version(view.path, view.dataset, view.version).runs("eval")  # complete ones only
     parts = sorted(p for run in runs for p in (run / "results").glob("part-*.parquet"))
     if not parts:
         return pl.DataFrame()

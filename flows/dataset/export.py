@@ -20,7 +20,8 @@ from typing import Any, Literal
 import orjson
 import polars as pl
 
-from personaloom.dataset.store import TABLES, DatasetStore, read_records, replacing
+from personaloom.dataset.store import TABLES, read_records, replacing
+from personaloom.dataset.version import Version, open_version
 from personaloom.errors import UserError
 from personaloom.schemas.probes import OptionKind, ProbeItem
 from personaloom.schemas.records import DatasetRow
@@ -61,15 +62,13 @@ def _write_table(parts: list[Path], fmt: Format, path: Path) -> None:
             lf.sink_ndjson(tmp)
 
 
-def _tables(version_dir: Path) -> dict[str, list[Path]]:
+def _tables(version: Version) -> dict[str, list[Path]]:
     """Every table of the version.
 
     The six build tables, then each replay run's tables as replay/<run>/<table>.
     """
-    found = {t: sorted((version_dir / t).glob("part-*.parquet")) for t in TABLES}
-    from personaloom.runs.derived import run_folders
-
-    for run in run_folders(version_dir, "replay", complete=False):
+    found = {t: version.parts(t) for t in TABLES}
+    for run in version.runs("replay", complete=False):
         for table_dir in sorted(p for p in run.iterdir() if p.is_dir()):
             if parts := sorted(table_dir.glob("part-*.parquet")):
                 found[f"replay/{run.name}/{table_dir.name}"] = parts
@@ -85,15 +84,15 @@ def export_version(
     """
     if fmt not in FORMATS:
         raise UserError(f"--format: unknown format {fmt!r}: choose jsonl or csv")
-    version_dir = DatasetStore(Path(out), dataset).resolve(version)
+    v = open_version(out, dataset, version)
     dest = Path(dest)
     written = {}
-    for name, parts in _tables(version_dir).items():
+    for name, parts in _tables(v).items():
         path = dest / f"{name}.{fmt}"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_table(parts, fmt, path)
         written[name] = path
-    _copy_manifest(version_dir, dest)  # provenance travels with the export
+    _copy_manifest(v.path, dest)  # provenance travels with the export
     return written
 
 
@@ -403,9 +402,10 @@ def export_items(
         raise UserError(f"--context-tokens: must be at least 1, got {context_tokens}")
     if context_tokens is not None and fmt == "locomo":
         raise UserError("--context-tokens: not for locomo (a LoCoMo sample is the whole conversation)")
-    version_dir = DatasetStore(Path(out), dataset).resolve(version)
+    v = open_version(out, dataset, version)
+    version_dir = v.path
     items = sorted(
-        read_records(version_dir / "probes", ProbeItem),
+        v.records("probes", ProbeItem),
         key=lambda i: (i.persona_id, i.checkpoint_session, i.probe_id),
     )
     if not items:

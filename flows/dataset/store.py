@@ -238,6 +238,19 @@ def output_dir(path: Path, option: str) -> Path:
 RUNS = "runs"
 
 
+def read_manifest(path: Path) -> Manifest:
+    """A version's manifest.json; a damaged or foreign one is a one-line error naming the file."""
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        reason = e.errors()[0]["msg"]
+        raise EnvironmentFailure(
+            f"{path}: not a manifest this personaloom reads ({reason}): the file is damaged or was "
+            f"written by another personaloom; restore it, or move {path.parent.name} out of "
+            f"{path.parent.parent}"
+        ) from None
+
+
 class DatasetStore:
     """output/<dataset>/v<NNNN>/ folders, `latest` link, and the staging area builds resume from."""
 
@@ -283,7 +296,7 @@ class DatasetStore:
                 f"run `personaloom build --dataset {self.dataset}`"
             )
         if version in (None, "", "latest"):
-            return self.root / versions[-1]
+            version = versions[-1]
         digits = str(version).lstrip("v")
         name = f"v{int(digits):04d}" if digits.isdigit() else str(version)
         if name not in versions:
@@ -294,15 +307,7 @@ class DatasetStore:
         return self.root / name
 
     def manifest(self, version: str | None = None) -> Manifest:
-        path = self.resolve(version) / "manifest.json"
-        try:
-            return Manifest.model_validate_json(path.read_bytes())
-        except ValidationError as e:
-            reason = e.errors()[0]["msg"]
-            raise EnvironmentFailure(
-                f"{path}: not a manifest this personaloom reads ({reason}): the file is damaged or was "
-                f"written by another personaloom; restore it, or move {path.parent.name} out of {self.root}"
-            ) from None
+        return read_manifest(self.resolve(version) / "manifest.json")
 
     # -------------------------------------------------------------- writing
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -45,16 +44,9 @@ def api_key_from_env(key_file: Path | None = None) -> str | None:
     return os.environ.get("OPENAI_API_KEY") or None
 
 
-# (base URL, key digest) pairs that passed in this process: the CLI checks before Prefect starts, and
-# the flow it runs in the same process need not ask again.
-_PASSED: set[tuple[str, str]] = set()
-
-
-def preflight(base_url: str, api_key: str) -> None:
-    """Find an unreachable endpoint or a rejected key in seconds, before any work starts."""
-    seen = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
-    if seen in _PASSED:
-        return
+def preflight(base_url: str, api_key: str, *, model: str | None = None, where: str = "--base-url") -> None:
+    """Find an unreachable endpoint or a rejected key in seconds, before any work starts. Asked once per
+    command: a caller that checked passes `checked` (a build's plan, evaluate and replay) to what it runs."""
     label = endpoint_label(base_url)
     try:
         r = httpx.get(
@@ -73,7 +65,24 @@ def preflight(base_url: str, api_key: str) -> None:
         raise UserError(
             f"{label} rejected the API key (401): set OPENAI_API_KEY to a valid key for this endpoint"
         )
-    _PASSED.add(seen)
+    if model is not None:
+        _serves(r, model, label, where)
+
+
+def _serves(r: httpx.Response, model: str, label: str, where: str) -> None:
+    """A custom endpoint given no model: refused unless its /models lists the default model (else the
+    default, gpt-4o-mini, would be sent there, and recorded and priced as if it answered)."""
+    try:
+        served = [m["id"] for m in r.json()["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    except (ValueError, KeyError, TypeError):
+        served = []
+    if model in served:
+        return
+    lists = f"it serves {', '.join(served[:5])}{' …' if len(served) > 5 else ''}" if served else ""
+    raise UserError(
+        f"{where} {label} without --model: {lists or 'its /models lists none'}, not the default {model}: "
+        "choose one with --model"
+    )
 
 
 def _base_url(config: LLMConfig) -> str | None:
@@ -84,12 +93,16 @@ def _base_url(config: LLMConfig) -> str | None:
     return url
 
 
-def check_endpoint(config: LLMConfig, *, key_file: Path | None = None) -> None:
-    """Pre-flight for a configured endpoint (the embedded one is checked when it starts)."""
+def check_endpoint(config: LLMConfig, *, key_file: Path | None = None, model_given: bool = True) -> None:
+    """Pre-flight for a configured endpoint (the embedded one is checked when it starts), in one request:
+    reachable, the key accepted and, for a custom endpoint given no model, the default model served."""
     base = _base_url(config)
     key = api_key_from_env(key_file)
     if base or key:
-        preflight(base or OPENAI_URL, key or NO_KEY)
+        custom = bool(base) and base.rstrip("/") != OPENAI_URL
+        model = None if model_given or not custom else config.model
+        where = "--base-url" if config.base_url else "OPENAI_BASE_URL"
+        preflight(base or OPENAI_URL, key or NO_KEY, model=model, where=where)
 
 
 @contextmanager

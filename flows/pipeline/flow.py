@@ -57,7 +57,7 @@ from personaloom.pipeline import (
 )
 from personaloom.runtime.progress import progress_sink
 from personaloom.runtime.run import LLM_NOT_IDENTITY, Growth, Run, flow_run_namer, open_run
-from personaloom.runtime.schedule import check_served_parameters
+from personaloom.runtime.served import check_served_parameters
 from personaloom.schemas.config import BuildConfig, RunPaths
 from personaloom.schemas.manifest import JudgeCalibration, Manifest, PersonaSpan, StageUsage, kept_costs
 from personaloom.schemas.probes import ProbeItem
@@ -206,6 +206,7 @@ def prepare_build(
     personas_given: bool | None = None,
     names: dict[str, str] | None = None,
     check: bool = True,
+    model_given: bool = True,
     **settings: object,
 ) -> PreparedBuild:
     """The one way a build is planned (the CLI, `serve`, a deployment's run, the Python API).
@@ -214,7 +215,7 @@ def prepare_build(
     tables, locales, budget and endpoint checked, and the build planned: every bad input fails here in
     one line, before any Prefect server or LLM call. `personas_given`: whether the persona count was asked
     for (refused with grow and rebuild; default: set in `config`); `names`: how errors name a setting
-    (e.g. `{"locales": "--locales"}`).
+    (e.g. `{"locales": "--locales"}`); `model_given` False: a custom endpoint must serve the default model.
     """
     cfg = _settings(config, dict(settings))
     if grow is not None and rebuild:
@@ -224,7 +225,7 @@ def prepare_build(
         given = "personas" in cfg.model_fields_set if personas_given is None else personas_given
         cfg = on_latest_settings(cfg, store, given, "--grow" if grow is not None else "--rebuild")
     if check:
-        _check(cfg, out, cache_dir, seeds_dir, names or {})
+        _check(cfg, out, cache_dir, seeds_dir, names or {}, model_given)
     planned, plan = plan_build(store, cfg, grow, rebuild)
     return PreparedBuild(
         config=planned,
@@ -234,7 +235,14 @@ def prepare_build(
     )
 
 
-def _check(cfg: BuildConfig, out: Path, cache_dir: Path | None, seeds_dir: Path | None, names: dict) -> None:
+def _check(
+    cfg: BuildConfig,
+    out: Path,
+    cache_dir: Path | None,
+    seeds_dir: Path | None,
+    names: dict,
+    model_given: bool = True,
+) -> None:
     """Seed tables, locales, budget, folders and (last: the OpenAI SDK loads, 1.5 s) the endpoint."""
     from personaloom.dataset.store import output_dir
     from personaloom.llm.budget import Budget
@@ -249,7 +257,7 @@ def _check(cfg: BuildConfig, out: Path, cache_dir: Path | None, seeds_dir: Path 
     output_dir(out, "--out")
     if cache_dir is not None:
         output_dir(cache_dir, "--cache-dir")
-    check_endpoint(cfg.llm)
+    check_endpoint(cfg.llm, model_given=model_given)
 
 
 def run_build(
@@ -448,7 +456,8 @@ async def build_dataset(
     """
     logger = get_run_logger()
     entered = time.perf_counter()
-    check_served_parameters(config, out, cache_dir, seeds_dir)  # a deployment's run: only what was served
+    # a deployment's run: only what was served
+    check_served_parameters(build_dataset.fn, config, out, cache_dir, seeds_dir)
     if isinstance(config, BuildConfig):
         plan = prepare_build(
             config,

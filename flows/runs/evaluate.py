@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from personaloom.dataset.store import DatasetStore, read_records, shard_infos
+from personaloom.dataset.version import open_version
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
 from personaloom.llm.client import LLMResult
@@ -285,21 +286,27 @@ def run_name(config: EvalConfig, key: str) -> str:
 
 
 @flow(name="evaluate_dataset", flow_run_name=flow_run_namer("evaluate"), validate_parameters=True)
-async def evaluate_dataset(config: EvalConfig, out: str = "output", cache_dir: str | None = None) -> str:
-    """Evaluate `config.llm.model` on the probes of a dataset version; returns the run folder."""
+async def evaluate_dataset(
+    config: EvalConfig, out: str = "output", cache_dir: str | None = None, checked: bool = False
+) -> str:
+    """Evaluate `config.llm.model` on the probes of a dataset version; returns the run folder.
+    `checked`: the caller ran the endpoint's pre-flight (`check_endpoint`), it is not asked again."""
     logger = get_run_logger()
     store = DatasetStore(Path(out), config.dataset)
-    version_dir = store.resolve(config.version)
-    items = read_records(version_dir / "probes", ProbeItem)
+    version = open_version(out, config.dataset, config.version)
+    version_dir = version.path
+    items = version.records("probes", ProbeItem)
     if not items:
         raise UserError(no_probes_message(config.dataset, version_dir))
     if config.personas:
         keep = sorted({i.persona_id for i in items})[: config.personas]
         items = [i for i in items if i.persona_id in keep]
-    rows = read_records(version_dir / "dataset", DatasetRow)
+    rows = version.records("dataset", DatasetRow)
     cache = Path(cache_dir) if cache_dir else Path(out) / ".cache"
     ident = {"version": str(version_dir.resolve())}
-    async with open_run(config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident) as run:
+    async with open_run(
+        config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident, preflight=not checked
+    ) as run:
         name = config.run or run_name(config, run.key)
         derived = DerivedRun.claim(store, version_dir, "eval", name, run.key, {"results": EvalResult})
         if derived.complete:  # its manifest is written last, and a complete run is never rewritten

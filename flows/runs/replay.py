@@ -28,6 +28,7 @@ from personaloom.agent.loop import ReplayOutputs, judge_pairs, replay_user
 from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
 from personaloom.agent.metrics import summarize, summarize_pairs, summary_markdown
 from personaloom.dataset.store import DatasetStore, read_records, shard_infos
+from personaloom.dataset.version import Version, open_version
 from personaloom.errors import UserError
 from personaloom.llm.client import LLM
 from personaloom.runs.derived import DerivedRun
@@ -75,13 +76,13 @@ class ReplayContext:
         return list(self.users)[shard * size : (shard + 1) * size]
 
 
-def load_users(path: Path, limit: int | None) -> dict[str, list[DatasetRow]]:
+def load_users(version: Version, limit: int | None) -> dict[str, list[DatasetRow]]:
     """persona_id → its rows in session order; the first `limit` personas by id."""
     users: dict[str, list[DatasetRow]] = defaultdict(list)
-    for row in read_records(path / "dataset", DatasetRow):
+    for row in version.records("dataset", DatasetRow):
         users[row.persona_id].append(row)
     if not users:
-        raise UserError(f"{path} has no dataset rows to replay")
+        raise UserError(f"{version.path} has no dataset rows to replay")
     ids = sorted(users)[:limit]
     return {pid: sorted(users[pid], key=lambda r: r.session_index) for pid in ids}
 
@@ -153,13 +154,17 @@ def publish_run(
 
 
 @flow(name="replay_dataset", flow_run_name=flow_run_namer("replay"), validate_parameters=True)
-async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: str | None = None) -> str:
-    """Replay `config.dataset`@`config.version` through `config.agents`; returns the run folder."""
+async def replay_dataset(
+    config: ReplayConfig, out: str = "output", cache_dir: str | None = None, checked: bool = False
+) -> str:
+    """Replay `config.dataset`@`config.version` through `config.agents`; returns the run folder.
+    `checked`: the caller ran the endpoint's pre-flight (`check_endpoint`), it is not asked again."""
     logger = get_run_logger()
     started = time.perf_counter()
     store = DatasetStore(Path(out), config.dataset)
-    version_dir = store.resolve(config.version)
-    users = load_users(version_dir, config.personas)
+    version = open_version(out, config.dataset, config.version)
+    version_dir = version.path
+    users = load_users(version, config.personas)
     cache = Path(cache_dir) if cache_dir else Path(out) / ".cache"
     async with open_run(
         config,
@@ -167,6 +172,7 @@ async def replay_dataset(config: ReplayConfig, out: str = "output", cache_dir: s
         cache=cache,
         exclude=NOT_IDENTITY,
         identity={"version": str(version_dir.resolve())},
+        preflight=not checked,
     ) as run:
         name = config.run or f"r-{run.key}"
         derived = DerivedRun.claim(store, version_dir, "replay", name, run.key, TABLES)

@@ -23,7 +23,7 @@ from personaloom.llm.client import LLM
 from personaloom.paths import SEEDS_DIR
 from personaloom.schemas.manifest import JudgeCalibration
 from personaloom.schemas.records import Query, Rejection, Scene
-from personaloom.stages.filter.stage import ANSWERABILITY, JudgeJob
+from personaloom.stages.filter.judges import ANSWERABILITY, JudgeJob
 
 ITEMS = SEEDS_DIR / "judge_calibration.csv"
 COLUMNS = ("title", "description", "query", "answerable")

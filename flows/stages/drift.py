@@ -38,6 +38,7 @@ SCALES = {
 }
 LIST_FIELDS = ("Personality.Values_and_Interests", "Communication.domain_vocabulary")
 MAX_CHANGES_PER_FIELD = 2
+REASON = "#reason"  # reveal-key suffix: why the latest change of a field happened (said in a session)
 SIMILAR = 85.0  # rapidfuzz ratio at or above which a narrative "new" value is the old one again
 
 

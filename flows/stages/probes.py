@@ -39,9 +39,8 @@ from personaloom.schemas.records import DatasetRow, Persona, PreferenceChange, R
 from personaloom.stages import blind
 from personaloom.stages.base import Inputs, Stage, StageContext, StageOutcome
 from personaloom.stages.catalogue import Catalogue
-from personaloom.stages.drift import as_text, get_value, persona_at
+from personaloom.stages.drift import REASON, as_text, get_value, persona_at
 from personaloom.stages.filter.grounding import content_tokens, mentions
-from personaloom.stages.reveals import REASON
 from personaloom.text.tokens import count as count_tokens
 
 NAME = "probes"

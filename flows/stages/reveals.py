@@ -33,12 +33,11 @@ from personaloom.schemas.fine import fine_alternatives
 from personaloom.schemas.manifest import ConversationStats, JudgeCalibration
 from personaloom.schemas.records import DatasetRow, Persona, PlannedReveal, RevealMark, Turn
 from personaloom.stages.catalogue import Catalogue
-from personaloom.stages.drift import active_changes, in_force
+from personaloom.stages.drift import REASON, active_changes, in_force
 from personaloom.stages.filter.grounding import mentions
 from personaloom.text.tokens import count as count_tokens
 from personaloom.text.tokens import tokenizer
 
-REASON = "#reason"  # key suffix: why the latest change of a field happened
 CALIBRATION = SEEDS_DIR / "reveal_calibration.csv"
 CALIBRATION_COLUMNS = ("preference", "message", "revealed")  # revealed: implicit | explicit | absent
 

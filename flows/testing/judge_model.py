@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from personaloom.stages.calibration import ITEMS
-from personaloom.stages.filter.stage import ANSWERABILITY
+from personaloom.stages.filter.judges import ANSWERABILITY
 from personaloom.stages.reveals import REVEAL
 from personaloom.testing.fake_openai import Request, Responder, call_of, extract_schema, scripted
 

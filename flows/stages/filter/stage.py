@@ -10,30 +10,26 @@ duplicates that cross shards. Every dropped row becomes a Rejection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 from rapidfuzz import fuzz
 from rapidfuzz.process import cdist
 
-from personaloom.llm.calls import LLMCall
-from personaloom.llm.client import LLM, LLMResult
+from personaloom.llm.client import LLM
 from personaloom.schemas.config import DedupLevels
-from personaloom.schemas.drafts import Answerability, QualityScore
 from personaloom.schemas.filtering import FilterConfig, NearDupConfig
 from personaloom.schemas.records import DatasetRow, PersonaRecord, Query, Rejection, Scene
-from personaloom.stages.base import Advance, Inputs, Stage, StageContext, StageOutcome, map_async
+from personaloom.stages.base import Advance, Inputs, Stage, StageContext, StageOutcome
 from personaloom.stages.drift import active_changes
-from personaloom.stages.filter import filter_texts, find_near_duplicates
+from personaloom.stages.filter import NAME, filter_texts, find_near_duplicates
 from personaloom.stages.filter.checks import checks_of
 from personaloom.stages.filter.engine import wrong_language_detail
 from personaloom.stages.filter.grounding import ExampleIndex, drifted
+from personaloom.stages.filter.judges import ANSWERABILITY, QUALITY, judge_each, unjudged
 from personaloom.stages.filter.normalize import normalize
-
-NAME = "filter"  # the pipeline stage its rejections and usage count under
 
 
 def persona_key(p: PersonaRecord) -> str:
@@ -161,100 +157,6 @@ def cheap_filter(
         for r in result.rejected.iter_rows(named=True)
     ]
     return StageOutcome(records=[q for q in queries if q.query_id in kept_ids], rejections=rejections)
-
-
-class JudgeJob(NamedTuple):
-    query: Query
-    scene: Scene
-    min_score: int = 0  # the quality bar (quality only)
-    language: str = "en"  # ISO 639-1 code of the language the query is meant to be in
-
-
-def unjudged(q: Query, check: str) -> Query:
-    """The row, kept and marked: the judge gave it no verdict."""
-    return q.model_copy(update={"fallback_fields": [*q.fallback_fields, check]})
-
-
-def _judged(check: str, decide: Callable[[JudgeJob, Any, str], Query | Rejection]) -> Callable[..., Any]:
-    """An invalid judge answer keeps the row, marked: a flaky judge must never silently shrink the dataset."""
-
-    def build(job: JudgeJob, res: LLMResult[Any]) -> Query | Rejection:
-        if res.value is None:
-            return unjudged(job.query, check)
-        return decide(job, res.value, res.raw)
-
-    return build
-
-
-def _answerable(job: JudgeJob, v: Answerability, raw: str) -> Query | Rejection:
-    q = job.query
-    if v.answerable:
-        return q
-    return Rejection(
-        stage=NAME,
-        row_id=q.query_id,
-        persona_id=q.persona_id,
-        reason="unanswerable",
-        detail=v.reason,
-        raw_output=raw,
-    )
-
-
-def _good_enough(job: JudgeJob, v: QualityScore, raw: str) -> Query | Rejection:
-    q = job.query
-    if v.score >= job.min_score:
-        return q
-    return Rejection(
-        stage=NAME,
-        row_id=q.query_id,
-        persona_id=q.persona_id,
-        reason="low_quality",
-        score=float(v.score),
-        detail=v.reason,
-        raw_output=raw,
-    )
-
-
-# AI Persona's check: can an assistant answer this query in its scene? Unanswerable rows are rejected.
-ANSWERABILITY: LLMCall[JudgeJob, Query | Rejection] = LLMCall(
-    name="filter/answerability",
-    variables=("query", "scene", "language"),
-    render=lambda job: {"query": job.query, "scene": job.scene, "language": job.language},
-    build=_judged("answerability", _answerable),
-    response=Answerability,
-    max_tokens=120,
-    role="judge",
-    temperature=0.0,
-    sample=lambda s: JudgeJob(s.query, s.scene, 0, s.seed.interaction_language or "en"),
-)
-# Optional quality score (rubric in prompts/default/filter/quality.j2); below `min_score` is rejected.
-QUALITY: LLMCall[JudgeJob, Query | Rejection] = LLMCall(
-    name="filter/quality",
-    variables=("query", "scene", "language"),
-    render=lambda job: {"query": job.query, "scene": job.scene, "language": job.language},
-    build=_judged("quality", _good_enough),
-    response=QualityScore,
-    max_tokens=120,
-    role="judge",
-    temperature=0.0,
-    sample=lambda s: JudgeJob(s.query, s.scene, 6, s.seed.interaction_language or "en"),
-)
-
-
-async def judge_each(
-    call: LLMCall[JudgeJob, Query | Rejection],
-    queries: list[Query],
-    scenes: list[Scene],
-    llm: LLM,
-    min_score: int = 0,
-    advance: Advance | None = None,
-    languages: Mapping[str, str] | None = None,
-) -> StageOutcome[Query]:
-    """Ask an LLM judge about each query in its scene (in its persona's language, from `languages`)."""
-    scene_of = {s.scene_id: s for s in scenes}
-    lang = languages or {}
-    jobs = [JudgeJob(q, scene_of[q.scene_id], min_score, lang.get(q.persona_id, "en")) for q in queries]
-    return StageOutcome.split(await map_async(jobs, lambda job: llm.run(call, job), advance))
 
 
 @dataclass(frozen=True)

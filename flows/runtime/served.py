@@ -1,12 +1,8 @@
-"""Scheduled builds: the build flow as a Prefect deployment with a cron schedule.
+"""A run of a deployment runs the parameters the deployment was served with, nothing else.
 
-Each scheduled run builds the same dataset: with `grow`, a new version holding `grow` more personas than
-the one before (its parent); without, a new version only when something changed (settings, seed
-tables, prompts, code), else the run publishes nothing and reports the dataset up to date.
-
-A run of a deployment runs the parameters the deployment was served with, nothing else: any API client can
-create a run with other parameters (another endpoint, model or folder), and the serving process would run
-it with its own OPENAI_API_KEY, sending the key to that endpoint.
+Any API client can create a run with other parameters (another endpoint, model or folder), and the serving
+process would run it with its own OPENAI_API_KEY, sending the key to that endpoint. `serve` records what it
+was given (personaloom.pipeline.schedule.deployment), privately; every run of the flow checks it first.
 """
 
 from __future__ import annotations
@@ -20,49 +16,10 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from personaloom.errors import UserError
-from personaloom.runtime.prefect_env import prefect_home, private_home, write_private
+from personaloom.runtime.prefect_env import prefect_home
 from personaloom.schemas.config import BuildConfig
 
 RECORDS = "personaloom-deployments"  # in $PREFECT_HOME: what `serve` was given, by deployment name
-
-
-def check_cron(cron: str) -> None:
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron=cron)
-    except ValueError:
-        raise UserError(
-            f'--cron {cron!r} is not a cron expression: e.g. "0 3 * * *" is every day at 03:00'
-        ) from None
-
-
-def deployment(config: BuildConfig, out: Path, cron: str, name: str, grow: int | None = None) -> Any:
-    """A RunnerDeployment of `build_dataset` (apply it, or serve it); `grow`: personas added per run."""
-    from personaloom.pipeline.flow import build_dataset
-
-    check_cron(cron)
-    if grow is not None and grow < 1:
-        raise UserError(f"--grow {grow}: add at least 1 persona per run")
-    # an absolute output root: scheduled runs may start from another working directory
-    # the settings given (not their defaults): a grown run merges them with the then latest version
-    parameters: dict[str, Any] = {
-        "config": config.model_dump(mode="json", exclude_unset=True),
-        "out": str(Path(out).resolve()),
-    }
-    if grow is not None:
-        parameters["grow"] = grow
-    # written by this user only (0600 in a 0700 folder): the API cannot change what runs (a deployment's name
-    # cannot change either)
-    (private_home() / RECORDS).mkdir(mode=0o700, exist_ok=True)
-    write_private(_record(name), json.dumps(parameters, sort_keys=True))
-    return build_dataset.to_deployment(
-        name=name,
-        cron=cron,
-        parameters=parameters,
-        description=f"scheduled build of dataset {config.dataset!r}",
-        tags=["personaloom", config.dataset],
-    )
 
 
 def _record(name: str) -> Path:
@@ -82,12 +39,10 @@ def _served(deployment_id: str) -> tuple[str, dict[str, Any]]:
         return dep.name, dict(dep.parameters)
 
 
-def _complete(parameters: dict[str, Any]) -> dict[str, Any]:
+def _complete(parameters: dict[str, Any], flow_fn: Any) -> dict[str, Any]:
     """The flow's parameters with its defaults filled in and `config` validated: two spellings of the same
     run compare equal."""
-    from personaloom.pipeline.flow import build_dataset
-
-    sig = inspect.signature(build_dataset.fn).parameters
+    sig = inspect.signature(flow_fn).parameters
     full = {k: p.default for k, p in sig.items() if p.default is not inspect.Parameter.empty} | parameters
     given = full.get("config") or {}
     # a deployment serves settings, planned by each run; a plan given to its run is another parameter
@@ -111,7 +66,7 @@ def _differences(served: Any, given: Any, name: str) -> list[str]:
 
 
 def check_served_parameters(
-    config: BaseModel, out: str, cache_dir: str | None, seeds_dir: str | None
+    flow_fn: Any, config: BaseModel, out: str, cache_dir: str | None, seeds_dir: str | None
 ) -> None:
     """A flow run of a deployment runs only the parameters it was served with (see issue 25).
 
@@ -126,7 +81,7 @@ def check_served_parameters(
         return  # a build started by hand runs what its user gave it
     name, served = _served(str(ctx.flow_run.deployment_id))
     given = {**ctx.parameters, "config": config, "out": out, "cache_dir": cache_dir, "seeds_dir": seeds_dir}
-    served, given = _complete(served), _complete(given)
+    served, given = _complete(served, flow_fn), _complete(given, flow_fn)
     differ = [
         d for k in sorted(served.keys() | given.keys()) for d in _differences(served.get(k), given.get(k), k)
     ]
