@@ -64,7 +64,7 @@ from personaloom.schemas.records import ApiArgument, ApiSpec, DatasetRow, Person
 from personaloom.schemas.replay import PairwiseRow, ReplayConfig
 from personaloom.stages.catalogue import load_catalogue
 from personaloom.stages.samples import sample_records
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 
 
 def persona() -> Persona:
@@ -229,7 +229,7 @@ def test_failed_answers_fall_back_in_build() -> None:
 
 def test_caller_accounts_each_call_under_its_role_key() -> None:
     def responder(body: dict) -> str | None:
-        return "<Satisfied>" if "role-play" in _system(body) else None
+        return "<Satisfied>" if call_of(body) == "agent/user_judge" else None
 
     with FakeOpenAI(responder=responder) as fake:
 
@@ -252,7 +252,7 @@ def test_never_more_than_three_user_turns() -> None:
     """A user who is never satisfied still gets exactly 3 utterances; the third follow-up is not sent."""
 
     def responder(body: dict) -> str | None:
-        return "<Continue> Shorter please." if "role-play" in _system(body) else None
+        return "<Continue> Shorter please." if call_of(body) == "agent/user_judge" else None
 
     with FakeOpenAI(responder=responder) as fake:
 
@@ -272,7 +272,7 @@ def test_never_more_than_three_user_turns() -> None:
 
 def test_satisfied_stops_the_session() -> None:
     def responder(body: dict) -> str | None:
-        if "role-play" in _system(body):
+        if call_of(body) == "agent/user_judge":
             return "<Satisfied>" if _user(body).count("ASSISTANT:") >= 2 else "<Continue> Add prices."
         return None
 
@@ -301,7 +301,7 @@ def test_learned_agent_updates_on_cadence_from_the_last_k_sessions() -> None:
     seen: list[list[int]] = []
 
     def responder(body: dict) -> str | None:
-        if "maintain a profile" in _system(body):
+        if call_of(body) == "agent/persona_update":
             seen.append([int(x) for x in __import__("re").findall(r"Session (\d+) —", _user(body))])
             return json.dumps({"updates": []})
         return None
@@ -337,12 +337,12 @@ def test_persona_learning_gets_no_retrieved_sessions_the_rag_rows_do() -> None:
 
     def responder(body: dict) -> str | None:
         system = _system(body)
-        if "personalized AI assistant" in system:
+        if call_of(body) == "agent/chatbot":
             systems.append(system)
             return "Here is a plan in bullet lists."
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             return "<Satisfied>"
-        if "maintain a profile" in system:
+        if call_of(body) == "agent/persona_update":
             update = {"field": "Preference.Preferred_Formats", "value": "bullet lists", "evidence": "x"}
             return json.dumps({"updates": [update]})
         return None
@@ -391,7 +391,7 @@ def test_demographics_are_never_updated() -> None:
     assert start["Preference.Preferred_Formats"] == ""  # the input is not mutated
 
     def responder(body: dict) -> str | None:
-        if "maintain a profile" in _system(body):
+        if call_of(body) == "agent/persona_update":
             return json.dumps(
                 {
                     "updates": [
@@ -412,7 +412,7 @@ def test_demographics_are_never_updated() -> None:
 def test_failed_update_keeps_the_persona() -> None:
     start = {**initial_persona(row()), "Preference.Preferred_Styles": "warm"}
     with FakeOpenAI(
-        responder=lambda body: "not json at all" if "maintain a profile" in _system(body) else None
+        responder=lambda body: "not json at all" if call_of(body) == "agent/persona_update" else None
     ) as fake:
         new, changed = run(
             with_llm(fake, lambda llm: PersonaUpdater(Caller(llm, "a", "p1")).update(start, []))
@@ -425,11 +425,11 @@ def test_failed_update_keeps_the_persona() -> None:
 
 def test_tool_call_round_trip() -> None:
     def responder(body: dict) -> str | None:
-        system, user = _system(body), _user(body)
-        if "simulate a software API" in system:
+        user = _user(body)
+        if call_of(body) == "agent/tool_executor":
             assert '"query": "bacalhau"' in user
             return '{"recipes": ["RESULT-42"]}'
-        if "personalized AI assistant" in system:
+        if call_of(body) == "agent/chatbot":
             if "API RESULT" in user:
                 return "Try this: RESULT-42."
             return (
@@ -461,9 +461,7 @@ def test_tool_rounds_are_bounded() -> None:
     Markup is stripped.
     """
     always = '<tool_call>{"name": "find_recipe", "arguments": {"query": "x"}}</tool_call> done'
-    with FakeOpenAI(
-        responder=lambda body: always if "personalized AI assistant" in _system(body) else "ok"
-    ) as fake:
+    with FakeOpenAI(responder=lambda body: always if call_of(body) == "agent/chatbot" else "ok") as fake:
 
         async def go(llm: LLM) -> SessionLog:
             log = SessionLog(0, "t", "q", [Message("user", "hi", 1)])
@@ -812,10 +810,10 @@ def test_revealed_held_scores_what_the_agent_saw_not_the_generators_intent() -> 
     ]
 
     def responder(body: dict) -> str | None:
-        system, user = _system(body), _user(body)
-        if "personalized AI assistant" in system:
+        user = _user(body)
+        if call_of(body) == "agent/chatbot":
             return "Here is a plan."
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             if "Suggest a dinner recipe" in user and user.count("ASSISTANT:") < 2:
                 return "<Continue> Quick please, I have triage at six."
             return "<Satisfied>"
@@ -841,10 +839,10 @@ def test_interaction_efficiency_per_session_and_agent() -> None:
     """VARS' MultiSessionCollab metrics: success, timeout, user effort (turns, tokens, corrections)."""
 
     def responder(body: dict) -> str | None:
-        system, user = _system(body), _user(body)
-        if "personalized AI assistant" in system:
+        user = _user(body)
+        if call_of(body) == "agent/chatbot":
             return "Here is a plan."
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             if "Plan my week" in user:  # never satisfied: a timeout after 3 turns
                 return "<Continue> No, shorter please."
             return "<Satisfied>"
@@ -909,14 +907,14 @@ def test_demographics_only_agent_knows_demographics_and_never_learns() -> None:
 
     def responder(body: dict) -> str | None:
         system, user = _system(body), _user(body)
-        if "personalized AI assistant" in system:
+        if call_of(body) == "agent/chatbot":
             systems.append(system)
             return "Here is a plan."
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             if user.count("ASSISTANT:") < 2:
                 return "<Continue> I love gardening; short bullet lists please."
             return "<Satisfied>"
-        if "maintain a profile" in system or "rewrite" in system.lower():
+        if call_of(body) == "agent/persona_update" or "rewrite" in system.lower():
             updates.append(system)
         return None
 

@@ -26,7 +26,7 @@ from personaloom.agent.user_simulator import UserSimulator
 from personaloom.agent.vars import VarsAgent, VarsState, gate, is_global, verdict_reward
 from personaloom.llm.client import LLM
 from personaloom.schemas.replay import PersonaAgentParams, ReplayConfig, VarsParams
-from personaloom.testing.fake_openai import FakeOpenAI
+from personaloom.testing.fake_openai import FakeOpenAI, call_of
 from tests.test_agent import _system, _user, row, run, with_llm
 
 
@@ -64,13 +64,13 @@ class AlignWorld:
         if system.startswith("You keep a short semantic memory"):
             self.log.append(("summary", str(user.count("Session "))))
             return "- likes short lists"
-        if "personalized AI assistant" in system:
+        if call_of(body) == "agent/chatbot":
             draft = "You can call these APIs" not in system and "Do not call any more APIs" not in system
             persona = re.search(r"and how you answer\.\n(.*)", system)
             if draft:
                 self.log.append(("simulate", persona.group(1)[:10] if persona else "-"))
             return "Here is a plan."
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             return "<Satisfied>"
         return None
 
@@ -129,18 +129,18 @@ def test_persona_agent_persona_prompt_drives_its_tools_and_episodic_memory() -> 
 
     def responder(body: dict) -> str | None:
         system, user = _system(body), _user(body)
-        if "simulate a software API" in system:
+        if call_of(body) == "agent/tool_executor":
             executor.append(user)
             return "{}"
-        if "personalized AI assistant" in system and "You can call these APIs" in system:
+        if call_of(body) == "agent/chatbot" and "You can call these APIs" in system:
             systems.append(system)
             if "API RESULT" not in user:
                 call = {"name": HISTORY_TOOL, "arguments": {"query": "dinner"}}
                 return f"<tool_call>{json.dumps(call)}</tool_call>"
             return "Plan: " + user.split("API RESULT (search_user_history): ")[1].split("\n")[0]
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             return "<Satisfied>"
-        if "rewrite the persona" in system:
+        if call_of(body) == "agent/persona_agent_rewrite":
             return "PERSONA-NEW"
         return None
 
@@ -284,10 +284,10 @@ class VarsWorld:
                 },
             ]
             return json.dumps({"preferences": prefs})
-        if "personalized AI assistant" in system:
+        if call_of(body) == "agent/chatbot":
             self.systems.append(system)
             return "Here is a plan."
-        if "role-play" in system:
+        if call_of(body) == "agent/user_judge":
             return "<Satisfied>" if user.count("ASSISTANT:") >= 2 else "<Continue> Shorter, with prices."
         return None
 
