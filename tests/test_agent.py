@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from personaloom.agent.agents import LearnedAgent, make_agent
-from personaloom.agent.calls import Caller, agent_calls
+from personaloom.agent.agents import LearnedAgent, agent_calls, make_agent
+from personaloom.agent.calls import Caller
 from personaloom.agent.chatbot import CHATBOT, AgentContext, Chatbot, ChatJob
 from personaloom.agent.judge import (
     JUDGE_RATING,

@@ -73,3 +73,55 @@ def test_llm_is_a_leaf() -> None:
     for path in sorted((FLOWS / "llm").glob("*.py")):
         outside = sorted(m for m in _imports(path) if not m.startswith(LEAF_OK))
         assert not outside, f"{path.relative_to(ROOT)} imports {outside}"
+
+
+def _module(path: Path) -> str:
+    parts = ["personaloom", *path.relative_to(FLOWS).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycles() -> None:
+    """No module reaches itself through personaloom imports, function-level ones included (a lazy import
+    hides a cycle from Python, not from the reader); TYPE_CHECKING-only imports are left out."""
+    modules = {_module(p): p for p in FLOWS.rglob("*.py")}
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        hidden = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        edges: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in hidden:
+                continue
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            edges |= {
+                o for t in targets if t.startswith("personaloom.") and (o := owner(t)) not in (None, name)
+            }
+        graph[name] = edges
+
+    def reaches(start: str) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m == start:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo += graph.get(m, ())
+        return False
+
+    assert not [m for m in sorted(graph) if reaches(m)]

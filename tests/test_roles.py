@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from personaloom.agent.calls import agent_calls, role_settings
+from personaloom.agent.agents import agent_calls
+from personaloom.agent.calls import role_settings
 from personaloom.agent.chatbot import CHATBOT
 from personaloom.agent.judge import JUDGE_RATING, JUDGE_SIMILARITY
 from personaloom.agent.user_simulator import USER_JUDGE

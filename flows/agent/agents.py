@@ -24,87 +24,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from personaloom.agent import judge, user_simulator
+from personaloom.agent.base import Agent
 from personaloom.agent.calls import Caller
 from personaloom.agent.chatbot import CHATBOT, AgentContext
 from personaloom.agent.memory import Embedder
-from personaloom.agent.persona import FlatPersona, golden_at, initial_persona, language_of, persona_lines
-from personaloom.agent.sessions import SessionLog, SessionManager
+from personaloom.agent.persona import FlatPersona, golden_at
+from personaloom.agent.persona_agent import (
+    MEMORY_SUMMARY,
+    PERSONA_AGENT_FEEDBACK,
+    PERSONA_AGENT_REWRITE,
+    PersonaAgent,
+)
+from personaloom.agent.sessions import SessionLog
 from personaloom.agent.tools import TOOL_EXECUTOR
 from personaloom.agent.updater import (
     PERSONA_UPDATE,
     PersonaUpdater,
     update_due,
 )
+from personaloom.agent.vars import VARS_EXTRACT, VarsAgent
 from personaloom.llm.calls import LLMCall
 from personaloom.schemas.records import DatasetRow
-from personaloom.schemas.replay import AgentSettings, MemoryCardRow, PersonaField, ReplayConfig
+from personaloom.schemas.replay import AgentSettings, ReplayConfig
 
 LEARNED = re.compile(r"^learned(-rag)?-k(\d+)$")
-
-
-class Agent:
-    """Base: stores sessions (Historical Session Manager), no persona, no memory in the prompt."""
-
-    def __init__(
-        self,
-        name: str,
-        caller: Caller,
-        cfg: ReplayConfig,
-        first: DatasetRow,
-        total: int,
-        embedder: Embedder,
-        k: int = 1,
-    ) -> None:
-        self.name, self.caller, self.cfg, self.total, self.k = name, caller, cfg, total, k
-        self.embedder = embedder
-        self.sessions = SessionManager(embedder)
-        self.start: FlatPersona = initial_persona(first)  # reference point of "revealed fields held"
-        self.language = language_of(first)  # the user's language: every call of the agent works in it
-
-    CALLS: tuple[LLMCall[Any, Any], ...] = ()  # the agent's own calls beside the chatbot's and the tools'
-
-    @classmethod
-    def settings(cls, cfg: ReplayConfig) -> dict[str, object]:
-        """The settings this kind of agent runs with (recorded per agent in the replay manifest)."""
-        return {"max_tool_rounds": cfg.max_tool_rounds, "max_user_turns": cfg.max_user_turns}
-
-    @property
-    def persona(self) -> FlatPersona | None:
-        return None
-
-    def learned_lines(self) -> list[dict[str, str]] | None:
-        """What the similarity judge compares with the golden persona; None: the agent holds no persona."""
-        return persona_lines(self.persona) if self.persona is not None else None
-
-    async def context(self, row: DatasetRow) -> AgentContext:
-        """What the chatbot gets at the start of a session."""
-        return AgentContext()
-
-    async def turn_context(self, ctx: AgentContext, log: SessionLog, turn: int) -> AgentContext:
-        """What the chatbot gets for user turn `turn` (the session's context, unless the agent retrieves per
-        turn, as VARS does)."""
-        return ctx
-
-    async def after_turn(self, log: SessionLog, turn: int, satisfied: bool) -> None:
-        """The user's verdict on the answer of turn `turn` (VARS learns from it)."""
-
-    def memory_cards(self, persona_id: str) -> list[MemoryCardRow]:
-        """The agent's preference memory, for the run's `memory_cards` table (VARS only)."""
-        return []
-
-    def snapshot_fields(self) -> list[PersonaField] | None:
-        """What a persona snapshot records of the agent (None: it holds no persona)."""
-        if self.persona is None:
-            return None
-        return [PersonaField(path=p, value=v) for p, v in self.persona.items()]
-
-    async def observe(
-        self, log: SessionLog, position: int, row: DatasetRow | None = None
-    ) -> list[str] | None:
-        """Learn from a finished session (`row`: its dataset row, for what an agent may read once it is
-        over); the changed paths when the persona was revised, else None."""
-        await self.sessions.add(log)
-        return None
 
 
 class DemographicsAgent(Agent):
@@ -186,12 +130,8 @@ def kind_of(name: str, cfg: ReplayConfig) -> tuple[type[Agent], int]:
     if m := LEARNED.match(name):
         return (LearnedRagAgent if m.group(1) else LearnedAgent), int(m.group(2))
     if name == "persona-agent":
-        from personaloom.agent.persona_agent import PersonaAgent  # it builds on Agent
-
         return PersonaAgent, cfg.persona_agent.every
     if name == "vars":
-        from personaloom.agent.vars import VarsAgent
-
         return VarsAgent, 1
     kinds: dict[str, type[Agent]] = {
         "none": Agent,
@@ -221,4 +161,22 @@ def describe(name: str, cfg: ReplayConfig, hashes: dict[str, str]) -> AgentSetti
         k=k if issubclass(cls, LearnedAgent) else None,
         calls={c.name: hashes.get(c.name, "") for c in calls},
         settings=cls.settings(cfg),
+    )
+
+
+def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
+    """Every LLM call the reference agent and its simulated world make: one per agent/ template."""
+    return (
+        CHATBOT,
+        TOOL_EXECUTOR,
+        user_simulator.USER_JUDGE,
+        judge.JUDGE_RATING,
+        judge.JUDGE_RATING_REFERENCE,
+        judge.JUDGE_SIMILARITY,
+        judge.JUDGE_PAIRWISE,
+        PERSONA_UPDATE,
+        PERSONA_AGENT_FEEDBACK,
+        PERSONA_AGENT_REWRITE,
+        MEMORY_SUMMARY,
+        VARS_EXTRACT,
     )

@@ -49,26 +49,6 @@ class Caller:
         return total
 
 
-def agent_calls() -> tuple[LLMCall[Any, Any], ...]:
-    """Every LLM call the reference agent and its simulated world make: one per agent/ template."""
-    from personaloom.agent import chatbot, judge, persona_agent, tools, updater, user_simulator, vars
-
-    return (
-        chatbot.CHATBOT,
-        tools.TOOL_EXECUTOR,
-        user_simulator.USER_JUDGE,
-        judge.JUDGE_RATING,
-        judge.JUDGE_RATING_REFERENCE,
-        judge.JUDGE_SIMILARITY,
-        judge.JUDGE_PAIRWISE,
-        updater.PERSONA_UPDATE,
-        persona_agent.PERSONA_AGENT_FEEDBACK,
-        persona_agent.PERSONA_AGENT_REWRITE,
-        persona_agent.MEMORY_SUMMARY,
-        vars.VARS_EXTRACT,
-    )
-
-
 def role_settings(calls: tuple[LLMCall[Any, Any], ...], llm: LLMConfig) -> dict[str, RoleSettings]:
     """Each role's model (`LLMConfig.model_for`) and temperature (declared, else the run's), as sent.
 

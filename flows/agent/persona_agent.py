@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from personaloom.agent.agents import Agent
+from personaloom.agent.base import Agent
 from personaloom.agent.chatbot import AgentContext, Chatbot
 from personaloom.agent.memory import top_k
 from personaloom.agent.persona import golden_at, language_of, persona_lines

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, Field
 
-from personaloom.agent.agents import Agent
+from personaloom.agent.base import Agent
 from personaloom.agent.chatbot import AgentContext, transcript
 from personaloom.agent.persona import language_of
 from personaloom.agent.sessions import SessionLog, sample_session

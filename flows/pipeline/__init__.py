@@ -60,7 +60,7 @@ def build_calls() -> tuple[LLMCall[Any, Any], ...]:
 
 def all_calls() -> tuple[LLMCall[Any, Any], ...]:
     """Every LLM call the project makes: the build's stages, the reference agent's, the evaluation's."""
-    from personaloom.agent.calls import agent_calls
+    from personaloom.agent.agents import agent_calls
     from personaloom.runs.evaluate import EVAL_CALLS
 
     return build_calls() + agent_calls() + EVAL_CALLS

@@ -22,8 +22,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from personaloom.agent.agents import describe
-from personaloom.agent.calls import agent_calls, role_settings, usage_by
+from personaloom.agent.agents import agent_calls, describe
+from personaloom.agent.calls import role_settings, usage_by
 from personaloom.agent.loop import ReplayOutputs, judge_pairs, replay_user
 from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
 from personaloom.agent.metrics import summarize, summarize_pairs, summary_markdown
