@@ -14,12 +14,15 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from personaloom.dataset.store import RUNS, DatasetStore, replacing, write_records
+from personaloom.dataset.store import RUNS, replacing, write_records
 from personaloom.errors import UserError
+
+if TYPE_CHECKING:
+    from personaloom.dataset.version import Version
 
 Kind = Literal["eval", "replay"]
 
@@ -56,8 +59,7 @@ class DerivedRun:
     @classmethod
     def claim(
         cls,
-        store: DatasetStore,
-        version_dir: Path,
+        version: Version,
         kind: Kind,
         name: str,
         key: str,
@@ -65,7 +67,7 @@ class DerivedRun:
     ) -> DerivedRun:
         """The folder of run `name`, for the identity `key`: resuming it with other settings would mix
         results, so a folder claimed by another key is a one-line error."""
-        folder = runs_root(version_dir) / kind / name
+        folder = runs_root(version.path) / kind / name
         marker = folder / "run.key"
         if marker.exists() and marker.read_text().strip() != key:
             raise UserError(
@@ -75,7 +77,7 @@ class DerivedRun:
         if not marker.exists():
             with replacing(marker) as tmp:
                 tmp.write_text(key)
-        return cls(kind, store.dataset, version_dir.name, folder, dict(tables))
+        return cls(kind, version.dataset, version.version, folder, dict(tables))
 
     @property
     def name(self) -> str:

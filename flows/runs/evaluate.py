@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from personaloom.dataset.store import DatasetStore, read_records, shard_infos
+from personaloom.dataset.store import read_records, shard_infos
 from personaloom.dataset.version import open_version
 from personaloom.errors import UserError
 from personaloom.llm.calls import LLMCall
@@ -292,7 +292,6 @@ async def evaluate_dataset(
     """Evaluate `config.llm.model` on the probes of a dataset version; returns the run folder.
     `checked`: the caller ran the endpoint's pre-flight (`check_endpoint`), it is not asked again."""
     logger = get_run_logger()
-    store = DatasetStore(Path(out), config.dataset)
     version = open_version(out, config.dataset, config.version)
     version_dir = version.path
     items = version.records("probes", ProbeItem)
@@ -308,7 +307,7 @@ async def evaluate_dataset(
         config, calls=EVAL_CALLS, cache=cache, exclude=NOT_IDENTITY, identity=ident, preflight=not checked
     ) as run:
         name = config.run or run_name(config, run.key)
-        derived = DerivedRun.claim(store, version_dir, "eval", name, run.key, {"results": EvalResult})
+        derived = DerivedRun.claim(version, "eval", name, run.key, {"results": EvalResult})
         if derived.complete:  # its manifest is written last, and a complete run is never rewritten
             logger.info("evaluation %s is already complete", derived.folder)
             return str(derived.folder)

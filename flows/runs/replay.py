@@ -27,7 +27,7 @@ from personaloom.agent.calls import role_settings, usage_by
 from personaloom.agent.loop import ReplayOutputs, judge_pairs, replay_user
 from personaloom.agent.memory import Embedder, EndpointEmbedder, HashingEmbedder
 from personaloom.agent.metrics import summarize, summarize_pairs, summary_markdown
-from personaloom.dataset.store import DatasetStore, read_records, shard_infos
+from personaloom.dataset.store import read_records, shard_infos
 from personaloom.dataset.version import Version, open_version
 from personaloom.errors import UserError
 from personaloom.llm.client import LLM
@@ -161,7 +161,6 @@ async def replay_dataset(
     `checked`: the caller ran the endpoint's pre-flight (`check_endpoint`), it is not asked again."""
     logger = get_run_logger()
     started = time.perf_counter()
-    store = DatasetStore(Path(out), config.dataset)
     version = open_version(out, config.dataset, config.version)
     version_dir = version.path
     users = load_users(version, config.personas)
@@ -175,7 +174,7 @@ async def replay_dataset(
         preflight=not checked,
     ) as run:
         name = config.run or f"r-{run.key}"
-        derived = DerivedRun.claim(store, version_dir, "replay", name, run.key, TABLES)
+        derived = DerivedRun.claim(version, "replay", name, run.key, TABLES)
         run_dir = derived.folder
         if derived.complete:  # its manifest is written last, and a complete run is never rewritten
             logger.info("replay %s is already complete", run_dir)
